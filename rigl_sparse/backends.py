@@ -1,0 +1,125 @@
+"""The backend registry: which implementation runs each op on each device.
+
+Every ``rigl_sparse::`` op dispatches here at call time.  A backend is a named
+family of implementations (``reference``, ``cpu``, ``triton``, ``cuda``); each
+op registers the implementations it has.  Selection is by priority among the
+backends that serve the tensors' device and are available in this build;
+``use_backend`` forces one.  Nothing falls back silently: a forced backend that
+cannot run an op raises, and ``python -m rigl_sparse.info`` prints every choice
+with its reason.
+
+This module holds the package's only mutable global state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass
+from typing import Callable
+
+__all__ = ["Backend", "BACKENDS", "register_impl", "select", "use_backend", "forced_backend", "backend_status"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    device_types: tuple[str, ...] | None  # None: any device
+    priority: int  # higher wins when several can run an op
+    probe: Callable[[], str | None]  # None when available, else why not
+
+    def unavailable_reason(self) -> str | None:
+        return self.probe()
+
+    def serves(self, device_type: str) -> bool:
+        return self.device_types is None or device_type in self.device_types
+
+
+def _always() -> str | None:
+    return None
+
+
+def _not_in_this_version(what: str) -> Callable[[], str]:
+    return lambda: f"no {what} kernels are included in this version of rigl_sparse"
+
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend("reference", None, 0, _always),
+        Backend("cpu", ("cpu",), 10, _not_in_this_version("native C++ CPU")),
+        Backend("triton", ("cuda",), 20, _not_in_this_version("Triton")),
+        Backend("cuda", ("cuda",), 30, _not_in_this_version("CUDA")),
+    )
+}
+
+_IMPLS: dict[str, dict[str, Callable]] = {}
+_FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("rigl_sparse_backend", default=None)
+
+
+def register_impl(op: str, backend: str, fn: Callable) -> None:
+    """Register ``fn`` as ``backend``'s implementation of ``op``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; known: {sorted(BACKENDS)}")
+    _IMPLS.setdefault(op, {})[backend] = fn
+
+
+def forced_backend() -> str | None:
+    """The backend forced by the innermost ``use_backend``, or None."""
+    return _FORCED.get()
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run every op inside the block on backend ``name`` (errors instead of falling back)."""
+    if name not in BACKENDS:
+        raise ValueError(f"use_backend: name={name!r} is not a backend; choose one of {sorted(BACKENDS)}")
+    reason = BACKENDS[name].unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"use_backend: backend {name!r} is not available: {reason}")
+    token = _FORCED.set(name)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
+def _candidates(op: str, device_type: str):
+    """Every backend with its verdict for ``op`` on ``device_type``: (name, reason or None)."""
+    impls = _IMPLS.get(op, {})
+    for backend in sorted(BACKENDS.values(), key=lambda b: -b.priority):
+        if not backend.serves(device_type):
+            yield backend.name, f"does not run on {device_type} tensors"
+        elif (reason := backend.unavailable_reason()) is not None:
+            yield backend.name, f"is unavailable: {reason}"
+        elif backend.name not in impls:
+            yield backend.name, f"has no implementation of {op}"
+        else:
+            yield backend.name, None
+
+
+def select(op: str, device_type: str) -> tuple[str, Callable]:
+    """The backend name and implementation that run ``op`` on ``device_type`` now."""
+    forced = _FORCED.get()
+    verdicts = dict(_candidates(op, device_type))
+    if forced is not None:
+        if verdicts[forced] is not None:
+            raise RuntimeError(f"rigl_sparse::{op} cannot run on backend {forced!r} (forced by use_backend): "
+                               f"it {verdicts[forced]}")
+        return forced, _IMPLS[op][forced]
+    for name, reason in verdicts.items():  # ordered by priority
+        if reason is None:
+            return name, _IMPLS[op][name]
+    raise RuntimeError(f"no backend can run rigl_sparse::{op} on {device_type}: {verdicts}")
+
+
+def backend_status(op: str, device_type: str) -> tuple[str, list[tuple[str, str]]]:
+    """For ``info``: the chosen backend and why each higher-priority one was passed over."""
+    chosen, _ = select(op, device_type)
+    passed = []
+    for name, reason in _candidates(op, device_type):
+        if name == chosen:
+            break
+        if BACKENDS[name].serves(device_type):
+            passed.append((name, reason))
+    return chosen, passed

@@ -1,0 +1,49 @@
+"""``python -m rigl_sparse.info``: versions, devices, backends and the backend each op uses."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from rigl_sparse import backends
+from rigl_sparse.ops import OP_NAMES
+
+
+def report() -> str:
+    lines = [f"rigl_sparse {__import__('rigl_sparse').__version__}",
+             f"python {platform.python_version()}, torch {torch.__version__}"]
+    try:
+        import triton
+
+        lines.append(f"triton {triton.__version__}")
+    except ImportError:
+        lines.append("triton: not installed")
+    device_types = ["cpu"]
+    if torch.cuda.is_available():
+        device_types.append("cuda")
+        lines.append(f"cuda: {torch.cuda.get_device_name(0)} (torch built with CUDA {torch.version.cuda})")
+    else:
+        lines.append("cuda: no GPU visible to torch")
+    lines.append("")
+    lines.append("backends:")
+    for backend in sorted(backends.BACKENDS.values(), key=lambda b: b.priority):
+        reason = backend.unavailable_reason()
+        where = "any device" if backend.device_types is None else ", ".join(backend.device_types)
+        lines.append(f"  {backend.name:10s} [{where}] " + ("available" if reason is None else f"unavailable: {reason}"))
+    lines.append("")
+    lines.append("op selection:")
+    for device_type in device_types:
+        for op in OP_NAMES:
+            chosen, passed = backends.backend_status(op, device_type)
+            why = "; ".join(f"{name} {reason}" for name, reason in passed) or "highest priority"
+            lines.append(f"  {op:16s} on {device_type:4s} -> {chosen:10s} ({why})")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    print(report())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,355 @@
+"""The block-sparse format: which ``b x b`` blocks of a ``[out, K]`` weight are active.
+
+A layer's logical weight ``W[out, K]`` is cut into a grid of ``R x C`` blocks of
+size ``b x b`` (``R = ceil(out / b)``, ``C = ceil(K / b)``).  Where ``b`` does not
+divide a dimension the edge blocks are padded; the padding entries are kept at
+zero, receive zero gradient from every op, and are never counted as parameters.
+
+Only ``nnzb`` blocks are stored.  Slot ``s`` holds block ``(block_row[s],
+block_col[s])``; its values live in ``values[s]`` (owned by the module, see
+``rigl_sparse.nn``).  Slots are stable: a topology update rewrites coordinates
+in place, so ``values`` and the optimizer state attached to it are never
+reallocated.  Two sorted views serve the kernels:
+
+* row view ``row_ptr[R + 1]``, ``row_slots[nnzb]``: the slots of block row ``r``
+  are ``row_slots[row_ptr[r]:row_ptr[r + 1]]``, ordered by column;
+* column view ``col_ptr[C + 1]``, ``col_slots[nnzb]``: likewise per block column,
+  ordered by row.
+
+All topology tensors are ``int32`` and live on the same device as the values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["BlockSparseLayout", "block_count", "build_views", "check_topology", "rebuild_views"]
+
+_TOPOLOGY = ("block_row", "block_col", "row_ptr", "row_slots", "col_ptr", "col_slots")
+
+
+def block_count(density: float, n_blocks: int) -> int:
+    """Number of active blocks for ``density`` of a grid of ``n_blocks`` (at least one)."""
+    _check_density(density)
+    return min(n_blocks, max(1, round(density * n_blocks)))
+
+
+def _check_density(density) -> None:
+    if isinstance(density, bool) or not isinstance(density, (int, float)):
+        raise TypeError(f"density must be a float in (0, 1], got {type(density).__name__} {density!r}")
+    if not (0.0 < float(density) <= 1.0):  # also rejects NaN
+        raise ValueError(f"density must be in (0, 1], got {density!r}")
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+
+
+class BlockSparseLayout(nn.Module):
+    """Topology of one block-sparse weight (buffers only; the values live in the layer).
+
+    Args:
+        shape: logical weight shape ``(out, K)``.
+        block_size: ``b``; any positive int on the reference path.
+        block_row, block_col: ``[nnzb] int`` block coordinates of each slot.
+    """
+
+    block_row: torch.Tensor
+    block_col: torch.Tensor
+    row_ptr: torch.Tensor
+    row_slots: torch.Tensor
+    col_ptr: torch.Tensor
+    col_slots: torch.Tensor
+
+    def __init__(self, shape: tuple[int, int], block_size: int, block_row: torch.Tensor, block_col: torch.Tensor):
+        super().__init__()
+        if len(shape) != 2:
+            raise ValueError(f"shape must be (out, K), got {tuple(shape)}")
+        _check_positive_int("shape[0] (out)", shape[0])
+        _check_positive_int("shape[1] (K)", shape[1])
+        _check_positive_int("block_size", block_size)
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.block_size = int(block_size)
+        if block_row.shape != block_col.shape or block_row.dim() != 1:
+            raise ValueError(
+                f"block_row and block_col must be 1-D of equal length, got {tuple(block_row.shape)} "
+                f"and {tuple(block_col.shape)}"
+            )
+        if block_row.device != block_col.device:
+            raise ValueError(f"block_row is on {block_row.device} but block_col is on {block_col.device}")
+        device = block_row.device
+        R, C = self.grid
+        self.register_buffer("block_row", block_row.to(torch.int32).clone())
+        self.register_buffer("block_col", block_col.to(torch.int32).clone())
+        self.register_buffer("row_ptr", torch.zeros(R + 1, dtype=torch.int32, device=device))
+        self.register_buffer("row_slots", torch.zeros_like(self.block_row))
+        self.register_buffer("col_ptr", torch.zeros(C + 1, dtype=torch.int32, device=device))
+        self.register_buffer("col_slots", torch.zeros_like(self.block_row))
+        if device.type != "meta":
+            self.rebuild_views()
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def random(
+        cls,
+        shape: tuple[int, int],
+        block_size: int,
+        *,
+        density: float,
+        generator: torch.Generator | None = None,
+        device=None,
+    ) -> "BlockSparseLayout":
+        """A uniformly random topology with exactly ``block_count(density, R*C)`` blocks.
+
+        The draw is made on the CPU with ``generator`` (torch's default generator if
+        None), so the same seed gives the same topology on every device.
+        """
+        _check_positive_int("block_size", block_size)
+        R, C = math.ceil(shape[0] / block_size), math.ceil(shape[1] / block_size)
+        nnzb = block_count(density, R * C)
+        flat = torch.randperm(R * C, generator=generator)[:nnzb].sort().values
+        return cls.from_flat(shape, block_size, flat, device=device)
+
+    @classmethod
+    def from_flat(cls, shape, block_size: int, flat: torch.Tensor, *, device=None) -> "BlockSparseLayout":
+        """Layout whose slots hold the row-major block indices ``flat`` (in that order)."""
+        C = math.ceil(shape[1] / block_size)
+        device = torch.device(device) if device is not None else flat.device
+        flat = flat.to(device=device, dtype=torch.int64)
+        return cls(shape, block_size, flat // C, flat % C)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def grid(self) -> tuple[int, int]:
+        """``(R, C)``: number of block rows and block columns."""
+        b = self.block_size
+        return math.ceil(self.shape[0] / b), math.ceil(self.shape[1] / b)
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        R, C = self.grid
+        return R * self.block_size, C * self.block_size
+
+    @property
+    def nnzb(self) -> int:
+        return self.block_row.numel()
+
+    @property
+    def n_blocks(self) -> int:
+        R, C = self.grid
+        return R * C
+
+    @property
+    def block_density(self) -> float:
+        return self.nnzb / self.n_blocks
+
+    def nnz(self) -> int:
+        """Number of real (non-padding) weight entries in the active blocks."""
+        out, K = self.shape
+        b = self.block_size
+        rows = (out - self.block_row.long() * b).clamp(max=b)
+        cols = (K - self.block_col.long() * b).clamp(max=b)
+        return int((rows * cols).sum())
+
+    def density(self) -> float:
+        """Fraction of the real weight entries that are active."""
+        return self.nnz() / (self.shape[0] * self.shape[1])
+
+    def flat_index(self) -> torch.Tensor:
+        """``[nnzb] int64`` row-major block index of every slot."""
+        return self.block_row.long() * self.grid[1] + self.block_col.long()
+
+    def active_mask(self) -> torch.Tensor:
+        """``[R, C] bool``: True where a block is active (O(blocks) memory)."""
+        R, C = self.grid
+        mask = torch.zeros(R * C, dtype=torch.bool, device=self.block_row.device)
+        mask[self.flat_index()] = True
+        return mask.view(R, C)
+
+    def padding_mask(self) -> torch.Tensor | None:
+        """``[nnzb, b, b] bool``: True on real entries; None when no dimension is padded."""
+        out, K = self.shape
+        b = self.block_size
+        if out % b == 0 and K % b == 0:
+            return None
+        ar = torch.arange(b, device=self.block_row.device)
+        rows = self.block_row.long()[:, None] * b + ar  # [nnzb, b]
+        cols = self.block_col.long()[:, None] * b + ar
+        return (rows < out)[:, :, None] & (cols < K)[:, None, :]
+
+    def topology(self) -> tuple[torch.Tensor, ...]:
+        """The six topology tensors in the order the ops take them."""
+        return tuple(getattr(self, name) for name in _TOPOLOGY)
+
+    # ----------------------------------------------------------------- views
+    @torch.no_grad()
+    def rebuild_views(self) -> None:
+        """Recompute the row and column views from ``block_row``/``block_col`` (on device)."""
+        rebuild_views(self.block_row, self.block_col, self.row_ptr, self.row_slots, self.col_ptr, self.col_slots)
+
+    # ----------------------------------------------------------------- checks
+    @torch.no_grad()
+    def validate(self, values: torch.Tensor | None = None) -> None:
+        """Check every invariant of the format; raise ``ValueError`` naming the first broken one.
+
+        With ``values`` (``[nnzb, b, b]``) also checks its shape and device and that
+        padding entries are zero.
+        """
+        check_topology(self.shape, self.block_size, *self.topology())
+        if values is not None:
+            b = self.block_size
+            if values.shape != (self.nnzb, b, b):
+                raise ValueError(f"values must have shape {(self.nnzb, b, b)}, got {tuple(values.shape)}")
+            if values.device != self.block_row.device:
+                raise ValueError(f"values are on {values.device} but the topology is on {self.block_row.device}")
+            pad = self.padding_mask()
+            if pad is not None and bool((values.detach()[~pad] != 0).any()):
+                raise ValueError("values hold non-zero entries in the padding of edge blocks")
+
+    # ----------------------------------------------------------------- dense conversion
+    def to_dense(self, values: torch.Tensor) -> torch.Tensor:
+        """Dense ``[out, K]`` weight from ``values [nnzb, b, b]`` (for export and tests)."""
+        R, C = self.grid
+        b = self.block_size
+        grid = values.new_zeros(R * C, b, b)
+        grid[self.flat_index()] = values
+        dense = grid.view(R, C, b, b).permute(0, 2, 1, 3).reshape(R * b, C * b)
+        return dense[: self.shape[0], : self.shape[1]]
+
+    @staticmethod
+    def block_norms(dense: torch.Tensor, block_size: int) -> torch.Tensor:
+        """``[R, C]`` fp32 Frobenius norm of every ``b x b`` block of a dense ``[out, K]`` tensor."""
+        return _blocked(dense.float(), block_size).norm(dim=(2, 3)).view(
+            math.ceil(dense.shape[0] / block_size), math.ceil(dense.shape[1] / block_size)
+        )
+
+    @classmethod
+    def from_dense(
+        cls, weight: torch.Tensor, *, density: float, block_size: int
+    ) -> tuple["BlockSparseLayout", torch.Tensor]:
+        """Keep the ``block_count(density)`` blocks of largest Frobenius norm.
+
+        Returns the layout and the ``[nnzb, b, b]`` values (same dtype and device as
+        ``weight``).  Ties are broken by the lower row-major block index.
+        """
+        if weight.dim() != 2:
+            raise ValueError(f"weight must be 2-D [out, K], got shape {tuple(weight.shape)}")
+        _check_positive_int("block_size", block_size)
+        norms = cls.block_norms(weight.detach(), block_size).flatten()
+        nnzb = block_count(density, norms.numel())
+        order = torch.sort(norms, descending=True, stable=True).indices[:nnzb]
+        layout = cls.from_flat(tuple(weight.shape), block_size, order.sort().values)
+        values = _blocked(weight.detach(), block_size).flatten(0, 1)[layout.flat_index()].clone()
+        return layout, values
+
+    def gather(self, dense: torch.Tensor) -> torch.Tensor:
+        """``[nnzb, b, b]`` blocks of a dense ``[out, K]`` tensor at this layout's slots."""
+        if tuple(dense.shape) != self.shape:
+            raise ValueError(f"dense tensor must have shape {self.shape}, got {tuple(dense.shape)}")
+        return _blocked(dense, self.block_size).flatten(0, 1)[self.flat_index()]
+
+    def extra_repr(self) -> str:
+        R, C = self.grid
+        return f"shape={self.shape}, block_size={self.block_size}, nnzb={self.nnzb}/{R * C}"
+
+    # ----------------------------------------------------------------- state dict
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # Check the incoming topology as a whole before anything is copied, so a bad
+        # checkpoint leaves this layout untouched.
+        keys = [prefix + name for name in _TOPOLOGY]
+        if all(key in state_dict for key in keys):
+            incoming = [state_dict[key] for key in keys]
+            for key, tensor, own in zip(keys, incoming, self.topology()):
+                if tensor.shape != own.shape:
+                    raise ValueError(
+                        f"state dict entry {key!r} has shape {tuple(tensor.shape)}, this layout needs "
+                        f"{tuple(own.shape)} (shape={self.shape}, block_size={self.block_size}, nnzb={self.nnzb})"
+                    )
+            try:
+                check_topology(self.shape, self.block_size, *(t.to(torch.int32) for t in incoming))
+            except ValueError as err:
+                raise ValueError(f"state dict under {prefix!r} holds an invalid topology: {err}") from None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+
+@torch.no_grad()
+def build_views(block_row: torch.Tensor, block_col: torch.Tensor, n_rows: int, n_cols: int):
+    """Row and column views of a topology, computed on its device.
+
+    Returns ``row_ptr [R+1], row_slots [nnzb], col_ptr [C+1], col_slots [nnzb]`` (int32).
+    """
+    row, col = block_row.long(), block_col.long()
+    row_slots = torch.argsort(row * n_cols + col)
+    col_slots = torch.argsort(col * n_rows + row)
+    zero = row.new_zeros(1)
+    row_ptr = torch.cat([zero, torch.cumsum(torch.bincount(row, minlength=n_rows), 0)])
+    col_ptr = torch.cat([zero, torch.cumsum(torch.bincount(col, minlength=n_cols), 0)])
+    return tuple(t.to(torch.int32) for t in (row_ptr, row_slots, col_ptr, col_slots))
+
+
+def rebuild_views(block_row, block_col, row_ptr, row_slots, col_ptr, col_slots) -> None:
+    """Overwrite the four view tensors in place from the block coordinates."""
+    views = build_views(block_row, block_col, row_ptr.numel() - 1, col_ptr.numel() - 1)
+    for dst, src in zip((row_ptr, row_slots, col_ptr, col_slots), views):
+        dst.copy_(src)
+
+
+@torch.no_grad()
+def check_topology(shape, block_size, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots) -> None:
+    """Raise ``ValueError`` naming the first broken invariant of a topology."""
+    R, C = math.ceil(shape[0] / block_size), math.ceil(shape[1] / block_size)
+    tensors = dict(zip(_TOPOLOGY, (block_row, block_col, row_ptr, row_slots, col_ptr, col_slots)))
+    device = block_row.device
+    nnzb = block_row.numel()
+    for name, t in tensors.items():
+        if t.dtype != torch.int32:
+            raise ValueError(f"layout.{name} must be int32, got {t.dtype}")
+        if t.device != device:
+            raise ValueError(f"layout.{name} is on {t.device}, block_row on {device}")
+        if t.dim() != 1:
+            raise ValueError(f"layout.{name} must be 1-D, got shape {tuple(t.shape)}")
+    expected = {"block_col": nnzb, "row_slots": nnzb, "col_slots": nnzb, "row_ptr": R + 1, "col_ptr": C + 1}
+    for name, n in expected.items():
+        if tensors[name].numel() != n:
+            raise ValueError(f"layout.{name} has {tensors[name].numel()} entries, expected {n}")
+    if nnzb == 0:
+        raise ValueError("layout has no active block (nnzb == 0)")
+    row, col = block_row.long(), block_col.long()
+    if int(row.min()) < 0 or int(row.max()) >= R:
+        raise ValueError(f"layout.block_row out of range [0, {R}): min {int(row.min())}, max {int(row.max())}")
+    if int(col.min()) < 0 or int(col.max()) >= C:
+        raise ValueError(f"layout.block_col out of range [0, {C}): min {int(col.min())}, max {int(col.max())}")
+    if torch.unique(row * C + col).numel() != nnzb:
+        raise ValueError("layout holds duplicate blocks (two slots with the same (block_row, block_col))")
+    _check_view("row", row_ptr, row_slots, row, row * C + col, R)
+    _check_view("col", col_ptr, col_slots, col, col * R + row, C)
+
+
+def _check_view(kind, ptr, slots, major, order_key, n_major) -> None:
+    nnzb = slots.numel()
+    ptr = ptr.long()
+    if int(ptr[0]) != 0 or int(ptr[-1]) != nnzb or bool((ptr[1:] < ptr[:-1]).any()):
+        raise ValueError(f"layout.{kind}_ptr must rise from 0 to nnzb={nnzb}")
+    s = slots.long()
+    if int(s.min()) < 0 or int(s.max()) >= nnzb or torch.unique(s).numel() != nnzb:
+        raise ValueError(f"layout.{kind}_slots must be a permutation of the {nnzb} slots")
+    if not torch.equal(torch.bincount(major, minlength=n_major), ptr[1:] - ptr[:-1]):
+        raise ValueError(f"layout.{kind}_ptr does not match the block coordinates")
+    key = order_key[s]
+    if bool((key[1:] <= key[:-1]).any()):
+        raise ValueError(f"layout.{kind}_slots is not sorted by block coordinates")
+
+
+def _blocked(dense: torch.Tensor, b: int) -> torch.Tensor:
+    """``[R, C, b, b]`` view of a dense ``[out, K]`` tensor, zero-padded to whole blocks."""
+    out, K = dense.shape
+    R, C = math.ceil(out / b), math.ceil(K / b)
+    if (R * b, C * b) != (out, K):
+        dense = torch.nn.functional.pad(dense, (0, C * b - K, 0, R * b - out))
+    return dense.reshape(R, b, C, b).permute(0, 2, 1, 3)

@@ -1,0 +1,119 @@
+"""``SparseLinear``: a drop-in ``nn.Linear`` whose weight is block-sparse."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from rigl_sparse import ops
+from rigl_sparse.layout import BlockSparseLayout, _check_density, _check_positive_int
+from rigl_sparse.nn.base import SUPPORTED_DTYPES, SparseModule
+
+
+class SparseLinear(SparseModule):
+    """``y = x @ W.T + bias`` with ``W[out_features, in_features]`` stored block-sparse.
+
+    Args:
+        in_features, out_features, bias: as ``nn.Linear``.
+        density: fraction of the ``b x b`` blocks that are active, in (0, 1];
+            exactly ``round(density * blocks)`` blocks (at least one).
+        block_size: ``b``.  Dimensions it does not divide are padded.
+        generator: draws the random topology (torch's default generator if None).
+
+    The active weights are initialised as ``nn.Linear`` initialises its weight
+    (uniform in ``±1/sqrt(in_features)``, the dense fan-in), restricted to the
+    active blocks.  ``values`` (``[nnzb, b, b]``) is the only trainable weight
+    tensor; ``layout`` holds the topology as buffers, so ``state_dict()`` carries
+    the exact sparse model.
+
+    Input ``[*, in_features]`` of the parameters' dtype -> output ``[*, out_features]``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, density: float,
+                 block_size: int = 32, device=None, dtype=None, generator: torch.Generator | None = None):
+        super().__init__()
+        _check_positive_int("in_features", in_features)
+        _check_positive_int("out_features", out_features)
+        _check_positive_int("block_size", block_size)
+        _check_density(density)
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        if dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"dtype must be one of float16, bfloat16, float32, float64, got {dtype}")
+        device = torch.empty(0, device=device).device  # honours torch.device(...) context managers
+        if device.type == "meta":
+            raise ValueError(
+                "SparseLinear needs a real device for its topology, got device='meta'; build the dense model on "
+                "meta and convert it with rs.sparsify(model, density=..., device=...)"
+            )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.layout = BlockSparseLayout.random((out_features, in_features), block_size, density=density,
+                                               generator=generator, device=device)
+        b = block_size
+        self.values = nn.Parameter(torch.empty(self.layout.nnzb, b, b, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Uniform ``±1/sqrt(in_features)`` on active weights and bias, as ``nn.Linear``."""
+        bound = 1.0 / math.sqrt(self.in_features)
+        with torch.no_grad():
+            self.values.uniform_(-bound, bound)
+            self._zero_padding_()
+            if self.bias is not None:
+                self.bias.uniform_(-bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"input must have {self.in_features} features in its last dimension, got shape "
+                             f"{tuple(x.shape)}")
+        if x.dtype != self.values.dtype:
+            raise TypeError(f"input dtype {x.dtype} does not match the layer's dtype {self.values.dtype}")
+        x2 = x.reshape(-1, self.in_features)
+        y = ops.dsd(x2, self.values, self.bias, *self.layout.topology(), self.out_features)
+        y = self._tap_grow_scores(y, x2)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    # -------------------------------------------------------------- conversion
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, *, density: float, block_size: int = 32) -> "SparseLinear":
+        """Keep the ``density`` fraction of ``linear``'s blocks with the largest Frobenius norm."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        weight = linear.weight
+        if weight.is_meta:
+            raise ValueError("linear has meta weights; use rs.sparsify(model, ..., device=...) for meta models")
+        layout, values = BlockSparseLayout.from_dense(weight.detach(), density=density, block_size=block_size)
+        return cls._assemble(layout, values, linear.bias)
+
+    @classmethod
+    def _assemble(cls, layout: BlockSparseLayout, values: torch.Tensor, bias: torch.Tensor | None) -> "SparseLinear":
+        """A layer with the given layout, values ``[nnzb, b, b]`` and bias (all copied)."""
+        layer = cls.__new__(cls)
+        SparseModule.__init__(layer)
+        layer.out_features, layer.in_features = layout.shape
+        layer.layout = layout.to(values.device)
+        layer.values = nn.Parameter(values.detach().clone())
+        layer.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        layer._zero_padding_()
+        return layer
+
+    def to_dense(self) -> torch.Tensor:
+        """The weight as a dense ``[out_features, in_features]`` tensor (detached)."""
+        return self.layout.to_dense(self.values.detach())
+
+    def to_linear(self) -> nn.Linear:
+        """An ``nn.Linear`` with the same function (dense weight, copied bias)."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.values.device, dtype=self.values.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.to_dense())
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"density={self.density():.4f}, block_size={self.block_size}")

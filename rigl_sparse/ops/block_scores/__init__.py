@@ -1,0 +1,55 @@
+"""``rigl_sparse::block_scores`` — RigL's grow criterion, streamed.
+
+Frobenius norm of every ``b x b`` block of the dense gradient ``dY.T @ X``, the
+active blocks masked out, the best ``k`` kept.  Not differentiable.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rigl_sparse import backends
+from rigl_sparse.ops import _common
+from rigl_sparse.ops.block_scores import reference
+
+
+def _check(dy, x, block_row, block_col, block_size, k):
+    _common.check_matrix("dy", dy)
+    _common.check_matrix("x", x)
+    if dy.dtype != x.dtype:
+        raise TypeError(f"dy ({dy.dtype}) and x ({x.dtype}) must have the same dtype")
+    if dy.shape[0] != x.shape[0]:
+        raise ValueError(f"dy and x must have the same number of rows, got {dy.shape[0]} and {x.shape[0]}")
+    if block_size <= 0:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    if k < 0:
+        raise ValueError(f"k must be non-negative, got {k}")
+    for name, t in (("block_row", block_row), ("block_col", block_col)):
+        if t.dtype != torch.int32 or t.dim() != 1:
+            raise TypeError(f"{name} must be a 1-D int32 tensor, got {t.dtype} of shape {tuple(t.shape)}")
+    _common.check_same_device(dy=dy, x=x, block_row=block_row, block_col=block_col)
+
+
+@torch.library.custom_op("rigl_sparse::block_scores", mutates_args=())
+def block_scores(dy: Tensor, x: Tensor, block_row: Tensor, block_col: Tensor, block_size: int,
+                 k: int) -> tuple[Tensor, Tensor]:
+    """dy: [M, out]; x: [M, K]; block_row/col: [nnzb] int32 -> (scores [k] float32, index [k] int64).
+
+    ``index`` is the row-major block index ``r * ceil(K/b) + c``; entries past the
+    number of inactive blocks hold ``-inf`` / ``-1``.
+    """
+    _check(dy, x, block_row, block_col, block_size, k)
+    impl = _common.dispatch("block_scores", x.device)
+    return impl(dy, x, block_row, block_col, block_size, k)
+
+
+@block_scores.register_fake
+def _(dy, x, block_row, block_col, block_size, k):
+    _check(dy, x, block_row, block_col, block_size, k)
+    return x.new_empty(k, dtype=torch.float32), x.new_empty(k, dtype=torch.int64)
+
+
+backends.register_impl("block_scores", "reference", reference.block_scores)
+
+__all__ = ["block_scores"]

@@ -1,0 +1,69 @@
+"""``rigl_sparse::dds`` — input gradient of a block-sparse linear layer: ``dX = dY @ W``.
+
+Dense ``dY``, sparse weight, dense ``dX``; kernels walk the column view.
+Differentiable (for double backward): ``d(dY)`` is ``dsd``, ``dvalues`` is ``sdd``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rigl_sparse import backends
+from rigl_sparse.ops import _common
+from rigl_sparse.ops.dds import reference
+
+
+def _check(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, in_features):
+    _common.check_matrix("dy", dy)
+    _common.check_topology_args(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots,
+                                values.shape[-1] if values.dim() == 3 else -1)
+    if values.dtype != dy.dtype:
+        raise TypeError(f"values ({values.dtype}) and dy ({dy.dtype}) must have the same dtype")
+    b = values.shape[1]
+    _common.check_dim_matches_grid("dy.shape[1] (out_features)", dy.shape[1], row_ptr.shape[0] - 1, b)
+    _common.check_dim_matches_grid("in_features", in_features, col_ptr.shape[0] - 1, b)
+    _common.check_same_device(dy=dy, values=values, block_row=block_row, block_col=block_col, row_ptr=row_ptr,
+                              row_slots=row_slots, col_ptr=col_ptr, col_slots=col_slots)
+
+
+@torch.library.custom_op("rigl_sparse::dds", mutates_args=())
+def dds(dy: Tensor, values: Tensor, block_row: Tensor, block_col: Tensor, row_ptr: Tensor, row_slots: Tensor,
+        col_ptr: Tensor, col_slots: Tensor, in_features: int) -> Tensor:
+    """dy: [M, out]; values: [nnzb, b, b] (dy's dtype); topology int32 -> dx: [M, in_features]."""
+    _check(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, in_features)
+    impl = _common.dispatch("dds", dy.device)
+    return impl(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, in_features).contiguous()
+
+
+@dds.register_fake
+def _(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, in_features):
+    _check(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, in_features)
+    return dy.new_empty(dy.shape[0], in_features)
+
+
+def _setup_context(ctx, inputs, output):
+    dy, values, *topology, _ = inputs
+    ctx.save_for_backward(dy, values, *topology)
+
+
+def _backward(ctx, grad_dx):
+    dy, values, *topology = ctx.saved_tensors
+    grad_dy = grad_values = None
+    if ctx.needs_input_grad[0]:
+        grad_dy = torch.ops.rigl_sparse.dsd(grad_dx, values, None, *topology, dy.shape[1])
+    if ctx.needs_input_grad[1]:
+        grad_values = torch.ops.rigl_sparse.sdd(dy, grad_dx, *topology, values.shape[1])
+    return (grad_dy, grad_values) + (None,) * 7
+
+
+dds.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _reference(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, in_features):
+    return reference.dds(dy, values, block_row, block_col, in_features)
+
+
+backends.register_impl("dds", "reference", _reference)
+
+__all__ = ["dds"]

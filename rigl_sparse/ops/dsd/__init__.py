@@ -1,0 +1,81 @@
+"""``rigl_sparse::dsd`` — forward of a block-sparse linear layer: ``Y = X @ W.T (+ bias)``.
+
+Dense input, sparse weight, dense output.  Differentiable in ``x``, ``values``
+and ``bias``: ``dX`` is ``dds``, ``dvalues`` is ``sdd``, ``dbias`` a column sum.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from rigl_sparse import backends
+from rigl_sparse.ops import _common
+from rigl_sparse.ops.dsd import reference
+
+
+def _check(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features):
+    _common.check_matrix("x", x)
+    _common.check_topology_args(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots,
+                                values.shape[-1] if values.dim() == 3 else -1)
+    if values.dtype != x.dtype:
+        raise TypeError(f"values ({values.dtype}) and x ({x.dtype}) must have the same dtype")
+    b = values.shape[1]
+    _common.check_dim_matches_grid("out_features", out_features, row_ptr.shape[0] - 1, b)
+    _common.check_dim_matches_grid("x.shape[1] (in_features)", x.shape[1], col_ptr.shape[0] - 1, b)
+    if bias is not None:
+        if bias.dtype != x.dtype:
+            raise TypeError(f"bias ({bias.dtype}) and x ({x.dtype}) must have the same dtype")
+        if bias.shape != (out_features,):
+            raise ValueError(f"bias must have shape [{out_features}], got {tuple(bias.shape)}")
+    _common.check_same_device(x=x, values=values, bias=bias, block_row=block_row, block_col=block_col,
+                              row_ptr=row_ptr, row_slots=row_slots, col_ptr=col_ptr, col_slots=col_slots)
+
+
+@torch.library.custom_op("rigl_sparse::dsd", mutates_args=())
+def dsd(x: Tensor, values: Tensor, bias: Optional[Tensor], block_row: Tensor, block_col: Tensor, row_ptr: Tensor,
+        row_slots: Tensor, col_ptr: Tensor, col_slots: Tensor, out_features: int) -> Tensor:
+    """x: [M, K]; values: [nnzb, b, b] (x's dtype); bias: [out] or None; topology int32 -> y: [M, out]."""
+    _check(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features)
+    impl = _common.dispatch("dsd", x.device)
+    return impl(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots,
+                out_features).contiguous()
+
+
+@dsd.register_fake
+def _(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features):
+    _check(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features)
+    return x.new_empty(x.shape[0], out_features)
+
+
+def _setup_context(ctx, inputs, output):
+    x, values, bias, *topology, out_features = inputs
+    ctx.save_for_backward(x, values, *topology)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_y):
+    x, values, *topology = ctx.saved_tensors
+    grad_x = grad_values = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.ops.rigl_sparse.dds(grad_y, values, *topology, x.shape[1])
+    if ctx.needs_input_grad[1]:
+        grad_values = torch.ops.rigl_sparse.sdd(grad_y, x, *topology, values.shape[1])
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_bias = grad_y.sum(0, dtype=_common.accumulation_dtype(grad_y.dtype)).to(grad_y.dtype)
+    return (grad_x, grad_values, grad_bias) + (None,) * 7
+
+
+dsd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _reference(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features):
+    return reference.dsd(x, values, bias, block_row, block_col, out_features)
+
+
+backends.register_impl("dsd", "reference", _reference)
+
+__all__ = ["dsd"]

@@ -1,0 +1,72 @@
+"""``rigl_sparse::sdd`` — weight gradient on the active blocks: ``dvalues[s] = dY[:, rows(s)].T @ X[:, cols(s)]``.
+
+Dense ``dY`` and ``X``, sparse output with the layer's topology.  Differentiable
+(for double backward): ``d(dY)`` is ``dsd(X, G)``, ``dX`` is ``dds(dY, G)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rigl_sparse import backends
+from rigl_sparse.ops import _common
+from rigl_sparse.ops.sdd import reference
+
+
+def _check(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size):
+    _common.check_matrix("dy", dy)
+    _common.check_matrix("x", x)
+    if dy.dtype != x.dtype:
+        raise TypeError(f"dy ({dy.dtype}) and x ({x.dtype}) must have the same dtype")
+    if dy.shape[0] != x.shape[0]:
+        raise ValueError(f"dy and x must have the same number of rows, got {dy.shape[0]} and {x.shape[0]}")
+    if block_size <= 0:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    _common.check_topology_args(None, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size)
+    _common.check_dim_matches_grid("dy.shape[1] (out_features)", dy.shape[1], row_ptr.shape[0] - 1, block_size)
+    _common.check_dim_matches_grid("x.shape[1] (in_features)", x.shape[1], col_ptr.shape[0] - 1, block_size)
+    _common.check_same_device(dy=dy, x=x, block_row=block_row, block_col=block_col, row_ptr=row_ptr,
+                              row_slots=row_slots, col_ptr=col_ptr, col_slots=col_slots)
+
+
+@torch.library.custom_op("rigl_sparse::sdd", mutates_args=())
+def sdd(dy: Tensor, x: Tensor, block_row: Tensor, block_col: Tensor, row_ptr: Tensor, row_slots: Tensor,
+        col_ptr: Tensor, col_slots: Tensor, block_size: int) -> Tensor:
+    """dy: [M, out]; x: [M, K] (same dtype); topology int32 -> dvalues: [nnzb, b, b] (x's dtype)."""
+    _check(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size)
+    impl = _common.dispatch("sdd", x.device)
+    return impl(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size).contiguous()
+
+
+@sdd.register_fake
+def _(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size):
+    _check(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size)
+    return x.new_empty(block_row.shape[0], block_size, block_size)
+
+
+def _setup_context(ctx, inputs, output):
+    dy, x, *topology, _ = inputs
+    ctx.save_for_backward(dy, x, *topology)
+
+
+def _backward(ctx, grad_values):
+    dy, x, *topology = ctx.saved_tensors
+    grad_dy = grad_x = None
+    if ctx.needs_input_grad[0]:
+        grad_dy = torch.ops.rigl_sparse.dsd(x, grad_values, None, *topology, dy.shape[1])
+    if ctx.needs_input_grad[1]:
+        grad_x = torch.ops.rigl_sparse.dds(dy, grad_values, *topology, x.shape[1])
+    return (grad_dy, grad_x) + (None,) * 7
+
+
+sdd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _reference(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size):
+    return reference.sdd(dy, x, block_row, block_col, block_size)
+
+
+backends.register_impl("sdd", "reference", _reference)
+
+__all__ = ["sdd"]

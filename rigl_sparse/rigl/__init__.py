@@ -1,0 +1,8 @@
+"""RigL: sparsity distributions, the drop schedule, the scheduler and ``sparsify``."""
+
+from rigl_sparse.rigl.distributions import layer_densities
+from rigl_sparse.rigl.schedule import drop_fraction
+from rigl_sparse.rigl.scheduler import RigLScheduler
+from rigl_sparse.rigl.sparsify import sparsify
+
+__all__ = ["layer_densities", "drop_fraction", "RigLScheduler", "sparsify"]

@@ -1,0 +1,218 @@
+"""``RigLScheduler``: drop and grow blocks every ``delta_t`` steps (RigL, SET, static).
+
+Steps are counted from 0: the ``t``-th call of ``step()`` (after the ``t``-th
+backward pass) is an update step when ``t > 0``, ``t % delta_t == 0`` and
+``t <= t_end``.  On an update step each sparse layer with ``n`` active blocks:
+
+1. drops the ``k = floor(drop_fraction(t) * n)`` active blocks of smallest
+   Frobenius norm;
+2. grows ``k`` blocks among those not kept (inactive, or just dropped): the
+   largest dense-gradient norms (``grow="gradient"``, RigL) or uniformly at
+   random (``grow="random"``, SET);
+3. writes the grown blocks into the freed slots with value 0 and zero
+   optimizer state; a dropped block that is grown again keeps its slot, value
+   and optimizer state.
+
+``step()`` returns False on an update step: as in the official code, the
+optimizer does not step then.  Ties (equal norms or scores) go to the lower
+row-major block index.
+
+The gradient criterion comes from the layers themselves: before the backward of
+an update step the scheduler asks every layer for its top-``k`` inactive blocks
+(``SparseModule.request_grow_scores``), which the layer computes in its backward
+with the streaming ``block_scores`` op.  The scores of the active blocks are the
+norms of ``values.grad``, so "top-k inactive ∪ dropped" holds every block that
+can win, and no dense gradient is ever stored.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from rigl_sparse import ops
+from rigl_sparse.nn import SparseModule
+from rigl_sparse.rigl.schedule import check_alpha, check_t_end, drop_fraction
+
+GROW = ("gradient", "random", "none")
+DROP = ("magnitude",)
+
+
+class RigLScheduler:
+    """Dynamic sparse training driver.
+
+    Args:
+        model: module whose ``SparseModule`` layers are trained sparse.
+        optimizer: the ``torch.optim`` optimizer that holds every sparse layer's ``values``.
+        delta_t: steps between topology updates (> 0).
+        t_end: last step at which the topology may change (> 0; the paper uses 3/4 of training).
+        alpha: initial drop fraction, annealed to 0 at ``t_end`` by a cosine.
+        grow: ``"gradient"`` (RigL), ``"random"`` (SET) or ``"none"`` (static topology).
+        drop: ``"magnitude"``.
+        seed: seeds the generator of random growth.
+
+    Use::
+
+        loss.backward()
+        if sched.step():
+            optimizer.step()
+        optimizer.zero_grad()
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, delta_t: int = 100, t_end: int,
+                 alpha: float = 0.3, grow: str = "gradient", drop: str = "magnitude", seed: int = 0):
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if isinstance(delta_t, bool) or not isinstance(delta_t, int) or delta_t <= 0:
+            raise ValueError(f"delta_t must be an int > 0, got {delta_t!r}")
+        check_t_end(t_end)
+        check_alpha(alpha)
+        if grow not in GROW:
+            raise ValueError(f"grow must be one of {GROW}, got {grow!r}")
+        if drop not in DROP:
+            raise ValueError(f"drop must be one of {DROP}, got {drop!r}")
+        self.layers = [(name, m) for name, m in model.named_modules() if isinstance(m, SparseModule)]
+        if not self.layers:
+            raise ValueError("model has no sparse layer: build it with rs.SparseLinear or convert it with rs.sparsify")
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        missing = [name for name, m in self.layers if id(m.values) not in in_optimizer]
+        if missing:
+            raise ValueError(f"optimizer does not hold the values of sparse layers {missing}; create the optimizer "
+                             "from model.parameters() after sparsifying")
+        self.optimizer = optimizer
+        self.delta_t = delta_t
+        self.t_end = t_end
+        self.alpha = float(alpha)
+        self.grow = grow
+        self.drop = drop
+        self.step_count = 0
+        self.generator = torch.Generator().manual_seed(seed)
+        self.stats = {"updates": 0, "blocks_moved": 0, "skipped_nonfinite": 0, "skipped_no_gradient": 0}
+        self._arm()
+
+    # ---------------------------------------------------------------- schedule
+    def is_update_step(self, t: int) -> bool:
+        """Whether step ``t`` (0-based) changes the topology."""
+        return self.grow != "none" and 0 < t <= self.t_end and t % self.delta_t == 0
+
+    def drop_count(self, t: int, n_active: int) -> int:
+        """``k`` for a layer with ``n_active`` blocks at step ``t``."""
+        if not self.is_update_step(t):
+            return 0
+        return math.floor(drop_fraction(t, alpha=self.alpha, t_end=self.t_end) * n_active)
+
+    def _arm(self) -> None:
+        """Ask the layers for grow scores in the coming backward when it belongs to an update step."""
+        for _, layer in self.layers:
+            k = self.drop_count(self.step_count, layer.layout.nnzb) if self.grow == "gradient" else 0
+            layer.request_grow_scores(k if k > 0 else None)
+
+    # ---------------------------------------------------------------- stepping
+    def step(self) -> bool:
+        """Advance one training step; returns False when the topology changed (skip ``optimizer.step()``)."""
+        t = self.step_count
+        updated = self.is_update_step(t)
+        if updated:
+            with torch.no_grad():
+                for name, layer in self.layers:
+                    self._update_layer(name, layer, t)
+            self.stats["updates"] += 1
+        self.step_count = t + 1
+        self._arm()
+        return not updated
+
+    def _update_layer(self, name: str, layer: SparseModule, t: int) -> None:
+        layout = layer.layout
+        k = self.drop_count(t, layout.nnzb)
+        candidates = layer.take_grow_scores()
+        if k == 0:
+            return
+        values = layer.values
+        flat = layout.flat_index()
+        dropped = _smallest(values.detach().float().flatten(1).norm(dim=1), flat, k)  # slots
+        if self.grow == "gradient":
+            grown = self._grow_by_gradient(name, layer, candidates, dropped, flat, k)
+        else:
+            grown = self._grow_at_random(layout, dropped, flat, k)
+        if grown is None:
+            return
+        dropped_flat = flat[dropped]
+        slots = dropped[~torch.isin(dropped_flat, grown)].sort().values
+        new_flat = grown[~torch.isin(grown, dropped_flat)].sort().values
+        n_cols = layout.grid[1]
+        ops.update_topology(values, *layout.topology(), slots, new_flat // n_cols, new_flat % n_cols)
+        if values.grad is not None:
+            values.grad[slots] = 0
+        for state in self.optimizer.state.get(values, {}).values():
+            if torch.is_tensor(state) and state.shape == values.shape:
+                state[slots] = 0
+        self.stats["blocks_moved"] += slots.numel()
+
+    def _grow_by_gradient(self, name, layer, candidates, dropped, flat, k):
+        grad = layer.values.grad
+        if candidates is None or grad is None:
+            warnings.warn(f"RigL update at step {self.step_count} skipped for layer {name!r}: no gradient was "
+                          "recorded for it (call loss.backward() through the layer before scheduler.step())",
+                          RuntimeWarning, stacklevel=3)
+            self.stats["skipped_no_gradient"] += 1
+            return None
+        scores, index = candidates
+        valid = index >= 0
+        pool_scores = torch.cat([scores[valid], grad[dropped].float().flatten(1).norm(dim=1)])
+        pool_index = torch.cat([index[valid], flat[dropped]])
+        if not bool(torch.isfinite(pool_scores).all()):
+            warnings.warn(f"RigL update at step {self.step_count} skipped for layer {name!r}: grow scores hold "
+                          "NaN or Inf", RuntimeWarning, stacklevel=3)
+            self.stats["skipped_nonfinite"] += 1
+            return None
+        order = torch.argsort(pool_index)
+        pool_scores, pool_index = pool_scores[order], pool_index[order]
+        return pool_index[torch.sort(pool_scores, descending=True, stable=True).indices[:k]]
+
+    def _grow_at_random(self, layout, dropped, flat, k):
+        kept = torch.ones(layout.n_blocks, dtype=torch.bool, device=flat.device)
+        kept[flat] = False  # now True where inactive
+        kept[flat[dropped]] = True  # dropped blocks may come back
+        pool = torch.nonzero(kept).flatten()
+        pick = torch.randperm(pool.numel(), generator=self.generator)[:k].to(pool.device)
+        return pool[pick]
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "step_count": self.step_count, "delta_t": self.delta_t, "t_end": self.t_end, "alpha": self.alpha,
+            "grow": self.grow, "drop": self.drop, "generator": self.generator.get_state(), "stats": dict(self.stats),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        expected = {"step_count", "delta_t", "t_end", "alpha", "grow", "drop", "generator", "stats"}
+        if not isinstance(state, dict) or set(state) != expected:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state must be a RigLScheduler.state_dict() with keys {sorted(expected)}, got {got}")
+        step_count = state["step_count"]
+        if isinstance(step_count, bool) or not isinstance(step_count, int) or step_count < 0:
+            raise ValueError(f"state['step_count'] must be an int >= 0, got {step_count!r}")
+        check_t_end(state["t_end"])
+        check_alpha(state["alpha"])
+        if state["grow"] not in GROW or state["drop"] not in DROP:
+            raise ValueError(f"state has grow={state['grow']!r}, drop={state['drop']!r}; allowed {GROW}, {DROP}")
+        self.step_count = step_count
+        self.delta_t, self.t_end, self.alpha = state["delta_t"], state["t_end"], state["alpha"]
+        self.grow, self.drop = state["grow"], state["drop"]
+        self.generator.set_state(state["generator"])
+        self.stats = dict(state["stats"])
+        self._arm()
+
+    def __repr__(self) -> str:
+        return (f"RigLScheduler(layers={len(self.layers)}, step={self.step_count}, delta_t={self.delta_t}, "
+                f"t_end={self.t_end}, alpha={self.alpha}, grow={self.grow!r}, drop={self.drop!r})")
+
+
+def _smallest(norms: torch.Tensor, flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Slots of the ``k`` smallest ``norms``; ties to the lower block index ``flat``."""
+    order = torch.argsort(flat)
+    return order[torch.sort(norms[order], stable=True).indices[:k]]
