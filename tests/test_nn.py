@@ -1,0 +1,124 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import rigl_sparse as rs
+from rigl_sparse.testing import assert_close
+
+
+def _twin(layer: rs.SparseLinear) -> nn.Linear:
+    return layer.to_linear()
+
+
+@pytest.mark.parametrize("in_f,out_f,b,density", [(64, 32, 16, 0.25), (50, 30, 8, 0.5), (13, 7, 4, 0.6),
+                                                  (20, 20, 1, 0.3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_sparse_linear_forward_and_grads_match_masked_nn_linear(in_f, out_f, b, density, dtype):
+    layer = rs.SparseLinear(in_f, out_f, density=density, block_size=b, dtype=dtype)
+    dense = _twin(layer).float()
+    x = torch.randn(3, 5, in_f)
+    y = layer(x.to(dtype))
+    assert y.shape == (3, 5, out_f) and y.dtype == dtype
+    y_ref = dense(x)
+    assert_close(y, y_ref, dtype, scale=4)
+    g = torch.randn_like(y_ref)
+    xs = x.to(dtype).clone().requires_grad_()
+    layer(xs).backward(g.to(dtype))
+    xd = x.detach().clone().requires_grad_()
+    dense(xd).backward(g)
+    assert_close(xs.grad, xd.grad, dtype, scale=4)
+    assert_close(layer.bias.grad, dense.bias.grad, dtype, scale=4)
+    # values.grad is the dense weight gradient restricted to the active blocks
+    assert_close(layer.values.grad, layer.layout.gather(dense.weight.grad), dtype, scale=8)
+
+
+def test_init_matches_nn_linear_distribution_on_active_weights():
+    layer = rs.SparseLinear(400, 256, density=0.5, block_size=16)
+    bound = 1 / math.sqrt(400)
+    v = layer.values.detach().flatten()
+    assert v.abs().max() <= bound
+    assert abs(v.mean()) < 0.05 * bound
+    assert abs(v.std() - bound / math.sqrt(3)) < 0.02 * bound  # std of U(-a, a) is a/sqrt(3)
+    assert layer.bias.abs().max() <= bound
+
+
+def test_padding_is_zero_and_stays_zero_through_training():
+    layer = rs.SparseLinear(13, 10, density=1.0, block_size=4)
+    pad = layer.layout.padding_mask()
+    assert pad is not None and torch.all(layer.values[~pad] == 0)
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.1, weight_decay=0.1)
+    for _ in range(5):
+        layer(torch.randn(8, 13)).square().sum().backward()
+        assert torch.all(layer.values.grad[~pad] == 0)
+        opt.step()
+        opt.zero_grad()
+    assert torch.all(layer.values[~pad] == 0)
+    layer.layout.validate(layer.values)
+
+
+def test_from_dense_to_dense_round_trip_and_exactness_at_density_one():
+    linear = nn.Linear(48, 32)
+    sparse = rs.SparseLinear.from_dense(linear, density=1.0, block_size=16)
+    torch.testing.assert_close(sparse.to_dense(), linear.weight.detach())
+    x = torch.randn(4, 48)
+    torch.testing.assert_close(sparse(x), linear(x))
+    half = rs.SparseLinear.from_dense(linear, density=0.5, block_size=16)
+    norms = rs.BlockSparseLayout.block_norms(linear.weight.detach(), 16).flatten()
+    kept = set(half.layout.flat_index().tolist())
+    assert min(norms[list(kept)]) >= max(norms[[i for i in range(norms.numel()) if i not in kept]])
+
+
+def test_extra_repr_and_counts():
+    layer = rs.SparseLinear(64, 32, density=0.25, block_size=16)
+    text = repr(layer)
+    assert "density=0.2500" in text and "block_size=16" in text
+    assert layer.layout.nnzb == 2 and layer.values.shape == (2, 16, 16)
+
+
+def test_state_dict_holds_values_and_topology_and_round_trips():
+    a = rs.SparseLinear(64, 48, density=0.3, block_size=8, generator=torch.Generator().manual_seed(1))
+    b = rs.SparseLinear(64, 48, density=0.3, block_size=8, generator=torch.Generator().manual_seed(2))
+    sd = a.state_dict()
+    assert {"values", "bias", "layout.block_row", "layout.block_col", "layout.row_ptr", "layout.row_slots",
+            "layout.col_ptr", "layout.col_slots"} == set(sd)
+    b.load_state_dict(sd)
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(a(x), b(x))
+    torch.testing.assert_close(a.to_dense(), b.to_dense())
+
+
+def test_bad_arguments_raise_with_names():
+    with pytest.raises(ValueError, match="density"):
+        rs.SparseLinear(8, 8, density=0.0, block_size=4)
+    with pytest.raises(ValueError, match="in_features"):
+        rs.SparseLinear(0, 8, density=0.5, block_size=4)
+    with pytest.raises(TypeError, match="dtype"):
+        rs.SparseLinear(8, 8, density=0.5, block_size=4, dtype=torch.int32)
+    with pytest.raises(ValueError, match="meta"):
+        rs.SparseLinear(8, 8, density=0.5, block_size=4, device="meta")
+    layer = rs.SparseLinear(8, 8, density=0.5, block_size=4)
+    with pytest.raises(ValueError, match="8 features"):
+        layer(torch.randn(2, 9))
+    with pytest.raises(TypeError, match="dtype"):
+        layer(torch.randn(2, 8, dtype=torch.float64))
+    with pytest.raises(TypeError, match="nn.Linear"):
+        rs.SparseLinear.from_dense(nn.Conv2d(3, 3, 1), density=0.5)
+
+
+def test_grow_score_request_is_computed_in_backward_only_when_asked():
+    layer = rs.SparseLinear(32, 32, density=0.25, block_size=8)
+    x = torch.randn(6, 32)
+    layer(x).sum().backward()
+    assert layer.take_grow_scores() is None
+    layer.request_grow_scores(3)
+    with torch.no_grad():
+        layer(x)
+    assert layer.take_grow_scores() is None  # no backward, nothing recorded
+    y = layer(x)
+    y.backward(torch.ones_like(y))
+    scores, index = layer.take_grow_scores()
+    assert scores.shape == (3,) and index.shape == (3,)
+    assert not set(index.tolist()) & set(layer.layout.flat_index().tolist())
+    assert layer.take_grow_scores() is None  # taken
