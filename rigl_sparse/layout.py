@@ -107,13 +107,14 @@ class BlockSparseLayout(nn.Module):
     ) -> "BlockSparseLayout":
         """A uniformly random topology with exactly ``block_count(density, R*C)`` blocks.
 
-        The draw is made on the CPU with ``generator`` (torch's default generator if
-        None), so the same seed gives the same topology on every device.
+        The draw is made with ``generator`` on its own device (torch's default CPU
+        generator if None), so a CPU seed gives the same topology on every device.
         """
         _check_positive_int("block_size", block_size)
         R, C = math.ceil(shape[0] / block_size), math.ceil(shape[1] / block_size)
         nnzb = block_count(density, R * C)
-        flat = torch.randperm(R * C, generator=generator)[:nnzb].sort().values
+        draw_device = generator.device if generator is not None else "cpu"
+        flat = torch.randperm(R * C, generator=generator, device=draw_device)[:nnzb].sort().values
         return cls.from_flat(shape, block_size, flat, device=device)
 
     @classmethod

@@ -20,7 +20,8 @@ class SparseLinear(SparseModule):
         density: fraction of the ``b x b`` blocks that are active, in (0, 1];
             exactly ``round(density * blocks)`` blocks (at least one).
         block_size: ``b``.  Dimensions it does not divide are padded.
-        generator: draws the random topology (torch's default generator if None).
+        generator: draws the random topology and the initial values (torch's
+            default generator if None).
 
     The active weights are initialised as ``nn.Linear`` initialises its weight
     (uniform in ``±1/sqrt(in_features)``, the dense fan-in), restricted to the
@@ -54,16 +55,16 @@ class SparseLinear(SparseModule):
         b = block_size
         self.values = nn.Parameter(torch.empty(self.layout.nnzb, b, b, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
-        self.reset_parameters()
+        self.reset_parameters(generator=generator)
 
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, *, generator: torch.Generator | None = None) -> None:
         """Uniform ``±1/sqrt(in_features)`` on active weights and bias, as ``nn.Linear``."""
         bound = 1.0 / math.sqrt(self.in_features)
         with torch.no_grad():
-            self.values.uniform_(-bound, bound)
+            _uniform_(self.values, bound, generator)
             self._zero_padding_()
             if self.bias is not None:
-                self.bias.uniform_(-bound, bound)
+                _uniform_(self.bias, bound, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -117,3 +118,11 @@ class SparseLinear(SparseModule):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"density={self.density():.4f}, block_size={self.block_size}")
+
+
+def _uniform_(t: torch.Tensor, bound: float, generator: torch.Generator | None) -> None:
+    """``t.uniform_(-bound, bound)`` drawing from ``generator`` even when it lives on another device."""
+    if generator is None or generator.device == t.device:
+        t.uniform_(-bound, bound, generator=generator)
+    else:
+        t.copy_(torch.empty(t.shape, dtype=t.dtype, device=generator.device).uniform_(-bound, bound, generator=generator))
