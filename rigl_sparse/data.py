@@ -36,9 +36,10 @@ def cache_dir() -> Path:
 
 
 def _candidates(data_dir) -> list[Path]:
-    dirs = [Path(data_dir)] if data_dir else []
-    if os.environ.get("RIGL_SPARSE_DATA"):
-        dirs.append(Path(os.environ["RIGL_SPARSE_DATA"]))
+    """Where to look: only ``data_dir`` when it is given."""
+    if data_dir:
+        return [Path(data_dir)]
+    dirs = [Path(os.environ["RIGL_SPARSE_DATA"])] if os.environ.get("RIGL_SPARSE_DATA") else []
     return dirs + [SYSTEM_DIR, cache_dir() / "usr/share/datasets/fashion-mnist"]
 
 

@@ -1,0 +1,40 @@
+# rigl_sparse: `make demo` trains a sparse model with RigL, `make test` runs the CPU test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-gpu gpu-check info venv clean
+
+$(STAMP): requirements.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Fashion-MNIST, LeNet-300-100 MLP, 90% sparse (ERK), RigL with 4x4 blocks.
+demo: $(STAMP)
+	$(PY) -m rigl_sparse.data fetch
+	@mkdir -p runs
+	$(PY) -m rigl_sparse.train --method rigl --density 0.1 --distribution erk --block-size 4 --epochs 10 \
+		--out runs/demo.json
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+info: $(STAMP)
+	$(PY) -m rigl_sparse.info
+
+# On a machine with a CUDA GPU and torch preinstalled: GPU tests, results under $(OUT) or benchmarks/results.
+test-gpu:
+	$(PYTHON) -m pytest -q -m gpu
+
+gpu-check:
+	$(PYTHON) -m pip install --quiet --no-build-isolation --no-deps -e .
+	$(PYTHON) -m rigl_sparse.info
+	$(PYTHON) -m pytest -q -m "gpu or not slow"
+
+clean:
+	rm -rf $(VENV) build *.egg-info runs .pytest_cache

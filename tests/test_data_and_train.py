@@ -1,0 +1,78 @@
+import gzip
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from rigl_sparse import data, train
+
+
+def _write_idx(path, array, compress):
+    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def _fake_dataset(directory, n_train=512, n_test=256, compress=True):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 60, (n, 28, 28))
+        for c in range(10):  # make the classes learnable: a bright stripe per class
+            images[labels == c, 2 * c: 2 * c + 3, :] = 250
+        _write_idx(directory / f"{split}-images-idx3-ubyte", images, compress)
+        _write_idx(directory / f"{split}-labels-idx1-ubyte", labels, compress)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_read_idx_round_trip(tmp_path, compress):
+    _fake_dataset(tmp_path, 20, 10, compress)
+    loaded = data.load(tmp_path)
+    assert loaded["train_images"].shape == (20, 28, 28) and loaded["test_labels"].shape == (10,)
+
+
+def test_missing_data_message_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path / "none")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("RIGL_SPARSE_DATA", raising=False)
+    with pytest.raises(FileNotFoundError, match="python -m rigl_sparse.data fetch"):
+        data.find()
+    with pytest.raises(FileNotFoundError, match="data_dir"):
+        data.find(tmp_path)
+
+
+def test_truncated_idx_is_rejected(tmp_path):
+    path = tmp_path / "bad"
+    path.write_bytes(struct.pack(">BBBBI", 0, 0, 8, 1, 100) + b"\x00" * 10)
+    with pytest.raises(ValueError, match="truncated"):
+        data.read_idx(path)
+
+
+@pytest.mark.parametrize("method", ["rigl", "set", "static", "dense"])
+def test_train_cli_end_to_end_on_synthetic_data(tmp_path, method, capsys):
+    _fake_dataset(tmp_path)
+    out = tmp_path / "run.json"
+    code = train.main(["--data-dir", str(tmp_path), "--method", method, "--epochs", "2", "--batch-size", "32",
+                       "--delta-t", "5", "--lr", "3e-3", "--out", str(out), "--no-progress"])
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert record["final_accuracy"] > 0.5  # the stripes are easy
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "training FLOPs" in printed
+    if method == "dense":
+        assert record["weight_density"] == 1.0
+    else:
+        assert record["weight_density"] == pytest.approx(0.1, abs=0.01)
+        assert record["training_flops"] < 0.2 * record["dense_training_flops"]
+        moved = record["scheduler_stats"]["blocks_moved"]
+        assert (moved > 0) == (method != "static")
+
+
+def test_train_cli_reports_missing_data(tmp_path, capsys):
+    assert train.main(["--data-dir", str(tmp_path), "--epochs", "1"]) == 2
+    assert "Fashion-MNIST" in capsys.readouterr().err
