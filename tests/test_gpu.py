@@ -1,5 +1,7 @@
 """The reference path on a CUDA device (run on a GPU machine with `pytest -m gpu`)."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -17,7 +19,7 @@ def test_reference_ops_on_cuda_match_cpu(dtype, shape, b, density):
     layout, values = random_block_sparse(shape, b, density, dtype=dtype)
     x = torch.randn(77, shape[1]).to(dtype)
     dy = torch.randn(77, shape[0]).to(dtype)
-    cuda_layout = layout.to("cuda")
+    cuda_layout = copy.deepcopy(layout).to("cuda")
     topo_cpu, topo_gpu = layout.topology(), cuda_layout.topology()
     v_gpu, x_gpu, dy_gpu = values.cuda(), x.cuda(), dy.cuda()
     assert_close(ops.dsd(x_gpu, v_gpu, None, *topo_gpu, shape[0]).cpu(), ops.dsd(x, values, None, *topo_cpu, shape[0]),
