@@ -65,3 +65,15 @@ def check_matrix(name: str, t: torch.Tensor) -> None:
     check_float(name, t)
     if t.dim() != 2:
         raise ValueError(f"{name} must be 2-D [M, features], got shape {tuple(t.shape)}")
+
+
+def check_gradient_pair(dy: torch.Tensor, x: torch.Tensor, block_size: int) -> None:
+    """The ``(dY, X)`` pair from which a weight gradient is formed (``sdd``, ``block_scores``)."""
+    check_matrix("dy", dy)
+    check_matrix("x", x)
+    if dy.dtype != x.dtype:
+        raise TypeError(f"dy ({dy.dtype}) and x ({x.dtype}) must have the same dtype")
+    if dy.shape[0] != x.shape[0]:
+        raise ValueError(f"dy and x must have the same number of rows, got {dy.shape[0]} and {x.shape[0]}")
+    if block_size <= 0:
+        raise ValueError(f"block_size must be positive, got {block_size}")

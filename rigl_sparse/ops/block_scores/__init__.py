@@ -15,14 +15,7 @@ from rigl_sparse.ops.block_scores import reference
 
 
 def _check(dy, x, block_row, block_col, block_size, k):
-    _common.check_matrix("dy", dy)
-    _common.check_matrix("x", x)
-    if dy.dtype != x.dtype:
-        raise TypeError(f"dy ({dy.dtype}) and x ({x.dtype}) must have the same dtype")
-    if dy.shape[0] != x.shape[0]:
-        raise ValueError(f"dy and x must have the same number of rows, got {dy.shape[0]} and {x.shape[0]}")
-    if block_size <= 0:
-        raise ValueError(f"block_size must be positive, got {block_size}")
+    _common.check_gradient_pair(dy, x, block_size)
     if k < 0:
         raise ValueError(f"k must be non-negative, got {k}")
     for name, t in (("block_row", block_row), ("block_col", block_col)):

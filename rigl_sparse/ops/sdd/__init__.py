@@ -15,14 +15,7 @@ from rigl_sparse.ops.sdd import reference
 
 
 def _check(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size):
-    _common.check_matrix("dy", dy)
-    _common.check_matrix("x", x)
-    if dy.dtype != x.dtype:
-        raise TypeError(f"dy ({dy.dtype}) and x ({x.dtype}) must have the same dtype")
-    if dy.shape[0] != x.shape[0]:
-        raise ValueError(f"dy and x must have the same number of rows, got {dy.shape[0]} and {x.shape[0]}")
-    if block_size <= 0:
-        raise ValueError(f"block_size must be positive, got {block_size}")
+    _common.check_gradient_pair(dy, x, block_size)
     _common.check_topology_args(None, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size)
     _common.check_dim_matches_grid("dy.shape[1] (out_features)", dy.shape[1], row_ptr.shape[0] - 1, block_size)
     _common.check_dim_matches_grid("x.shape[1] (in_features)", x.shape[1], col_ptr.shape[0] - 1, block_size)
