@@ -15,8 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib
+import importlib.util
+import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable
+
+import torch
 
 __all__ = ["Backend", "BACKENDS", "register_impl", "select", "use_backend", "forced_backend", "backend_status"]
 
@@ -27,12 +33,15 @@ class Backend:
     device_types: tuple[str, ...] | None  # None: any device
     priority: int  # higher wins when several can run an op
     probe: Callable[[], str | None]  # None when available, else why not
+    forced_device_types: Callable[[], tuple[str, ...]] = tuple  # extra device types, only under use_backend
 
     def unavailable_reason(self) -> str | None:
         return self.probe()
 
-    def serves(self, device_type: str) -> bool:
-        return self.device_types is None or device_type in self.device_types
+    def serves(self, device_type: str, *, forced: bool = False) -> bool:
+        if self.device_types is None or device_type in self.device_types:
+            return True
+        return forced and device_type in self.forced_device_types()
 
 
 def _always() -> str | None:
@@ -43,25 +52,65 @@ def _not_in_this_version(what: str) -> Callable[[], str]:
     return lambda: f"no {what} kernels are included in this version of rigl_sparse"
 
 
+def _triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _probe_triton() -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "the triton package is not installed (pip install triton)"
+    if not _triton_interpreting() and not torch.cuda.is_available():
+        return "no CUDA GPU is visible to torch (set TRITON_INTERPRET=1 to run the kernels on the CPU interpreter)"
+    return None
+
+
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
         Backend("reference", None, 0, _always),
         Backend("cpu", ("cpu",), 10, _not_in_this_version("native C++ CPU")),
-        Backend("triton", ("cuda",), 20, _not_in_this_version("Triton")),
+        # Under TRITON_INTERPRET=1 the kernels also run on CPU tensors, when forced (tests).
+        Backend("triton", ("cuda",), 20, _probe_triton,
+                lambda: ("cpu",) if _triton_interpreting() else ()),
         Backend("cuda", ("cuda",), 30, _not_in_this_version("CUDA")),
     )
 }
 
-_IMPLS: dict[str, dict[str, Callable]] = {}
+
+@dataclass(frozen=True)
+class _Impl:
+    fn: Callable
+    supports: Callable[..., str | None] | None  # None when it can run these arguments, else why not
+
+
+_IMPLS: dict[str, dict[str, _Impl]] = {}
 _FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("rigl_sparse_backend", default=None)
+_WARNED: set[tuple[str, str, str]] = set()
 
 
-def register_impl(op: str, backend: str, fn: Callable) -> None:
-    """Register ``fn`` as ``backend``'s implementation of ``op``."""
+def register_impl(op: str, backend: str, fn: Callable, *, supports: Callable[..., str | None] | None = None) -> None:
+    """Register ``fn`` as ``backend``'s implementation of ``op``.
+
+    ``supports(*args)`` may say why some arguments (a block size, a dtype) are
+    outside what this implementation handles; the op then runs on the next
+    backend and a warning says so once.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known: {sorted(BACKENDS)}")
-    _IMPLS.setdefault(op, {})[backend] = fn
+    _IMPLS.setdefault(op, {})[backend] = _Impl(fn, supports)
+
+
+def lazy(module: str, name: str) -> Callable:
+    """An implementation imported on first call (keeps Triton out of package import)."""
+    cache: list[Callable] = []
+
+    def call(*args, **kwargs):
+        if not cache:
+            cache.append(getattr(importlib.import_module(module), name))
+        return cache[0](*args, **kwargs)
+
+    call.__qualname__ = f"{module}.{name}"
+    return call
 
 
 def forced_backend() -> str | None:
@@ -84,32 +133,39 @@ def use_backend(name: str):
         _FORCED.reset(token)
 
 
-def _candidates(op: str, device_type: str):
+def _candidates(op: str, device_type: str, args=None, forced: str | None = None):
     """Every backend with its verdict for ``op`` on ``device_type``: (name, reason or None)."""
     impls = _IMPLS.get(op, {})
     for backend in sorted(BACKENDS.values(), key=lambda b: -b.priority):
-        if not backend.serves(device_type):
+        if not backend.serves(device_type, forced=backend.name == forced):
             yield backend.name, f"does not run on {device_type} tensors"
         elif (reason := backend.unavailable_reason()) is not None:
             yield backend.name, f"is unavailable: {reason}"
         elif backend.name not in impls:
             yield backend.name, f"has no implementation of {op}"
+        elif args is not None and impls[backend.name].supports is not None \
+                and (reason := impls[backend.name].supports(*args)) is not None:
+            yield backend.name, f"does not support these arguments: {reason}"
         else:
             yield backend.name, None
 
 
-def select(op: str, device_type: str) -> tuple[str, Callable]:
-    """The backend name and implementation that run ``op`` on ``device_type`` now."""
+def select(op: str, device_type: str, args=None) -> tuple[str, Callable]:
+    """The backend name and implementation that run ``op`` on ``device_type`` (for ``args``) now."""
     forced = _FORCED.get()
-    verdicts = dict(_candidates(op, device_type))
+    verdicts = dict(_candidates(op, device_type, args, forced))
     if forced is not None:
         if verdicts[forced] is not None:
             raise RuntimeError(f"rigl_sparse::{op} cannot run on backend {forced!r} (forced by use_backend): "
                                f"it {verdicts[forced]}")
-        return forced, _IMPLS[op][forced]
+        return forced, _IMPLS[op][forced].fn
     for name, reason in verdicts.items():  # ordered by priority
         if reason is None:
-            return name, _IMPLS[op][name]
+            return name, _IMPLS[op][name].fn
+        if reason.startswith("does not support") and (op, name, reason) not in _WARNED:
+            _WARNED.add((op, name, reason))
+            warnings.warn(f"rigl_sparse::{op} on {device_type}: backend {name!r} {reason}; using the next backend",
+                          RuntimeWarning, stacklevel=4)
     raise RuntimeError(f"no backend can run rigl_sparse::{op} on {device_type}: {verdicts}")
 
 

@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Without a GPU the Triton kernels are tested through Triton's CPU interpreter.  Set before any
+# kernel module is imported; the backend registry uses the interpreter only under use_backend("triton").
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_configure(config):

@@ -16,9 +16,18 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def dispatch(op: str, device: torch.device):
-    """The implementation of ``op`` selected for ``device`` by the backend registry."""
-    return backends.select(op, device.type)[1]
+def dispatch(op: str, device: torch.device, args: tuple):
+    """The implementation of ``op`` selected for ``device`` and ``args`` by the backend registry."""
+    return backends.select(op, device.type, args)[1]
+
+
+def triton_supports(dtype: torch.dtype, block_size: int) -> str | None:
+    """Why the Triton kernels cannot take ``dtype``/``block_size``, or None."""
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {dtype} (Triton kernels take float16, bfloat16, float32)"
+    if block_size not in (16, 32, 64, 128):
+        return f"block_size {block_size} (Triton kernels take 16, 32, 64, 128)"
+    return None
 
 
 def check_float(name: str, t: torch.Tensor) -> None:

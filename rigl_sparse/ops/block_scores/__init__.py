@@ -33,8 +33,8 @@ def block_scores(dy: Tensor, x: Tensor, block_row: Tensor, block_col: Tensor, bl
     number of inactive blocks hold ``-inf`` / ``-1``.
     """
     _check(dy, x, block_row, block_col, block_size, k)
-    impl = _common.dispatch("block_scores", x.device)
-    return impl(dy, x, block_row, block_col, block_size, k)
+    args = (dy, x, block_row, block_col, block_size, k)
+    return _common.dispatch("block_scores", x.device, args)(*args)
 
 
 @block_scores.register_fake
@@ -44,5 +44,8 @@ def _(dy, x, block_row, block_col, block_size, k):
 
 
 backends.register_impl("block_scores", "reference", reference.block_scores)
+backends.register_impl("block_scores", "triton", backends.lazy("rigl_sparse.ops.block_scores.triton", "block_scores"),
+                       supports=lambda dy, x, block_row, block_col, block_size, k:
+                       _common.triton_supports(x.dtype, block_size))
 
 __all__ = ["block_scores"]

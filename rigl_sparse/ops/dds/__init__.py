@@ -32,8 +32,8 @@ def dds(dy: Tensor, values: Tensor, block_row: Tensor, block_col: Tensor, row_pt
         col_ptr: Tensor, col_slots: Tensor, in_features: int) -> Tensor:
     """dy: [M, out]; values: [nnzb, b, b] (dy's dtype); topology int32 -> dx: [M, in_features]."""
     _check(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, in_features)
-    impl = _common.dispatch("dds", dy.device)
-    return impl(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, in_features).contiguous()
+    args = (dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, in_features)
+    return _common.dispatch("dds", dy.device, args)(*args).contiguous()
 
 
 @dds.register_fake
@@ -65,5 +65,7 @@ def _reference(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, co
 
 
 backends.register_impl("dds", "reference", _reference)
+backends.register_impl("dds", "triton", backends.lazy("rigl_sparse.ops.dds.triton", "dds"),
+                       supports=lambda dy, values, *_: _common.triton_supports(dy.dtype, values.shape[1]))
 
 __all__ = ["dds"]

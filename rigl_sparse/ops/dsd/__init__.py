@@ -40,9 +40,8 @@ def dsd(x: Tensor, values: Tensor, bias: Optional[Tensor], block_row: Tensor, bl
         row_slots: Tensor, col_ptr: Tensor, col_slots: Tensor, out_features: int) -> Tensor:
     """x: [M, K]; values: [nnzb, b, b] (x's dtype); bias: [out] or None; topology int32 -> y: [M, out]."""
     _check(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features)
-    impl = _common.dispatch("dsd", x.device)
-    return impl(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots,
-                out_features).contiguous()
+    args = (x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features)
+    return _common.dispatch("dsd", x.device, args)(*args).contiguous()
 
 
 @dsd.register_fake
@@ -77,5 +76,7 @@ def _reference(x, values, bias, block_row, block_col, row_ptr, row_slots, col_pt
 
 
 backends.register_impl("dsd", "reference", _reference)
+backends.register_impl("dsd", "triton", backends.lazy("rigl_sparse.ops.dsd.triton", "dsd"),
+                       supports=lambda x, values, *_: _common.triton_supports(x.dtype, values.shape[1]))
 
 __all__ = ["dsd"]

@@ -28,8 +28,8 @@ def sdd(dy: Tensor, x: Tensor, block_row: Tensor, block_col: Tensor, row_ptr: Te
         col_ptr: Tensor, col_slots: Tensor, block_size: int) -> Tensor:
     """dy: [M, out]; x: [M, K] (same dtype); topology int32 -> dvalues: [nnzb, b, b] (x's dtype)."""
     _check(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size)
-    impl = _common.dispatch("sdd", x.device)
-    return impl(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size).contiguous()
+    args = (dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size)
+    return _common.dispatch("sdd", x.device, args)(*args).contiguous()
 
 
 @sdd.register_fake
@@ -61,5 +61,7 @@ def _reference(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slo
 
 
 backends.register_impl("sdd", "reference", _reference)
+backends.register_impl("sdd", "triton", backends.lazy("rigl_sparse.ops.sdd.triton", "sdd"),
+                       supports=lambda dy, x, *rest: _common.triton_supports(x.dtype, rest[-1]))
 
 __all__ = ["sdd"]

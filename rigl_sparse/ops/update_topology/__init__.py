@@ -35,8 +35,8 @@ def update_topology(values: Tensor, block_row: Tensor, block_col: Tensor, row_pt
                     col_ptr: Tensor, col_slots: Tensor, slots: Tensor, new_row: Tensor, new_col: Tensor) -> None:
     """Move ``slots`` ([n] int) to blocks ``(new_row, new_col)``, zero their values, rebuild both views."""
     _check(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, slots, new_row, new_col)
-    impl = _common.dispatch("update_topology", values.device)
-    impl(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, slots, new_row, new_col)
+    args = (values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, slots, new_row, new_col)
+    _common.dispatch("update_topology", values.device, args)(*args)
 
 
 @update_topology.register_fake
@@ -45,5 +45,8 @@ def _(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, slot
 
 
 backends.register_impl("update_topology", "reference", reference.update_topology)
+# The bookkeeping is a handful of device-wide torch ops (scatter, argsort, bincount) that already run on
+# the GPU; the Triton backend uses them as they are rather than a kernel of its own.
+backends.register_impl("update_topology", "triton", reference.update_topology)
 
 __all__ = ["update_topology"]

@@ -1,0 +1,44 @@
+"""What the Triton kernels share: interpreter detection and autotuning on the GPU only.
+
+Imported only when a Triton kernel is about to run, never at package import.
+Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors through Triton's
+interpreter with one fixed configuration; on a GPU each kernel is autotuned per
+problem key.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+
+SUPPORTED_BLOCK_SIZES = (16, 32, 64, 128)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def tuned(kernel, configs: list[triton.Config], key: list[str], fixed: dict):
+    """``kernel`` autotuned over ``configs`` on the GPU; under the interpreter, ``fixed`` meta-parameters.
+
+    Returns ``launch(grid, *args, **kwargs)``, where ``grid`` takes the chosen
+    meta-parameters.
+    """
+    if interpreting():
+        return lambda grid, *args, **kwargs: kernel[grid](*args, **kwargs, **fixed)
+    autotuned = triton.autotune(configs=configs, key=key)(kernel)
+    return lambda grid, *args, **kwargs: autotuned[grid](*args, **kwargs)
+
+
+def dot_in_fp32(dtype) -> bool:
+    """Whether to upcast ``tl.dot`` operands: Triton's CPU interpreter computes bf16 dots wrongly."""
+    import torch
+
+    return interpreting() and dtype == torch.bfloat16
+
+
+def check_block_size(block_size: int) -> None:
+    if block_size not in SUPPORTED_BLOCK_SIZES:
+        raise ValueError(f"the triton backend needs block_size in {SUPPORTED_BLOCK_SIZES}, got {block_size}; "
+                         "use the reference backend for other block sizes")
