@@ -1,3 +1,4 @@
+SHELL := /bin/bash
 # rigl_sparse: `make demo` trains a sparse model with RigL, `make test` runs the CPU test suite.
 PYTHON ?= python3
 VENV ?= .venv
@@ -27,14 +28,18 @@ test: $(STAMP)
 info: $(STAMP)
 	$(PY) -m rigl_sparse.info
 
-# On a machine with a CUDA GPU and torch preinstalled: GPU tests, results under $(OUT) or benchmarks/results.
+# On a machine with a CUDA GPU and torch + triton preinstalled: one command runs the whole suite there
+# (GPU tests included) and the GPU benchmark, writing results to RESULTS_DIR.
+RESULTS_DIR ?= benchmarks/results/gpu
 test-gpu:
-	$(PYTHON) -m pytest -q -m gpu
+	$(PYTHON) -m pytest -q -m "gpu or not slow"
 
 gpu-check:
 	$(PYTHON) -m pip install --quiet --no-build-isolation --no-deps -e .
-	$(PYTHON) -m rigl_sparse.info
-	$(PYTHON) -m pytest -q -m "gpu or not slow"
+	@mkdir -p $(RESULTS_DIR)
+	$(PYTHON) -m rigl_sparse.info | tee $(RESULTS_DIR)/info.txt
+	set -o pipefail; $(PYTHON) -m pytest -q -m "gpu or not slow" -rs 2>&1 | tee $(RESULTS_DIR)/gpu_tests.log
+	set -o pipefail; $(PYTHON) benchmarks/bench_gpu_matmul.py --out-dir $(RESULTS_DIR) 2>&1 | tee $(RESULTS_DIR)/bench.log
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs .pytest_cache

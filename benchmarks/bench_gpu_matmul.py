@@ -1,0 +1,207 @@
+"""Block-sparse matmuls on the GPU: rigl_sparse's Triton kernels against dense cuBLAS, torch's Triton BSR and stk.
+
+For every size, block size and density (bf16), measured in one run with CUDA
+events (``triton.testing.do_bench``, median):
+
+* ``fwd``  ``Y = X Wᵀ``         ours ``dsd`` | cuBLAS ``F.linear`` | torch BSR ``bsr_dense_mm`` | stk ``dds``
+* ``dx``   ``dX = dY W``        ours ``dds`` | cuBLAS ``dY @ W``  | torch BSR (BSR of Wᵀ)        | stk ``dds``
+* ``dw``   ``dW = dYᵀ X``       ours ``sdd`` (active blocks) | cuBLAS ``dYᵀ @ X`` | stk ``sdd``
+* ``scores``                    ours ``block_scores`` (top-k of inactive blocks) | one dense GEMM ``dYᵀ @ X``
+* ``step`` SparseLinear forward + backward (autograd) | ``nn.Linear`` forward + backward
+
+Ratios are baseline time / our time (>1: we are faster).  stk supports only
+128x128 blocks and dimensions divisible by 128.
+
+    python benchmarks/bench_gpu_matmul.py [--sizes 4096 8192] [--out-dir DIR]
+    python benchmarks/bench_gpu_matmul.py --replot results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, environment, print_table, save, slug  # noqa: E402
+
+import rigl_sparse as rs  # noqa: E402
+from rigl_sparse import ops  # noqa: E402
+from rigl_sparse.testing import random_block_sparse  # noqa: E402
+
+
+def bench(fn) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
+
+
+def try_bench(make):
+    """Time ``make()``'s function; None and the reason when the library cannot run the case."""
+    try:
+        fn = make()
+        fn()
+        return bench(fn), None
+    except Exception as err:  # noqa: BLE001 - a baseline that cannot run is recorded, not fatal
+        return None, f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+
+
+def torch_bsr(layout, values, transpose: bool):
+    dense = layout.to_dense(values)
+    dense = dense.t() if transpose else dense
+    return dense.contiguous().to_sparse_bsr((layout.block_size, layout.block_size))
+
+
+def stk_matrix(layout, values):
+    import stk
+
+    return stk.ops.to_sparse(layout.to_dense(values).contiguous(), blocking=layout.block_size)
+
+
+def run_case(n, b, density, x, dy, dense_w, dense_times, k_frac=0.3):
+    layout, values = random_block_sparse((n, n), b, density, dtype=torch.bfloat16, device="cuda", seed=1)
+    topo = layout.topology()
+    row = {"size": n, "block_size": b, "density": density, "nnzb": layout.nnzb}
+    k = max(1, int(k_frac * layout.nnzb))
+    ours = {
+        "fwd": bench(lambda: ops.dsd(x, values, None, *topo, n)),
+        "dx": bench(lambda: ops.dds(dy, values, *topo, n)),
+        "dw": bench(lambda: ops.sdd(dy, x, *topo, b)),
+        "scores": bench(lambda: ops.block_scores(dy, x, topo[0], topo[1], b, k)),
+    }
+    layer = rs.SparseLinear(n, n, bias=False, density=density, block_size=b, device="cuda", dtype=torch.bfloat16)
+    xs = x.detach().clone().requires_grad_()
+    ours["step"] = bench(lambda: (layer(xs).backward(dy), setattr(layer.values, "grad", None),
+                                  setattr(xs, "grad", None)))
+    for op, t in ours.items():
+        row[f"ours_{op}_ms"] = t
+        row[f"dense_{op}_ms"] = dense_times[op]
+        row[f"speedup_{op}_vs_dense"] = dense_times[op] / t
+    row["ours_fwd_dx_dw_ms"] = ours["fwd"] + ours["dx"] + ours["dw"]
+    row["speedup_fwd_dx_dw_vs_dense"] = (dense_times["fwd"] + dense_times["dx"] + dense_times["dw"]) / \
+        row["ours_fwd_dx_dw_ms"]
+    row["scores_over_dense_gemm"] = ours["scores"] / dense_times["dw"]
+
+    from torch.sparse._triton_ops import bsr_dense_mm
+
+    w_bsr = torch_bsr(layout, values, transpose=False)
+    wt_bsr = torch_bsr(layout, values, transpose=True)
+    xt, dyt = x.t(), dy.t()
+    row["bsr_fwd_ms"], row["bsr_fwd_error"] = try_bench(lambda: (lambda: bsr_dense_mm(w_bsr, xt)))
+    row["bsr_dx_ms"], row["bsr_dx_error"] = try_bench(lambda: (lambda: bsr_dense_mm(wt_bsr, dyt)))
+    for op in ("fwd", "dx"):
+        t = row[f"bsr_{op}_ms"]
+        row[f"speedup_{op}_vs_bsr"] = None if t is None else t / ours[op]
+
+    if b == 128 and n % 128 == 0:
+        try:
+            import stk
+
+            w_stk = stk_matrix(layout, values)
+            row["stk_fwd_ms"], row["stk_fwd_error"] = try_bench(lambda: (lambda: stk.ops.dds(x, w_stk.t())))
+            row["stk_dx_ms"], row["stk_dx_error"] = try_bench(lambda: (lambda: stk.ops.dds(dy, w_stk)))
+            row["stk_dw_ms"], row["stk_dw_error"] = try_bench(lambda: (lambda: stk.ops.sdd(dyt, x, w_stk)))
+        except ImportError as err:
+            row["stk_fwd_error"] = f"stk not importable: {err}"
+    for op in ("fwd", "dx", "dw"):
+        t = row.get(f"stk_{op}_ms")
+        row[f"speedup_{op}_vs_stk"] = None if t is None else t / ours[op]
+    return row
+
+
+def dense_baseline(n, x, dy, w):
+    linear = torch.nn.Linear(n, n, bias=False, device="cuda", dtype=torch.bfloat16)
+    xs = x.detach().clone().requires_grad_()
+    return {
+        "fwd": bench(lambda: F.linear(x, w)),
+        "dx": bench(lambda: dy @ w),
+        "dw": bench(lambda: dy.t() @ x),
+        "scores": bench(lambda: dy.t() @ x),
+        "step": bench(lambda: (linear(xs).backward(dy), setattr(linear.weight, "grad", None),
+                               setattr(xs, "grad", None))),
+    }
+
+
+COLUMNS = ["size", "block_size", "density", "speedup_fwd_vs_dense", "speedup_dx_vs_dense", "speedup_dw_vs_dense",
+           "speedup_fwd_dx_dw_vs_dense", "speedup_step_vs_dense", "scores_over_dense_gemm", "speedup_fwd_vs_bsr",
+           "speedup_fwd_vs_stk", "speedup_dw_vs_stk"]
+
+
+def plot_results(rows, out_dir: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot drawn")
+        return
+    sizes = sorted({r["size"] for r in rows})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
+    for ax, n in zip(axes[0], sizes):
+        for b in sorted({r["block_size"] for r in rows}):
+            pts = sorted((r["density"], r["speedup_fwd_dx_dw_vs_dense"]) for r in rows
+                         if r["size"] == n and r["block_size"] == b)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"b={b}: fwd+dX+dW")
+            pts = sorted((r["density"], r["speedup_fwd_vs_dense"]) for r in rows
+                         if r["size"] == n and r["block_size"] == b)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="x", ls=":", label=f"b={b}: fwd")
+        dens = sorted({r["density"] for r in rows})
+        ax.plot(dens, [1 / d for d in dens], color="grey", ls="--", lw=0.8, label="1/density")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("density")
+        ax.set_ylabel("speedup over dense cuBLAS (x)")
+        ax.set_title(f"M=N=K={n}, bf16")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "gpu_matmul.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192])
+    p.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128])
+    p.add_argument("--densities", type=float, nargs="+", default=[0.5, 0.25, 0.1, 0.05, 0.02])
+    p.add_argument("--out-dir", type=Path, default=None)
+    p.add_argument("--replot", type=Path, default=None, help="redraw the plot from a saved JSON")
+    args = p.parse_args(argv)
+    if args.replot:
+        plot_results(json.loads(args.replot.read_text())["rows"], args.replot.parent)
+        return
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_gpu_matmul needs a CUDA GPU")
+    torch.manual_seed(0)
+    env = environment("cuda")
+    env["ratio"] = "baseline_ms / ours_ms"
+    rows = []
+    for n in args.sizes:
+        x = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+        dy = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+        dense_times = dense_baseline(n, x, dy, w)
+        print(f"dense cuBLAS at {n}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in dense_times.items()), flush=True)
+        for b in args.blocks:
+            for d in args.densities:
+                row = run_case(n, b, d, x, dy, w, dense_times)
+                rows.append(row)
+                print(f"  b={b} d={d}: fwd {row['speedup_fwd_vs_dense']:.2f}x  fwd+dX+dW "
+                      f"{row['speedup_fwd_dx_dw_vs_dense']:.2f}x  step {row['speedup_step_vs_dense']:.2f}x  "
+                      f"scores/GEMM {row['scores_over_dense_gemm']:.2f}", flush=True)
+        del x, dy, w
+        torch.cuda.empty_cache()
+    print(f"\n{env['device']}, torch {env['torch']}, triton {env['triton']}, git {env['git_sha'][:10]}")
+    print_table(rows, COLUMNS)
+    out_dir = save("gpu_matmul", rows, env, args.out_dir or RESULTS / slug(env["device"]))
+    plot_results(rows, out_dir)
+    print(f"results in {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
