@@ -196,6 +196,7 @@ def main(argv=None):
                       f"scores/GEMM {row['scores_over_dense_gemm']:.2f}", flush=True)
         del x, dy, w
         torch.cuda.empty_cache()
+        save("gpu_matmul", rows, env, args.out_dir or RESULTS / slug(env["device"]))  # keep what is measured
     print(f"\n{env['device']}, torch {env['torch']}, triton {env['triton']}, git {env['git_sha'][:10]}")
     print_table(rows, COLUMNS)
     out_dir = save("gpu_matmul", rows, env, args.out_dir or RESULTS / slug(env["device"]))

@@ -84,7 +84,8 @@ def save(name: str, rows: list[dict], env: dict, out_dir: Path | None = None) ->
     out_dir = out_dir or RESULTS / slug(env["device"])
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / f"{name}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        fields = list(dict.fromkeys(key for row in rows for key in row))
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     with open(out_dir / f"{name}.json", "w") as f:

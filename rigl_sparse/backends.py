@@ -14,6 +14,7 @@ This module holds the package's only mutable global state.
 from __future__ import annotations
 
 import contextlib
+import functools
 import contextvars
 import importlib
 import importlib.util
@@ -36,12 +37,18 @@ class Backend:
     forced_device_types: Callable[[], tuple[str, ...]] = tuple  # extra device types, only under use_backend
 
     def unavailable_reason(self) -> str | None:
-        return self.probe()
+        return _probe_once(self.probe)
 
     def serves(self, device_type: str, *, forced: bool = False) -> bool:
         if self.device_types is None or device_type in self.device_types:
             return True
         return forced and device_type in self.forced_device_types()
+
+
+@functools.cache
+def _probe_once(probe: Callable[[], str | None]) -> str | None:
+    """Availability does not change within a process; probe once (ops run this on every call)."""
+    return probe()
 
 
 def _always() -> str | None:

@@ -30,7 +30,7 @@ def _case(out_f, in_f, b, density, M, dtype, seed=0):
 
 def _tol_scale(dtype, reduction):
     # fp32 runs on TF32 tensor cores on the GPU; half types round the output.
-    base = 30.0 if (dtype == torch.float32 and DEVICE == "cuda") else 1.0
+    base = 100.0 if (dtype == torch.float32 and DEVICE == "cuda") else 1.0
     return base * max(1.0, math.sqrt(reduction / 16))
 
 

@@ -25,10 +25,17 @@ def _block_scores_kernel(
     dy_ptr, x_ptr, active_ptr, scores_ptr,
     M, N, K, R, C, stride_dym, stride_dyn, stride_xm, stride_xk,
     B: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, GROUP: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    # Grouped launch order: GROUP tiles along N share each X slab while it is in L2.
+    pid = tl.program_id(0)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    tiles_k = tl.cdiv(K, BLOCK_K)
+    per_group = GROUP * tiles_k
+    first_n = (pid // per_group) * GROUP
+    group_size = tl.minimum(tiles_n - first_n, GROUP)
+    pid_n = first_n + (pid % per_group) % group_size
+    pid_k = (pid % per_group) // group_size
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     offs_k = (pid_k * BLOCK_K + tl.arange(0, BLOCK_K)).to(tl.int64)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
@@ -56,14 +63,15 @@ def _block_scores_kernel(
 
 def _configs():
     out = []
-    for bn, bk, bm, w, s in [(128, 128, 32, 4, 4), (128, 128, 64, 8, 3), (128, 256, 32, 8, 3),
-                             (256, 128, 32, 8, 3), (128, 128, 64, 4, 3), (256, 128, 64, 8, 3)]:
-        out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_M": bm}, num_warps=w, num_stages=s))
+    for bn, bk, bm, w, s in [(128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 256, 64, 8, 4), (128, 128, 64, 4, 4),
+                             (128, 128, 64, 8, 4), (256, 128, 32, 8, 4), (128, 256, 32, 8, 4)]:
+        out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_M": bm, "GROUP": 8}, num_warps=w,
+                                 num_stages=s))
     return out
 
 
 _launch = tuned(_block_scores_kernel, _configs(), key=["M", "N", "K", "B"],
-                fixed={"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_M": 16, "num_warps": 4})
+                fixed={"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_M": 16, "GROUP": 2, "num_warps": 4})
 
 
 def score_grid(dy, x, block_row, block_col, block_size) -> torch.Tensor:
@@ -77,7 +85,7 @@ def score_grid(dy, x, block_row, block_col, block_size) -> torch.Tensor:
     scores = torch.empty(R, C, dtype=torch.float32, device=x.device)
 
     def grid(meta):
-        return (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(K, meta["BLOCK_K"]))
+        return (triton.cdiv(N, meta["BLOCK_N"]) * triton.cdiv(K, meta["BLOCK_K"]),)
 
     _launch(grid, dy, x, active, scores, M, N, K, R, C, dy.stride(0), dy.stride(1), x.stride(0), x.stride(1),
             B=block_size, DOT_FP32=dot_in_fp32(x.dtype))
