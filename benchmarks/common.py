@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import platform
 import re
 import subprocess
@@ -33,8 +34,9 @@ def slug(name: str) -> str:
 
 def environment(device: str) -> dict:
     """Device, versions, threads and git SHA, saved beside every result."""
+    sha = os.environ.get("GIT_SHA")  # set by callers that run outside a git checkout
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+        sha = sha or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                              cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         sha = "unknown"
