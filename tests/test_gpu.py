@@ -16,6 +16,11 @@ pytestmark = pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape,b,density", [((256, 512), 32, 0.1), ((300, 200), 16, 0.3), ((1024, 1024), 64, 0.05)])
 def test_reference_ops_on_cuda_match_cpu(dtype, shape, b, density):
+    with rs.use_backend("reference"):
+        _compare_reference_devices(dtype, shape, b, density)
+
+
+def _compare_reference_devices(dtype, shape, b, density):
     layout, values = random_block_sparse(shape, b, density, dtype=dtype)
     x = torch.randn(77, shape[1]).to(dtype)
     dy = torch.randn(77, shape[0]).to(dtype)

@@ -19,16 +19,30 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# Below this many multiply-adds a launch takes the first config instead of autotuning: tuning costs a
+# compile per config, which small problems (tests, tiny layers) never pay back.
+AUTOTUNE_MIN_MACS = 1 << 30
+
+
 def tuned(kernel, configs: list[triton.Config], key: list[str], fixed: dict):
     """``kernel`` autotuned over ``configs`` on the GPU; under the interpreter, ``fixed`` meta-parameters.
 
-    Returns ``launch(grid, *args, **kwargs)``, where ``grid`` takes the chosen
-    meta-parameters.
+    Returns ``launch(grid, *args, macs=..., **kwargs)``, where ``grid`` takes the
+    chosen meta-parameters and ``macs`` (the problem's multiply-adds) decides
+    whether the launch is worth autotuning.
     """
     if interpreting():
-        return lambda grid, *args, **kwargs: kernel[grid](*args, **kwargs, **fixed)
+        return lambda grid, *args, macs=0, **kwargs: kernel[grid](*args, **kwargs, **fixed)
     autotuned = triton.autotune(configs=configs, key=key)(kernel)
-    return lambda grid, *args, **kwargs: autotuned[grid](*args, **kwargs)
+    first = configs[0]
+    default = dict(first.kwargs, num_warps=first.num_warps, num_stages=first.num_stages)
+
+    def launch(grid, *args, macs=0, **kwargs):
+        if macs < AUTOTUNE_MIN_MACS:
+            return kernel[grid](*args, **kwargs, **default)
+        return autotuned[grid](*args, **kwargs)
+
+    return launch
 
 
 def dot_in_fp32(dtype) -> bool:

@@ -63,7 +63,7 @@ def _block_scores_kernel(
 
 def _configs():
     out = []
-    for bn, bk, bm, w, s in [(128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 256, 64, 8, 4), (128, 128, 64, 4, 4),
+    for bn, bk, bm, w, s in [(128, 128, 64, 4, 4), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 256, 64, 8, 4),
                              (128, 128, 64, 8, 4), (256, 128, 32, 8, 4), (128, 256, 32, 8, 4)]:
         out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_M": bm, "GROUP": 8}, num_warps=w,
                                  num_stages=s))
@@ -88,7 +88,7 @@ def score_grid(dy, x, block_row, block_col, block_size) -> torch.Tensor:
         return (triton.cdiv(N, meta["BLOCK_N"]) * triton.cdiv(K, meta["BLOCK_K"]),)
 
     _launch(grid, dy, x, active, scores, M, N, K, R, C, dy.stride(0), dy.stride(1), x.stride(0), x.stride(1),
-            B=block_size, DOT_FP32=dot_in_fp32(x.dtype))
+            B=block_size, DOT_FP32=dot_in_fp32(x.dtype), macs=M * N * K)
     return scores
 
 

@@ -57,7 +57,7 @@ def _sparse_matmul_kernel(
 
 _CONFIGS = [
     triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=s)
-    for bm, w, s in [(64, 4, 3), (128, 4, 3), (128, 8, 3), (256, 8, 3), (128, 4, 4), (256, 8, 4), (256, 4, 3)]
+    for bm, w, s in [(128, 4, 3), (64, 4, 3), (128, 8, 3), (256, 8, 3), (128, 4, 4), (256, 8, 4), (256, 4, 3)]
 ]
 _launch = tuned(_sparse_matmul_kernel, _CONFIGS, key=["M", "A_COLS", "OUT_COLS", "B", "TRANSPOSE"],
                 fixed={"BLOCK_M": 32, "num_warps": 4})
@@ -78,7 +78,7 @@ def sparse_matmul(a, values, bias, ptr, slots, coord, out_cols: int, *, transpos
 
     _launch(grid, a, values, bias if bias is not None else values, out, ptr, slots, coord, M, a.shape[1], out_cols,
             a.stride(0), a.stride(1), out.stride(0), out.stride(1), B=b, TRANSPOSE=transpose,
-            HAS_BIAS=bias is not None, DOT_FP32=dot_in_fp32(a.dtype))
+            HAS_BIAS=bias is not None, DOT_FP32=dot_in_fp32(a.dtype), macs=M * slots.numel() * b * b)
     return out
 
 

@@ -42,7 +42,7 @@ def _sdd_kernel(
 
 _CONFIGS = [
     triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=s)
-    for bm, w, s in [(32, 4, 3), (64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3), (64, 8, 4)]
+    for bm, w, s in [(64, 4, 3), (32, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3), (64, 8, 4)]
 ]
 _launch = tuned(_sdd_kernel, _CONFIGS, key=["M", "N", "K", "B"], fixed={"BLOCK_M": 16, "num_warps": 4})
 
@@ -57,5 +57,5 @@ def sdd(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, blo
         return out
     _launch((block_row.numel(),), dy, x, out, row_slots, block_row, block_col, M, N, K,
             dy.stride(0), dy.stride(1), x.stride(0), x.stride(1), B=block_size,
-            DOT_FP32=dot_in_fp32(x.dtype))
+            DOT_FP32=dot_in_fp32(x.dtype), macs=M * block_row.numel() * block_size * block_size)
     return out
