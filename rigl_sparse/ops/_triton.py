@@ -20,7 +20,8 @@ def interpreting() -> bool:
 
 
 # Below this many multiply-adds a launch takes the first config instead of autotuning: tuning costs a
-# compile per config, which small problems (tests, tiny layers) never pay back.
+# compile per config, which small problems (tests, tiny layers) never pay back.  Each kernel's first
+# config is therefore a modest one that fits shared memory for every dtype and block size.
 AUTOTUNE_MIN_MACS = 1 << 30
 
 

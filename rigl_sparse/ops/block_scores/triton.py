@@ -63,7 +63,7 @@ def _block_scores_kernel(
 
 def _configs():
     out = []
-    for bn, bk, bm, w, s in [(128, 128, 64, 4, 4), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 256, 64, 8, 4),
+    for bn, bk, bm, w, s in [(128, 128, 32, 4, 2), (128, 128, 64, 4, 4), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 256, 64, 8, 4),
                              (128, 128, 64, 8, 4), (256, 128, 32, 8, 4), (128, 256, 32, 8, 4)]:
         out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_M": bm, "GROUP": 8}, num_warps=w,
                                  num_stages=s))

@@ -57,7 +57,7 @@ def _sparse_matmul_kernel(
 
 _CONFIGS = [
     triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=s)
-    for bm, w, s in [(128, 4, 3), (64, 4, 3), (128, 8, 3), (256, 8, 3), (128, 4, 4), (256, 8, 4), (256, 4, 3)]
+    for bm, w, s in [(64, 4, 2), (128, 4, 3), (64, 4, 3), (128, 8, 3), (256, 8, 3), (128, 4, 4), (256, 8, 4), (256, 4, 3)]
 ]
 _launch = tuned(_sparse_matmul_kernel, _CONFIGS, key=["M", "A_COLS", "OUT_COLS", "B", "TRANSPOSE"],
                 fixed={"BLOCK_M": 32, "num_warps": 4})

@@ -42,7 +42,7 @@ def _sdd_kernel(
 
 _CONFIGS = [
     triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=s)
-    for bm, w, s in [(64, 4, 3), (32, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3), (64, 8, 4)]
+    for bm, w, s in [(64, 4, 2), (64, 4, 3), (32, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3), (64, 8, 4)]
 ]
 _launch = tuned(_sdd_kernel, _CONFIGS, key=["M", "N", "K", "B"], fixed={"BLOCK_M": 16, "num_warps": 4})
 
