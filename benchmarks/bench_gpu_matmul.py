@@ -132,7 +132,7 @@ COLUMNS = ["size", "block_size", "density", "speedup_fwd_vs_dense", "speedup_dx_
            "speedup_fwd_vs_stk", "speedup_dw_vs_stk"]
 
 
-def plot_results(rows, out_dir: Path) -> None:
+def plot_results(rows, out_dir: Path, name: str = "gpu_matmul") -> None:
     try:
         import matplotlib
 
@@ -160,7 +160,7 @@ def plot_results(rows, out_dir: Path) -> None:
         ax.set_title(f"M=N=K={n}, bf16")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "gpu_matmul.png", dpi=120)
+    fig.savefig(out_dir / f"{name}.png", dpi=120)
     plt.close(fig)
 
 
@@ -170,10 +170,11 @@ def main(argv=None):
     p.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128])
     p.add_argument("--densities", type=float, nargs="+", default=[0.5, 0.25, 0.1, 0.05, 0.02])
     p.add_argument("--out-dir", type=Path, default=None)
+    p.add_argument("--name", default="gpu_matmul", help="stem of the result files")
     p.add_argument("--replot", type=Path, default=None, help="redraw the plot from a saved JSON")
     args = p.parse_args(argv)
     if args.replot:
-        plot_results(json.loads(args.replot.read_text())["rows"], args.replot.parent)
+        plot_results(json.loads(args.replot.read_text())["rows"], args.replot.parent, args.replot.stem)
         return
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu_matmul needs a CUDA GPU")
@@ -196,11 +197,11 @@ def main(argv=None):
                       f"scores/GEMM {row['scores_over_dense_gemm']:.2f}", flush=True)
         del x, dy, w
         torch.cuda.empty_cache()
-        save("gpu_matmul", rows, env, args.out_dir or RESULTS / slug(env["device"]))  # keep what is measured
+        save(args.name, rows, env, args.out_dir or RESULTS / slug(env["device"]))  # keep what is measured
     print(f"\n{env['device']}, torch {env['torch']}, triton {env['triton']}, git {env['git_sha'][:10]}")
     print_table(rows, COLUMNS)
-    out_dir = save("gpu_matmul", rows, env, args.out_dir or RESULTS / slug(env["device"]))
-    plot_results(rows, out_dir)
+    out_dir = save(args.name, rows, env, args.out_dir or RESULTS / slug(env["device"]))
+    plot_results(rows, out_dir, args.name)
     print(f"results in {out_dir}")
 
 

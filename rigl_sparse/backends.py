@@ -84,6 +84,9 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
+_BY_PRIORITY = sorted(BACKENDS.values(), key=lambda b: -b.priority)
+
+
 @dataclass(frozen=True)
 class _Impl:
     fn: Callable
@@ -160,20 +163,27 @@ def _candidates(op: str, device_type: str, args=None, forced: str | None = None)
 def select(op: str, device_type: str, args=None) -> tuple[str, Callable]:
     """The backend name and implementation that run ``op`` on ``device_type`` (for ``args``) now."""
     forced = _FORCED.get()
-    verdicts = dict(_candidates(op, device_type, args, forced))
+    impls = _IMPLS.get(op, {})
     if forced is not None:
+        verdicts = dict(_candidates(op, device_type, args, forced))
         if verdicts[forced] is not None:
             raise RuntimeError(f"rigl_sparse::{op} cannot run on backend {forced!r} (forced by use_backend): "
                                f"it {verdicts[forced]}")
-        return forced, _IMPLS[op][forced].fn
-    for name, reason in verdicts.items():  # ordered by priority
+        return forced, impls[forced].fn
+    # The hot path (every op call): no strings are built unless an implementation declines.
+    for backend in _BY_PRIORITY:
+        impl = impls.get(backend.name)
+        if impl is None or not backend.serves(device_type) or backend.unavailable_reason() is not None:
+            continue
+        reason = impl.supports(*args) if (args is not None and impl.supports is not None) else None
         if reason is None:
-            return name, _IMPLS[op][name].fn
-        if reason.startswith("does not support") and (op, name, reason) not in _WARNED:
-            _WARNED.add((op, name, reason))
-            warnings.warn(f"rigl_sparse::{op} on {device_type}: backend {name!r} {reason}; using the next backend",
-                          RuntimeWarning, stacklevel=4)
-    raise RuntimeError(f"no backend can run rigl_sparse::{op} on {device_type}: {verdicts}")
+            return backend.name, impl.fn
+        if (op, backend.name, reason) not in _WARNED:
+            _WARNED.add((op, backend.name, reason))
+            warnings.warn(f"rigl_sparse::{op} on {device_type}: backend {backend.name!r} does not support these "
+                          f"arguments: {reason}; using the next backend", RuntimeWarning, stacklevel=4)
+    raise RuntimeError(f"no backend can run rigl_sparse::{op} on {device_type}: "
+                       f"{dict(_candidates(op, device_type, args))}")
 
 
 def backend_status(op: str, device_type: str) -> tuple[str, list[tuple[str, str]]]:

@@ -122,3 +122,46 @@ def test_grow_score_request_is_computed_in_backward_only_when_asked():
     assert scores.shape == (3,) and index.shape == (3,)
     assert not set(index.tolist()) & set(layer.layout.flat_index().tolist())
     assert layer.take_grow_scores() is None  # taken
+
+
+def test_eager_fast_path_equals_the_custom_op_path():
+    torch.manual_seed(0)
+    layer = rs.SparseLinear(40, 24, density=0.4, block_size=8)
+    x = torch.randn(6, 40)
+    g = torch.randn(6, 24)
+    results = []
+    for path in ("eager", "custom op"):
+        xs = x.clone().requires_grad_()
+        layer.zero_grad()
+        if path == "eager":
+            y = layer(xs)
+        else:
+            y = torch.ops.rigl_sparse.dsd(xs, layer.values, layer.bias, *layer.layout.topology(), 24)
+        y.backward(g)
+        results.append((y.detach(), xs.grad, layer.values.grad.clone(), layer.bias.grad.clone()))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_double_backward_through_sparse_linear():
+    layer = rs.SparseLinear(12, 8, density=0.5, block_size=4, dtype=torch.float64)
+    x = torch.randn(3, 12, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: layer(x), (x,))
+    assert torch.autograd.gradgradcheck(lambda x: layer(x).tanh(), (x,))
+
+
+def test_sparse_linear_model_compiles_fullgraph_and_matches_eager():
+    torch.manual_seed(0)
+    model = nn.Sequential(rs.SparseLinear(32, 48, density=0.3, block_size=8), nn.ReLU(),
+                          rs.SparseLinear(48, 10, density=0.5, block_size=8))
+    x = torch.randn(5, 32)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    eager_loss = model(x).square().sum()
+    eager_loss.backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled_loss = compiled(x).square().sum()
+    compiled_loss.backward()
+    torch.testing.assert_close(compiled_loss, eager_loss)
+    for p, g in zip(model.parameters(), eager_grads):
+        torch.testing.assert_close(p.grad, g)

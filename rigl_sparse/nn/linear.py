@@ -73,7 +73,7 @@ class SparseLinear(SparseModule):
         if x.dtype != self.values.dtype:
             raise TypeError(f"input dtype {x.dtype} does not match the layer's dtype {self.values.dtype}")
         x2 = x.reshape(-1, self.in_features)
-        y = ops.dsd(x2, self.values, self.bias, *self.layout.topology(), self.out_features)
+        y = ops.linear(x2, self.values, self.bias, *self.layout.topology(), self.out_features)
         y = self._tap_grow_scores(y, x2)
         return y.view(*x.shape[:-1], self.out_features)
 

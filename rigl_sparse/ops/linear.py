@@ -1,0 +1,66 @@
+"""``linear``: a block-sparse linear layer's forward and backward, the way the modules call it.
+
+Under ``torch.compile``, fake tensors or ``torch.func`` transforms, this is the
+``rigl_sparse::dsd`` custom op with its registered autograd (``dds``/``sdd``).
+In plain eager mode it is an ``autograd.Function`` that calls the same backend
+implementations directly: the custom-op dispatcher's per-call cost (several
+hundred microseconds per training step) would otherwise exceed the kernels' own
+time on small and very sparse layers.  Both paths share the argument checks, the
+backend selection and the implementations, and the tests hold them equal.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensor
+
+from rigl_sparse.ops import _common
+from rigl_sparse.ops.dsd import _check as _check_dsd
+
+
+def linear(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features: int):
+    """x: [M, K]; values: [nnzb, b, b]; bias: [out] or None; topology int32 -> y: [M, out]."""
+    if _needs_custom_op(x, values):
+        return torch.ops.rigl_sparse.dsd(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr,
+                                         col_slots, out_features)
+    _check_dsd(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features)
+    return _EagerLinear.apply(x, values, bias, (block_row, block_col, row_ptr, row_slots, col_ptr, col_slots),
+                              out_features)
+
+
+def _needs_custom_op(*tensors) -> bool:
+    if torch.compiler.is_compiling():
+        return True
+    return any(isinstance(t, FakeTensor) or t.device.type == "meta"
+               or torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
+def _run(op: str, *args):
+    return _common.dispatch(op, args[0].device, args)(*args).contiguous()
+
+
+class _EagerLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, values, bias, topology, out_features):
+        ctx.save_for_backward(x, values, *topology)
+        ctx.has_bias = bias is not None
+        return _run("dsd", x, values, bias, *topology, out_features)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, values, *topology = ctx.saved_tensors
+        grad_y = grad_y.contiguous()
+        if torch.is_grad_enabled():  # create_graph=True: stay differentiable through the custom ops
+            dds = lambda *a: torch.ops.rigl_sparse.dds(*a)  # noqa: E731
+            sdd = lambda *a: torch.ops.rigl_sparse.sdd(*a)  # noqa: E731
+        else:
+            dds = lambda *a: _run("dds", *a)  # noqa: E731
+            sdd = lambda *a: _run("sdd", *a)  # noqa: E731
+        grad_x = grad_values = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = dds(grad_y, values, *topology, x.shape[1])
+        if ctx.needs_input_grad[1]:
+            grad_values = sdd(grad_y, x, *topology, values.shape[1])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_y.sum(0, dtype=_common.accumulation_dtype(grad_y.dtype)).to(grad_y.dtype)
+        return grad_x, grad_values, grad_bias, None, None
