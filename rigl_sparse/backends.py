@@ -86,6 +86,13 @@ BACKENDS: dict[str, Backend] = {
 
 _BY_PRIORITY = sorted(BACKENDS.values(), key=lambda b: -b.priority)
 
+# What each backend accepts beyond its devices; `info` prints these.
+LIMITS = {
+    "reference": "any block size and float dtype; fp32 accumulation (fp64 for fp64)",
+    "triton": "block sizes 16, 32, 64, 128; float16, bfloat16, float32 (as TF32); other arguments run on the "
+              "next backend with a warning; update_topology uses torch's device ops",
+}
+
 
 @dataclass(frozen=True)
 class _Impl:

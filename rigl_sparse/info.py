@@ -31,6 +31,8 @@ def report() -> str:
         reason = backend.unavailable_reason()
         where = "any device" if backend.device_types is None else ", ".join(backend.device_types)
         lines.append(f"  {backend.name:10s} [{where}] " + ("available" if reason is None else f"unavailable: {reason}"))
+        if backend.name in backends.LIMITS:
+            lines.append(f"  {'':10s} takes {backends.LIMITS[backend.name]}")
     lines.append("")
     lines.append("op selection:")
     for device_type in device_types:
