@@ -59,6 +59,12 @@ def _not_in_this_version(what: str) -> Callable[[], str]:
     return lambda: f"no {what} kernels are included in this version of rigl_sparse"
 
 
+def _probe_cpu() -> str | None:
+    from rigl_sparse.ops._cpu import unavailable_reason
+
+    return unavailable_reason()
+
+
 def _triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -75,7 +81,7 @@ BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
         Backend("reference", None, 0, _always),
-        Backend("cpu", ("cpu",), 10, _not_in_this_version("native C++ CPU")),
+        Backend("cpu", ("cpu",), 10, _probe_cpu),
         # Under TRITON_INTERPRET=1 the kernels also run on CPU tensors, when forced (tests).
         Backend("triton", ("cuda",), 20, _probe_triton,
                 lambda: ("cpu",) if _triton_interpreting() else ()),
@@ -89,6 +95,8 @@ _BY_PRIORITY = sorted(BACKENDS.values(), key=lambda b: -b.priority)
 # What each backend accepts beyond its devices; `info` prints these.
 LIMITS = {
     "reference": "any block size and float dtype; fp32 accumulation (fp64 for fp64)",
+    "cpu": "block sizes 4, 8, 16, 32, 64, 128; float32, bfloat16 (fp32 arithmetic); other arguments run on the "
+           "next backend with a warning; update_topology uses torch's ops",
     "triton": "block sizes 16, 32, 64, 128; float16, bfloat16, float32 (as TF32); other arguments run on the "
               "next backend with a warning; update_topology uses torch's device ops",
 }

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from rigl_sparse import backends
-from rigl_sparse.ops import _common
+from rigl_sparse.ops import _common, _cpu
 from rigl_sparse.ops.block_scores import reference
 
 
@@ -44,6 +44,8 @@ def _(dy, x, block_row, block_col, block_size, k):
 
 
 backends.register_impl("block_scores", "reference", reference.block_scores)
+backends.register_impl("block_scores", "cpu", backends.lazy("rigl_sparse.ops.block_scores.cpu", "block_scores"),
+                       supports=lambda dy, x, block_row, block_col, block_size, k: _cpu.supports(x.dtype, block_size))
 backends.register_impl("block_scores", "triton", backends.lazy("rigl_sparse.ops.block_scores.triton", "block_scores"),
                        supports=lambda dy, x, block_row, block_col, block_size, k:
                        _common.triton_supports(x.dtype, block_size))

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from rigl_sparse import backends
-from rigl_sparse.ops import _common
+from rigl_sparse.ops import _common, _cpu
 from rigl_sparse.ops.dds import reference
 
 
@@ -65,6 +65,8 @@ def _reference(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, co
 
 
 backends.register_impl("dds", "reference", _reference)
+backends.register_impl("dds", "cpu", backends.lazy("rigl_sparse.ops.dds.cpu", "dds"),
+                       supports=lambda dy, values, *_: _cpu.supports(dy.dtype, values.shape[1]))
 backends.register_impl("dds", "triton", backends.lazy("rigl_sparse.ops.dds.triton", "dds"),
                        supports=lambda dy, values, *_: _common.triton_supports(dy.dtype, values.shape[1]))
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from rigl_sparse import backends
-from rigl_sparse.ops import _common
+from rigl_sparse.ops import _common, _cpu
 from rigl_sparse.ops.dsd import reference
 
 
@@ -76,6 +76,8 @@ def _reference(x, values, bias, block_row, block_col, row_ptr, row_slots, col_pt
 
 
 backends.register_impl("dsd", "reference", _reference)
+backends.register_impl("dsd", "cpu", backends.lazy("rigl_sparse.ops.dsd.cpu", "dsd"),
+                       supports=lambda x, values, *_: _cpu.supports(x.dtype, values.shape[1]))
 backends.register_impl("dsd", "triton", backends.lazy("rigl_sparse.ops.dsd.triton", "dsd"),
                        supports=lambda x, values, *_: _common.triton_supports(x.dtype, values.shape[1]))
 

@@ -1,0 +1,47 @@
+// rigl_sparse::block_scores on the CPU: top-k inactive blocks by the norm of dy.T @ x, streamed.
+//
+// The dense gradient is formed one band of block rows at a time into one reusable buffer (at most
+// about kBandBytes, a cache-sized tile of the layer's gradient), reduced to block scores and
+// overwritten by the next band.  Extra memory: the band plus O(blocks) for scores and the top-k.
+#include "common.h"
+
+namespace rigl_sparse {
+namespace cpu {
+
+constexpr int64_t kBandBytes = 4 << 20;
+
+void block_scores_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& block_row,
+                      const at::Tensor& block_col, int64_t block_size, at::Tensor& scores_out, at::Tensor& index_out) {
+  check_float_or_bf16(dy, "dy");
+  check_float_or_bf16(x, "x");
+  check_index(block_row, "block_row");
+  check_index(block_col, "block_col");
+  TORCH_CHECK(scores_out.scalar_type() == at::kFloat && index_out.scalar_type() == at::kLong &&
+                  scores_out.numel() == index_out.numel(),
+              "scores_out must be float32 and index_out int64, of one length k");
+  TORCH_CHECK(block_size > 0, "block_size must be positive");
+  const int64_t B = block_size, M = x.size(0);
+  const int64_t R = (dy.size(1) + B - 1) / B, C = (x.size(1) + B - 1) / B;
+  const at::Tensor dy_f = padded_float(dy, R, B), x_f = padded_float(x, C, B);
+  std::vector<uint8_t> active(R * C, 0);
+  const int32_t* br = block_row.data_ptr<int32_t>();
+  const int32_t* bc = block_col.data_ptr<int32_t>();
+  for (int64_t s = 0; s < block_row.numel(); ++s) active[static_cast<int64_t>(br[s]) * C + bc[s]] = 1;
+  std::vector<float> scores(R * C);
+  const int64_t band = std::max<int64_t>(1, kBandBytes / (B * C * B * static_cast<int64_t>(sizeof(float))));
+  at::Tensor grad = at::empty({std::min(band, R) * B, C * B}, x_f.options());
+  for (int64_t r0 = 0; r0 < R; r0 += band) {
+    const int64_t rows = std::min(band, R - r0);
+    at::Tensor g = grad.narrow(0, 0, rows * B);
+    at::mm_out(g, dy_f.narrow(1, r0 * B, rows * B).t(), x_f);
+    const float* gp = g.data_ptr<float>();
+    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+      band_scores(gp + begin * B * C * B, end - begin, C, static_cast<int>(B), r0 + begin, active.data(),
+                  scores.data());
+    });
+  }
+  top_k(scores.data(), R * C, scores_out.numel(), scores_out.data_ptr<float>(), index_out.data_ptr<int64_t>());
+}
+
+}  // namespace cpu
+}  // namespace rigl_sparse

@@ -1,0 +1,171 @@
+// Block-sparse CPU kernels on raw pointers: no torch, so C++ tests and other hosts can use them.
+//
+// Layout (see rigl_sparse/layout.py): a weight W[out, K] cut into B x B blocks; slot s holds block
+// (block_row[s], block_col[s]) in values[s] (row-major B x B).  The row view lists each block row's
+// slots (row_ptr/row_slots), the column view each block column's (col_ptr/col_slots).
+//
+// Every kernel works on a range of its parallel dimension, so the caller chooses the threading, and
+// writes into caller-provided outputs.  Dense operands are padded by the caller to whole blocks
+// (x: [M, C*B], dy: [M, R*B]); results are written only inside the real [M, out] / [M, K] bounds.
+// Arithmetic is fp32; bf16 inputs are widened on load and rounded to nearest-even on store.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace rigl_sparse {
+namespace cpu {
+
+struct bf16 {
+  uint16_t bits;
+};
+
+inline float to_float(float v) { return v; }
+inline float to_float(bf16 v) {
+  uint32_t u = static_cast<uint32_t>(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+template <typename T>
+inline T from_float(float f);
+template <>
+inline float from_float<float>(float f) { return f; }
+template <>
+inline bf16 from_float<bf16>(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) return bf16{static_cast<uint16_t>((u >> 16) | 0x40)};
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+  return bf16{static_cast<uint16_t>(u >> 16)};
+}
+
+// acc[MR][B] += A[MR][L] * Bm[L][B], with A(i, l) = a[i * a_i + l * a_l] and Bm row l at b + l * ldb.
+// MR and B are compile-time so the accumulator tile lives in vector registers.
+template <int B, int MR>
+inline void micro_kernel(const float* a, int64_t a_i, int64_t a_l, const float* b, int64_t ldb, int64_t L,
+                         float* __restrict acc) {
+  for (int64_t l = 0; l < L; ++l) {
+    const float* brow = b + l * ldb;
+    for (int i = 0; i < MR; ++i) {
+      const float av = a[i * a_i + l * a_l];
+#pragma omp simd
+      for (int n = 0; n < B; ++n) acc[i * B + n] += av * brow[n];
+    }
+  }
+}
+
+// Rows [m, m + MR) of one output block column j: acc = sum over slots of the view of A-slab * block.
+template <int B, int MR>
+inline void view_tile(const float* a, int64_t lda, const float* blocks, const int32_t* slots, const int32_t* coord,
+                      int32_t begin, int32_t end, int64_t m, float* __restrict acc) {
+  for (int32_t p = begin; p < end; ++p) {
+    const int64_t s = slots[p];
+    micro_kernel<B, MR>(a + m * lda + static_cast<int64_t>(coord[s]) * B, lda, 1, blocks + s * B * B, B, B, acc);
+  }
+}
+
+template <typename T, int B, int MR>
+inline void store_tile(const float* acc, const float* bias, T* out, int64_t ldo, int64_t m, int64_t rows,
+                       int64_t col0, int64_t n_cols) {
+  const int64_t cols = std::min<int64_t>(B, n_cols - col0);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t n = 0; n < cols; ++n)
+      out[(m + i) * ldo + col0 + n] = from_float<T>(acc[i * B + n] + (bias ? bias[col0 + n] : 0.0f));
+}
+
+// out[:, j*B:(j+1)*B] = a @ blocks over the view, for output block columns j in [j_begin, j_end).
+//   a: [M, lda] fp32 (padded); blocks: [nnzb, B, B] fp32, already oriented (W.T blocks for dsd, W for dds);
+//   ptr/slots/coord: the view; bias: [n_cols] fp32 or null; out: [M, n_cols].
+template <typename T, int B>
+void sparse_matmul(const float* a, int64_t M, int64_t lda, const float* blocks, const int32_t* ptr,
+                   const int32_t* slots, const int32_t* coord, const float* bias, T* out, int64_t n_cols,
+                   int64_t j_begin, int64_t j_end) {
+  constexpr int MR = B >= 128 ? 2 : (B >= 64 ? 4 : (B >= 32 ? 6 : 8));
+  alignas(64) float acc[MR * B];
+  for (int64_t j = j_begin; j < j_end; ++j) {
+    const int32_t begin = ptr[j], end = ptr[j + 1];
+    int64_t m = 0;
+    for (; m + MR <= M; m += MR) {
+      std::fill(acc, acc + MR * B, 0.0f);
+      view_tile<B, MR>(a, lda, blocks, slots, coord, begin, end, m, acc);
+      store_tile<T, B, MR>(acc, bias, out, n_cols, m, MR, j * B, n_cols);
+    }
+    for (; m < M; ++m) {
+      std::fill(acc, acc + B, 0.0f);
+      view_tile<B, 1>(a, lda, blocks, slots, coord, begin, end, m, acc);
+      store_tile<T, B, 1>(acc, bias, out, n_cols, m, 1, j * B, n_cols);
+    }
+  }
+}
+
+// dvalues[s] = dy[:, rows(s)].T @ x[:, cols(s)] for the slots row_slots[p], p in [p_begin, p_end).
+//   dy: [M, ldy] fp32 (padded to whole blocks), x: [M, ldx] fp32 (padded); out: [nnzb, B, B].
+template <typename T, int B>
+void sdd(const float* dy, int64_t ldy, const float* x, int64_t ldx, int64_t M, const int32_t* row_slots,
+         const int32_t* block_row, const int32_t* block_col, T* out, int64_t p_begin, int64_t p_end) {
+  constexpr int MR = B >= 128 ? 2 : (B >= 64 ? 4 : (B >= 8 ? 8 : B));
+  alignas(64) float acc[MR * B];
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    const int64_t s = row_slots[p];
+    const float* dy_slab = dy + static_cast<int64_t>(block_row[s]) * B;
+    const float* x_slab = x + static_cast<int64_t>(block_col[s]) * B;
+    for (int i0 = 0; i0 < B; i0 += MR) {
+      std::fill(acc, acc + MR * B, 0.0f);
+      micro_kernel<B, MR>(dy_slab + i0, 1, ldy, x_slab, ldx, M, acc);
+      T* dst = out + s * B * B + static_cast<int64_t>(i0) * B;
+      for (int e = 0; e < MR * B; ++e) dst[e] = from_float<T>(acc[e]);
+    }
+  }
+}
+
+// Block scores of one band of the dense gradient: grad is [rows * B, C * B] fp32 (block rows
+// [r0, r0 + rows)); writes the Frobenius norm of each block, or -inf where active[r * C + c] != 0.
+inline void band_scores(const float* grad, int64_t rows, int64_t C, int B, int64_t r0, const uint8_t* active,
+                        float* scores) {
+  const int64_t ld = C * B;
+  std::vector<float> acc(C);
+  for (int64_t r = 0; r < rows; ++r) {
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    for (int i = 0; i < B; ++i) {
+      const float* row = grad + (r * B + i) * ld;
+      for (int64_t c = 0; c < C; ++c) {
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < B; ++j) sum += row[c * B + j] * row[c * B + j];
+        acc[c] += sum;
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t flat = (r0 + r) * C + c;
+      scores[flat] = active[flat] ? -INFINITY : std::sqrt(acc[c]);
+    }
+  }
+}
+
+// The k best of scores[0, n): descending, NaN first, ties to the lower index; -1 / -inf past the candidates.
+inline void top_k(const float* scores, int64_t n, int64_t k, float* out_scores, int64_t* out_index) {
+  std::vector<int64_t> order(n);
+  for (int64_t i = 0; i < n; ++i) order[i] = i;
+  auto better = [scores](int64_t a, int64_t b) {
+    const float sa = scores[a], sb = scores[b];
+    const bool na = std::isnan(sa), nb = std::isnan(sb);
+    if (na != nb) return na;
+    if (!na && sa != sb) return sa > sb;
+    return a < b;
+  };
+  const int64_t kk = std::min(k, n);
+  std::partial_sort(order.begin(), order.begin() + kk, order.end(), better);
+  for (int64_t i = 0; i < k; ++i) {
+    const bool found = i < kk && scores[order[i]] != -INFINITY;
+    out_scores[i] = found ? scores[order[i]] : -INFINITY;
+    out_index[i] = found ? order[i] : -1;
+  }
+}
+
+}  // namespace cpu
+}  // namespace rigl_sparse

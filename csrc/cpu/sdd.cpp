@@ -1,0 +1,33 @@
+// rigl_sparse::sdd on the CPU: out[s] = dy[:, rows(s)].T @ x[:, cols(s)] for every active slot.
+#include "common.h"
+
+namespace rigl_sparse {
+namespace cpu {
+
+void sdd_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_slots, const at::Tensor& block_row,
+             const at::Tensor& block_col, at::Tensor& out) {
+  check_float_or_bf16(dy, "dy");
+  check_float_or_bf16(x, "x");
+  check_float_or_bf16(out, "out");
+  check_index(row_slots, "row_slots");
+  check_index(block_row, "block_row");
+  check_index(block_col, "block_col");
+  TORCH_CHECK(dy.scalar_type() == x.scalar_type() && out.scalar_type() == x.scalar_type(),
+              "dy, x and out must share a dtype");
+  TORCH_CHECK(out.dim() == 3 && out.size(0) == block_row.numel() && out.size(1) == out.size(2),
+              "out must be [nnzb, b, b]");
+  TORCH_CHECK(dy.size(0) == x.size(0), "dy and x must have the same number of rows");
+  const int64_t B = out.size(1), M = x.size(0);
+  const int64_t n_rows = (dy.size(1) + B - 1) / B, n_cols = (x.size(1) + B - 1) / B;
+  const at::Tensor dy_f = padded_float(dy, n_rows, B), x_f = padded_float(x, n_cols, B);
+  dispatch(x.scalar_type(), B, [&]<typename T, int Bc>() {
+    at::parallel_for(0, row_slots.numel(), 1, [&](int64_t begin, int64_t end) {
+      sdd<T, Bc>(dy_f.data_ptr<float>(), n_rows * Bc, x_f.data_ptr<float>(), n_cols * Bc, M,
+                 row_slots.data_ptr<int32_t>(), block_row.data_ptr<int32_t>(), block_col.data_ptr<int32_t>(),
+                 out_ptr<T>(out), begin, end);
+    });
+  });
+}
+
+}  // namespace cpu
+}  // namespace rigl_sparse

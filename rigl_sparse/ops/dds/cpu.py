@@ -1,0 +1,11 @@
+"""Native CPU ``dds`` (csrc/cpu/dds.cpp): allocates the output and calls the kernel."""
+
+import torch
+
+from rigl_sparse.ops._cpu import extension
+
+
+def dds(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, in_features):
+    out = torch.empty(dy.shape[0], in_features, dtype=dy.dtype)
+    extension().dds_out(dy.contiguous(), values.contiguous(), col_ptr, col_slots, block_row, out)
+    return out
