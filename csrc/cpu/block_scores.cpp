@@ -20,9 +20,13 @@ void block_scores_out(const at::Tensor& dy, const at::Tensor& x, const at::Tenso
                   scores_out.numel() == index_out.numel(),
               "scores_out must be float32 and index_out int64, of one length k");
   TORCH_CHECK(block_size > 0, "block_size must be positive");
-  const int64_t B = block_size, M = x.size(0);
+  const int64_t B = block_size;
   const int64_t R = (dy.size(1) + B - 1) / B, C = (x.size(1) + B - 1) / B;
-  const at::Tensor dy_f = padded_float(dy, R, B), x_f = padded_float(x, C, B);
+  // Plain row-major fp32 operands, zero-padded to whole blocks, for the band matmuls.
+  at::Tensor dy_f = dy.to(at::kFloat), x_f = x.to(at::kFloat);
+  if (R * B > dy.size(1)) dy_f = at::constant_pad_nd(dy_f, {0, R * B - dy.size(1)});
+  if (C * B > x.size(1)) x_f = at::constant_pad_nd(x_f, {0, C * B - x.size(1)});
+  x_f = x_f.contiguous();
   std::vector<uint8_t> active(R * C, 0);
   const int32_t* br = block_row.data_ptr<int32_t>();
   const int32_t* bc = block_col.data_ptr<int32_t>();

@@ -18,11 +18,11 @@ void dds_out(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& c
   const int64_t B = values.size(1), M = dy.size(0), n_cols = col_ptr.numel() - 1;
   const int64_t n_rows = (dy.size(1) + B - 1) / B, in_features = out.size(1);
   TORCH_CHECK(out.size(0) == M && (in_features + B - 1) / B == n_cols, "out must be [M, in_features] matching col_ptr");
-  const at::Tensor a = padded_float(dy, n_rows, B);
-  const at::Tensor blocks = values.to(at::kFloat).contiguous();  // W blocks: [s][k][n]
+  const at::Tensor blocks = float_blocks(values, /*transpose=*/false);  // W blocks: [s][k][n]
   dispatch(dy.scalar_type(), B, [&]<typename T, int Bc>() {
+    const at::Tensor a = row_panels(dy, n_rows, Bc, rows_per_tile<Bc>());
     at::parallel_for(0, n_cols, 1, [&](int64_t begin, int64_t end) {
-      sparse_matmul<T, Bc>(a.data_ptr<float>(), M, n_rows * Bc, blocks.data_ptr<float>(), col_ptr.data_ptr<int32_t>(),
+      sparse_matmul<T, Bc>(a.data_ptr<float>(), M, n_rows, blocks.data_ptr<float>(), col_ptr.data_ptr<int32_t>(),
                            col_slots.data_ptr<int32_t>(), block_row.data_ptr<int32_t>(), nullptr, out_ptr<T>(out),
                            in_features, begin, end);
     });

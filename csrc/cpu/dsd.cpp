@@ -18,8 +18,7 @@ void dsd_out(const at::Tensor& x, const at::Tensor& values, const c10::optional<
   const int64_t B = values.size(1), M = x.size(0), n_rows = row_ptr.numel() - 1;
   const int64_t n_cols = (x.size(1) + B - 1) / B, out_features = out.size(1);
   TORCH_CHECK(out.size(0) == M && (out_features + B - 1) / B == n_rows, "out must be [M, out_features] matching row_ptr");
-  const at::Tensor a = padded_float(x, n_cols, B);
-  const at::Tensor blocks = values.to(at::kFloat).transpose(1, 2).contiguous();  // W.T blocks: [s][k][n]
+  const at::Tensor blocks = float_blocks(values, /*transpose=*/true);  // W.T blocks: [s][k][n]
   at::Tensor bias_f;
   if (bias.has_value()) {
     check_float_or_bf16(*bias, "bias");
@@ -28,8 +27,9 @@ void dsd_out(const at::Tensor& x, const at::Tensor& values, const c10::optional<
   }
   const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
   dispatch(x.scalar_type(), B, [&]<typename T, int Bc>() {
+    const at::Tensor a = row_panels(x, n_cols, Bc, rows_per_tile<Bc>());
     at::parallel_for(0, n_rows, 1, [&](int64_t begin, int64_t end) {
-      sparse_matmul<T, Bc>(a.data_ptr<float>(), M, n_cols * Bc, blocks.data_ptr<float>(), row_ptr.data_ptr<int32_t>(),
+      sparse_matmul<T, Bc>(a.data_ptr<float>(), M, n_cols, blocks.data_ptr<float>(), row_ptr.data_ptr<int32_t>(),
                            row_slots.data_ptr<int32_t>(), block_col.data_ptr<int32_t>(), bias_ptr, out_ptr<T>(out),
                            out_features, begin, end);
     });

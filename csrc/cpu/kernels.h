@@ -5,9 +5,11 @@
 // slots (row_ptr/row_slots), the column view each block column's (col_ptr/col_slots).
 //
 // Every kernel works on a range of its parallel dimension, so the caller chooses the threading, and
-// writes into caller-provided outputs.  Dense operands are padded by the caller to whole blocks
-// (x: [M, C*B], dy: [M, R*B]); results are written only inside the real [M, out] / [M, K] bounds.
-// Arithmetic is fp32; bf16 inputs are widened on load and rounded to nearest-even on store.
+// writes into caller-provided outputs.  Dense operands are first packed block-column-major
+// (pack_block_columns: [n_blocks][M][B] fp32, zero past the real columns), so that every slab a
+// kernel reads is contiguous (no TLB misses on long row strides, full use of the prefetcher).
+// Results are written only inside the real [M, out] / [M, K] bounds.  Arithmetic is fp32; bf16 is
+// widened on packing and rounded to nearest-even on store.
 #pragma once
 
 #include <algorithm>
@@ -44,6 +46,50 @@ inline bf16 from_float<bf16>(float f) {
   return bf16{static_cast<uint16_t>(u >> 16)};
 }
 
+// Block columns for sdd: dst[c][m][j] = src[m * ld + c * B + j] as fp32 for block columns c in [c_begin, c_end); zero where
+// c * B + j >= n_real (the padding of the last block).
+template <typename T>
+void pack_block_columns(const T* src, int64_t M, int64_t ld, int64_t n_real, int B, int64_t c_begin, int64_t c_end,
+                        float* dst) {
+  for (int64_t c = c_begin; c < c_end; ++c) {
+    const int64_t width = std::max<int64_t>(0, std::min<int64_t>(B, n_real - c * B));
+    float* out = dst + c * M * B;
+    for (int64_t m = 0; m < M; ++m) {
+      const T* row = src + m * ld + c * B;
+      for (int64_t j = 0; j < width; ++j) out[m * B + j] = to_float(row[j]);
+      for (int64_t j = width; j < B; ++j) out[m * B + j] = 0.0f;
+    }
+  }
+}
+
+// Row panels for dsd/dds: dst[t][c][i][j] = src[(t * MR + i) * ld + c * B + j] as fp32 for panels t in
+// [t_begin, t_end); zero past the real rows (M) and columns (n_real).  One panel holds MR rows of
+// every block column contiguously, so a micro-kernel's A operand is one contiguous MR x B chunk and
+// all the chunks a row panel needs sit next to each other.
+template <typename T>
+void pack_row_panels(const T* src, int64_t M, int64_t ld, int64_t n_real, int B, int MR, int64_t C,
+                     int64_t t_begin, int64_t t_end, float* dst) {
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    for (int64_t c = 0; c < C; ++c) {
+      float* out = dst + (t * C + c) * MR * B;
+      const int64_t width = std::max<int64_t>(0, std::min<int64_t>(B, n_real - c * B));
+      for (int i = 0; i < MR; ++i) {
+        const int64_t m = t * MR + i;
+        const int64_t w = m < M ? width : 0;
+        const T* row = src + m * ld + c * B;
+        for (int64_t j = 0; j < w; ++j) out[i * B + j] = to_float(row[j]);
+        for (int64_t j = w; j < B; ++j) out[i * B + j] = 0.0f;
+      }
+    }
+  }
+}
+
+// Rows per micro-kernel tile for block size B: MR * B / 16 accumulator vectors stay in registers.
+template <int B>
+constexpr int rows_per_tile() {
+  return B >= 128 ? 2 : (B >= 64 ? 4 : (B >= 32 ? 6 : 8));
+}
+
 // acc[MR][B] += A[MR][L] * Bm[L][B], with A(i, l) = a[i * a_i + l * a_l] and Bm row l at b + l * ldb.
 // MR and B are compile-time so the accumulator tile lives in vector registers.
 template <int B, int MR>
@@ -59,64 +105,49 @@ inline void micro_kernel(const float* a, int64_t a_i, int64_t a_l, const float* 
   }
 }
 
-// Rows [m, m + MR) of one output block column j: acc = sum over slots of the view of A-slab * block.
-template <int B, int MR>
-inline void view_tile(const float* a, int64_t lda, const float* blocks, const int32_t* slots, const int32_t* coord,
-                      int32_t begin, int32_t end, int64_t m, float* __restrict acc) {
-  for (int32_t p = begin; p < end; ++p) {
-    const int64_t s = slots[p];
-    micro_kernel<B, MR>(a + m * lda + static_cast<int64_t>(coord[s]) * B, lda, 1, blocks + s * B * B, B, B, acc);
-  }
-}
-
-template <typename T, int B, int MR>
-inline void store_tile(const float* acc, const float* bias, T* out, int64_t ldo, int64_t m, int64_t rows,
-                       int64_t col0, int64_t n_cols) {
-  const int64_t cols = std::min<int64_t>(B, n_cols - col0);
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t n = 0; n < cols; ++n)
-      out[(m + i) * ldo + col0 + n] = from_float<T>(acc[i * B + n] + (bias ? bias[col0 + n] : 0.0f));
-}
-
-// out[:, j*B:(j+1)*B] = a @ blocks over the view, for output block columns j in [j_begin, j_end).
-//   a: [M, lda] fp32 (padded); blocks: [nnzb, B, B] fp32, already oriented (W.T blocks for dsd, W for dds);
+// out[:, j*B:(j+1)*B] = A @ blocks over the view, for output block columns j in [j_begin, j_end).
+//   a: row panels of A (pack_row_panels with MR = rows_per_tile<B>()), C block columns;
+//   blocks: [nnzb, B, B] fp32, already oriented (W.T blocks for dsd, W for dds);
 //   ptr/slots/coord: the view; bias: [n_cols] fp32 or null; out: [M, n_cols].
 template <typename T, int B>
-void sparse_matmul(const float* a, int64_t M, int64_t lda, const float* blocks, const int32_t* ptr,
+void sparse_matmul(const float* a, int64_t M, int64_t C, const float* blocks, const int32_t* ptr,
                    const int32_t* slots, const int32_t* coord, const float* bias, T* out, int64_t n_cols,
                    int64_t j_begin, int64_t j_end) {
-  constexpr int MR = B >= 128 ? 2 : (B >= 64 ? 4 : (B >= 32 ? 6 : 8));
+  constexpr int MR = rows_per_tile<B>();
   alignas(64) float acc[MR * B];
+  const int64_t panels = (M + MR - 1) / MR;
   for (int64_t j = j_begin; j < j_end; ++j) {
     const int32_t begin = ptr[j], end = ptr[j + 1];
-    int64_t m = 0;
-    for (; m + MR <= M; m += MR) {
+    const int64_t col0 = j * B, cols = std::min<int64_t>(B, n_cols - col0);
+    for (int64_t t = 0; t < panels; ++t) {
       std::fill(acc, acc + MR * B, 0.0f);
-      view_tile<B, MR>(a, lda, blocks, slots, coord, begin, end, m, acc);
-      store_tile<T, B, MR>(acc, bias, out, n_cols, m, MR, j * B, n_cols);
-    }
-    for (; m < M; ++m) {
-      std::fill(acc, acc + B, 0.0f);
-      view_tile<B, 1>(a, lda, blocks, slots, coord, begin, end, m, acc);
-      store_tile<T, B, 1>(acc, bias, out, n_cols, m, 1, j * B, n_cols);
+      const float* panel = a + t * C * MR * B;
+      for (int32_t p = begin; p < end; ++p) {
+        const int64_t s = slots[p];
+        micro_kernel<B, MR>(panel + static_cast<int64_t>(coord[s]) * MR * B, B, 1, blocks + s * B * B, B, B, acc);
+      }
+      const int64_t rows = std::min<int64_t>(MR, M - t * MR);
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t n = 0; n < cols; ++n)
+          out[(t * MR + i) * n_cols + col0 + n] = from_float<T>(acc[i * B + n] + (bias ? bias[col0 + n] : 0.0f));
     }
   }
 }
 
 // dvalues[s] = dy[:, rows(s)].T @ x[:, cols(s)] for the slots row_slots[p], p in [p_begin, p_end).
-//   dy: [M, ldy] fp32 (padded to whole blocks), x: [M, ldx] fp32 (padded); out: [nnzb, B, B].
+//   dy, x: packed [n_blocks][M][B] fp32; out: [nnzb, B, B].
 template <typename T, int B>
-void sdd(const float* dy, int64_t ldy, const float* x, int64_t ldx, int64_t M, const int32_t* row_slots,
-         const int32_t* block_row, const int32_t* block_col, T* out, int64_t p_begin, int64_t p_end) {
+void sdd(const float* dy, const float* x, int64_t M, const int32_t* row_slots, const int32_t* block_row,
+         const int32_t* block_col, T* out, int64_t p_begin, int64_t p_end) {
   constexpr int MR = B >= 128 ? 2 : (B >= 64 ? 4 : (B >= 8 ? 8 : B));
   alignas(64) float acc[MR * B];
   for (int64_t p = p_begin; p < p_end; ++p) {
     const int64_t s = row_slots[p];
-    const float* dy_slab = dy + static_cast<int64_t>(block_row[s]) * B;
-    const float* x_slab = x + static_cast<int64_t>(block_col[s]) * B;
+    const float* dy_slab = dy + static_cast<int64_t>(block_row[s]) * M * B;
+    const float* x_slab = x + static_cast<int64_t>(block_col[s]) * M * B;
     for (int i0 = 0; i0 < B; i0 += MR) {
       std::fill(acc, acc + MR * B, 0.0f);
-      micro_kernel<B, MR>(dy_slab + i0, 1, ldy, x_slab, ldx, M, acc);
+      micro_kernel<B, MR>(dy_slab + i0, 1, B, x_slab, B, M, acc);
       T* dst = out + s * B * B + static_cast<int64_t>(i0) * B;
       for (int e = 0; e < MR * B; ++e) dst[e] = from_float<T>(acc[e]);
     }

@@ -19,11 +19,10 @@ void sdd_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_sl
   TORCH_CHECK(dy.size(0) == x.size(0), "dy and x must have the same number of rows");
   const int64_t B = out.size(1), M = x.size(0);
   const int64_t n_rows = (dy.size(1) + B - 1) / B, n_cols = (x.size(1) + B - 1) / B;
-  const at::Tensor dy_f = padded_float(dy, n_rows, B), x_f = padded_float(x, n_cols, B);
+  const at::Tensor dy_p = packed_float(dy, n_rows, B), x_p = packed_float(x, n_cols, B);
   dispatch(x.scalar_type(), B, [&]<typename T, int Bc>() {
     at::parallel_for(0, row_slots.numel(), 1, [&](int64_t begin, int64_t end) {
-      sdd<T, Bc>(dy_f.data_ptr<float>(), n_rows * Bc, x_f.data_ptr<float>(), n_cols * Bc, M,
-                 row_slots.data_ptr<int32_t>(), block_row.data_ptr<int32_t>(), block_col.data_ptr<int32_t>(),
+      sdd<T, Bc>(dy_p.data_ptr<float>(), x_p.data_ptr<float>(), M, row_slots.data_ptr<int32_t>(), block_row.data_ptr<int32_t>(), block_col.data_ptr<int32_t>(),
                  out_ptr<T>(out), begin, end);
     });
   });

@@ -1,0 +1,165 @@
+// C++ unit tests of the torch-free CPU kernels against naive loops (run by ctest).
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "../kernels.h"
+
+using namespace rigl_sparse::cpu;
+
+namespace {
+
+int failures = 0;
+
+void expect_close(float got, float want, float tol, const char* what, long i) {
+  if (!(std::fabs(got - want) <= tol * (1.0f + std::fabs(want)))) {
+    if (failures < 10) std::printf("FAIL %s[%ld]: got %g, want %g\n", what, i, got, want);
+    ++failures;
+  }
+}
+
+// A random topology of n_blocks among R x C with its row and column views.
+struct Topology {
+  int R, C, B;
+  std::vector<int32_t> block_row, block_col, row_ptr, row_slots, col_ptr, col_slots;
+};
+
+Topology make_topology(int R, int C, int B, int nnzb, std::mt19937& rng) {
+  Topology t{R, C, B, {}, {}, {}, {}, {}, {}};
+  std::vector<int> flat(R * C);
+  for (int i = 0; i < R * C; ++i) flat[i] = i;
+  std::shuffle(flat.begin(), flat.end(), rng);
+  flat.resize(nnzb);
+  for (int f : flat) {
+    t.block_row.push_back(f / C);
+    t.block_col.push_back(f % C);
+  }
+  t.row_ptr.assign(R + 1, 0);
+  t.col_ptr.assign(C + 1, 0);
+  for (int s = 0; s < nnzb; ++s) {
+    ++t.row_ptr[t.block_row[s] + 1];
+    ++t.col_ptr[t.block_col[s] + 1];
+  }
+  for (int r = 0; r < R; ++r) t.row_ptr[r + 1] += t.row_ptr[r];
+  for (int c = 0; c < C; ++c) t.col_ptr[c + 1] += t.col_ptr[c];
+  std::vector<int> order(nnzb);
+  for (int s = 0; s < nnzb; ++s) order[s] = s;
+  std::sort(order.begin(), order.end(), [&](int a, int b) {
+    return t.block_row[a] * C + t.block_col[a] < t.block_row[b] * C + t.block_col[b];
+  });
+  t.row_slots.assign(order.begin(), order.end());
+  std::sort(order.begin(), order.end(), [&](int a, int b) {
+    return t.block_col[a] * R + t.block_row[a] < t.block_col[b] * R + t.block_row[b];
+  });
+  t.col_slots.assign(order.begin(), order.end());
+  return t;
+}
+
+template <int B>
+void test_matmuls(int M, int out_f, int in_f, double density, std::mt19937& rng) {
+  constexpr int MR = rows_per_tile<B>();
+  const int R = (out_f + B - 1) / B, C = (in_f + B - 1) / B;
+  const int nnzb = std::max(1, static_cast<int>(density * R * C));
+  Topology t = make_topology(R, C, B, nnzb, rng);
+  std::normal_distribution<float> normal;
+  std::vector<float> values(nnzb * B * B), x(M * in_f), dy(M * out_f), dense(R * B * C * B, 0.0f);
+  for (auto& v : values) v = normal(rng);
+  for (auto& v : x) v = normal(rng);
+  for (auto& v : dy) v = normal(rng);
+  for (int s = 0; s < nnzb; ++s)  // dense W with padding rows/columns zeroed as the layout keeps them
+    for (int i = 0; i < B; ++i)
+      for (int j = 0; j < B; ++j) {
+        const int r = t.block_row[s] * B + i, c = t.block_col[s] * B + j;
+        if (r >= out_f || c >= in_f) values[(s * B + i) * B + j] = 0.0f;
+        dense[r * C * B + c] = values[(s * B + i) * B + j];
+      }
+  auto W = [&](int r, int c) { return dense[r * C * B + c]; };
+
+  // dsd: y = x @ W.T
+  std::vector<float> wt(values.size()), panels_x(((M + MR - 1) / MR) * C * MR * B), y(M * out_f);
+  for (int s = 0; s < nnzb; ++s)
+    for (int i = 0; i < B; ++i)
+      for (int j = 0; j < B; ++j) wt[(s * B + j) * B + i] = values[(s * B + i) * B + j];
+  pack_row_panels(x.data(), M, in_f, in_f, B, MR, C, 0, (M + MR - 1) / MR, panels_x.data());
+  sparse_matmul<float, B>(panels_x.data(), M, C, wt.data(), t.row_ptr.data(), t.row_slots.data(), t.block_col.data(),
+                          nullptr, y.data(), out_f, 0, R);
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < out_f; ++n) {
+      double want = 0;
+      for (int k = 0; k < in_f; ++k) want += double(x[m * in_f + k]) * W(n, k);
+      expect_close(y[m * out_f + n], float(want), 1e-4f * B, "dsd", m * out_f + n);
+    }
+
+  // dds: dx = dy @ W
+  std::vector<float> panels_dy(((M + MR - 1) / MR) * R * MR * B), dx(M * in_f);
+  pack_row_panels(dy.data(), M, out_f, out_f, B, MR, R, 0, (M + MR - 1) / MR, panels_dy.data());
+  sparse_matmul<float, B>(panels_dy.data(), M, R, values.data(), t.col_ptr.data(), t.col_slots.data(),
+                          t.block_row.data(), nullptr, dx.data(), in_f, 0, C);
+  for (int m = 0; m < M; ++m)
+    for (int k = 0; k < in_f; ++k) {
+      double want = 0;
+      for (int n = 0; n < out_f; ++n) want += double(dy[m * out_f + n]) * W(n, k);
+      expect_close(dx[m * in_f + k], float(want), 1e-4f * B, "dds", m * in_f + k);
+    }
+
+  // sdd: dvalues[s] = dy[:, rows].T @ x[:, cols]
+  std::vector<float> cols_dy(R * M * B), cols_x(C * M * B), dv(nnzb * B * B);
+  pack_block_columns(dy.data(), M, out_f, out_f, B, 0, R, cols_dy.data());
+  pack_block_columns(x.data(), M, in_f, in_f, B, 0, C, cols_x.data());
+  sdd<float, B>(cols_dy.data(), cols_x.data(), M, t.row_slots.data(), t.block_row.data(), t.block_col.data(),
+                dv.data(), 0, nnzb);
+  for (int s = 0; s < nnzb; ++s)
+    for (int i = 0; i < B; ++i)
+      for (int j = 0; j < B; ++j) {
+        const int r = t.block_row[s] * B + i, c = t.block_col[s] * B + j;
+        double want = 0;
+        if (r < out_f && c < in_f)
+          for (int m = 0; m < M; ++m) want += double(dy[m * out_f + r]) * x[m * in_f + c];
+        expect_close(dv[(s * B + i) * B + j], float(want), 1e-4f * M, "sdd", (s * B + i) * B + j);
+      }
+}
+
+void test_bf16_round_trip() {
+  const float cases[] = {0.0f, 1.0f, -2.5f, 3.14159f, 1e-20f, 65504.0f};
+  for (float f : cases) expect_close(to_float(from_float<bf16>(f)), f, 1.0f / 128, "bf16", 0);
+  expect_close(to_float(from_float<bf16>(1.0f + 1.0f / 256)), 1.0f, 0.0f, "bf16 ties to even", 1);
+}
+
+void test_top_k() {
+  const float scores[] = {1.0f, 3.0f, -INFINITY, 3.0f, NAN, 0.5f};
+  float top[6];
+  int64_t index[6];
+  top_k(scores, 6, 4, top, index);
+  const int64_t want[] = {4, 1, 3, 0};  // NaN first, then ties to the lower index
+  for (int i = 0; i < 4; ++i)
+    if (index[i] != want[i]) {
+      std::printf("FAIL top_k[%d]: got %ld, want %ld\n", i, static_cast<long>(index[i]), static_cast<long>(want[i]));
+      ++failures;
+    }
+  top_k(scores, 6, 6, top, index);
+  if (index[5] != -1 || top[5] != -INFINITY) {
+    std::printf("FAIL top_k: an active (-inf) block was returned as a candidate\n");
+    ++failures;
+  }
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937 rng(0);
+  test_matmuls<4>(13, 10, 7, 0.5, rng);
+  test_matmuls<8>(9, 24, 17, 0.4, rng);
+  test_matmuls<16>(21, 40, 50, 0.3, rng);
+  test_matmuls<32>(17, 70, 64, 0.5, rng);
+  test_matmuls<64>(5, 128, 100, 0.5, rng);
+  test_matmuls<128>(3, 130, 256, 0.5, rng);
+  test_bf16_round_trip();
+  test_top_k();
+  if (failures) {
+    std::printf("%d failures\n", failures);
+    return 1;
+  }
+  std::printf("all CPU kernel tests passed\n");
+  return 0;
+}

@@ -1,0 +1,105 @@
+"""The native CPU kernels against the reference, over shapes, block sizes, dtypes and densities."""
+
+import math
+
+import pytest
+import torch
+
+import rigl_sparse as rs
+from rigl_sparse import backends, ops
+from rigl_sparse.testing import assert_close, random_block_sparse
+
+REASON = backends.BACKENDS["cpu"].unavailable_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"cpu backend unavailable: {REASON}")
+
+
+def _case(out_f, in_f, b, density, M, dtype, seed=0):
+    layout, values = random_block_sparse((out_f, in_f), b, density, dtype=dtype, seed=seed)
+    g = torch.Generator().manual_seed(seed + 11)
+    x = torch.randn(M, in_f, generator=g).to(dtype)
+    dy = torch.randn(M, out_f, generator=g).to(dtype)
+    bias = torch.randn(out_f, generator=g).to(dtype)
+    return layout, values, x, dy, bias
+
+
+def _run_all(backend, layout, values, x, dy, bias, k):
+    out_f, in_f = layout.shape
+    topo = layout.topology()
+    with rs.use_backend(backend):
+        return (ops.dsd(x, values, bias, *topo, out_f), ops.dds(dy, values, *topo, in_f),
+                ops.sdd(dy, x, *topo, layout.block_size),
+                ops.block_scores(dy, x, topo[0], topo[1], layout.block_size, k))
+
+
+@pytest.mark.parametrize("b", [4, 8, 16, 32, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("density", [0.2, 1.0])
+@pytest.mark.parametrize("M", [1, 13, 40])
+def test_cpu_kernels_match_reference(b, dtype, density, M):
+    # Ragged: out and K are not multiples of b; M is not a multiple of any row tile.
+    layout, values, x, dy, bias = _case(2 * b + 3, 3 * b - 1, b, density, M, dtype)
+    ref = _run_all("reference", layout, values, x, dy, bias, 7)
+    got = _run_all("cpu", layout, values, x, dy, bias, 7)
+    scale = max(1.0, math.sqrt(3 * b / 16))
+    for r, g in zip(ref[:3], got[:3]):
+        assert g.dtype == dtype and g.shape == r.shape
+        assert_close(g, r, dtype, scale=scale)
+    pad = layout.padding_mask()
+    if pad is not None:
+        assert torch.all(got[2][~pad] == 0)
+    assert torch.equal(got[3][1] >= 0, ref[3][1] >= 0)
+    valid = ref[3][1] >= 0
+    assert_close(got[3][0][valid], ref[3][0][valid], torch.float32, scale=scale * 10)
+    if dtype == torch.float32:
+        assert torch.equal(got[3][1], ref[3][1])
+
+
+def test_cpu_is_chosen_and_unsupported_arguments_fall_back_with_a_warning():
+    layout, values, x, _, _ = _case(16, 16, 4, 0.5, 3, torch.float32)
+    assert backends.select("dsd", "cpu", (x, values, None, *layout.topology(), 16))[0] == "cpu"
+    layout, values, x, _, _ = _case(12, 12, 3, 0.5, 3, torch.float32)
+    backends._WARNED.clear()
+    with pytest.warns(RuntimeWarning, match="block_size 3"):
+        y = ops.dsd(x, values, None, *layout.topology(), 12)
+    torch.testing.assert_close(y, x @ layout.to_dense(values).T)
+    with rs.use_backend("cpu"), pytest.raises(RuntimeError, match="block_size 3"):
+        ops.dsd(x, values, None, *layout.topology(), 12)
+
+
+def test_cpu_block_scores_ties_and_nan_follow_the_reference():
+    layout, _, _, _, _ = _case(16, 16, 4, 0.25, 4, torch.float32)
+    zeros = torch.zeros(4, 16)
+    for backend in ("reference", "cpu"):
+        with rs.use_backend(backend):
+            scores, index = ops.block_scores(zeros, zeros, layout.block_row, layout.block_col, 4, 3)
+        inactive = [i for i in range(16) if i not in set(layout.flat_index().tolist())]
+        assert index.tolist() == inactive[:3]
+    x = torch.randn(4, 16)
+    x[0, 0] = float("nan")
+    with rs.use_backend("cpu"):
+        scores, _ = ops.block_scores(torch.randn(4, 16), x, layout.block_row, layout.block_col, 4, 2)
+    assert torch.isnan(scores[0])
+
+
+def test_rigl_training_on_the_cpu_backend_equals_the_reference_topology():
+    def run(backend):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(rs.SparseLinear(64, 48, density=0.3, block_size=8), torch.nn.ReLU(),
+                                    rs.SparseLinear(48, 10, density=0.5, block_size=8))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sched = rs.RigLScheduler(model, opt, delta_t=4, t_end=20)
+        g = torch.Generator().manual_seed(1)
+        with rs.use_backend(backend):
+            for _ in range(21):
+                x, y = torch.randn(32, 64, generator=g), torch.randint(0, 10, (32,), generator=g)
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                if sched.step():
+                    opt.step()
+                opt.zero_grad()
+        return [m.layout.flat_index().sort().values for m in model if isinstance(m, rs.SparseLinear)], sched.stats
+
+    ref_topology, ref_stats = run("reference")
+    cpu_topology, cpu_stats = run("cpu")
+    assert cpu_stats["blocks_moved"] > 0
+    for a, b in zip(ref_topology, cpu_topology):
+        assert torch.equal(a, b)
