@@ -5,9 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-gpu gpu-check info venv clean
+.PHONY: demo test ctest test-gpu gpu-check info venv clean
 
-$(STAMP): requirements.txt setup.py
+NATIVE_SOURCES := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h)
+
+$(STAMP): requirements.txt setup.py $(NATIVE_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
@@ -22,8 +24,15 @@ demo: $(STAMP)
 	$(PY) -m rigl_sparse.train --method rigl --density 0.1 --distribution erk --block-size 4 --epochs 10 \
 		--out runs/demo.json
 
-test: $(STAMP)
+# C++ kernel tests (ctest, through CMake) and the Python suite (CPU kernels, reference, Triton on its
+# CPU interpreter).
+test: $(STAMP) ctest
 	$(PY) -m pytest -q
+
+ctest:
+	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/cmake --target test_cpu_kernels -j 2
+	cd build/cmake && ctest --output-on-failure
 
 info: $(STAMP)
 	$(PY) -m rigl_sparse.info

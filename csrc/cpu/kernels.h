@@ -84,10 +84,12 @@ void pack_row_panels(const T* src, int64_t M, int64_t ld, int64_t n_real, int B,
   }
 }
 
-// Rows per micro-kernel tile for block size B: MR * B / 16 accumulator vectors stay in registers.
+// Rows per micro-kernel tile for block size B: about 24 accumulator vectors of 16 floats stay in
+// registers (with the block row and a broadcast, under the 32 AVX-512 registers), so each block row
+// loaded feeds as many rows as the register file allows.
 template <int B>
 constexpr int rows_per_tile() {
-  return B >= 128 ? 2 : (B >= 64 ? 4 : (B >= 32 ? 6 : 8));
+  return B >= 128 ? 3 : (B >= 64 ? 6 : (B >= 32 ? 12 : 8));
 }
 
 // acc[MR][B] += A[MR][L] * Bm[L][B], with A(i, l) = a[i * a_i + l * a_l] and Bm row l at b + l * ldb.

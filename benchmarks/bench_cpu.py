@@ -1,0 +1,143 @@
+"""Native CPU kernels against torch dense (MKL) and torch's CPU BSR, measured side by side.
+
+For each block size and density (fp32 by default), with the same thread count for all:
+
+* ``fwd``    ``Y = X Wᵀ``   ours ``dsd`` | ``F.linear`` | BSR ``W_bsr @ Xᵀ``
+* ``dx``     ``dX = dY W``  ours ``dds`` | ``dY @ W``   | BSR ``Wᵀ_bsr @ dYᵀ``
+* ``dw``     ``dW = dYᵀX``  ours ``sdd`` (active blocks) | ``dYᵀ @ X``
+* ``scores`` ours ``block_scores`` (top-k of inactive blocks) | one dense ``dYᵀ @ X``
+
+and, once, the peak extra memory of ``block_scores`` (growth of the resident-set
+high-water mark in a fresh process, reset through /proc/self/clear_refs) against
+the size of the dense gradient.
+
+    python benchmarks/bench_cpu.py [--threads 2] [--rows 1024] [--features 4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, environment, plot, print_table, save, time_cpu  # noqa: E402
+
+import rigl_sparse as rs  # noqa: E402
+from rigl_sparse import backends, ops  # noqa: E402
+from rigl_sparse.testing import random_block_sparse  # noqa: E402
+
+
+_MEMORY_PROBE = """
+import sys, torch, rigl_sparse as rs
+from pathlib import Path
+from rigl_sparse import ops
+from rigl_sparse.testing import random_block_sparse
+torch.set_num_threads({threads})
+M, n, b = {rows}, {features}, {block}
+layout, _ = random_block_sparse((n, n), b, 0.1, seed=1)
+x, dy = torch.randn(M, n).to(torch.{dtype}), torch.randn(M, n).to(torch.{dtype})
+with rs.use_backend("cpu"):
+    ops.block_scores(dy[:8, :4 * b], x[:8, :4 * b], layout.block_row[:1] * 0, layout.block_col[:1] * 0, b, 1)
+    def kib(field):
+        return next(int(l.split()[1]) for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field))
+    Path("/proc/self/clear_refs").write_text("5")  # reset the resident-set high-water mark
+    before = kib("VmRSS")
+    ops.block_scores(dy, x, layout.block_row, layout.block_col, b, 100)
+    print((kib("VmHWM") - before) * 1024)
+"""
+
+
+def block_scores_peak_extra(args, block: int) -> int | None:
+    """Resident-set growth at the peak of one block_scores call, in a fresh process (Linux only)."""
+    import subprocess
+
+    code = _MEMORY_PROBE.format(threads=args.threads, rows=args.rows, features=args.features, block=block,
+                                dtype=args.dtype)
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        return int(out.stdout.strip().splitlines()[-1])
+    except (subprocess.CalledProcessError, ValueError, IndexError, OSError):
+        return None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rows", type=int, default=1024)
+    p.add_argument("--features", type=int, default=4096)
+    p.add_argument("--densities", type=float, nargs="+", default=[0.5, 0.25, 0.1, 0.05])
+    p.add_argument("--blocks", type=int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--out-dir", type=Path, default=RESULTS / "cpu")
+    args = p.parse_args(argv)
+    reason = backends.BACKENDS["cpu"].unavailable_reason()
+    if reason:
+        raise SystemExit(f"the cpu backend is unavailable: {reason}")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dtype = getattr(torch, args.dtype)
+    M, n = args.rows, args.features
+    x, dy, w = (torch.randn(M, n).to(dtype), torch.randn(M, n).to(dtype), torch.randn(n, n).to(dtype))
+    xt, dyt = x.t().contiguous(), dy.t().contiguous()
+    dense = {"fwd": time_cpu(lambda: F.linear(x, w)), "dx": time_cpu(lambda: dy @ w),
+             "dw": time_cpu(lambda: dy.t() @ x)}
+    dense["scores"] = dense["dw"]
+    print(f"dense ({args.threads} threads): " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in dense.items()),
+          flush=True)
+    rows = []
+    for b in args.blocks:
+        for d in args.densities:
+            layout, values = random_block_sparse((n, n), b, d, dtype=dtype, seed=1)
+            topo = layout.topology()
+            k = max(1, int(0.3 * layout.nnzb))
+            with rs.use_backend("cpu"):
+                ours = {"fwd": time_cpu(lambda: ops.dsd(x, values, None, *topo, n)),
+                        "dx": time_cpu(lambda: ops.dds(dy, values, *topo, n)),
+                        "dw": time_cpu(lambda: ops.sdd(dy, x, *topo, b)),
+                        "scores": time_cpu(lambda: ops.block_scores(dy, x, topo[0], topo[1], b, k), max_reps=5)}
+            w_sparse = layout.to_dense(values)
+            w_bsr = w_sparse.to_sparse_bsr((b, b))
+            wt_bsr = w_sparse.t().contiguous().to_sparse_bsr((b, b))
+            bsr = {"fwd": time_cpu(lambda: w_bsr @ xt), "dx": time_cpu(lambda: wt_bsr @ dyt)}
+            row = {"block_size": b, "density": d, "rows": M, "features": n, "dtype": args.dtype,
+                   "threads": args.threads, "nnzb": layout.nnzb}
+            for op in ("fwd", "dx", "dw", "scores"):
+                row[f"ours_{op}_ms"] = ours[op] * 1e3
+                row[f"dense_{op}_ms"] = dense[op] * 1e3
+            for op in ("fwd", "dx", "dw"):
+                row[f"speedup_{op}_vs_dense"] = dense[op] / ours[op]
+            for op in ("fwd", "dx"):
+                row[f"bsr_{op}_ms"] = bsr[op] * 1e3
+                row[f"speedup_{op}_vs_bsr"] = bsr[op] / ours[op]
+            row["scores_over_dense_matmul"] = ours["scores"] / dense["scores"]
+            rows.append(row)
+            print(f"  b={b} d={d}: fwd {row['speedup_fwd_vs_dense']:.2f}x dense, {row['speedup_fwd_vs_bsr']:.2f}x bsr; "
+                  f"dx {row['speedup_dx_vs_dense']:.2f}x; dw {row['speedup_dw_vs_dense']:.2f}x; "
+                  f"scores/matmul {row['scores_over_dense_matmul']:.2f}", flush=True)
+    b = 32 if 32 in args.blocks else args.blocks[0]
+    extra = block_scores_peak_extra(args, b)
+    dense_grad = n * n * 4
+    n_blocks = (n // b) ** 2
+    memory = {"block_size": b, "density": 0.1, "blocks": n_blocks, "peak_extra_bytes": extra,
+              "dense_gradient_bytes": dense_grad, "band_bytes": 4 << 20}
+    env = environment("cpu")
+    env["block_scores_memory"] = memory
+    print(f"\n{env['device']}, torch {env['torch']}, {args.threads} threads, git {env['git_sha'][:10]}, {args.dtype}, "
+          f"M={M}, N=K={n}")
+    print_table(rows, ["block_size", "density", "speedup_fwd_vs_dense", "speedup_dx_vs_dense", "speedup_dw_vs_dense",
+                       "speedup_fwd_vs_bsr", "speedup_dx_vs_bsr", "scores_over_dense_matmul"])
+    print(f"block_scores peak extra memory (b={b}, {n_blocks} blocks, fresh process): "
+          f"{'n/a' if extra is None else f'{extra / 2**20:.1f} MiB'} vs {dense_grad / 2**20:.0f} MiB for one dense "
+          "fp32 gradient")
+    out = save(f"cpu_{args.dtype}", rows, env, args.out_dir)
+    plot(out / f"cpu_{args.dtype}.png", rows, x="density", y="speedup_fwd_vs_dense", series="block_size",
+         title=f"CPU forward vs dense ({args.threads} threads, {args.dtype})", ylabel="speedup over torch dense (x)")
+    print(f"results in {out}")
+
+
+if __name__ == "__main__":
+    main()
