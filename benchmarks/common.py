@@ -54,7 +54,7 @@ def environment(device: str) -> dict:
     return env
 
 
-def time_cpu(fn, *, warmup: int = 2, min_time: float = 0.5, max_reps: int = 50) -> float:
+def time_cpu(fn, *, warmup: int = 2, min_time: float = 1.0, max_reps: int = 50) -> float:
     """Median wall time of ``fn()`` in seconds (CPU)."""
     for _ in range(warmup):
         fn()
