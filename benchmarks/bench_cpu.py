@@ -17,6 +17,7 @@ the size of the dense gradient.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -61,8 +62,10 @@ def block_scores_peak_extra(args, block: int) -> int | None:
 
     code = _MEMORY_PROBE.format(threads=args.threads, rows=args.rows, features=args.features, block=block,
                                 dtype=args.dtype)
+    # Large allocations straight from mmap and back on free, so each call's buffers show in the RSS.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
         return int(out.stdout.strip().splitlines()[-1])
     except (subprocess.CalledProcessError, ValueError, IndexError, OSError):
         return None
@@ -127,7 +130,7 @@ def main(argv=None):
     dense_grad = n * n * 4
     n_blocks = (n // b) ** 2
     memory = {"block_size": b, "density": 0.1, "blocks": n_blocks, "peak_extra_bytes": extra,
-              "dense_gradient_bytes": dense_grad, "band_bytes": 1 << 20}
+              "dense_gradient_bytes": dense_grad, "band_bytes": 2 << 20}
     env = environment("cpu")
     env["block_scores_memory"] = memory
     print(f"\n{env['device']}, torch {env['torch']}, {args.threads} threads, git {env['git_sha'][:10]}, {args.dtype}, "

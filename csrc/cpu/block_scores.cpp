@@ -8,7 +8,7 @@
 namespace rigl_sparse {
 namespace cpu {
 
-constexpr int64_t kBandBytes = 1 << 20;
+constexpr int64_t kBandBytes = 2 << 20;
 
 void block_scores_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& block_row,
                       const at::Tensor& block_col, int64_t block_size, at::Tensor& scores_out, at::Tensor& index_out) {
