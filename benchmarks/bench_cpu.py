@@ -130,7 +130,7 @@ def main(argv=None):
     dense_grad = n * n * 4
     n_blocks = (n // b) ** 2
     memory = {"block_size": b, "density": 0.1, "blocks": n_blocks, "peak_extra_bytes": extra,
-              "dense_gradient_bytes": dense_grad, "band_bytes": 2 << 20}
+              "dense_gradient_bytes": dense_grad, "band_bytes_per_thread": 2 << 20}
     env = environment("cpu")
     env["block_scores_memory"] = memory
     print(f"\n{env['device']}, torch {env['torch']}, {args.threads} threads, git {env['git_sha'][:10]}, {args.dtype}, "

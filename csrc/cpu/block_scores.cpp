@@ -1,8 +1,9 @@
 // rigl_sparse::block_scores on the CPU: top-k inactive blocks by the norm of dy.T @ x, streamed.
 //
-// The dense gradient is formed one band of block rows at a time into one reusable buffer (at most
-// about kBandBytes, a cache-sized tile of the layer's gradient), reduced to block scores and
-// overwritten by the next band.  Extra memory: the band plus O(blocks) for scores and the top-k.
+// The dense gradient is formed one band of block rows at a time into a reusable buffer per thread
+// (about kBandBytes each, a cache-sized tile of the layer's gradient), reduced to block scores and
+// overwritten by the next band.  Extra memory: one band per thread plus O(blocks) for the scores and
+// the top-k.
 #include "common.h"
 
 namespace rigl_sparse {
@@ -32,18 +33,19 @@ void block_scores_out(const at::Tensor& dy, const at::Tensor& x, const at::Tenso
   const int32_t* bc = block_col.data_ptr<int32_t>();
   for (int64_t s = 0; s < block_row.numel(); ++s) active[static_cast<int64_t>(br[s]) * C + bc[s]] = 1;
   std::vector<float> scores(R * C);
+  // Bands run in parallel, one whole band per thread (its matmul single-threaded inside the parallel
+  // region): small matmuls keep their efficiency without a fork/join per band.
   const int64_t band = std::max<int64_t>(1, kBandBytes / (B * C * B * static_cast<int64_t>(sizeof(float))));
-  at::Tensor grad = at::empty({std::min(band, R) * B, C * B}, x_f.options());
-  for (int64_t r0 = 0; r0 < R; r0 += band) {
-    const int64_t rows = std::min(band, R - r0);
-    at::Tensor g = grad.narrow(0, 0, rows * B);
-    at::mm_out(g, dy_f.narrow(1, r0 * B, rows * B).t(), x_f);
-    const float* gp = g.data_ptr<float>();
-    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-      band_scores(gp + begin * B * C * B, end - begin, C, static_cast<int>(B), r0 + begin, active.data(),
-                  scores.data());
-    });
-  }
+  const int64_t n_bands = (R + band - 1) / band;
+  at::parallel_for(0, n_bands, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor grad = at::empty({std::min(band, R) * B, C * B}, x_f.options());
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r0 = i * band, rows = std::min(band, R - r0);
+      at::Tensor g = grad.narrow(0, 0, rows * B);
+      at::mm_out(g, dy_f.narrow(1, r0 * B, rows * B).t(), x_f);
+      band_scores(g.data_ptr<float>(), rows, C, static_cast<int>(B), r0, active.data(), scores.data());
+    }
+  });
   top_k(scores.data(), R * C, scores_out.numel(), scores_out.data_ptr<float>(), index_out.data_ptr<int64_t>());
 }
 
