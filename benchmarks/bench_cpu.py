@@ -7,6 +7,9 @@ For each block size and density (fp32 by default), with the same thread count fo
 * ``dw``     ``dW = dYᵀX``  ours ``sdd`` (active blocks) | ``dYᵀ @ X``
 * ``scores`` ours ``block_scores`` (top-k of inactive blocks) | one dense ``dYᵀ @ X``
 
+Each ratio is the median of three back-to-back pairs (baseline, ours), so a drift
+in the machine's speed during the run does not bias it.
+
 and, once, the peak extra memory of ``block_scores`` (growth of the resident-set
 high-water mark in a fresh process, reset through /proc/self/clear_refs) against
 the size of the dense gradient.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from statistics import median
 from pathlib import Path
 
 import torch
@@ -90,37 +94,38 @@ def main(argv=None):
     M, n = args.rows, args.features
     x, dy, w = (torch.randn(M, n).to(dtype), torch.randn(M, n).to(dtype), torch.randn(n, n).to(dtype))
     xt, dyt = x.t().contiguous(), dy.t().contiguous()
-    dense = {"fwd": time_cpu(lambda: F.linear(x, w)), "dx": time_cpu(lambda: dy @ w),
-             "dw": time_cpu(lambda: dy.t() @ x)}
-    dense["scores"] = dense["dw"]
-    print(f"dense ({args.threads} threads): " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in dense.items()),
-          flush=True)
+    dense_fns = {"fwd": lambda: F.linear(x, w), "dx": lambda: dy @ w, "dw": lambda: dy.t() @ x}
+    dense_fns["scores"] = dense_fns["dw"]
     rows = []
     for b in args.blocks:
         for d in args.densities:
             layout, values = random_block_sparse((n, n), b, d, dtype=dtype, seed=1)
             topo = layout.topology()
             k = max(1, int(0.3 * layout.nnzb))
-            with rs.use_backend("cpu"):
-                ours = {"fwd": time_cpu(lambda: ops.dsd(x, values, None, *topo, n)),
-                        "dx": time_cpu(lambda: ops.dds(dy, values, *topo, n)),
-                        "dw": time_cpu(lambda: ops.sdd(dy, x, *topo, b)),
-                        "scores": time_cpu(lambda: ops.block_scores(dy, x, topo[0], topo[1], b, k), max_reps=5)}
             w_sparse = layout.to_dense(values)
             w_bsr = w_sparse.to_sparse_bsr((b, b))
             wt_bsr = w_sparse.t().contiguous().to_sparse_bsr((b, b))
-            bsr = {"fwd": time_cpu(lambda: w_bsr @ xt), "dx": time_cpu(lambda: wt_bsr @ dyt)}
+            ours_fns = {"fwd": lambda: ops.dsd(x, values, None, *topo, n), "dx": lambda: ops.dds(dy, values, *topo, n),
+                        "dw": lambda: ops.sdd(dy, x, *topo, b),
+                        "scores": lambda: ops.block_scores(dy, x, topo[0], topo[1], b, k)}
+            bsr_fns = {"fwd": lambda: w_bsr @ xt, "dx": lambda: wt_bsr @ dyt}
             row = {"block_size": b, "density": d, "rows": M, "features": n, "dtype": args.dtype,
                    "threads": args.threads, "nnzb": layout.nnzb}
-            for op in ("fwd", "dx", "dw", "scores"):
-                row[f"ours_{op}_ms"] = ours[op] * 1e3
-                row[f"dense_{op}_ms"] = dense[op] * 1e3
-            for op in ("fwd", "dx", "dw"):
-                row[f"speedup_{op}_vs_dense"] = dense[op] / ours[op]
-            for op in ("fwd", "dx"):
-                row[f"bsr_{op}_ms"] = bsr[op] * 1e3
-                row[f"speedup_{op}_vs_bsr"] = bsr[op] / ours[op]
-            row["scores_over_dense_matmul"] = ours["scores"] / dense["scores"]
+            with rs.use_backend("cpu"):
+                for op in ("fwd", "dx", "dw", "scores"):
+                    # Baseline and ours back to back, three times; medians (the machine's speed drifts).
+                    trials = [(time_cpu(dense_fns[op], min_time=0.3), time_cpu(ours_fns[op], min_time=0.3),
+                               time_cpu(bsr_fns[op], min_time=0.3) if op in bsr_fns else None) for _ in range(3)]
+                    row[f"dense_{op}_ms"] = median(t[0] for t in trials) * 1e3
+                    row[f"ours_{op}_ms"] = median(t[1] for t in trials) * 1e3
+                    ratio = median(t[0] / t[1] for t in trials)
+                    if op == "scores":
+                        row["scores_over_dense_matmul"] = 1.0 / ratio
+                    else:
+                        row[f"speedup_{op}_vs_dense"] = ratio
+                    if op in bsr_fns:
+                        row[f"bsr_{op}_ms"] = median(t[2] for t in trials) * 1e3
+                        row[f"speedup_{op}_vs_bsr"] = median(t[2] / t[1] for t in trials)
             rows.append(row)
             print(f"  b={b} d={d}: fwd {row['speedup_fwd_vs_dense']:.2f}x dense, {row['speedup_fwd_vs_bsr']:.2f}x bsr; "
                   f"dx {row['speedup_dx_vs_dense']:.2f}x; dw {row['speedup_dw_vs_dense']:.2f}x; "
