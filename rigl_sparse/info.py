@@ -31,6 +31,10 @@ def report() -> str:
         reason = backend.unavailable_reason()
         where = "any device" if backend.device_types is None else ", ".join(backend.device_types)
         lines.append(f"  {backend.name:10s} [{where}] " + ("available" if reason is None else f"unavailable: {reason}"))
+        if backend.name == "cpu" and reason is None:
+            from rigl_sparse.ops._cpu import extension
+
+            lines.append(f"  {'':10s} compiled for {extension().compiled_for} (this machine's -march at install)")
         if backend.name in backends.LIMITS:
             lines.append(f"  {'':10s} takes {backends.LIMITS[backend.name]}")
     lines.append("")
