@@ -1,11 +1,13 @@
 """Every op against a dense masked computation, over shapes, block sizes, densities and dtypes."""
 
+import contextlib
 import itertools
 import math
 
 import pytest
 import torch
 
+import rigl_sparse as rs
 from rigl_sparse import ops
 from rigl_sparse.ops.block_scores import reference as block_scores_reference
 from rigl_sparse.testing import TOLERANCES, assert_close, random_block_sparse
@@ -18,6 +20,15 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 GRID = [(shape, b, d) for shape, b, d in itertools.product(SHAPES, BLOCKS, DENSITIES)
         if not (b == 1 and max(shape) > 32)]  # keep b=1 cases small
+
+# Each matmul op is checked on the reference (the specification) and on whatever the registry picks
+# for CPU tensors (the native kernels where they take the arguments, else the reference).
+BACKENDS = ["reference", "selected"]
+pytestmark = pytest.mark.filterwarnings("ignore:rigl_sparse.*does not support these arguments:RuntimeWarning")
+
+
+def _on(backend):
+    return rs.use_backend("reference") if backend == "reference" else contextlib.nullcontext()
 
 
 def _inputs(shape, b, density, M, dtype, seed=0):
@@ -36,37 +47,43 @@ def _scale(K):
 
 @pytest.mark.parametrize("shape,b,density", GRID)
 @pytest.mark.parametrize("M", ROWS)
-def test_dsd_matches_masked_dense(shape, b, density, M):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dsd_matches_masked_dense(shape, b, density, M, backend):
     for dtype in DTYPES:
         layout, values, x, _, bias = _inputs(shape, b, density, M, dtype)
         w = layout.to_dense(values).double()
         expected = x.double() @ w.T + bias.double()
-        y = ops.dsd(x, values, bias, *layout.topology(), shape[0])
+        with _on(backend):
+            y = ops.dsd(x, values, bias, *layout.topology(), shape[0])
+            y_nobias = ops.dsd(x, values, None, *layout.topology(), shape[0])
         assert y.dtype == dtype and y.shape == (M, shape[0])
         assert_close(y, expected, scale=_scale(shape[1]))
-        y_nobias = ops.dsd(x, values, None, *layout.topology(), shape[0])
         assert_close(y_nobias, x.double() @ w.T, scale=_scale(shape[1]))
 
 
 @pytest.mark.parametrize("shape,b,density", GRID)
 @pytest.mark.parametrize("M", ROWS)
-def test_dds_matches_masked_dense(shape, b, density, M):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dds_matches_masked_dense(shape, b, density, M, backend):
     for dtype in DTYPES:
         layout, values, _, dy, _ = _inputs(shape, b, density, M, dtype)
         w = layout.to_dense(values).double()
-        dx = ops.dds(dy, values, *layout.topology(), shape[1])
+        with _on(backend):
+            dx = ops.dds(dy, values, *layout.topology(), shape[1])
         assert dx.dtype == dtype and dx.shape == (M, shape[1])
         assert_close(dx, dy.double() @ w, scale=_scale(shape[0]))
 
 
 @pytest.mark.parametrize("shape,b,density", GRID)
 @pytest.mark.parametrize("M", ROWS)
-def test_sdd_matches_masked_dense(shape, b, density, M):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sdd_matches_masked_dense(shape, b, density, M, backend):
     for dtype in DTYPES:
         layout, values, x, dy, _ = _inputs(shape, b, density, M, dtype)
         dense_grad = dy.double().T @ x.double()
         expected = layout.gather(dense_grad)
-        dv = ops.sdd(dy, x, *layout.topology(), b)
+        with _on(backend):
+            dv = ops.sdd(dy, x, *layout.topology(), b)
         assert dv.dtype == dtype and dv.shape == values.shape
         assert_close(dv, expected, scale=_scale(M))
         pad = layout.padding_mask()
@@ -87,9 +104,11 @@ def _dense_top_k(dy, x, layout, k):
 
 @pytest.mark.parametrize("shape,b,density", [g for g in GRID if g[2] < 1.0])
 @pytest.mark.parametrize("k", [1, 5, 1000])
-def test_block_scores_top_k_of_inactive_blocks(shape, b, density, k):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_block_scores_top_k_of_inactive_blocks(shape, b, density, k, backend):
     layout, values, x, dy, _ = _inputs(shape, b, density, 17, torch.float32)
-    scores, index = ops.block_scores(dy, x, layout.block_row, layout.block_col, b, k)
+    with _on(backend):
+        scores, index = ops.block_scores(dy, x, layout.block_row, layout.block_col, b, k)
     assert scores.shape == (k,) and index.shape == (k,)
     assert scores.dtype == torch.float32 and index.dtype == torch.int64
     exp_scores, exp_index = _dense_top_k(dy, x, layout, k)
