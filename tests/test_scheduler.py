@@ -1,7 +1,5 @@
 """RigLScheduler: the update rule against a brute-force masked-dense RigL, and its invariants."""
 
-import math
-import warnings
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """Triton kernels against the reference: on the CPU interpreter without a GPU, on the GPU when there is one."""
 
-import importlib.util
 import math
 
 import pytest

@@ -6,7 +6,6 @@ and ``bias``: ``dX`` is ``dds``, ``dvalues`` is ``sdd``, ``dbias`` a column sum.
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
