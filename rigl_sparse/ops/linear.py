@@ -11,11 +11,14 @@ backend selection and the implementations, and the tests hold them equal.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
 from rigl_sparse.ops import _common
 from rigl_sparse.ops.dsd import _check as _check_dsd
+from rigl_sparse.ops.dsd import gradients as dsd_gradients
 
 
 def linear(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features: int):
@@ -49,18 +52,9 @@ class _EagerLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, values, *topology = ctx.saved_tensors
-        grad_y = grad_y.contiguous()
         if torch.is_grad_enabled():  # create_graph=True: stay differentiable through the custom ops
-            dds = lambda *a: torch.ops.rigl_sparse.dds(*a)  # noqa: E731
-            sdd = lambda *a: torch.ops.rigl_sparse.sdd(*a)  # noqa: E731
+            dds, sdd = torch.ops.rigl_sparse.dds, torch.ops.rigl_sparse.sdd
         else:
-            dds = lambda *a: _run("dds", *a)  # noqa: E731
-            sdd = lambda *a: _run("sdd", *a)  # noqa: E731
-        grad_x = grad_values = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = dds(grad_y, values, *topology, x.shape[1])
-        if ctx.needs_input_grad[1]:
-            grad_values = sdd(grad_y, x, *topology, values.shape[1])
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_y.sum(0, dtype=_common.accumulation_dtype(grad_y.dtype)).to(grad_y.dtype)
-        return grad_x, grad_values, grad_bias, None, None
+            dds, sdd = functools.partial(_run, "dds"), functools.partial(_run, "sdd")
+        grads = dsd_gradients(grad_y.contiguous(), x, values, topology, ctx.needs_input_grad, ctx.has_bias, dds, sdd)
+        return grads + (None, None)

@@ -55,16 +55,23 @@ def _setup_context(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
+def gradients(grad_y, x, values, topology, needs_input_grad, has_bias, dds, sdd):
+    """``(dX, dvalues, dbias)`` of ``dsd`` (None where not needed), with the given ``dds``/``sdd`` callables."""
+    grad_x = grad_values = grad_bias = None
+    if needs_input_grad[0]:
+        grad_x = dds(grad_y, values, *topology, x.shape[1])
+    if needs_input_grad[1]:
+        grad_values = sdd(grad_y, x, *topology, values.shape[1])
+    if has_bias and needs_input_grad[2]:
+        grad_bias = grad_y.sum(0, dtype=_common.accumulation_dtype(grad_y.dtype)).to(grad_y.dtype)
+    return grad_x, grad_values, grad_bias
+
+
 def _backward(ctx, grad_y):
     x, values, *topology = ctx.saved_tensors
-    grad_x = grad_values = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_x = torch.ops.rigl_sparse.dds(grad_y, values, *topology, x.shape[1])
-    if ctx.needs_input_grad[1]:
-        grad_values = torch.ops.rigl_sparse.sdd(grad_y, x, *topology, values.shape[1])
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_bias = grad_y.sum(0, dtype=_common.accumulation_dtype(grad_y.dtype)).to(grad_y.dtype)
-    return (grad_x, grad_values, grad_bias) + (None,) * 7
+    grads = gradients(grad_y, x, values, topology, ctx.needs_input_grad, ctx.has_bias,
+                      torch.ops.rigl_sparse.dds, torch.ops.rigl_sparse.sdd)
+    return grads + (None,) * 7
 
 
 dsd.register_autograd(_backward, setup_context=_setup_context)
