@@ -100,5 +100,34 @@ T* out_ptr(at::Tensor& out) {
   return reinterpret_cast<T*>(out.data_ptr());
 }
 
+// out[M, n_out] = a[M, n_a] @ (the layout's blocks, over one view): the body shared by dsd (row view,
+// W.T blocks, bias) and dds (column view, W blocks).  names = {a, ptr, slots, coord} for messages.
+inline void view_matmul_out(const at::Tensor& a, const at::Tensor& values, bool transpose, const at::Tensor& ptr,
+                            const at::Tensor& slots, const at::Tensor& coord, const float* bias, at::Tensor& out,
+                            const char* const names[4]) {
+  check_float_or_bf16(a, names[0]);
+  check_float_or_bf16(values, "values");
+  check_float_or_bf16(out, "out");
+  check_index(ptr, names[1]);
+  check_index(slots, names[2]);
+  check_index(coord, names[3]);
+  TORCH_CHECK(values.dim() == 3 && values.size(1) == values.size(2), "values must be [nnzb, b, b]");
+  TORCH_CHECK(a.scalar_type() == values.scalar_type() && out.scalar_type() == a.scalar_type(), names[0],
+              ", values and out must share a dtype");
+  const int64_t B = values.size(1), M = a.size(0), n_out_blocks = ptr.numel() - 1;
+  const int64_t a_blocks = (a.size(1) + B - 1) / B, n_out = out.size(1);
+  TORCH_CHECK(out.size(0) == M && (n_out + B - 1) / B == n_out_blocks, "out must be [M, ", n_out_blocks,
+              " blocks of ", B, "] to match ", names[1]);
+  const at::Tensor blocks = float_blocks(values, transpose);  // oriented as [s][k][n]
+  dispatch(a.scalar_type(), B, [&]<typename T, int Bc>() {
+    const at::Tensor panels = row_panels(a, a_blocks, Bc, rows_per_tile<Bc>());
+    at::parallel_for(0, n_out_blocks, 1, [&](int64_t begin, int64_t end) {
+      sparse_matmul<T, Bc>(panels.data_ptr<float>(), M, a_blocks, blocks.data_ptr<float>(), ptr.data_ptr<int32_t>(),
+                           slots.data_ptr<int32_t>(), coord.data_ptr<int32_t>(), bias, out_ptr<T>(out), n_out, begin,
+                           end);
+    });
+  });
+}
+
 }  // namespace cpu
 }  // namespace rigl_sparse
