@@ -42,18 +42,22 @@ ctest:
 info: $(STAMP)
 	$(PY) -m rigl_sparse.info
 
-# On a machine with a CUDA GPU and torch + triton preinstalled: one command runs the whole suite there
-# (GPU tests included) and the GPU benchmark, writing results to RESULTS_DIR.
+# On a machine with a CUDA GPU and torch + triton preinstalled: one command builds the extensions (the
+# CUDA one where nvcc is found), runs the whole suite there (GPU tests included) and the GPU benchmark
+# of every available backend, and writes results to RESULTS_DIR; it fails if the tests failed.
 RESULTS_DIR ?= benchmarks/results/gpu
 test-gpu:
 	$(PYTHON) -m pytest -q -m "gpu or not slow"
 
 gpu-check:
-	$(PYTHON) -m pip install --quiet --no-build-isolation --no-deps -e .
+	$(PYTHON) -m pip install --quiet --no-build-isolation --no-deps -e . 2>&1 | tail -20
 	@mkdir -p $(RESULTS_DIR)
 	$(PYTHON) -m rigl_sparse.info | tee $(RESULTS_DIR)/info.txt
-	set -o pipefail; $(PYTHON) -m pytest -q -m "gpu or not slow" -rs 2>&1 | tee $(RESULTS_DIR)/gpu_tests.log
-	set -o pipefail; $(PYTHON) benchmarks/bench_gpu_matmul.py --out-dir $(RESULTS_DIR) 2>&1 | tee $(RESULTS_DIR)/bench.log
+	set -o pipefail; status=0; \
+	$(PYTHON) -m pytest -q -m "gpu or not slow" -rs 2>&1 | tee $(RESULTS_DIR)/gpu_tests.log || status=$$?; \
+	$(PYTHON) benchmarks/bench_gpu_matmul.py --out-dir $(RESULTS_DIR) --record-choice 2>&1 \
+		| tee $(RESULTS_DIR)/bench.log || status=$$?; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs .pytest_cache

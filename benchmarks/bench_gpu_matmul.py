@@ -1,7 +1,11 @@
-"""Block-sparse matmuls on the GPU: rigl_sparse's Triton kernels against dense cuBLAS, torch's Triton BSR and stk.
+"""Block-sparse matmuls on the GPU: rigl_sparse's kernels against dense cuBLAS, torch's Triton BSR and stk.
 
 For every size, block size and density (bf16), measured in one run with CUDA
-events (``triton.testing.do_bench``, median):
+events (``triton.testing.do_bench``, median).  Each of rigl_sparse's GPU
+backends that is available (``triton``, ``cuda``) is timed under
+``use_backend``; "ours" is the faster of them per op, the one the registry runs
+once ``--record-choice`` has written the choices for this GPU model to
+``rigl_sparse/measurements/``:
 
 * ``fwd``  ``Y = X Wᵀ``         ours ``dsd`` | cuBLAS ``F.linear`` | torch BSR ``bsr_dense_mm`` | stk ``dds``
 * ``dx``   ``dX = dY W``        ours ``dds`` | cuBLAS ``dY @ W``  | torch BSR (BSR of Wᵀ)        | stk ``dds``
@@ -12,7 +16,7 @@ events (``triton.testing.do_bench``, median):
 Ratios are baseline time / our time (>1: we are faster).  stk supports only
 128x128 blocks and dimensions divisible by 128.
 
-    python benchmarks/bench_gpu_matmul.py [--sizes 4096 8192] [--out-dir DIR]
+    python benchmarks/bench_gpu_matmul.py [--sizes 4096 8192] [--out-dir DIR] [--record-choice]
     python benchmarks/bench_gpu_matmul.py --replot results.json
 """
 
@@ -62,21 +66,65 @@ def stk_matrix(layout, values):
     return stk.ops.to_sparse(layout.to_dense(values).contiguous(), blocking=layout.block_size)
 
 
-def run_case(n, b, density, x, dy, dense_w, dense_times, k_frac=0.3):
-    layout, values = random_block_sparse((n, n), b, density, dtype=torch.bfloat16, device="cuda", seed=1)
+KERNEL_BACKENDS = ("triton", "cuda")
+OPS = {"fwd": "dsd", "dx": "dds", "dw": "sdd", "scores": "block_scores"}  # benchmark column -> rigl_sparse op
+
+
+def available_backends():
+    return [name for name in KERNEL_BACKENDS if rs.backends.BACKENDS[name].unavailable_reason() is None]
+
+
+def time_backend(backend, n, b, density, layout, values, x, dy, k):
+    """Every op and a SparseLinear step forced onto ``backend``: {op: ms or None}, {op: error}."""
     topo = layout.topology()
-    row = {"size": n, "block_size": b, "density": density, "nnzb": layout.nnzb}
-    k = max(1, int(k_frac * layout.nnzb))
-    ours = {
-        "fwd": bench(lambda: ops.dsd(x, values, None, *topo, n)),
-        "dx": bench(lambda: ops.dds(dy, values, *topo, n)),
-        "dw": bench(lambda: ops.sdd(dy, x, *topo, b)),
-        "scores": bench(lambda: ops.block_scores(dy, x, topo[0], topo[1], b, k)),
-    }
     layer = rs.SparseLinear(n, n, bias=False, density=density, block_size=b, device="cuda", dtype=torch.bfloat16)
     xs = x.detach().clone().requires_grad_()
-    ours["step"] = bench(lambda: (layer(xs).backward(dy), setattr(layer.values, "grad", None),
-                                  setattr(xs, "grad", None)))
+
+    def forced(fn):
+        def call():
+            with rs.use_backend(backend):
+                return fn()
+        return call
+
+    makers = {
+        "fwd": lambda: forced(lambda: ops.dsd(x, values, None, *topo, n)),
+        "dx": lambda: forced(lambda: ops.dds(dy, values, *topo, n)),
+        "dw": lambda: forced(lambda: ops.sdd(dy, x, *topo, b)),
+        "scores": lambda: forced(lambda: ops.block_scores(dy, x, topo[0], topo[1], b, k)),
+        "step": lambda: forced(lambda: (layer(xs).backward(dy), setattr(layer.values, "grad", None),
+                                        setattr(xs, "grad", None))),
+    }
+    times, errors = {}, {}
+    for op, make in makers.items():
+        times[op], error = try_bench(make)
+        if error is not None:
+            errors[op] = error
+    return times, errors
+
+
+def run_case(n, b, density, x, dy, dense_w, dense_times, backends_to_time, k_frac=0.3):
+    layout, values = random_block_sparse((n, n), b, density, dtype=torch.bfloat16, device="cuda", seed=1)
+    row = {"size": n, "block_size": b, "density": density, "nnzb": layout.nnzb}
+    k = max(1, int(k_frac * layout.nnzb))
+    per_backend = {}
+    for backend in backends_to_time:
+        times, errors = time_backend(backend, n, b, density, layout, values, x, dy, k)
+        per_backend[backend] = times
+        for op, t in times.items():
+            row[f"{backend}_{op}_ms"] = t
+        for op, error in errors.items():
+            row[f"{backend}_{op}_error"] = error
+    ours = {}
+    for op in ("fwd", "dx", "dw", "scores", "step"):
+        measured = {name: t[op] for name, t in per_backend.items() if t[op] is not None}
+        if not measured:
+            raise RuntimeError(f"no rigl_sparse backend ran {op} at n={n} b={b} d={density}: {row}")
+        row[f"ours_{op}_backend"] = min(measured, key=measured.get)
+        ours[op] = min(measured.values())
+    if {"triton", "cuda"} <= per_backend.keys():
+        for op in ("fwd", "dx", "dw", "scores", "step"):
+            t_triton, t_cuda = per_backend["triton"][op], per_backend["cuda"][op]
+            row[f"speedup_{op}_cuda_vs_triton"] = None if None in (t_triton, t_cuda) else t_triton / t_cuda
     for op, t in ours.items():
         row[f"ours_{op}_ms"] = t
         row[f"dense_{op}_ms"] = dense_times[op]
@@ -126,9 +174,33 @@ def dense_baseline(n, x, dy, w):
     }
 
 
-COLUMNS = ["size", "block_size", "density", "speedup_fwd_vs_dense", "speedup_dx_vs_dense", "speedup_dw_vs_dense",
+COLUMNS = ["size", "block_size", "density", "ours_fwd_backend", "speedup_fwd_vs_dense", "speedup_dx_vs_dense", "speedup_dw_vs_dense",
            "speedup_fwd_dx_dw_vs_dense", "speedup_step_vs_dense", "scores_over_dense_gemm", "speedup_fwd_vs_bsr",
-           "speedup_fwd_vs_stk", "speedup_dw_vs_stk"]
+           "speedup_fwd_vs_stk", "speedup_dw_vs_stk", "speedup_fwd_cuda_vs_triton", "speedup_dw_cuda_vs_triton",
+           "speedup_scores_cuda_vs_triton"]
+
+
+def record_choice(rows, env, out_dir: Path, density=0.1) -> Path:
+    """Write the faster backend per op and block size (largest size, ``density``) for this GPU model.
+
+    The record goes to ``rigl_sparse/measurements/`` (read by the registry) and beside the results.
+    """
+    size = max(r["size"] for r in rows)
+    choices = {}
+    for r in rows:
+        if r["size"] != size or r["density"] != density:
+            continue
+        for column, op in OPS.items():
+            ms = {name: r[f"{name}_{column}_ms"] for name in KERNEL_BACKENDS if r.get(f"{name}_{column}_ms") is not None}
+            if ms:
+                choices.setdefault(op, {})[str(r["block_size"])] = {"backend": min(ms, key=ms.get), "ms": ms}
+    record = {"device": env["device"], "git_sha": env["git_sha"], "torch": env["torch"], "triton": env["triton"],
+              "dtype": "bfloat16", "shape": [size, size, size], "density": density, "choices": choices}
+    text = json.dumps(record, indent=1) + "\n"
+    (out_dir / "backend_choice.json").write_text(text)
+    path = rs.backends.MEASUREMENTS_DIR / f"{rs.backends.device_slug(env['device'])}.json"
+    path.write_text(text)
+    return path
 
 
 def plot_results(rows, out_dir: Path, name: str = "gpu_matmul") -> None:
@@ -171,6 +243,10 @@ def main(argv=None):
     p.add_argument("--out-dir", type=Path, default=None)
     p.add_argument("--name", default="gpu_matmul", help="stem of the result files")
     p.add_argument("--replot", type=Path, default=None, help="redraw the plot from a saved JSON")
+    p.add_argument("--backends", nargs="+", choices=KERNEL_BACKENDS, default=None,
+                   help="rigl_sparse backends to time (default: every available one)")
+    p.add_argument("--record-choice", action="store_true",
+                   help="write the faster backend per op and block size to rigl_sparse/measurements/")
     args = p.parse_args(argv)
     if args.replot:
         plot_results(json.loads(args.replot.read_text())["rows"], args.replot.parent, args.replot.stem)
@@ -180,6 +256,11 @@ def main(argv=None):
     torch.manual_seed(0)
     env = environment("cuda")
     env["ratio"] = "baseline_ms / ours_ms"
+    backends_to_time = args.backends or available_backends()
+    env["backends_timed"] = backends_to_time
+    for name in KERNEL_BACKENDS:
+        if name not in backends_to_time:
+            print(f"not timing {name}: {rs.backends.BACKENDS[name].unavailable_reason() or 'not asked for'}")
     rows = []
     for n in args.sizes:
         x = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
@@ -189,7 +270,7 @@ def main(argv=None):
         print(f"dense cuBLAS at {n}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in dense_times.items()), flush=True)
         for b in args.blocks:
             for d in args.densities:
-                row = run_case(n, b, d, x, dy, w, dense_times)
+                row = run_case(n, b, d, x, dy, w, dense_times, backends_to_time)
                 rows.append(row)
                 print(f"  b={b} d={d}: fwd {row['speedup_fwd_vs_dense']:.2f}x  fwd+dX+dW "
                       f"{row['speedup_fwd_dx_dw_vs_dense']:.2f}x  step {row['speedup_step_vs_dense']:.2f}x  "
@@ -202,6 +283,8 @@ def main(argv=None):
     out_dir = save(args.name, rows, env, args.out_dir or RESULTS / slug(env["device"]))
     plot_results(rows, out_dir, args.name)
     print(f"results in {out_dir}")
+    if args.record_choice:
+        print(f"backend choices for {env['device']} written to {record_choice(rows, env, out_dir)}")
 
 
 if __name__ == "__main__":

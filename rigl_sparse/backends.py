@@ -3,8 +3,10 @@
 Every ``rigl_sparse::`` op dispatches here at call time.  A backend is a named
 family of implementations (``reference``, ``cpu``, ``triton``, ``cuda``); each
 op registers the implementations it has.  Selection is by priority among the
-backends that serve the tensors' device and are available in this build;
-``use_backend`` forces one.  Nothing falls back silently: a forced backend that
+backends that serve the tensors' device and are available in this build, except
+where a measurement on this GPU model (``rigl_sparse/measurements/``, written by
+``benchmarks/bench_gpu_matmul.py --record-choice``) found another backend faster
+for an op and block size; ``use_backend`` forces one.  Nothing falls back silently: a forced backend that
 cannot run an op raises, and ``python -m rigl_sparse.info`` prints every choice
 with its reason.
 
@@ -14,18 +16,22 @@ This module holds the package's only mutable global state.
 from __future__ import annotations
 
 import contextlib
-import functools
 import contextvars
+import functools
 import importlib
 import importlib.util
+import json
 import os
+import re
+from pathlib import Path
 import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-__all__ = ["Backend", "BACKENDS", "register_impl", "select", "use_backend", "forced_backend", "backend_status"]
+__all__ = ["Backend", "BACKENDS", "register_impl", "register_block_size", "select", "use_backend", "forced_backend",
+           "backend_status", "measured_choices"]
 
 
 @dataclass(frozen=True)
@@ -55,12 +61,14 @@ def _always() -> str | None:
     return None
 
 
-def _not_in_this_version(what: str) -> Callable[[], str]:
-    return lambda: f"no {what} kernels are included in this version of rigl_sparse"
-
-
 def _probe_cpu() -> str | None:
     from rigl_sparse.ops._cpu import unavailable_reason
+
+    return unavailable_reason()
+
+
+def _probe_cuda() -> str | None:
+    from rigl_sparse.ops._cuda import unavailable_reason
 
     return unavailable_reason()
 
@@ -85,7 +93,8 @@ BACKENDS: dict[str, Backend] = {
         # Under TRITON_INTERPRET=1 the kernels also run on CPU tensors, when forced (tests).
         Backend("triton", ("cuda",), 20, _probe_triton,
                 lambda: ("cpu",) if _triton_interpreting() else ()),
-        Backend("cuda", ("cuda",), 30, _not_in_this_version("CUDA")),
+        # Below triton: the CUDA kernels run first only where a measurement says they are faster.
+        Backend("cuda", ("cuda",), 15, _probe_cuda),
     )
 }
 
@@ -99,6 +108,8 @@ LIMITS = {
            "next backend with a warning; update_topology uses torch's ops",
     "triton": "block sizes 16, 32, 64, 128; float16, bfloat16, float32 (as TF32); other arguments run on the "
               "next backend with a warning; update_topology uses torch's device ops",
+    "cuda": "block sizes 32, 64, 128; float16, bfloat16; runs before triton for an op and block size where a "
+            "measurement on this GPU model found it faster; update_topology uses torch's device ops",
 }
 
 
@@ -123,6 +134,51 @@ def register_impl(op: str, backend: str, fn: Callable, *, supports: Callable[...
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known: {sorted(BACKENDS)}")
     _IMPLS.setdefault(op, {})[backend] = _Impl(fn, supports)
+
+
+# ---- measured preferences on GPUs ----------------------------------------------------------------
+
+MEASUREMENTS_DIR = Path(__file__).resolve().parent / "measurements"
+_BLOCK_SIZE_OF: dict[str, Callable[..., int]] = {}
+
+
+def register_block_size(op: str, block_size_of: Callable[..., int]) -> None:
+    """How to read the block size from ``op``'s arguments (measured choices are per block size)."""
+    _BLOCK_SIZE_OF[op] = block_size_of
+
+
+def device_slug(name: str) -> str:
+    """File name of a GPU model's measurements: ``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3``."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+@functools.cache
+def measured_choices(device_name: str) -> dict[str, dict[int, dict]]:
+    """``{op: {block_size: {"backend": name, "ms": {backend: ms}}}}`` measured on this GPU model, or {}."""
+    path = MEASUREMENTS_DIR / f"{device_slug(device_name)}.json"
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return {op: {int(b): entry for b, entry in per_block.items()} for op, per_block in data["choices"].items()}
+
+
+@functools.cache
+def _gpu_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+def _measured_order(op: str, args) -> tuple[Backend, ...]:
+    """Backends for ``op`` on a CUDA tensor: the measured winner for its block size first, if any."""
+    block_size_of = _BLOCK_SIZE_OF.get(op)
+    if block_size_of is None:
+        return _BY_PRIORITY
+    device = args[0].device
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    entry = measured_choices(_gpu_name(index)).get(op, {}).get(block_size_of(*args))
+    if entry is None or entry["backend"] not in BACKENDS:
+        return _BY_PRIORITY
+    first = BACKENDS[entry["backend"]]
+    return (first,) + tuple(b for b in _BY_PRIORITY if b is not first)
 
 
 def lazy(module: str, name: str) -> Callable:
@@ -186,7 +242,8 @@ def select(op: str, device_type: str, args=None) -> tuple[str, Callable]:
                                f"it {verdicts[forced]}")
         return forced, impls[forced].fn
     # The hot path (every op call): no strings are built unless an implementation declines.
-    for backend in _BY_PRIORITY:
+    order = _measured_order(op, args) if device_type == "cuda" and args is not None else _BY_PRIORITY
+    for backend in order:
         impl = impls.get(backend.name)
         if impl is None or not backend.serves(device_type) or backend.unavailable_reason() is not None:
             continue

@@ -44,7 +44,24 @@ def report() -> str:
             chosen, passed = backends.backend_status(op, device_type)
             why = "; ".join(f"{name} {reason}" for name, reason in passed) or "highest priority"
             lines.append(f"  {op:16s} on {device_type:4s} -> {chosen:10s} ({why})")
+    if "cuda" in device_types:
+        lines.extend(_measured_lines(torch.cuda.get_device_name(0)))
     return "\n".join(lines)
+
+
+def _measured_lines(device_name: str) -> list[str]:
+    """The per-op, per-block-size choices measured on this GPU model, which override the priority order."""
+    choices = backends.measured_choices(device_name)
+    path = backends.MEASUREMENTS_DIR / f"{backends.device_slug(device_name)}.json"
+    if not choices:
+        return ["", f"measured choices: none recorded for {device_name} ({path.name} is absent), so the priority "
+                    "order above applies; record them with benchmarks/bench_gpu_matmul.py --record-choice"]
+    lines = ["", f"measured choices on {device_name} ({path.name}), tried first for that op and block size:"]
+    for op, per_block in sorted(choices.items()):
+        for block_size, entry in sorted(per_block.items()):
+            timings = ", ".join(f"{name} {ms:.3f} ms" for name, ms in sorted(entry["ms"].items(), key=lambda t: t[1]))
+            lines.append(f"  {op:16s} b={block_size:<4d} -> {entry['backend']:10s} ({timings})")
+    return lines
 
 
 def main() -> None:

@@ -47,3 +47,32 @@ def test_import_compiles_nothing_and_touches_no_gpu():
             "assert not torch.cuda.is_initialized(); "
             "assert 'triton' not in sys.modules, 'triton imported at package import'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_measured_choice_runs_the_faster_backend_first(tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    record = {"device": "Test GPU 9", "choices": {
+        "dsd": {"64": {"backend": "cuda", "ms": {"triton": 2.0, "cuda": 1.5}}},
+        "sdd": {"64": {"backend": "triton", "ms": {"triton": 1.0, "cuda": 1.25}}}}}
+    (tmp_path / "test-gpu-9.json").write_text(json.dumps(record))
+    monkeypatch.setattr(backends, "MEASUREMENTS_DIR", tmp_path)
+    monkeypatch.setattr(backends, "_gpu_name", lambda index: "Test GPU 9")
+    backends.measured_choices.cache_clear()
+    try:
+        x = SimpleNamespace(device=torch.device("cuda", 0))
+        priority = [b.name for b in backends._measured_order("dds", (x, torch.empty(1, 64, 64)))]
+        assert priority.index("triton") < priority.index("cuda")  # nothing measured for dds: priority order
+        assert backends._measured_order("dsd", (x, torch.empty(1, 64, 64)))[0].name == "cuda"
+        assert backends._measured_order("dsd", (x, torch.empty(1, 32, 32)))[0].name == priority[0]
+        assert backends._measured_order("sdd", (x, x, None, None, None, None, None, None, 64))[0].name == "triton"
+        lines = "\n".join(info._measured_lines("Test GPU 9"))
+        assert "dsd" in lines and "b=64" in lines and "cuda 1.500 ms, triton 2.000 ms" in lines
+        assert "none recorded for Other GPU" in "\n".join(info._measured_lines("Other GPU"))
+    finally:
+        backends.measured_choices.cache_clear()
+
+
+def test_device_slug_names_the_measurement_file():
+    assert backends.device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"

@@ -1,13 +1,11 @@
 """Triton kernels against the reference: on the CPU interpreter without a GPU, on the GPU when there is one."""
 
-import math
-
 import pytest
 import torch
+from op_cases import compare_with_reference, make_case
 
 import rigl_sparse as rs
 from rigl_sparse import backends, ops
-from rigl_sparse.testing import assert_close, random_block_sparse
 
 pytestmark = pytest.mark.skipif(
     backends.BACKENDS["triton"].unavailable_reason() is not None,
@@ -19,45 +17,12 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
 def _case(out_f, in_f, b, density, M, dtype, seed=0):
-    layout, values = random_block_sparse((out_f, in_f), b, density, dtype=dtype, device=DEVICE, seed=seed)
-    g = torch.Generator().manual_seed(seed + 7)
-    x = torch.randn(M, in_f, generator=g).to(DEVICE, dtype)
-    dy = torch.randn(M, out_f, generator=g).to(DEVICE, dtype)
-    bias = torch.randn(out_f, generator=g).to(DEVICE, dtype)
-    return layout, values, x, dy, bias
-
-
-def _tol_scale(dtype, reduction):
-    # fp32 runs on TF32 tensor cores on the GPU; half types round the output.
-    base = 100.0 if (dtype == torch.float32 and DEVICE == "cuda") else 1.0
-    return base * max(1.0, math.sqrt(reduction / 16))
+    return make_case(out_f, in_f, b, density, M, dtype, DEVICE, seed)
 
 
 def _compare_all(layout, values, x, dy, bias, k=5):
-    b = layout.block_size
-    out_f, in_f = layout.shape
-    topo = layout.topology()
-    dtype = x.dtype
-    with rs.use_backend("reference"):
-        ref = (ops.dsd(x, values, bias, *topo, out_f), ops.dds(dy, values, *topo, in_f), ops.sdd(dy, x, *topo, b),
-               ops.block_scores(dy, x, topo[0], topo[1], b, k))
-    with rs.use_backend("triton"):
-        got = (ops.dsd(x, values, bias, *topo, out_f), ops.dds(dy, values, *topo, in_f), ops.sdd(dy, x, *topo, b),
-               ops.block_scores(dy, x, topo[0], topo[1], b, k))
-    assert_close(got[0], ref[0], dtype, scale=_tol_scale(dtype, in_f))
-    assert_close(got[1], ref[1], dtype, scale=_tol_scale(dtype, out_f))
-    assert_close(got[2], ref[2], dtype, scale=_tol_scale(dtype, x.shape[0]))
-    pad = layout.padding_mask()
-    if pad is not None:
-        assert torch.all(got[2][~pad] == 0)
-    # Top-k: same candidates up to near-ties, scores close.
-    ref_scores, ref_index = ref[3]
-    scores, index = got[3]
-    valid = ref_index >= 0
-    assert torch.equal(index >= 0, valid)
-    assert_close(scores[valid], ref_scores[valid], dtype, scale=4 * _tol_scale(dtype, x.shape[0]))
-    if dtype == torch.float32 and DEVICE == "cpu":
-        assert torch.equal(index, ref_index)
+    compare_with_reference("triton", layout, values, x, dy, bias, k,
+                           exact_top_k=x.dtype == torch.float32 and DEVICE == "cpu")
 
 
 @pytest.mark.parametrize("b", BLOCKS)
@@ -76,8 +41,8 @@ def test_triton_is_chosen_on_cuda_and_unsupported_arguments_warn():
     layout, values, x, _, _ = _case(64, 64, 16, 0.5, 8, torch.float32)
     assert backends.select("dsd", "cuda", (x, values, None, *layout.topology(), 64))[0] == "triton"
     layout4, values4, x4, _, _ = _case(64, 64, 4, 0.5, 8, torch.float32)
+    backends._WARNED.clear()
     with pytest.warns(RuntimeWarning, match="block_size 4"):
-        backends._WARNED.clear()
         ops.dsd(x4, values4, None, *layout4.topology(), 64)
 
 

@@ -9,7 +9,10 @@
 
 #include "../keys.h"
 
-using namespace rigl_sparse::cuda;
+using rigl_sparse::cuda::candidate_key;
+using rigl_sparse::cuda::key_index;
+using rigl_sparse::cuda::key_score;
+using rigl_sparse::cuda::kNoCandidate;
 
 static int failures = 0;
 #define EXPECT(cond)                                               \

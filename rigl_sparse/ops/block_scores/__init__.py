@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from rigl_sparse import backends
-from rigl_sparse.ops import _common, _cpu
+from rigl_sparse.ops import _common, _cpu, _cuda
 from rigl_sparse.ops.block_scores import reference
 
 
@@ -43,11 +43,14 @@ def _(dy, x, block_row, block_col, block_size, k):
     return x.new_empty(k, dtype=torch.float32), x.new_empty(k, dtype=torch.int64)
 
 
+backends.register_block_size("block_scores", lambda dy, x, block_row, block_col, block_size, k: block_size)
 backends.register_impl("block_scores", "reference", reference.block_scores)
 backends.register_impl("block_scores", "cpu", backends.lazy("rigl_sparse.ops.block_scores.cpu", "block_scores"),
                        supports=lambda dy, x, block_row, block_col, block_size, k: _cpu.supports(x.dtype, block_size))
 backends.register_impl("block_scores", "triton", backends.lazy("rigl_sparse.ops.block_scores.triton", "block_scores"),
                        supports=lambda dy, x, block_row, block_col, block_size, k:
                        _common.triton_supports(x.dtype, block_size))
+backends.register_impl("block_scores", "cuda", backends.lazy("rigl_sparse.ops.block_scores.cuda", "block_scores"),
+                       supports=lambda dy, x, block_row, block_col, block_size, k: _cuda.supports(x.dtype, block_size))
 
 __all__ = ["block_scores"]

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from rigl_sparse import backends
-from rigl_sparse.ops import _common, _cpu
+from rigl_sparse.ops import _common, _cpu, _cuda
 from rigl_sparse.ops.dsd import reference
 
 
@@ -81,10 +81,13 @@ def _reference(x, values, bias, block_row, block_col, row_ptr, row_slots, col_pt
     return reference.dsd(x, values, bias, block_row, block_col, out_features)
 
 
+backends.register_block_size("dsd", lambda x, values, *_: values.shape[1])
 backends.register_impl("dsd", "reference", _reference)
 backends.register_impl("dsd", "cpu", backends.lazy("rigl_sparse.ops.dsd.cpu", "dsd"),
                        supports=lambda x, values, *_: _cpu.supports(x.dtype, values.shape[1]))
 backends.register_impl("dsd", "triton", backends.lazy("rigl_sparse.ops.dsd.triton", "dsd"),
                        supports=lambda x, values, *_: _common.triton_supports(x.dtype, values.shape[1]))
+backends.register_impl("dsd", "cuda", backends.lazy("rigl_sparse.ops.dsd.cuda", "dsd"),
+                       supports=lambda x, values, *_: _cuda.supports(x.dtype, values.shape[1]))
 
 __all__ = ["dsd"]

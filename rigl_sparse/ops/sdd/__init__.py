@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from rigl_sparse import backends
-from rigl_sparse.ops import _common, _cpu
+from rigl_sparse.ops import _common, _cpu, _cuda
 from rigl_sparse.ops.sdd import reference
 
 
@@ -60,10 +60,13 @@ def _reference(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slo
     return reference.sdd(dy, x, block_row, block_col, block_size)
 
 
+backends.register_block_size("sdd", lambda *args: args[-1])
 backends.register_impl("sdd", "reference", _reference)
 backends.register_impl("sdd", "cpu", backends.lazy("rigl_sparse.ops.sdd.cpu", "sdd"),
                        supports=lambda dy, x, *rest: _cpu.supports(x.dtype, rest[-1]))
 backends.register_impl("sdd", "triton", backends.lazy("rigl_sparse.ops.sdd.triton", "sdd"),
                        supports=lambda dy, x, *rest: _common.triton_supports(x.dtype, rest[-1]))
+backends.register_impl("sdd", "cuda", backends.lazy("rigl_sparse.ops.sdd.cuda", "sdd"),
+                       supports=lambda dy, x, *rest: _cuda.supports(x.dtype, rest[-1]))
 
 __all__ = ["sdd"]

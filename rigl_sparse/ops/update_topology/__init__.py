@@ -46,8 +46,9 @@ def _(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, slot
 
 backends.register_impl("update_topology", "reference", reference.update_topology)
 # The bookkeeping is a handful of device-wide torch ops (scatter, argsort, bincount) that already run
-# natively on either device; the triton and cpu backends use them as they are.
+# natively on either device; the triton, cuda and cpu backends use them as they are.
 backends.register_impl("update_topology", "triton", reference.update_topology)
 backends.register_impl("update_topology", "cpu", reference.update_topology)
+backends.register_impl("update_topology", "cuda", reference.update_topology)
 
 __all__ = ["update_topology"]

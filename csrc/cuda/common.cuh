@@ -1,0 +1,92 @@
+// Shared by the CUDA op entry points: argument checks, dtype and block-size dispatch, launch checks.
+#pragma once
+
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/extension.h>
+
+#include "gemm.cuh"
+
+namespace rigl_sparse {
+namespace cuda {
+
+inline void check_cuda(const at::Tensor& t, const char* name, const at::Device& device) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());
+  TORCH_CHECK(t.device() == device, name, " is on ", t.device(), " but the other arguments are on ", device);
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+inline void check_half(const at::Tensor& t, const char* name, const at::Device& device) {
+  check_cuda(t, name, device);
+  TORCH_CHECK(t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16, name,
+              " must be float16 or bfloat16 for the cuda backend, got ", t.scalar_type());
+}
+
+inline void check_index(const at::Tensor& t, const char* name, const at::Device& device) {
+  check_cuda(t, name, device);
+  TORCH_CHECK(t.scalar_type() == at::kInt && t.dim() == 1, name, " must be a 1-D int32 tensor, got ", t.scalar_type(),
+              " of dim ", t.dim());
+}
+
+inline void check_matrix(const at::Tensor& t, const char* name, const at::Device& device) {
+  check_half(t, name, device);
+  TORCH_CHECK(t.dim() == 2, name, " must be 2-D, got dim ", t.dim());
+  TORCH_CHECK(t.size(0) <= INT32_MAX && t.size(1) <= INT32_MAX, name, " is too large for 32-bit indexing");
+}
+
+inline void check_same_dtype(const at::Tensor& a, const at::Tensor& b, const char* a_name, const char* b_name) {
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), a_name, " (", a.scalar_type(), ") and ", b_name, " (",
+              b.scalar_type(), ") must have the same dtype");
+}
+
+inline int64_t check_values(const at::Tensor& values, const at::Device& device) {
+  check_half(values, "values", device);
+  TORCH_CHECK(values.dim() == 3 && values.size(1) == values.size(2), "values must be [nnzb, b, b], got ",
+              values.sizes());
+  const int64_t b = values.size(1);
+  TORCH_CHECK(b == 32 || b == 64 || b == 128, "the cuda kernels take block sizes 32, 64, 128, got ", b);
+  return b;
+}
+
+inline void check_launch(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, "rigl_sparse cuda ", op, " failed: ", cudaGetErrorString(err));
+}
+
+// Calls fn.template operator()<T, B>() for the dtype (float16/bfloat16) and block size (32/64/128).
+template <typename Fn>
+void dispatch(at::ScalarType dtype, int64_t b, Fn&& fn) {
+  auto with_block = [&](auto tag) {
+    using T = decltype(tag);
+    switch (b) {
+      case 32:
+        fn.template operator()<T, 32>();
+        break;
+      case 64:
+        fn.template operator()<T, 64>();
+        break;
+      case 128:
+        fn.template operator()<T, 128>();
+        break;
+      default:
+        TORCH_CHECK(false, "the cuda kernels take block sizes 32, 64, 128, got ", b);
+    }
+  };
+  if (dtype == at::kHalf)
+    with_block(__half{});
+  else
+    with_block(__nv_bfloat16{});
+}
+
+template <typename T>
+const T* ptr(const at::Tensor& t) {
+  return reinterpret_cast<const T*>(t.data_ptr());
+}
+template <typename T>
+T* mut_ptr(at::Tensor& t) {
+  return reinterpret_cast<T*>(t.data_ptr());
+}
+
+inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+}  // namespace cuda
+}  // namespace rigl_sparse
