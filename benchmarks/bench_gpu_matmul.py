@@ -174,7 +174,8 @@ def dense_baseline(n, x, dy, w):
     }
 
 
-COLUMNS = ["size", "block_size", "density", "ours_fwd_backend", "speedup_fwd_vs_dense", "speedup_dx_vs_dense", "speedup_dw_vs_dense",
+COLUMNS = ["size", "block_size", "density", "ours_fwd_backend", "speedup_fwd_vs_dense", "speedup_dx_vs_dense",
+           "speedup_dw_vs_dense",
            "speedup_fwd_dx_dw_vs_dense", "speedup_step_vs_dense", "scores_over_dense_gemm", "speedup_fwd_vs_bsr",
            "speedup_fwd_vs_stk", "speedup_dw_vs_stk", "speedup_fwd_cuda_vs_triton", "speedup_dw_cuda_vs_triton",
            "speedup_scores_cuda_vs_triton"]
@@ -191,7 +192,8 @@ def record_choice(rows, env, out_dir: Path, density=0.1) -> Path:
         if r["size"] != size or r["density"] != density:
             continue
         for column, op in OPS.items():
-            ms = {name: r[f"{name}_{column}_ms"] for name in KERNEL_BACKENDS if r.get(f"{name}_{column}_ms") is not None}
+            ms = {name: r[f"{name}_{column}_ms"] for name in KERNEL_BACKENDS
+                  if r.get(f"{name}_{column}_ms") is not None}
             if ms:
                 choices.setdefault(op, {})[str(r["block_size"])] = {"backend": min(ms, key=ms.get), "ms": ms}
     record = {"device": env["device"], "git_sha": env["git_sha"], "torch": env["torch"], "triton": env["triton"],

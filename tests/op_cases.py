@@ -60,3 +60,32 @@ def compare_with_reference(backend, layout, values, x, dy, bias, k=5, exact_top_
     assert all(0 <= i < n_blocks for i in index[valid].tolist())
     if exact_top_k:
         assert torch.equal(index, ref_index)
+
+
+def train_with_rigl(backend, model, x, y, steps=15, delta_t=3, t_end=12):
+    """RigL-train ``model`` on one batch with every op on ``backend``: (losses, scheduler)."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sched = rs.RigLScheduler(model, opt, delta_t=delta_t, t_end=t_end)
+    losses = []
+    with rs.use_backend(backend):
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            loss.backward()
+            if sched.step():
+                opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+    return losses, sched
+
+
+def block_scores_extra_bytes(backend, layout, x, dy, k):
+    """Peak CUDA memory that one ``block_scores`` call adds (after a warm-up call)."""
+    b = layout.block_size
+    with rs.use_backend(backend):
+        ops.block_scores(dy, x, layout.block_row, layout.block_col, b, k)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        ops.block_scores(dy, x, layout.block_row, layout.block_col, b, k)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base

@@ -7,7 +7,7 @@ is tested on the CPU in test_backends_and_info.py.
 
 import pytest
 import torch
-from op_cases import compare_with_reference, make_case
+from op_cases import block_scores_extra_bytes, compare_with_reference, make_case, train_with_rigl
 
 import rigl_sparse as rs
 from rigl_sparse import backends, ops
@@ -95,32 +95,15 @@ def test_sparse_linear_trains_with_rigl_on_cuda():
     model = torch.nn.Sequential(
         rs.SparseLinear(256, 128, density=0.3, block_size=32, device="cuda", dtype=torch.bfloat16), torch.nn.ReLU(),
         rs.SparseLinear(128, 10, density=0.5, block_size=32, device="cuda", dtype=torch.bfloat16))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    sched = rs.RigLScheduler(model, opt, delta_t=3, t_end=12)
     x = torch.randn(64, 256, device="cuda", dtype=torch.bfloat16)
     y = torch.randint(0, 10, (64,), device="cuda")
-    losses = []
-    with rs.use_backend("cuda"):
-        for _ in range(15):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-            loss.backward()
-            if sched.step():
-                opt.step()
-            opt.zero_grad()
-            losses.append(loss.item())
+    losses, sched = train_with_rigl("cuda", model, x, y)
     assert losses[-1] < losses[0] and sched.stats["blocks_moved"] > 0
 
 
 def test_cuda_block_scores_adds_only_o_blocks_memory():
     b, n = 64, 4096
     layout, _, x, dy, _ = _case(n, n, b, 0.1, n, torch.bfloat16, seed=4)
-    with rs.use_backend("cuda"):
-        ops.block_scores(dy, x, layout.block_row, layout.block_col, b, 100)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        ops.block_scores(dy, x, layout.block_row, layout.block_col, b, 100)
-        torch.cuda.synchronize()
-        extra = torch.cuda.max_memory_allocated() - base
+    extra = block_scores_extra_bytes("cuda", layout, x, dy, 100)
     blocks = (n // b) ** 2
     assert extra <= 64 * blocks + (1 << 20), f"{extra} bytes for {blocks} blocks"

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from op_cases import compare_with_reference, make_case
+from op_cases import block_scores_extra_bytes, compare_with_reference, make_case, train_with_rigl
 
 import rigl_sparse as rs
 from rigl_sparse import backends, ops
@@ -56,19 +56,9 @@ def test_sparse_linear_trains_with_rigl_on_triton():
     torch.manual_seed(0)
     model = torch.nn.Sequential(rs.SparseLinear(96, 64, density=0.3, block_size=16, device=DEVICE), torch.nn.ReLU(),
                                 rs.SparseLinear(64, 10, density=0.5, block_size=16, device=DEVICE))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    sched = rs.RigLScheduler(model, opt, delta_t=3, t_end=12)
     x = torch.randn(32, 96, device=DEVICE)
     y = torch.randint(0, 10, (32,), device=DEVICE)
-    losses = []
-    with rs.use_backend("triton"):
-        for _ in range(15):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            if sched.step():
-                opt.step()
-            opt.zero_grad()
-            losses.append(loss.item())
+    losses, sched = train_with_rigl("triton", model, x, y)
     assert losses[-1] < losses[0] and sched.stats["blocks_moved"] > 0
 
 
@@ -84,14 +74,7 @@ def test_triton_ops_match_reference_large(b, dtype):
 def test_block_scores_adds_only_o_blocks_memory():
     b, n, m = 64, 4096, 4096
     layout, _, x, dy, _ = _case(n, n, b, 0.1, m, torch.bfloat16, seed=4)
-    with rs.use_backend("triton"):
-        ops.block_scores(dy, x, layout.block_row, layout.block_col, b, 100)  # warm-up, autotune
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        ops.block_scores(dy, x, layout.block_row, layout.block_col, b, 100)
-        torch.cuda.synchronize()
-        extra = torch.cuda.max_memory_allocated() - base
+    extra = block_scores_extra_bytes("triton", layout, x, dy, 100)
     blocks = (n // b) ** 2
     assert extra <= 64 * blocks + (1 << 20), f"{extra} bytes for {blocks} blocks"
     assert extra < n * n * 2 / 50  # far below one dense bf16 gradient

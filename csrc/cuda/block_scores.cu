@@ -8,18 +8,12 @@ namespace cuda {
 void block_scores_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& block_row,
                       const at::Tensor& block_col, int64_t block_size, at::Tensor& scores_out, at::Tensor& index_out) {
   const at::Device device = dy.device();
-  check_matrix(dy, "dy", device);
-  check_matrix(x, "x", device);
-  check_same_dtype(dy, x, "dy", "x");
-  check_index(block_row, "block_row", device);
-  check_index(block_col, "block_col", device);
+  check_gradient_pair(dy, x, block_row, block_col);
   check_cuda(scores_out, "scores_out", device);
   check_cuda(index_out, "index_out", device);
   TORCH_CHECK(scores_out.scalar_type() == at::kFloat && index_out.scalar_type() == at::kLong &&
                   scores_out.dim() == 1 && scores_out.numel() == index_out.numel(),
               "scores_out must be float32 and index_out int64, both 1-D of one length k");
-  TORCH_CHECK(dy.size(0) == x.size(0), "dy and x must have the same number of rows, got ", dy.size(0), " and ",
-              x.size(0));
   const int64_t b = block_size, N = dy.size(1), K = x.size(1), k = scores_out.numel();
   TORCH_CHECK(b == 32 || b == 64 || b == 128, "the cuda kernels take block sizes 32, 64, 128, got ", b);
   const int64_t R = (N + b - 1) / b, C = (K + b - 1) / b;

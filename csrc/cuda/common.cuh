@@ -48,6 +48,43 @@ inline int64_t check_values(const at::Tensor& values, const at::Device& device) 
   return b;
 }
 
+// The operands of dsd / dds: a dense [M, n_in] input, the blocks, one view of the topology (ptr over
+// the output's block columns, slots, and the other coordinate of each slot), and out [M, n_out].
+// Returns the block size.
+inline int64_t check_block_matmul(const at::Tensor& in, const char* in_name, const at::Tensor& values,
+                                  const at::Tensor& view_ptr, const char* ptr_name, const at::Tensor& view_slots,
+                                  const char* slots_name, const at::Tensor& coord, const char* coord_name,
+                                  const at::Tensor& out, const char* n_out_name) {
+  const at::Device device = in.device();
+  check_matrix(in, in_name, device);
+  const int64_t b = check_values(values, device);
+  check_same_dtype(in, values, in_name, "values");
+  check_index(view_ptr, ptr_name, device);
+  check_index(view_slots, slots_name, device);
+  check_index(coord, coord_name, device);
+  check_matrix(out, "out", device);
+  check_same_dtype(in, out, in_name, "out");
+  TORCH_CHECK(out.size(0) == in.size(0), "out must have ", in.size(0), " rows, got ", out.size(0));
+  const int64_t blocks_out = (out.size(1) + b - 1) / b;
+  TORCH_CHECK(view_ptr.numel() == blocks_out + 1, ptr_name, " must have ceil(", n_out_name, " / b) + 1 = ",
+              blocks_out + 1, " entries, got ", view_ptr.numel());
+  return b;
+}
+
+// The (dy [M, N], x [M, K]) pair a weight gradient is formed from (sdd, block_scores) and its
+// block coordinates.
+inline void check_gradient_pair(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& block_row,
+                                const at::Tensor& block_col) {
+  const at::Device device = dy.device();
+  check_matrix(dy, "dy", device);
+  check_matrix(x, "x", device);
+  check_same_dtype(dy, x, "dy", "x");
+  check_index(block_row, "block_row", device);
+  check_index(block_col, "block_col", device);
+  TORCH_CHECK(dy.size(0) == x.size(0), "dy and x must have the same number of rows, got ", dy.size(0), " and ",
+              x.size(0));
+}
+
 inline void check_launch(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, "rigl_sparse cuda ", op, " failed: ", cudaGetErrorString(err));
 }

@@ -8,18 +8,9 @@ namespace cuda {
 void dsd_out(const at::Tensor& x, const at::Tensor& values, const c10::optional<at::Tensor>& bias,
              const at::Tensor& row_ptr, const at::Tensor& row_slots, const at::Tensor& block_col, at::Tensor& out) {
   const at::Device device = x.device();
-  check_matrix(x, "x", device);
-  const int64_t b = check_values(values, device);
-  check_same_dtype(x, values, "x", "values");
-  check_index(row_ptr, "row_ptr", device);
-  check_index(row_slots, "row_slots", device);
-  check_index(block_col, "block_col", device);
-  check_matrix(out, "out", device);
-  check_same_dtype(x, out, "x", "out");
+  const int64_t b = check_block_matmul(x, "x", values, row_ptr, "row_ptr", row_slots, "row_slots", block_col,
+                                       "block_col", out, "out_features");
   const int64_t M = x.size(0), K = x.size(1), N = out.size(1);
-  TORCH_CHECK(out.size(0) == M, "out must have ", M, " rows, got ", out.size(0));
-  TORCH_CHECK(row_ptr.numel() == (N + b - 1) / b + 1, "row_ptr must have ceil(out_features / b) + 1 = ",
-              (N + b - 1) / b + 1, " entries, got ", row_ptr.numel());
   if (bias.has_value()) {
     check_half(*bias, "bias", device);
     check_same_dtype(x, *bias, "x", "bias");
@@ -28,7 +19,8 @@ void dsd_out(const at::Tensor& x, const at::Tensor& values, const c10::optional<
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = current_stream();
   dispatch(x.scalar_type(), b, [&]<typename T, int B>() {
-    check_launch(dsd<T, B>(ptr<T>(x), ptr<T>(values), bias.has_value() ? ptr<T>(*bias) : nullptr, row_ptr.data_ptr<int32_t>(),
+    const T* bias_ptr = bias.has_value() ? ptr<T>(*bias) : nullptr;
+    check_launch(dsd<T, B>(ptr<T>(x), ptr<T>(values), bias_ptr, row_ptr.data_ptr<int32_t>(),
                            row_slots.data_ptr<int32_t>(), block_col.data_ptr<int32_t>(), M, K, N, mut_ptr<T>(out),
                            stream),
                  "dsd");

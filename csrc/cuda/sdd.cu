@@ -8,15 +8,9 @@ namespace cuda {
 void sdd_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& block_row, const at::Tensor& block_col,
              at::Tensor& out) {
   const at::Device device = dy.device();
-  check_matrix(dy, "dy", device);
-  check_matrix(x, "x", device);
-  check_same_dtype(dy, x, "dy", "x");
-  check_index(block_row, "block_row", device);
-  check_index(block_col, "block_col", device);
+  check_gradient_pair(dy, x, block_row, block_col);
   const int64_t b = check_values(out, device);
   check_same_dtype(dy, out, "dy", "out");
-  TORCH_CHECK(dy.size(0) == x.size(0), "dy and x must have the same number of rows, got ", dy.size(0), " and ",
-              x.size(0));
   TORCH_CHECK(block_row.numel() == out.size(0) && block_col.numel() == out.size(0),
               "block_row and block_col must have one entry per block of out (", out.size(0), ")");
   const c10::cuda::CUDAGuard guard(device);
