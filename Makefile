@@ -29,13 +29,14 @@ demo: $(STAMP)
 test: $(STAMP) ctest
 	$(PY) -m pytest -q
 
-# The torch-free C++ kernel tests, and the CUDA kernels compiled for sm_80 and sm_90a where nvcc is on
-# the PATH (no GPU needed).
-ctest:
-	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release
+# The torch-free C++ kernel tests, and every CUDA source compiled for sm_80 and sm_90a where nvcc is on
+# the PATH (no GPU needed; the entry points against the venv's torch headers).
+ctest: $(STAMP)
+	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release -DRIGL_SPARSE_PYTHON=$(abspath $(PY))
 	cmake --build build/cmake --target test_cpu_kernels test_cuda_keys -j 2
 	@if command -v nvcc >/dev/null; then \
-		cmake --build build/cmake --target cuda_compile_check -j 2 && echo "CUDA kernels compile for sm_80 and sm_90a"; \
+		cmake --build build/cmake --target cuda_compile_check cuda_ops_compile_check -j 2 \
+		&& echo "CUDA sources compile for sm_80 and sm_90a"; \
 	else echo "nvcc not on the PATH: skipping the CUDA kernel compile check"; fi
 	cd build/cmake && ctest --output-on-failure
 
