@@ -2,7 +2,7 @@
 
 Public API (everything else is private)::
 
-    rs.SparseLinear, rs.SparseModule, rs.BlockSparseLayout
+    rs.SparseLinear, rs.SparseConv2d, rs.SparseModule, rs.BlockSparseLayout
     rs.sparsify, rs.layer_densities, rs.drop_fraction, rs.RigLScheduler
     rs.flops, rs.memory_report, rs.use_backend
 
@@ -12,12 +12,12 @@ Importing the package compiles nothing and touches no GPU.
 from rigl_sparse.accounting import FlopReport, MemoryReport, flops, memory_report
 from rigl_sparse.backends import use_backend
 from rigl_sparse.layout import BlockSparseLayout
-from rigl_sparse.nn import SparseLinear, SparseModule
+from rigl_sparse.nn import SparseConv2d, SparseLinear, SparseModule
 from rigl_sparse.rigl import RigLScheduler, drop_fraction, layer_densities, sparsify
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockSparseLayout", "SparseLinear", "SparseModule", "sparsify", "layer_densities", "drop_fraction",
+    "BlockSparseLayout", "SparseLinear", "SparseConv2d", "SparseModule", "sparsify", "layer_densities", "drop_fraction",
     "RigLScheduler", "flops", "memory_report", "FlopReport", "MemoryReport", "use_backend", "__version__",
 ]

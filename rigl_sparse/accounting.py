@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from rigl_sparse.nn import SparseModule
+from rigl_sparse.nn import SparseConv2d, SparseModule
 
 
 @dataclass
@@ -48,7 +48,9 @@ def flops(model: nn.Module, batch_shape: tuple[int, ...], *, delta_t: int | None
     """Count the matmul FLOPs of ``model`` on an input of ``batch_shape``.
 
     Sparse layers count ``2 * nnz * rows`` (only real, non-padding weights);
-    ``nn.Linear`` counts ``2 * out * in * rows``.  The forward is traced with fake
+    ``nn.Linear`` counts ``2 * out * in * rows`` and ``nn.Conv2d``
+    ``2 * out * in/groups * kh * kw * rows``, where a convolution's rows are its
+    output positions ``N * OH * OW``.  The forward is traced with fake
     tensors, so nothing is computed and no memory is used for activations.
     """
     if not all(isinstance(d, int) and d > 0 for d in batch_shape):
@@ -60,12 +62,15 @@ def flops(model: nn.Module, batch_shape: tuple[int, ...], *, delta_t: int | None
 
     def hook_for(name):
         def hook(module, inputs, output):
-            rows = math.prod(inputs[0].shape[:-1])
+            if isinstance(module, (nn.Conv2d, SparseConv2d)):
+                rows = output.numel() // output.shape[1]
+            else:
+                rows = math.prod(inputs[0].shape[:-1])
             if isinstance(module, SparseModule):
                 out, k = module.weight_shape()
                 sparse = 2.0 * nnz[id(module)] * rows
             else:
-                out, k = module.out_features, module.in_features
+                out, k = module.weight.shape[0], math.prod(module.weight.shape[1:])
                 sparse = 2.0 * out * k * rows
             dense = 2.0 * out * k * rows
             prev = counted.get(name, (0.0, 0.0))
@@ -73,7 +78,7 @@ def flops(model: nn.Module, batch_shape: tuple[int, ...], *, delta_t: int | None
         return hook
 
     handles = [m.register_forward_hook(hook_for(name)) for name, m in model.named_modules()
-               if isinstance(m, (SparseModule, nn.Linear))]
+               if isinstance(m, (SparseModule, nn.Linear, nn.Conv2d))]
     if dtype is None:
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

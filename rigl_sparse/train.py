@@ -53,8 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def prepare(images: torch.Tensor, device) -> torch.Tensor:
-    """uint8 [N, 28, 28] -> float32 [N, 784] standardised with Fashion-MNIST's mean and std."""
-    return ((images.float() / 255.0 - 0.2860) / 0.3530).flatten(1).to(device)
+    """uint8 [N, 28, 28] -> float32 [N, 1, 28, 28] standardised with Fashion-MNIST's mean and std."""
+    return ((images.float() / 255.0 - 0.2860) / 0.3530).unsqueeze(1).to(device)
 
 
 @torch.no_grad()
@@ -110,16 +110,16 @@ def run(args: argparse.Namespace) -> dict:
         print(f"epoch {epoch + 1:3d}/{args.epochs}: test accuracy {accuracy:.4f}  ({time.perf_counter() - start:.0f} s)")
     wall = time.perf_counter() - start
 
-    report = rs.flops(model, (1, 784), delta_t=args.delta_t if scheduler else None)
+    report = rs.flops(model, (1,) + tuple(train_x.shape[1:]), delta_t=args.delta_t if scheduler else None)
     n_train = len(train_x)
     layers = {}
     for name, module in model.named_modules():
         if isinstance(module, SparseModule):
             layers[name] = {"shape": list(module.weight_shape()), "density": module.density(),
                             "block_size": module.block_size, "nnz": module.layout.nnz()}
-        elif isinstance(module, torch.nn.Linear):
-            layers[name] = {"shape": [module.out_features, module.in_features], "density": 1.0, "block_size": None,
-                            "nnz": module.weight.numel()}
+        elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            layers[name] = {"shape": [module.weight.shape[0], math.prod(module.weight.shape[1:])], "density": 1.0,
+                            "block_size": None, "nnz": module.weight.numel()}
     weights_total = sum(math.prod(v["shape"]) for v in layers.values())
     return {
         "config": vars(args),

@@ -39,7 +39,7 @@ def _compare_reference_devices(dtype, shape, b, density):
 def test_rigl_training_on_cuda_keeps_invariants():
     torch.manual_seed(0)
     model = rs.sparsify(nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 10)).cuda(), density=0.1,
-                        block_size=32, method="uniform")
+                        block_size=32, method="uniform", first_dense=False)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     sched = rs.RigLScheduler(model, opt, delta_t=5, t_end=40)
     x, y = torch.randn(64, 256, device="cuda"), torch.randint(0, 10, (64,), device="cuda")

@@ -36,7 +36,8 @@ def test_sparsify_dense_names_and_uniform():
 def test_sparsify_meta_model_is_created_sparse_on_the_target_device():
     with torch.device("meta"):
         model = nn.Sequential(nn.Linear(4096, 4096), nn.ReLU(), nn.LayerNorm(4096), nn.Linear(4096, 16))
-    rs.sparsify(model, density=0.01, method="uniform", block_size=64, device="cpu", dense=["3"])
+    rs.sparsify(model, density=0.01, method="uniform", block_size=64, device="cpu", dense=["3"],
+                first_dense=False)
     assert all(not t.is_meta for t in list(model.parameters()) + list(model.buffers()))
     sparse = model[0]
     assert isinstance(sparse, rs.SparseLinear) and sparse.values.numel() == sparse.layout.nnzb * 64 * 64

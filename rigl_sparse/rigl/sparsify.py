@@ -1,4 +1,4 @@
-"""``sparsify``: replace a model's dense linear layers by block-sparse ones, in place."""
+"""``sparsify``: replace a model's dense linear and convolution layers by block-sparse ones, in place."""
 
 from __future__ import annotations
 
@@ -6,20 +6,26 @@ import torch
 from torch import nn
 
 from rigl_sparse.layout import BlockSparseLayout, _check_positive_int
-from rigl_sparse.nn import SparseLinear
+from rigl_sparse.nn import SparseConv2d, SparseLinear
+from rigl_sparse.nn.conv import weight_matrix
 from rigl_sparse.rigl.distributions import layer_densities
 
 
 def sparsify(model: nn.Module, *, density: float, method: str = "erk", block_size: int = 32, dense=(),
-             custom: dict[str, float] | None = None, erk_power_scale: float = 1.0, device=None,
-             generator: torch.Generator | None = None) -> nn.Module:
-    """Convert every ``nn.Linear`` of ``model`` to ``SparseLinear`` with a random topology.
+             custom: dict[str, float] | None = None, erk_power_scale: float = 1.0, first_dense: bool | None = None,
+             device=None, generator: torch.Generator | None = None) -> nn.Module:
+    """Convert every ``nn.Linear`` to ``SparseLinear`` and every ``nn.Conv2d`` to ``SparseConv2d``.
 
     Per-layer densities come from ``layer_densities(shapes, density, method, dense,
-    custom, erk_power_scale)``; layers that end at density 1 (named in ``dense``,
-    or made dense by ER/ERK) stay ``nn.Linear``.  A sparse layer keeps the dense
-    layer's initial values on its active blocks (the official code's dense init
-    then random mask) and its bias.
+    custom, erk_power_scale)`` over the weight shapes (``(out, in/groups, kh, kw)``
+    for convolutions, so ERK sees the kernel dimensions as the official code
+    does); layers that end at density 1 (named in ``dense``, or made dense by
+    ER/ERK) stay dense.  ``first_dense`` keeps the model's first such layer dense
+    and outside the budget; by default it does so for ``method="uniform"``, as
+    in the paper.  Grouped or depthwise convolutions and convolutions with a
+    padding mode other than zeros stay dense ``nn.Conv2d`` (outside the budget).
+    A sparse layer keeps the dense layer's initial values on its active blocks
+    (the official code's dense init then random mask) and its bias.
 
     A model built on the ``meta`` device is materialised sparse on ``device``
     (default CPU): its sparse layers are initialised as ``SparseLinear`` and the
@@ -29,32 +35,51 @@ def sparsify(model: nn.Module, *, density: float, method: str = "erk", block_siz
     _check_positive_int("block_size", block_size)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    linears = {name: m for name, m in model.named_modules() if type(m) is nn.Linear}
-    if not linears:
-        raise ValueError("model has no nn.Linear layer to sparsify")
-    shapes = {name: (m.out_features, m.in_features) for name, m in linears.items()}
+    layers = {name: m for name, m in model.named_modules() if type(m) is nn.Linear or _convertible_conv(m)}
+    if not layers:
+        raise ValueError("model has no nn.Linear or nn.Conv2d (groups=1, zero padding) layer to sparsify")
+    if first_dense is None:
+        first_dense = method == "uniform"
+    dense = tuple(dense) + ((next(iter(layers)),) if first_dense else ())
+    shapes = {name: tuple(m.weight.shape) for name, m in layers.items()}
     densities = layer_densities(shapes, density, method, dense=dense, custom=custom, erk_power_scale=erk_power_scale)
     target = None if device is None else torch.device(device)
 
-    for name, linear in linears.items():
+    for name, layer in layers.items():
         if densities[name] >= 1.0:
             continue
-        on_meta = linear.weight.is_meta
-        layer_device = target or (torch.device("cpu") if on_meta else linear.weight.device)
-        if on_meta:
-            sparse = SparseLinear(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                                  density=densities[name], block_size=block_size, device=layer_device,
-                                  dtype=linear.weight.dtype, generator=generator)
-        else:
-            layout = BlockSparseLayout.random(tuple(linear.weight.shape), block_size, density=densities[name],
-                                              generator=generator, device=layer_device)
-            weight = linear.weight.detach().to(layer_device)
-            bias = None if linear.bias is None else linear.bias.detach().to(layer_device)
-            sparse = SparseLinear._assemble(layout, layout.gather(weight), bias)
-        _replace(model, name, sparse)
+        _replace(model, name, _sparse_layer(layer, densities[name], block_size, target, generator))
 
     _materialise_meta(model, target or torch.device("cpu"))
     return model
+
+
+def _convertible_conv(module: nn.Module) -> bool:
+    return type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
+
+
+def _sparse_layer(layer: nn.Module, density: float, block_size: int, target, generator) -> nn.Module:
+    """The sparse replacement of one nn.Linear / nn.Conv2d, on ``target`` (default: where it is, or CPU)."""
+    weight = layer.weight
+    on_meta = weight.is_meta
+    layer_device = target or (torch.device("cpu") if on_meta else weight.device)
+    has_bias = layer.bias is not None
+    if on_meta:
+        if isinstance(layer, nn.Linear):
+            return SparseLinear(layer.in_features, layer.out_features, bias=has_bias, density=density,
+                                block_size=block_size, device=layer_device, dtype=weight.dtype, generator=generator)
+        return SparseConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                            layer.dilation, bias=has_bias, density=density, block_size=block_size,
+                            device=layer_device, dtype=weight.dtype, generator=generator)
+    matrix = weight.detach().to(layer_device)
+    if isinstance(layer, nn.Conv2d):
+        matrix = weight_matrix(matrix)
+    layout = BlockSparseLayout.random(tuple(matrix.shape), block_size, density=density, generator=generator,
+                                      device=layer_device)
+    bias = layer.bias.detach().to(layer_device) if has_bias else None
+    if isinstance(layer, nn.Linear):
+        return SparseLinear._assemble(layout, layout.gather(matrix), bias)
+    return SparseConv2d._assemble(layer, layout, layout.gather(matrix), bias)
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:

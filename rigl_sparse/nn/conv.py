@@ -1,0 +1,190 @@
+"""``SparseConv2d``: a drop-in ``nn.Conv2d`` whose weight is block-sparse."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from rigl_sparse.layout import BlockSparseLayout, _check_density, _check_positive_int
+from rigl_sparse.nn.base import SUPPORTED_DTYPES, SparseModule
+from rigl_sparse.nn.linear import _uniform_
+from rigl_sparse.ops.conv2d import ConvGeometry, conv2d
+
+
+def _pair(name: str, value) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in pair):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return pair
+
+
+class SparseConv2d(SparseModule):
+    """``nn.Conv2d`` with the weight stored block-sparse.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+        bias, padding_mode: as ``nn.Conv2d``; ``padding`` may be ``"same"`` or
+            ``"valid"``; ``padding_mode`` must be ``"zeros"``; ``groups`` must be 1
+            (grouped and depthwise convolutions stay dense ``nn.Conv2d``, which
+            ``sparsify`` does by itself).
+        density: fraction of the ``b x b`` blocks of the weight matrix that are active.
+        block_size: ``b``.
+
+    The weight is the ``[out_channels, kh * kw * in_channels]`` matrix in
+    tap-major, channel-inner column order (``to_dense()`` returns it in
+    ``nn.Conv2d``'s ``[out, in, kh, kw]`` shape).  The active weights and the bias
+    are initialised as ``nn.Conv2d`` does (uniform in ``±1/sqrt(fan_in)``).
+
+    Input ``[N, in_channels, H, W]`` (contiguous or channels-last) of the
+    parameters' dtype -> output ``[N, out_channels, OH, OW]`` in channels-last
+    memory.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, density: float,
+                 block_size: int = 32, device=None, dtype=None, generator: torch.Generator | None = None):
+        super().__init__()
+        _check_positive_int("in_channels", in_channels)
+        _check_positive_int("out_channels", out_channels)
+        _check_positive_int("block_size", block_size)
+        _check_density(density)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = _pair("kernel_size", kernel_size)
+        self.stride = _pair("stride", stride)
+        self.dilation = _pair("dilation", dilation)
+        for name, pair in (("kernel_size", self.kernel_size), ("stride", self.stride), ("dilation", self.dilation)):
+            if min(pair) <= 0:
+                raise ValueError(f"{name} must be positive, got {pair}")
+        if groups != 1:
+            raise ValueError(f"groups={groups}: SparseConv2d supports groups=1 only; keep grouped and depthwise "
+                             "convolutions dense (rs.sparsify leaves them as nn.Conv2d)")
+        self.groups = 1
+        if padding_mode != "zeros":
+            raise ValueError(f"padding_mode must be 'zeros', got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        self.padding = padding
+        self._geometry = ConvGeometry(self.kernel_size, self.stride, self.dilation, self._explicit_padding(padding))
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        if dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"dtype must be one of float16, bfloat16, float32, float64, got {dtype}")
+        device = torch.empty(0, device=device).device
+        if device.type == "meta":
+            raise ValueError("SparseConv2d needs a real device for its topology, got device='meta'; build the dense "
+                             "model on meta and convert it with rs.sparsify(model, density=..., device=...)")
+        self.layout = BlockSparseLayout.random((out_channels, self.fan_in), block_size, density=density,
+                                               generator=generator, device=device)
+        self.values = nn.Parameter(torch.empty(self.layout.nnzb, block_size, block_size, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters(generator=generator)
+
+    @property
+    def fan_in(self) -> int:
+        return self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+
+    def _explicit_padding(self, padding) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) for an int, a pair, ``"valid"`` or ``"same"`` (as nn.Conv2d pads)."""
+        if isinstance(padding, str):
+            if padding == "valid":
+                return (0, 0, 0, 0)
+            if padding != "same":
+                raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+            if self.stride != (1, 1):
+                raise ValueError(f"padding='same' needs stride 1, got stride={self.stride}")
+            out = []
+            for k, d in zip(self.kernel_size, self.dilation):
+                total = d * (k - 1)
+                out += [total // 2, total - total // 2]
+            return tuple(out)
+        ph, pw = _pair("padding", padding)
+        if ph < 0 or pw < 0:
+            raise ValueError(f"padding must be non-negative, got {(ph, pw)}")
+        return (ph, ph, pw, pw)
+
+    def reset_parameters(self, *, generator: torch.Generator | None = None) -> None:
+        """Uniform ``±1/sqrt(fan_in)`` on active weights and bias, as ``nn.Conv2d``."""
+        bound = 1.0 / math.sqrt(self.fan_in)
+        with torch.no_grad():
+            _uniform_(self.values, bound, generator)
+            self._zero_padding_()
+            if self.bias is not None:
+                _uniform_(self.bias, bound, generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"input must be [N, {self.in_channels}, H, W], got shape {tuple(x.shape)}")
+        if x.dtype != self.values.dtype:
+            raise TypeError(f"input dtype {x.dtype} does not match the layer's dtype {self.values.dtype}")
+        out_h, out_w = self._geometry.output_size(x.shape[2], x.shape[3])
+        if out_h <= 0 or out_w <= 0:
+            raise ValueError(f"input of spatial size {tuple(x.shape[2:])} is smaller than the kernel "
+                             f"{self.kernel_size} (dilation {self.dilation}, padding {self.padding})")
+        grow = None
+        if self._grow_request is not None and torch.is_grad_enabled():
+            grow = (lambda: self._grow_request, self._deliver_grow_scores)
+        return conv2d(x, self.values, self.bias, self.layout.topology(), self.out_channels, self._geometry, grow,
+                      tap=self._tap_grow_scores)
+
+    def _deliver_grow_scores(self, scores) -> None:
+        self._grow_scores = scores
+
+    # -------------------------------------------------------------- conversion
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, *, density: float, block_size: int = 32) -> "SparseConv2d":
+        """Keep the ``density`` fraction of ``conv``'s weight blocks with the largest Frobenius norm."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
+        if conv.weight.is_meta:
+            raise ValueError("conv has meta weights; use rs.sparsify(model, ..., device=...) for meta models")
+        layout, values = BlockSparseLayout.from_dense(weight_matrix(conv.weight.detach()), density=density,
+                                                      block_size=block_size)
+        return cls._assemble(conv, layout, values, conv.bias)
+
+    @classmethod
+    def _assemble(cls, conv: nn.Conv2d, layout: BlockSparseLayout, values: torch.Tensor,
+                  bias: torch.Tensor | None) -> "SparseConv2d":
+        """A layer with ``conv``'s configuration and the given layout, values and bias (copied)."""
+        if conv.groups != 1 or conv.padding_mode != "zeros":
+            raise ValueError(f"SparseConv2d takes groups=1 and padding_mode='zeros', got groups={conv.groups}, "
+                             f"padding_mode={conv.padding_mode!r}")
+        layer = cls.__new__(cls)
+        SparseModule.__init__(layer)
+        layer.in_channels, layer.out_channels = conv.in_channels, conv.out_channels
+        layer.kernel_size, layer.stride, layer.dilation = tuple(conv.kernel_size), tuple(conv.stride), \
+            tuple(conv.dilation)
+        layer.groups, layer.padding_mode, layer.padding = 1, "zeros", conv.padding
+        layer._geometry = ConvGeometry(layer.kernel_size, layer.stride, layer.dilation,
+                                       layer._explicit_padding(conv.padding))
+        layer.layout = layout.to(values.device)
+        layer.values = nn.Parameter(values.detach().clone())
+        layer.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        layer._zero_padding_()
+        return layer
+
+    def to_dense(self) -> torch.Tensor:
+        """The weight as a dense ``[out, in, kh, kw]`` tensor (detached)."""
+        kh, kw = self.kernel_size
+        matrix = self.layout.to_dense(self.values.detach())
+        return matrix.view(self.out_channels, kh, kw, self.in_channels).permute(0, 3, 1, 2).contiguous()
+
+    def to_conv(self) -> nn.Conv2d:
+        """An ``nn.Conv2d`` with the same function (dense weight, copied bias)."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                         self.dilation, bias=self.bias is not None, device=self.values.device,
+                         dtype=self.values.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.to_dense())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}, "
+                f"density={self.density():.4f}, block_size={self.block_size}")
+
+
+def weight_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """``nn.Conv2d`` weight [out, in, kh, kw] -> the ``[out, kh * kw * in]`` matrix SparseConv2d stores."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)

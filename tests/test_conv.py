@@ -1,0 +1,206 @@
+"""SparseConv2d against nn.Conv2d with the masked dense weight, sparsify for CNNs, RigL on a CNN."""
+
+import pytest
+import torch
+from torch import nn
+
+import rigl_sparse as rs
+from rigl_sparse import backends
+from rigl_sparse.models import cnn
+from rigl_sparse.nn.conv import weight_matrix
+from rigl_sparse.ops import conv2d as conv_op
+from rigl_sparse.testing import assert_close
+
+GEOMETRIES = [
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=(3, 2), stride=2, padding=(1, 0), dilation=(2, 1)),
+    dict(kernel_size=1),
+    dict(kernel_size=3, padding="same", dilation=2),
+    dict(kernel_size=4, padding="same"),
+    dict(kernel_size=5, stride=(1, 3), padding="valid"),
+]
+
+
+def _pair(in_c, out_c, b, density, dtype=torch.float32, seed=0, **geometry):
+    layer = rs.SparseConv2d(in_c, out_c, density=density, block_size=b, dtype=dtype,
+                            generator=torch.Generator().manual_seed(seed), **geometry)
+    return layer, layer.to_conv()
+
+
+def _check_against_dense(layer, conv, x, dtype):
+    x1 = x.detach().clone().requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    y1, y2 = layer(x1), conv(x2)
+    grad = torch.randn(y2.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    y1.backward(grad)
+    y2.backward(grad)
+    fan_in = layer.fan_in
+    assert_close(y1, y2, dtype, scale=max(1.0, fan_in / 64))
+    assert_close(x1.grad, x2.grad, dtype, scale=max(1.0, layer.out_channels / 32))
+    expected_values = layer.layout.gather(weight_matrix(conv.weight.grad))
+    assert_close(layer.values.grad, expected_values, dtype, scale=max(1.0, y2[:, 0].numel() / 64))
+    assert_close(layer.bias.grad, conv.bias.grad, dtype, scale=max(1.0, y2[:, 0].numel() / 64))
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
+@pytest.mark.parametrize("b,density", [(4, 0.5), (8, 0.3), (16, 1.0)])
+def test_matches_conv2d_with_masked_dense_weight(geometry, b, density):
+    layer, conv = _pair(6, 10, b, density, **geometry)
+    x = torch.randn(3, 6, 11, 9)
+    _check_against_dense(layer, conv, x, torch.float32)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backends_and_dtypes(backend, dtype):
+    if backends.BACKENDS[backend].unavailable_reason() is not None:
+        pytest.skip(backends.BACKENDS[backend].unavailable_reason())
+    layer, conv = _pair(16, 24, 8, 0.4, dtype=dtype, kernel_size=3, padding=1, stride=2)
+    x = torch.randn(2, 16, 9, 10).to(dtype)
+    with rs.use_backend(backend):
+        _check_against_dense(layer, conv, x, dtype)
+
+
+def test_triton_backend_on_its_interpreter():
+    if backends.BACKENDS["triton"].unavailable_reason() is not None:
+        pytest.skip(backends.BACKENDS["triton"].unavailable_reason())
+    layer, conv = _pair(16, 20, 16, 0.5, kernel_size=3, padding=1)
+    x = torch.randn(2, 16, 5, 6)
+    if torch.cuda.is_available():
+        layer, conv, x = layer.cuda(), conv.cuda(), x.cuda()
+    with rs.use_backend("triton"):
+        _check_against_dense(layer, conv, x, torch.float32)
+
+
+def test_channels_last_input_and_output():
+    layer, conv = _pair(8, 12, 4, 0.5, kernel_size=3, padding=1)
+    x = torch.randn(2, 8, 7, 7).to(memory_format=torch.channels_last)
+    _check_against_dense(layer, conv, x, torch.float32)
+    assert layer(x).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_chunked_patches_equal_one_chunk(monkeypatch):
+    layer, _ = _pair(8, 12, 4, 0.5, kernel_size=3, padding=1)
+    x = torch.randn(5, 8, 6, 6, requires_grad=True)
+    y = layer(x)
+    y.sum().backward()
+    whole = (y.detach(), x.grad.clone(), layer.values.grad.clone())
+    x.grad, layer.values.grad = None, None
+    monkeypatch.setattr(conv_op, "PATCH_BYTES", 1)  # one image per chunk
+    y = layer(x)
+    y.sum().backward()
+    torch.testing.assert_close(y.detach(), whole[0])
+    torch.testing.assert_close(x.grad, whole[1])
+    torch.testing.assert_close(layer.values.grad, whole[2])
+
+
+def test_grow_scores_are_the_dense_gradient_block_norms():
+    b, k = 4, 6
+    layer, conv = _pair(8, 12, b, 0.3, kernel_size=3, padding=1)
+    x = torch.randn(3, 8, 6, 5)
+    layer.request_grow_scores(k)
+    layer(x).square().sum().backward()
+    scores, index = layer.take_grow_scores()
+    conv(x).square().sum().backward()
+    dense_grad = weight_matrix(conv.weight.grad)  # [12, 72]
+    norms = dense_grad.view(3, b, 18, b).pow(2).sum(dim=(1, 3)).sqrt().flatten()
+    active = layer.layout.block_row.long() * 18 + layer.layout.block_col.long()
+    norms[active] = -float("inf")
+    expected = torch.sort(norms, descending=True, stable=True)
+    torch.testing.assert_close(scores, expected.values[:k], rtol=1e-4, atol=1e-5)
+    assert torch.equal(index, expected.indices[:k])
+
+
+def test_dense_round_trip_and_state_dict():
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    layer = rs.SparseConv2d.from_dense(conv, density=0.5, block_size=8)
+    dense = layer.to_dense()
+    assert dense.shape == conv.weight.shape
+    kept = dense != 0
+    assert torch.equal(dense[kept], conv.weight.detach()[kept])
+    copy = rs.SparseConv2d(8, 16, 3, padding=1, density=0.5, block_size=8)
+    copy.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 8, 5, 5)
+    torch.testing.assert_close(copy(x), layer(x))
+    torch.testing.assert_close(layer.to_conv()(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(groups=2), ValueError, "groups=1"),
+    (dict(padding_mode="reflect"), ValueError, "padding_mode"),
+    (dict(padding="full"), ValueError, "padding"),
+    (dict(padding="same", stride=2), ValueError, "stride 1"),
+    (dict(kernel_size=0), ValueError, "kernel_size"),
+    (dict(stride=(1, 2, 3)), TypeError, "stride"),
+    (dict(density=0.0), ValueError, "density"),
+])
+def test_bad_arguments(kwargs, error, match):
+    args = dict(in_channels=4, out_channels=8, kernel_size=3, density=0.5, block_size=4)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        rs.SparseConv2d(**args)
+
+
+def test_bad_input():
+    layer = rs.SparseConv2d(4, 8, 3, density=0.5, block_size=4)
+    with pytest.raises(ValueError, match=r"\[N, 4, H, W\]"):
+        layer(torch.randn(2, 3, 8, 8))
+    with pytest.raises(TypeError, match="dtype"):
+        layer(torch.randn(2, 4, 8, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        layer(torch.randn(2, 4, 2, 2))
+
+
+def test_sparsify_converts_convolutions_and_keeps_grouped_ones_dense():
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=32),
+                          nn.Conv2d(32, 64, 1), nn.Flatten(), nn.Linear(64 * 4 * 4, 10))
+    x = torch.randn(2, 3, 4, 4)
+    rs.sparsify(model, density=0.2, method="erk", block_size=8)
+    assert isinstance(model[0], rs.SparseConv2d) and isinstance(model[3], rs.SparseConv2d)
+    assert type(model[2]) is nn.Conv2d  # depthwise stays dense
+    expected = rs.layer_densities({"0": (32, 3, 3, 3), "3": (64, 32, 1, 1), "5": (10, 1024)}, 0.2, "erk")
+    for name in ("0", "3", "5"):
+        layer = model.get_submodule(name)
+        if expected[name] < 1:
+            assert layer.layout.block_density == pytest.approx(expected[name], abs=1 / layer.layout.n_blocks)
+    assert model(x).shape == (2, 10)
+
+
+def test_uniform_keeps_the_first_layer_dense_unless_told():
+    model = cnn()
+    rs.sparsify(model, density=0.1, method="uniform", block_size=8)
+    assert type(model[0]) is nn.Conv2d and isinstance(model[3], rs.SparseConv2d)
+    model = cnn()
+    rs.sparsify(model, density=0.1, method="uniform", block_size=8, first_dense=False, dense=["9"])
+    assert isinstance(model[0], rs.SparseConv2d) and type(model[9]) is nn.Linear
+
+
+def test_flops_count_output_positions():
+    model = nn.Sequential(rs.SparseConv2d(4, 8, 3, padding=1, density=0.5, block_size=4, bias=False))
+    report = rs.flops(model, (2, 4, 6, 5))
+    nnz = model[0].layout.nnz()
+    assert report.forward == 2 * nnz * 2 * 6 * 5
+    assert report.dense_forward == 2 * 8 * 4 * 9 * 2 * 6 * 5
+
+
+def test_rigl_trains_a_sparse_cnn():
+    torch.manual_seed(0)
+    model = rs.sparsify(cnn(channels=(8, 16), hidden=32), density=0.3, method="erk", block_size=4,
+                        generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sched = rs.RigLScheduler(model, opt, delta_t=4, t_end=24)
+    x = torch.randn(32, 1, 28, 28)
+    y = torch.randint(0, 10, (32,))
+    losses = []
+    for _ in range(30):
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        if sched.step():
+            opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    assert sched.stats["blocks_moved"] > 0
+    for module in model.modules():
+        if isinstance(module, rs.SparseConv2d):
+            module.layout.validate(module.values)
