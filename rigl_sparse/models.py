@@ -1,7 +1,11 @@
-"""Small reference models (plain ``torch.nn``; convert them with ``rs.sparsify``)."""
+"""Reference models (plain ``torch.nn``, no torchvision; convert them with ``rs.sparsify``).
+
+``MODELS`` maps the names ``python -m rigl_sparse.train --model`` takes to builders for
+1-channel 28 x 28 images (Fashion-MNIST)."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -26,4 +30,58 @@ def cnn(channels: tuple[int, int] = (32, 64), hidden: int = 256, classes: int = 
     )
 
 
-MODELS = {"mlp": mlp, "cnn": cnn}
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv + BN, identity or 1x1-conv shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(out_channels))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+def resnet18(in_channels: int = 3, classes: int = 10, width: int = 64) -> nn.Sequential:
+    """CIFAR-style ResNet-18: a 3x3 stem (no max-pool), four stages of two basic blocks with widths
+    ``width * (1, 2, 4, 8)`` and strides (1, 2, 2, 2), global average pooling, a linear classifier."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                               nn.ReLU()]
+    channels = width
+    for i, stride in enumerate((1, 2, 2, 2)):
+        out = width * 2 ** i
+        layers += [BasicBlock(channels, out, stride), BasicBlock(out, out, 1)]
+        channels = out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes)]
+    return nn.Sequential(*layers)
+
+
+def _separable(in_channels: int, out_channels: int, stride: int) -> list[nn.Module]:
+    """Depthwise 3x3 (+BN, ReLU) then pointwise 1x1 (+BN, ReLU)."""
+    return [nn.Conv2d(in_channels, in_channels, 3, stride=stride, padding=1, groups=in_channels, bias=False),
+            nn.BatchNorm2d(in_channels), nn.ReLU(),
+            nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU()]
+
+
+def mobilenet(in_channels: int = 3, classes: int = 10, width: int = 32) -> nn.Sequential:
+    """A MobileNet-v1-like net for small images: a 3x3 stem and depthwise-separable stages (the
+    depthwise convolutions stay dense under ``sparsify``; the pointwise ones carry most weights)."""
+    plan = [(1, 2, 1), (2, 4, 2), (4, 4, 1), (4, 8, 2), (8, 8, 1), (8, 16, 2), (16, 16, 1), (16, 32, 1)]
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                               nn.ReLU()]
+    for c_in, c_out, stride in plan:
+        layers += _separable(width * c_in, width * c_out, stride)
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width * 32, classes)]
+    return nn.Sequential(*layers)
+
+
+MODELS = {"mlp": mlp, "cnn": cnn, "resnet18": lambda: resnet18(in_channels=1),
+          "mobilenet": lambda: mobilenet(in_channels=1)}

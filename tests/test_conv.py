@@ -204,3 +204,26 @@ def test_rigl_trains_a_sparse_cnn():
     for module in model.modules():
         if isinstance(module, rs.SparseConv2d):
             module.layout.validate(module.values)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet"])
+def test_reference_cnns_sparsify_and_train_a_step(name):
+    from rigl_sparse.models import mobilenet, resnet18
+
+    model = resnet18(in_channels=1, width=8) if name == "resnet18" else mobilenet(in_channels=1, width=8)
+    dense_convs = sum(type(m) is nn.Conv2d for m in model.modules())
+    rs.sparsify(model, density=0.2, method="erk", block_size=8)
+    sparse_convs = sum(isinstance(m, rs.SparseConv2d) for m in model.modules())
+    depthwise = sum(type(m) is nn.Conv2d and m.groups > 1 for m in model.modules())
+    assert sparse_convs > 0 and sparse_convs + depthwise <= dense_convs
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = rs.RigLScheduler(model, opt, delta_t=1, t_end=10)
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    stepped = []
+    for _ in range(2):  # step 0 trains, step 1 (delta_t=1) updates the topology instead
+        nn.functional.cross_entropy(model(x), y).backward()
+        stepped.append(sched.step())
+        if stepped[-1]:
+            opt.step()
+        opt.zero_grad()
+    assert stepped == [True, False] and sched.stats["blocks_moved"] > 0
