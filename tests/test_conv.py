@@ -44,10 +44,28 @@ def _check_against_dense(layer, conv, x, dtype):
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
 @pytest.mark.parametrize("b,density", [(4, 0.5), (8, 0.3), (16, 1.0)])
-def test_matches_conv2d_with_masked_dense_weight(geometry, b, density):
-    layer, conv = _pair(6, 10, b, density, **geometry)
-    x = torch.randn(3, 6, 11, 9)
+@pytest.mark.parametrize("in_channels", [6, 16])  # b divides 16 (implicit GEMM input gradient), not 6 (patches)
+def test_matches_conv2d_with_masked_dense_weight(geometry, b, density, in_channels):
+    layer, conv = _pair(in_channels, 10, b, density, **geometry)
+    x = torch.randn(3, in_channels, 11, 9)
     _check_against_dense(layer, conv, x, torch.float32)
+
+
+def test_native_cpu_path_equals_the_reference_path():
+    if backends.BACKENDS["cpu"].unavailable_reason() is not None:
+        pytest.skip(backends.BACKENDS["cpu"].unavailable_reason())
+    layer, _ = _pair(32, 48, 16, 0.3, kernel_size=3, padding=1, stride=(2, 1))
+    x = torch.randn(4, 32, 9, 7)
+    results = []
+    for backend in ("cpu", "reference"):
+        xi = x.clone().requires_grad_()
+        layer.values.grad = layer.bias.grad = None
+        with rs.use_backend(backend):
+            y = layer(xi)
+            y.backward(torch.ones_like(y))
+        results.append((y.detach(), xi.grad, layer.values.grad.clone(), layer.bias.grad.clone()))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])

@@ -12,6 +12,15 @@ void sdd_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_sl
              const at::Tensor& block_col, at::Tensor& out);
 void block_scores_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& block_row,
                       const at::Tensor& block_col, int64_t block_size, at::Tensor& scores_out, at::Tensor& index_out);
+void conv_forward_out(const at::Tensor& x_padded, const at::Tensor& values, const c10::optional<at::Tensor>& bias,
+                      const at::Tensor& row_ptr, const at::Tensor& row_slots, const at::Tensor& block_col,
+                      const std::vector<int64_t>& geometry, at::Tensor& out);
+void conv_input_grad_out(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& col_ptr,
+                         const at::Tensor& col_slots, const at::Tensor& block_row,
+                         const std::vector<int64_t>& geometry, at::Tensor& dx_padded);
+void conv_weight_grad_out(const at::Tensor& dy, const at::Tensor& x_padded, const at::Tensor& row_slots,
+                          const at::Tensor& block_row, const at::Tensor& block_col,
+                          const std::vector<int64_t>& geometry, at::Tensor& out);
 }  // namespace cpu
 }  // namespace rigl_sparse
 
@@ -21,6 +30,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dds_out", &rigl_sparse::cpu::dds_out, "out = dy @ W over the column view");
   m.def("sdd_out", &rigl_sparse::cpu::sdd_out, "out[s] = dy[:, rows(s)].T @ x[:, cols(s)]");
   m.def("block_scores_out", &rigl_sparse::cpu::block_scores_out, "top-k inactive blocks by gradient norm");
+  m.def("conv_forward_out", &rigl_sparse::cpu::conv_forward_out, "implicit-GEMM block-sparse conv forward");
+  m.def("conv_input_grad_out", &rigl_sparse::cpu::conv_input_grad_out, "conv input gradient, added onto dx_padded");
+  m.def("conv_weight_grad_out", &rigl_sparse::cpu::conv_weight_grad_out, "conv weight gradient on active blocks");
   m.attr("compiled_for") =
 #if defined(__AVX512F__)
       "avx512";

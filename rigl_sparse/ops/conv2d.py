@@ -6,13 +6,16 @@ tap-major, channel-inner order: column ``(i * kw + j) * C + c`` holds
 input channels at one kernel tap (when ``b`` divides ``C``), which is contiguous
 in a channels-last input.
 
-The patches of the input (``[N*OH*OW, K]``, im2col) are built for a chunk of
-images at a time (at most about ``PATCH_BYTES``), multiplied with
-``rigl_sparse::dsd``, and dropped; backward rebuilds them chunk by chunk for
-``sdd`` and folds ``dds``'s patch gradients back onto the input.  Only one
-chunk's patches ever exist, never the whole batch's, and the weight is never
-dense.  Every matmul goes through the backend registry, so the native CPU
-kernels or the GPU kernels run it.
+Where the backend registry picks the native ``cpu`` backend for ``dsd``, the
+convolution runs as implicit GEMM (``csrc/cpu/conv_kernels.h``): the kernels
+gather each micro-tile's patch rows from the padded input right before use
+and scatter the input gradient straight back, so no patch matrix exists at
+all.  Elsewhere (another backend, or the input gradient when ``b`` does not
+divide the channels) the patches (``[N*OH*OW, K]``, im2col) are built for a
+chunk of images at a time (at most about ``PATCH_BYTES``), multiplied with the
+selected backend's ``dsd``/``sdd``/``dds``, and dropped; the input gradient's
+patches are folded back onto the input.  Either way the weight is never dense
+and never more than one chunk's patches exist.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rigl_sparse.ops import _common
+from rigl_sparse import backends
+from rigl_sparse.ops import _common, _cpu
 from rigl_sparse.ops.linear import _needs_custom_op
 
 PATCH_BYTES = 32 << 20  # patch buffer per chunk of images
@@ -88,6 +92,15 @@ def _chunks(n_images: int, rows_per_image: int, k: int, element_size: int):
         yield start, min(n_images, start + per_chunk)
 
 
+def _native_cpu(x: torch.Tensor, values: torch.Tensor) -> bool:
+    """Whether the registry runs dsd for these tensors on the native cpu backend (then so does the conv)."""
+    return x.device.type == "cpu" and backends.select("dsd", "cpu", (x, values))[0] == "cpu"
+
+
+def _geometry_list(geometry: ConvGeometry, out_h: int, out_w: int) -> list[int]:
+    return [out_h, out_w, *geometry.kernel, *geometry.stride, *geometry.dilation]
+
+
 def _run(op: str, *args):
     return _common.dispatch(op, args[0].device, args)(*args)
 
@@ -124,10 +137,16 @@ class _SparseConv2d(torch.autograd.Function):
         padded = _padded_nhwc(x, geometry)
         k = geometry.kernel[0] * geometry.kernel[1] * x.shape[1]
         y = x.new_empty(n, out_h, out_w, out_channels)
-        for start, stop in _chunks(n, out_h * out_w, k, x.element_size()):
-            cols = patches(padded[start:stop], geometry, out_h, out_w)
-            y[start:stop] = _run("dsd", cols, values, bias, *topology, out_channels).view(stop - start, out_h,
-                                                                                           out_w, out_channels)
+        ctx.native = _native_cpu(x, values)
+        if ctx.native:
+            _cpu.extension().conv_forward_out(padded.contiguous(), values.contiguous(), bias, topology[2],
+                                              topology[3], topology[1], _geometry_list(geometry, out_h, out_w),
+                                              y.view(n * out_h * out_w, out_channels))
+        else:
+            for start, stop in _chunks(n, out_h * out_w, k, x.element_size()):
+                cols = patches(padded[start:stop], geometry, out_h, out_w)
+                y[start:stop] = _run("dsd", cols, values, bias, *topology, out_channels).view(
+                    stop - start, out_h, out_w, out_channels)
         ctx.save_for_backward(x, values, *topology)
         ctx.geometry, ctx.out_channels, ctx.has_bias, ctx.grow_request = geometry, out_channels, bias is not None, \
             grow_request
@@ -145,15 +164,33 @@ class _SparseConv2d(torch.autograd.Function):
         dy = grad_y.permute(0, 2, 3, 1).contiguous().view(n * out_h * out_w, ctx.out_channels)
         padded = _padded_nhwc(x, geometry)
         need_x, need_values, need_bias = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        grad_padded = padded.new_empty(padded.shape) if need_x else None
-        grad_values = torch.zeros_like(values) if need_values else None
-        rows_per_image = out_h * out_w
-        for start, stop in _chunks(n, rows_per_image, k, x.element_size()):
-            dy_chunk = dy[start * rows_per_image:stop * rows_per_image]
+        grad_padded, grad_values = None, None
+        native_dx = ctx.native and c % b == 0
+        geometry_list = _geometry_list(geometry, out_h, out_w)
+        if ctx.native:
+            padded = padded.contiguous()
             if need_values:
+                grad_values = torch.empty_like(values)
+                _cpu.extension().conv_weight_grad_out(dy, padded, topology[3], block_row, block_col, geometry_list,
+                                                      grad_values)
+            if need_x and native_dx:
+                grad_padded = torch.zeros(padded.shape, dtype=torch.float32)
+                _cpu.extension().conv_input_grad_out(dy, values.contiguous(), topology[4], topology[5], block_row,
+                                                     geometry_list, grad_padded)
+                grad_padded = grad_padded.to(x.dtype)
+        chunked_values = need_values and not ctx.native
+        chunked_x = need_x and not native_dx
+        if chunked_values:
+            grad_values = torch.zeros_like(values)
+        if chunked_x:
+            grad_padded = padded.new_empty(padded.shape)
+        rows_per_image = out_h * out_w
+        for start, stop in _chunks(n, rows_per_image, k, x.element_size()) if (chunked_values or chunked_x) else ():
+            dy_chunk = dy[start * rows_per_image:stop * rows_per_image]
+            if chunked_values:
                 cols = patches(padded[start:stop], geometry, out_h, out_w)
                 grad_values += _run("sdd", dy_chunk, cols, *topology, b)
-            if need_x:
+            if chunked_x:
                 grad_cols = _run("dds", dy_chunk, values, *topology, k)
                 grad_padded[start:stop] = fold_patches(grad_cols, geometry, (stop - start,) + tuple(padded.shape[1:]),
                                                        out_h, out_w)
