@@ -91,6 +91,8 @@ def main(argv=None):
     p.add_argument("--densities", type=float, nargs="+", default=[0.2, 0.1, 0.05])
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="default: float32 on the CPU, bfloat16 on a GPU")
+    p.add_argument("--layers", nargs="+", default=[f"{c}@{s}" for c, s in LAYERS],
+                   help="layer shapes as CHANNELS@SIZE (default: ResNet-18's)")
     p.add_argument("--out-dir", type=Path, default=None)
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -103,7 +105,7 @@ def main(argv=None):
     timer = make_timer(args.device)
     pairs = 3 if args.device == "cpu" else 1
     rows = []
-    for channels, size in LAYERS:
+    for channels, size in (tuple(int(v) for v in layer.split("@")) for layer in args.layers):
         for b in args.blocks:
             for density in args.densities:
                 row = run_case(channels, size, args.batch, b, density, args.device, dtype, timer, pairs)

@@ -65,19 +65,16 @@ void conv_input_grad_out(const at::Tensor& dy, const at::Tensor& values, const a
   check_index(col_ptr, "col_ptr");
   check_index(col_slots, "col_slots");
   check_index(block_row, "block_row");
+  TORCH_CHECK(dy.scalar_type() == values.scalar_type(), "dy and values must share a dtype");
   const int64_t B = values.size(1);
-  TORCH_CHECK(g.C % B == 0, "the input gradient kernel needs the block size (", B, ") to divide the channels (", g.C,
-              ")");
   TORCH_CHECK(dy.dim() == 2 && dy.size(0) == g.rows(), "dy must be [N*OH*OW, out_channels]");
-  TORCH_CHECK(col_ptr.numel() == g.cols() / B + 1, "col_ptr must have KH*KW*C/b + 1 entries");
-  const int64_t R = (dy.size(1) + B - 1) / B;
+  TORCH_CHECK(col_ptr.numel() == (g.cols() + B - 1) / B + 1, "col_ptr must have ceil(KH*KW*C / b) + 1 entries");
   const at::Tensor blocks = float_blocks(values, /*transpose=*/false);
   dispatch(values.scalar_type(), B, [&]<typename T, int Bc>() {
-    const at::Tensor panels = row_panels(dy, R, Bc, rows_per_tile<Bc>());
-    at::parallel_for(0, g.C / Bc, 1, [&](int64_t begin, int64_t end) {
-      conv_input_grad<Bc>(panels.data_ptr<float>(), R, g, blocks.data_ptr<float>(), col_ptr.data_ptr<int32_t>(),
-                          col_slots.data_ptr<int32_t>(), block_row.data_ptr<int32_t>(), dx_padded.data_ptr<float>(),
-                          begin, end);
+    at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+      conv_input_grad<T, Bc>(reinterpret_cast<const T*>(dy.data_ptr()), dy.size(1), g, blocks.data_ptr<float>(),
+                             col_ptr.data_ptr<int32_t>(), col_slots.data_ptr<int32_t>(), block_row.data_ptr<int32_t>(),
+                             dx_padded.data_ptr<float>(), begin, end);
     });
   });
 }

@@ -4,7 +4,8 @@
 // the weight matrix [out, K] (tap-major, channel-inner columns: k = (i*KW + j)*C + c).  These kernels
 // never form the patches: each micro-kernel's operand rows are gathered from the zero-padded NHWC
 // input into a small buffer right before use (a B-wide block of columns is B consecutive channels at
-// one tap when B divides C), and the input gradient is scattered straight back onto the input.
+// one tap when B divides C), and the input gradient is scattered straight back onto the input (any
+// B: the scatter goes column by column).
 #pragma once
 
 #include "kernels.h"
@@ -89,44 +90,59 @@ void conv_forward(const T* x, const ConvShape& g, const float* blocks, const int
 }
 
 // Input gradient, scattered onto the padded input: dx[origin(m) + tap + channel] += (dy @ W)[m, k] for
-// the channel blocks [cb_begin, cb_end) (B must divide C, so a thread owns whole channels: no races).
-//   dy_panels: dy as row panels (pack_row_panels, MR = rows_per_tile<B>(), R block columns);
-//   blocks: [nnzb, B, B] fp32 W blocks; dx: fp32 [N][Hp][Wp][C], accumulated into.
-template <int B>
-void conv_input_grad(const float* dy_panels, int64_t R, const ConvShape& g, const float* blocks,
-                     const int32_t* col_ptr, const int32_t* col_slots, const int32_t* block_row, float* dx,
-                     int64_t cb_begin, int64_t cb_end) {
+// the images [n_begin, n_end) (images never share input pixels, so threads owning different images
+// never write the same place).  For each MR-row tile of dy, every kernel tap's block columns are
+// done while the tile is in L1.
+//   dy: [M, n_out]; blocks: [nnzb, B, B] fp32 W blocks; dx: fp32 [N][Hp][Wp][C], accumulated into.
+template <typename T, int B>
+void conv_input_grad(const T* dy, int64_t n_out, const ConvShape& g, const float* blocks, const int32_t* col_ptr,
+                     const int32_t* col_slots, const int32_t* block_row, float* dx, int64_t n_begin,
+                     int64_t n_end) {
   constexpr int MR = rows_per_tile<B>();
+  const int64_t R = (n_out + B - 1) / B, n_cols = (g.cols() + B - 1) / B;
+  std::vector<float> tile(R * MR * B);  // the MR rows of dy, block column by block column
   alignas(64) float acc[MR * B];
   int64_t origins[MR];
-  const int64_t M = g.rows(), panels = (M + MR - 1) / MR, channel_blocks = g.C / B;
-  for (int64_t cb = cb_begin; cb < cb_end; ++cb)
-    for (int64_t tap = 0; tap < g.KH * g.KW; ++tap) {
-      const int64_t c = tap * channel_blocks + cb;
-      if (col_ptr[c] == col_ptr[c + 1]) continue;
-      const int64_t offset = g.tap_offset(tap) + cb * B;
-      for (int64_t t = 0; t < panels; ++t) {
-        std::fill(acc, acc + MR * B, 0.0f);
-        const float* panel = dy_panels + t * R * MR * B;
-        for (int32_t p = col_ptr[c]; p < col_ptr[c + 1]; ++p) {
-          const int64_t s = col_slots[p];
-          micro_kernel<B, MR>(panel + static_cast<int64_t>(block_row[s]) * MR * B, B, 1, blocks + s * B * B, B, B,
-                              acc);
+  const int64_t m_end = n_end * g.OH * g.OW;
+  for (int64_t m0 = n_begin * g.OH * g.OW; m0 < m_end; m0 += MR) {
+    const int rows = static_cast<int>(std::min<int64_t>(MR, m_end - m0));
+    for (int64_t r = 0; r < R; ++r)
+      for (int i = 0; i < MR; ++i)
+        for (int e = 0; e < B; ++e) {
+          const int64_t col = r * B + e;
+          tile[(r * MR + i) * B + e] = (i < rows && col < n_out) ? to_float(dy[(m0 + i) * n_out + col]) : 0.0f;
         }
-        const int rows = static_cast<int>(std::min<int64_t>(MR, M - t * MR));
-        row_origins(g, t * MR, rows, origins);
+    row_origins(g, m0, rows, origins);
+    for (int64_t c = 0; c < n_cols; ++c) {
+      if (col_ptr[c] == col_ptr[c + 1]) continue;
+      std::fill(acc, acc + MR * B, 0.0f);
+      for (int32_t p = col_ptr[c]; p < col_ptr[c + 1]; ++p) {
+        const int64_t s = col_slots[p];
+        micro_kernel<B, MR>(tile.data() + static_cast<int64_t>(block_row[s]) * MR * B, B, 1, blocks + s * B * B, B,
+                            B, acc);
+      }
+      const int64_t k0 = c * B;
+      if (g.C % B == 0) {  // the block is B consecutive channels of one tap
+        const int64_t offset = g.tap_offset(k0 / g.C) + k0 % g.C;
         for (int i = 0; i < rows; ++i) {
           float* dst = dx + origins[i] + offset;
 #pragma omp simd
           for (int e = 0; e < B; ++e) dst[e] += acc[i * B + e];
         }
+        continue;
+      }
+      for (int e = 0; e < B && k0 + e < g.cols(); ++e) {
+        const int64_t k = k0 + e, offset = g.tap_offset(k / g.C) + k % g.C;
+        for (int i = 0; i < rows; ++i) dx[origins[i] + offset] += acc[i * B + e];
       }
     }
+  }
 }
 
 // Weight gradient on the active slots row_slots[p], p in [p_begin, p_end):
-// out[s] = dy[:, rows(s)].T @ patches[:, cols(s)], the patches gathered kChunkRows rows at a time (a
-// chunk of dy and of the patches stays in L1 while every row tile of the block uses it).
+// out[s] = dy[:, rows(s)].T @ patches[:, cols(s)].  The rows are walked kChunkRows at a time in the
+// outer loop, so each chunk of dy and of the input is read once from memory for all the thread's
+// slots; each slot's patch rows are gathered into L1 right before use.
 //   dy_cols: dy packed block-column-major [R][M][B] fp32 (pack_block_columns);
 //   origins: row_origins of all M rows; out: [nnzb, B, B].
 template <typename T, int B>
@@ -135,21 +151,23 @@ void conv_weight_grad(const float* dy_cols, const T* x, const ConvShape& g, cons
                       int64_t p_begin, int64_t p_end) {
   constexpr int kChunkRows = B >= 64 ? 32 : 64;
   constexpr int MR = B >= 128 ? 2 : (B >= 64 ? 4 : (B >= 8 ? 8 : B));
-  std::vector<float> acc(B * B);
+  const int64_t n_slots = p_end - p_begin, M = g.rows();
+  std::vector<float> acc(n_slots * B * B, 0.0f);
   alignas(64) float patch[kChunkRows * B];
-  const int64_t M = g.rows();
-  for (int64_t p = p_begin; p < p_end; ++p) {
-    const int64_t s = row_slots[p];
-    const float* dy_slab = dy_cols + static_cast<int64_t>(block_row[s]) * M * B;
-    std::fill(acc.begin(), acc.end(), 0.0f);
-    for (int64_t m0 = 0; m0 < M; m0 += kChunkRows) {
-      const int rows = static_cast<int>(std::min<int64_t>(kChunkRows, M - m0));
+  for (int64_t m0 = 0; m0 < M; m0 += kChunkRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kChunkRows, M - m0));
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      const int64_t s = row_slots[p];
+      const float* dy_chunk = dy_cols + static_cast<int64_t>(block_row[s]) * M * B + m0 * B;
       gather_patch_block<T, B>(x, g, origins + m0, rows, block_col[s], patch);
-      for (int i0 = 0; i0 < B; i0 += MR)
-        micro_kernel<B, MR>(dy_slab + m0 * B + i0, 1, B, patch, B, rows, acc.data() + i0 * B);
+      float* slot_acc = acc.data() + (p - p_begin) * B * B;
+      for (int i0 = 0; i0 < B; i0 += MR) micro_kernel<B, MR>(dy_chunk + i0, 1, B, patch, B, rows, slot_acc + i0 * B);
     }
-    T* dst = out + s * B * B;
-    for (int e = 0; e < B * B; ++e) dst[e] = from_float<T>(acc[e]);
+  }
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    const float* slot_acc = acc.data() + (p - p_begin) * B * B;
+    T* dst = out + static_cast<int64_t>(row_slots[p]) * B * B;
+    for (int e = 0; e < B * B; ++e) dst[e] = from_float<T>(slot_acc[e]);
   }
 }
 

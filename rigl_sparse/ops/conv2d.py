@@ -165,7 +165,7 @@ class _SparseConv2d(torch.autograd.Function):
         padded = _padded_nhwc(x, geometry)
         need_x, need_values, need_bias = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         grad_padded, grad_values = None, None
-        native_dx = ctx.native and c % b == 0
+        native_dx = ctx.native
         geometry_list = _geometry_list(geometry, out_h, out_w)
         if ctx.native:
             padded = padded.contiguous()
