@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--delta-t", type=int, default=100)
     p.add_argument("--alpha", type=float, default=0.3)
     p.add_argument("--t-end-fraction", type=float, default=0.75, help="t_end as a fraction of all steps")
+    p.add_argument("--train-subset", type=int, default=None,
+                   help="train on the first N training images only (quick runs of large models); test on all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-dir", default=None, help="directory with the four Fashion-MNIST IDX files")
@@ -71,6 +73,10 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     ds = data.load(args.data_dir)
     train_x, train_y = prepare(ds["train_images"], device), ds["train_labels"].to(device)
+    if args.train_subset is not None:
+        if args.train_subset <= 0:
+            raise SystemExit(f"--train-subset must be positive, got {args.train_subset}")
+        train_x, train_y = train_x[:args.train_subset], train_y[:args.train_subset]
     test_x, test_y = prepare(ds["test_images"], device), ds["test_labels"].to(device)
 
     model = MODELS[args.model]().to(device)
