@@ -45,7 +45,8 @@ info: $(STAMP)
 
 # On a machine with a CUDA GPU and torch + triton preinstalled: one command builds the extensions (the
 # CUDA one where nvcc is found), runs the whole suite there (GPU tests included) and the GPU benchmark
-# of every available backend, and writes results to RESULTS_DIR; it fails if the tests failed.
+# of every available backend and the conv benchmark, and writes results to RESULTS_DIR; it fails if the
+# tests failed.
 RESULTS_DIR ?= benchmarks/results/gpu
 test-gpu:
 	$(PYTHON) -m pytest -q -m "gpu or not slow"
@@ -58,6 +59,8 @@ gpu-check:
 	$(PYTHON) -m pytest -q -m "gpu or not slow" -rs 2>&1 | tee $(RESULTS_DIR)/gpu_tests.log || status=$$?; \
 	$(PYTHON) benchmarks/bench_gpu_matmul.py --out-dir $(RESULTS_DIR) --record-choice 2>&1 \
 		| tee $(RESULTS_DIR)/bench.log || status=$$?; \
+	$(PYTHON) benchmarks/bench_conv.py --device cuda --out-dir $(RESULTS_DIR) 2>&1 \
+		| tee $(RESULTS_DIR)/bench_conv.log || status=$$?; \
 	exit $$status
 
 clean:

@@ -245,3 +245,12 @@ def test_reference_cnns_sparsify_and_train_a_step(name):
             opt.step()
         opt.zero_grad()
     assert stepped == [True, False] and sched.stats["blocks_moved"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_on_cuda_with_the_selected_backend(dtype):
+    layer, conv = _pair(64, 96, 32, 0.3, dtype=dtype, kernel_size=3, padding=1, stride=2)
+    layer, conv = layer.cuda(), conv.cuda()
+    x = torch.randn(8, 64, 17, 15, device="cuda").to(dtype)
+    _check_against_dense(layer, conv, x, dtype)
