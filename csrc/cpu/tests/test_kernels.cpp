@@ -4,10 +4,11 @@
 #include <random>
 #include <vector>
 
+#include "../conv_kernels.h"
 #include "../kernels.h"
 
-using namespace rigl_sparse::cpu;
-
+namespace rigl_sparse {
+namespace cpu {
 namespace {
 
 int failures = 0;
@@ -144,9 +145,80 @@ void test_top_k() {
   }
 }
 
-}  // namespace
+// The implicit-GEMM conv kernels against the explicit patch matrix and naive loops.
+template <int B>
+void test_conv(int N, int C, int out_c, int H, int W, int KH, int KW, int S, int D, double density, std::mt19937& rng) {
+  const int64_t OH = (H - D * (KH - 1) - 1) / S + 1, OW = (W - D * (KW - 1) - 1) / S + 1;
+  const ConvShape g{N, H, W, C, OH, OW, KH, KW, S, S, D, D};
+  const int64_t M = g.rows(), K = g.cols();
+  const int R = (out_c + B - 1) / B, Cb = static_cast<int>((K + B - 1) / B);
+  const int nnzb = std::max(1, static_cast<int>(density * R * Cb));
+  const Topology t = make_topology(R, Cb, B, nnzb, rng);
+  std::normal_distribution<float> normal;
+  std::vector<float> x(static_cast<size_t>(N) * H * W * C), values(static_cast<size_t>(nnzb) * B * B);
+  std::vector<float> dy(M * out_c);
+  for (float& v : x) v = normal(rng);
+  for (float& v : values) v = normal(rng);
+  for (float& v : dy) v = normal(rng);
+  // Zero the padding of blocks that reach past the real [out_c, K] matrix, as the layout keeps it.
+  for (int s = 0; s < nnzb; ++s)
+    for (int i = 0; i < B; ++i)
+      for (int j = 0; j < B; ++j)
+        if (t.block_row[s] * B + i >= out_c || t.block_col[s] * B + j >= K) values[(s * B + i) * B + j] = 0.0f;
+  std::vector<float> patches(M * K), weight(static_cast<size_t>(out_c) * K, 0.0f);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) patches[m * K + k] = x[g.origin(m) + g.tap_offset(k / C) + k % C];
+  for (int s = 0; s < nnzb; ++s)
+    for (int i = 0; i < B; ++i)
+      for (int j = 0; j < B; ++j) {
+        const int64_t r = t.block_row[s] * B + i, k = t.block_col[s] * B + j;
+        if (r < out_c && k < K) weight[r * K + k] = values[(s * B + i) * B + j];
+      }
+  // Forward (W.T blocks).
+  std::vector<float> blocks_t(values.size());
+  for (int s = 0; s < nnzb; ++s)
+    for (int i = 0; i < B; ++i)
+      for (int j = 0; j < B; ++j) blocks_t[(s * B + j) * B + i] = values[(s * B + i) * B + j];
+  std::vector<float> out(M * out_c);
+  const int64_t panels = (M + rows_per_tile<B>() - 1) / rows_per_tile<B>();
+  conv_forward<float, B>(x.data(), g, blocks_t.data(), t.row_ptr.data(), t.row_slots.data(), t.block_col.data(),
+                         nullptr, out.data(), out_c, 0, panels);
+  for (int64_t m = 0; m < M; ++m)
+    for (int o = 0; o < out_c; ++o) {
+      float want = 0.0f;
+      for (int64_t k = 0; k < K; ++k) want += patches[m * K + k] * weight[o * K + k];
+      expect_close(out[m * out_c + o], want, 1e-4f, "conv_forward", m * out_c + o);
+    }
+  // Input gradient.
+  std::vector<float> dx(x.size(), 0.0f), dx_want(x.size(), 0.0f);
+  conv_input_grad<float, B>(dy.data(), out_c, g, values.data(), t.col_ptr.data(), t.col_slots.data(),
+                            t.block_row.data(), dx.data(), 0, N);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) {
+      float grad = 0.0f;
+      for (int o = 0; o < out_c; ++o) grad += dy[m * out_c + o] * weight[o * K + k];
+      dx_want[g.origin(m) + g.tap_offset(k / C) + k % C] += grad;
+    }
+  for (size_t i = 0; i < dx.size(); ++i) expect_close(dx[i], dx_want[i], 1e-4f, "conv_input_grad", static_cast<long>(i));
+  // Weight gradient on the active blocks.
+  std::vector<float> dy_cols(static_cast<size_t>(R) * M * B), dvalues(values.size());
+  pack_block_columns(dy.data(), M, out_c, out_c, B, 0, R, dy_cols.data());
+  std::vector<int64_t> origins(M);
+  row_origins(g, 0, static_cast<int>(M), origins.data());
+  conv_weight_grad<float, B>(dy_cols.data(), x.data(), g, origins.data(), t.row_slots.data(), t.block_row.data(),
+                             t.block_col.data(), dvalues.data(), 0, nnzb);
+  for (int s = 0; s < nnzb; ++s)
+    for (int i = 0; i < B; ++i)
+      for (int j = 0; j < B; ++j) {
+        const int64_t r = t.block_row[s] * B + i, k = t.block_col[s] * B + j;
+        float want = 0.0f;
+        if (r < out_c && k < K)
+          for (int64_t m = 0; m < M; ++m) want += dy[m * out_c + r] * patches[m * K + k];
+        expect_close(dvalues[(s * B + i) * B + j], want, 1e-4f, "conv_weight_grad", (s * B + i) * B + j);
+      }
+}
 
-int main() {
+int run_all() {
   std::mt19937 rng(0);
   test_matmuls<4>(13, 10, 7, 0.5, rng);
   test_matmuls<8>(9, 24, 17, 0.4, rng);
@@ -156,6 +228,20 @@ int main() {
   test_matmuls<128>(3, 130, 256, 0.5, rng);
   test_bf16_round_trip();
   test_top_k();
+  // Convolutions: B divides C (block = channels of one tap) and not; stride, dilation, ragged out_c.
+  test_conv<8>(2, 16, 20, 7, 6, 3, 3, 1, 1, 0.4, rng);
+  test_conv<4>(3, 6, 9, 9, 8, 3, 2, 2, 2, 0.5, rng);
+  test_conv<16>(2, 32, 48, 5, 5, 1, 1, 1, 1, 0.6, rng);
+  test_conv<32>(1, 64, 40, 6, 7, 3, 3, 1, 1, 0.3, rng);
+  return failures;
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace rigl_sparse
+
+int main() {
+  const int failures = rigl_sparse::cpu::run_all();
   if (failures) {
     std::printf("%d failures\n", failures);
     return 1;
