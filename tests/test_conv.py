@@ -254,3 +254,11 @@ def test_on_cuda_with_the_selected_backend(dtype):
     layer, conv = layer.cuda(), conv.cuda()
     x = torch.randn(8, 64, 17, 15, device="cuda").to(dtype)
     _check_against_dense(layer, conv, x, dtype)
+
+
+def test_double_backward_is_refused_not_wrong():
+    layer, _ = _pair(4, 8, 4, 0.5, kernel_size=3, padding=1)
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad|twice"):
+        grad_x.sum().backward()

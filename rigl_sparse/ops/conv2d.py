@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from rigl_sparse import backends
 from rigl_sparse.ops import _common, _cpu
@@ -153,6 +154,7 @@ class _SparseConv2d(torch.autograd.Function):
         return y.permute(0, 3, 1, 2)
 
     @staticmethod
+    @once_differentiable  # double backward of a convolution is not provided: say so instead of a wrong zero
     def backward(ctx, grad_y):
         x, values, *topology = ctx.saved_tensors
         geometry = ctx.geometry
