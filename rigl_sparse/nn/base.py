@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from rigl_sparse import ops
-from rigl_sparse.layout import BlockSparseLayout
+from rigl_sparse.layout import BlockSparseLayout, _check_density, _check_positive_int
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -51,6 +53,36 @@ class SparseModule(nn.Module):
             return y
         return _GrowScoreTap.apply(y, x, self)
 
+    # -------------------------------------------------------------- construction
+    def _create(self, shape: tuple[int, int], *, block_size: int, density: float, bias: bool, device, dtype,
+                generator: torch.Generator | None) -> None:
+        """Check ``dtype``/``device``, draw a random ``layout`` of the ``[out, K]`` weight, allocate
+        ``values`` and ``bias``, and initialise them with ``reset_parameters``."""
+        _check_positive_int("block_size", block_size)
+        _check_density(density)
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        if dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"dtype must be one of float16, bfloat16, float32, float64, got {dtype}")
+        device = torch.empty(0, device=device).device  # honours torch.device(...) context managers
+        if device.type == "meta":
+            raise ValueError(
+                f"{type(self).__name__} needs a real device for its topology, got device='meta'; build the dense "
+                "model on meta and convert it with rs.sparsify(model, density=..., device=...)"
+            )
+        self.layout = BlockSparseLayout.random(shape, block_size, density=density, generator=generator, device=device)
+        self.values = nn.Parameter(torch.empty(self.layout.nnzb, block_size, block_size, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(shape[0], device=device, dtype=dtype)) if bias else None
+        self.reset_parameters(generator=generator)
+
+    def _reset_uniform(self, fan_in: int, generator: torch.Generator | None) -> None:
+        """Active weights and bias uniform in ``±1/sqrt(fan_in)`` (torch's default layer init)."""
+        bound = 1.0 / math.sqrt(fan_in)
+        with torch.no_grad():
+            _uniform_(self.values, bound, generator)
+            self._zero_padding_()
+            if self.bias is not None:
+                _uniform_(self.bias, bound, generator)
+
     # -------------------------------------------------------------- helpers
     @property
     def block_size(self) -> int:
@@ -92,3 +124,12 @@ class _GrowScoreTap(torch.autograd.Function):
                     grad_y.detach().to(x.dtype), x.detach(), layout.block_row, layout.block_col, layout.block_size, k
                 )
         return grad_y, None, None
+
+
+def _uniform_(t: torch.Tensor, bound: float, generator: torch.Generator | None) -> None:
+    """``t.uniform_(-bound, bound)`` drawing from ``generator`` even when it lives on another device."""
+    if generator is None or generator.device == t.device:
+        t.uniform_(-bound, bound, generator=generator)
+    else:
+        t.copy_(torch.empty(t.shape, dtype=t.dtype, device=generator.device).uniform_(-bound, bound,
+                                                                                     generator=generator))

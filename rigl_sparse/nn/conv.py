@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
 
-from rigl_sparse.layout import BlockSparseLayout, _check_density, _check_positive_int
-from rigl_sparse.nn.base import SUPPORTED_DTYPES, SparseModule
-from rigl_sparse.nn.linear import _uniform_
+from rigl_sparse.layout import BlockSparseLayout, _check_positive_int
+from rigl_sparse.nn.base import SparseModule
 from rigl_sparse.ops.conv2d import ConvGeometry, conv2d
 
 
@@ -48,8 +46,6 @@ class SparseConv2d(SparseModule):
         super().__init__()
         _check_positive_int("in_channels", in_channels)
         _check_positive_int("out_channels", out_channels)
-        _check_positive_int("block_size", block_size)
-        _check_density(density)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = _pair("kernel_size", kernel_size)
         self.stride = _pair("stride", stride)
@@ -66,18 +62,8 @@ class SparseConv2d(SparseModule):
         self.padding_mode = padding_mode
         self.padding = padding
         self._geometry = ConvGeometry(self.kernel_size, self.stride, self.dilation, self._explicit_padding(padding))
-        dtype = torch.get_default_dtype() if dtype is None else dtype
-        if dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"dtype must be one of float16, bfloat16, float32, float64, got {dtype}")
-        device = torch.empty(0, device=device).device
-        if device.type == "meta":
-            raise ValueError("SparseConv2d needs a real device for its topology, got device='meta'; build the dense "
-                             "model on meta and convert it with rs.sparsify(model, density=..., device=...)")
-        self.layout = BlockSparseLayout.random((out_channels, self.fan_in), block_size, density=density,
-                                               generator=generator, device=device)
-        self.values = nn.Parameter(torch.empty(self.layout.nnzb, block_size, block_size, device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype)) if bias else None
-        self.reset_parameters(generator=generator)
+        self._create((out_channels, self.fan_in), block_size=block_size, density=density, bias=bias, device=device,
+                     dtype=dtype, generator=generator)
 
     @property
     def fan_in(self) -> int:
@@ -104,12 +90,7 @@ class SparseConv2d(SparseModule):
 
     def reset_parameters(self, *, generator: torch.Generator | None = None) -> None:
         """Uniform ``±1/sqrt(fan_in)`` on active weights and bias, as ``nn.Conv2d``."""
-        bound = 1.0 / math.sqrt(self.fan_in)
-        with torch.no_grad():
-            _uniform_(self.values, bound, generator)
-            self._zero_padding_()
-            if self.bias is not None:
-                _uniform_(self.bias, bound, generator)
+        self._reset_uniform(self.fan_in, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

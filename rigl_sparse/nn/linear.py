@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
 
 from rigl_sparse import ops
-from rigl_sparse.layout import BlockSparseLayout, _check_density, _check_positive_int
-from rigl_sparse.nn.base import SUPPORTED_DTYPES, SparseModule
+from rigl_sparse.layout import BlockSparseLayout, _check_positive_int
+from rigl_sparse.nn.base import SparseModule
 
 
 class SparseLinear(SparseModule):
@@ -37,34 +36,14 @@ class SparseLinear(SparseModule):
         super().__init__()
         _check_positive_int("in_features", in_features)
         _check_positive_int("out_features", out_features)
-        _check_positive_int("block_size", block_size)
-        _check_density(density)
-        dtype = torch.get_default_dtype() if dtype is None else dtype
-        if dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"dtype must be one of float16, bfloat16, float32, float64, got {dtype}")
-        device = torch.empty(0, device=device).device  # honours torch.device(...) context managers
-        if device.type == "meta":
-            raise ValueError(
-                "SparseLinear needs a real device for its topology, got device='meta'; build the dense model on "
-                "meta and convert it with rs.sparsify(model, density=..., device=...)"
-            )
         self.in_features = in_features
         self.out_features = out_features
-        self.layout = BlockSparseLayout.random((out_features, in_features), block_size, density=density,
-                                               generator=generator, device=device)
-        b = block_size
-        self.values = nn.Parameter(torch.empty(self.layout.nnzb, b, b, device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
-        self.reset_parameters(generator=generator)
+        self._create((out_features, in_features), block_size=block_size, density=density, bias=bias, device=device,
+                     dtype=dtype, generator=generator)
 
     def reset_parameters(self, *, generator: torch.Generator | None = None) -> None:
         """Uniform ``±1/sqrt(in_features)`` on active weights and bias, as ``nn.Linear``."""
-        bound = 1.0 / math.sqrt(self.in_features)
-        with torch.no_grad():
-            _uniform_(self.values, bound, generator)
-            self._zero_padding_()
-            if self.bias is not None:
-                _uniform_(self.bias, bound, generator)
+        self._reset_uniform(self.in_features, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -119,10 +98,3 @@ class SparseLinear(SparseModule):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"density={self.density():.4f}, block_size={self.block_size}")
 
-
-def _uniform_(t: torch.Tensor, bound: float, generator: torch.Generator | None) -> None:
-    """``t.uniform_(-bound, bound)`` drawing from ``generator`` even when it lives on another device."""
-    if generator is None or generator.device == t.device:
-        t.uniform_(-bound, bound, generator=generator)
-    else:
-        t.copy_(torch.empty(t.shape, dtype=t.dtype, device=generator.device).uniform_(-bound, bound, generator=generator))
