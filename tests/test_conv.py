@@ -79,15 +79,18 @@ def test_backends_and_dtypes(backend, dtype):
         _check_against_dense(layer, conv, x, dtype)
 
 
-def test_triton_backend_on_its_interpreter():
+@pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[4]], ids=str)
+@pytest.mark.parametrize("in_channels,dtype", [(16, torch.float32), (6, torch.float32), (16, torch.bfloat16)])
+def test_triton_implicit_gemm(geometry, in_channels, dtype):
+    # On a GPU the Triton kernels; without one, the same kernels on Triton's CPU interpreter.
     if backends.BACKENDS["triton"].unavailable_reason() is not None:
         pytest.skip(backends.BACKENDS["triton"].unavailable_reason())
-    layer, conv = _pair(16, 20, 16, 0.5, kernel_size=3, padding=1)
-    x = torch.randn(2, 16, 5, 6)
+    layer, conv = _pair(in_channels, 20, 16, 0.5, dtype=dtype, **geometry)
+    x = torch.randn(2, in_channels, 7, 6).to(dtype)
     if torch.cuda.is_available():
         layer, conv, x = layer.cuda(), conv.cuda(), x.cuda()
     with rs.use_backend("triton"):
-        _check_against_dense(layer, conv, x, torch.float32)
+        _check_against_dense(layer, conv, x, dtype)
 
 
 def test_channels_last_input_and_output():

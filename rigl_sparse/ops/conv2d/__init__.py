@@ -93,9 +93,14 @@ def _chunks(n_images: int, rows_per_image: int, k: int, element_size: int):
         yield start, min(n_images, start + per_chunk)
 
 
-def _native_cpu(x: torch.Tensor, values: torch.Tensor) -> bool:
-    """Whether the registry runs dsd for these tensors on the native cpu backend (then so does the conv)."""
-    return x.device.type == "cpu" and backends.select("dsd", "cpu", (x, values))[0] == "cpu"
+def _path(x: torch.Tensor, values: torch.Tensor) -> str:
+    """How the convolution runs: the backend the registry picks for ``dsd`` on these tensors decides.
+
+    ``"cpu"``: native implicit GEMM; ``"triton"``: Triton implicit GEMM; ``"patches"``: per-chunk
+    patches through the selected backend's ``dsd``/``dds``/``sdd`` (the reference, or anything else).
+    """
+    backend = backends.select("dsd", x.device.type, (x, values))[0]
+    return backend if backend in ("cpu", "triton") else "patches"
 
 
 def _geometry_list(geometry: ConvGeometry, out_h: int, out_w: int) -> list[int]:
@@ -136,22 +141,28 @@ class _SparseConv2d(torch.autograd.Function):
         n, _, height, width = x.shape
         out_h, out_w = geometry.output_size(height, width)
         padded = _padded_nhwc(x, geometry)
-        k = geometry.kernel[0] * geometry.kernel[1] * x.shape[1]
-        y = x.new_empty(n, out_h, out_w, out_channels)
-        ctx.native = _native_cpu(x, values)
-        if ctx.native:
+        rows = n * out_h * out_w
+        ctx.path = _path(x, values)
+        if ctx.path == "cpu":
+            y = x.new_empty(rows, out_channels)
             _cpu.extension().conv_forward_out(padded.contiguous(), values.contiguous(), bias, topology[2],
-                                              topology[3], topology[1], _geometry_list(geometry, out_h, out_w),
-                                              y.view(n * out_h * out_w, out_channels))
+                                              topology[3], topology[1], _geometry_list(geometry, out_h, out_w), y)
+        elif ctx.path == "triton":
+            from rigl_sparse.ops.conv2d import triton as conv_triton
+
+            y = conv_triton.forward(padded.contiguous(), values.contiguous(), bias, topology[2], topology[3],
+                                    topology[1], out_channels, geometry, out_h, out_w)
         else:
-            for start, stop in _chunks(n, out_h * out_w, k, x.element_size()):
+            y = x.new_empty(rows, out_channels)
+            k = geometry.kernel[0] * geometry.kernel[1] * x.shape[1]
+            per_image = out_h * out_w
+            for start, stop in _chunks(n, per_image, k, x.element_size()):
                 cols = patches(padded[start:stop], geometry, out_h, out_w)
-                y[start:stop] = _run("dsd", cols, values, bias, *topology, out_channels).view(
-                    stop - start, out_h, out_w, out_channels)
+                y[start * per_image:stop * per_image] = _run("dsd", cols, values, bias, *topology, out_channels)
         ctx.save_for_backward(x, values, *topology)
         ctx.geometry, ctx.out_channels, ctx.has_bias, ctx.grow_request = geometry, out_channels, bias is not None, \
             grow_request
-        return y.permute(0, 3, 1, 2)
+        return y.view(n, out_h, out_w, out_channels).permute(0, 3, 1, 2)
 
     @staticmethod
     @once_differentiable  # double backward of a convolution is not provided: say so instead of a wrong zero
@@ -160,46 +171,21 @@ class _SparseConv2d(torch.autograd.Function):
         geometry = ctx.geometry
         block_row, block_col = topology[0], topology[1]
         b = values.shape[1]
-        n, c, height, width = x.shape
+        n, _, height, width = x.shape
         out_h, out_w = geometry.output_size(height, width)
-        k = geometry.kernel[0] * geometry.kernel[1] * c
         dy = grad_y.permute(0, 2, 3, 1).contiguous().view(n * out_h * out_w, ctx.out_channels)
         padded = _padded_nhwc(x, geometry)
         need_x, need_values, need_bias = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        grad_padded, grad_values = None, None
-        native_dx = ctx.native
-        geometry_list = _geometry_list(geometry, out_h, out_w)
-        if ctx.native:
-            padded = padded.contiguous()
-            if need_values:
-                grad_values = torch.empty_like(values)
-                _cpu.extension().conv_weight_grad_out(dy, padded, topology[3], block_row, block_col, geometry_list,
-                                                      grad_values)
-            if need_x and native_dx:
-                grad_padded = torch.zeros(padded.shape, dtype=torch.float32)
-                _cpu.extension().conv_input_grad_out(dy, values.contiguous(), topology[4], topology[5], block_row,
-                                                     geometry_list, grad_padded)
-                grad_padded = grad_padded.to(x.dtype)
-        chunked_values = need_values and not ctx.native
-        chunked_x = need_x and not native_dx
-        if chunked_values:
-            grad_values = torch.zeros_like(values)
-        if chunked_x:
-            grad_padded = padded.new_empty(padded.shape)
-        rows_per_image = out_h * out_w
-        for start, stop in _chunks(n, rows_per_image, k, x.element_size()) if (chunked_values or chunked_x) else ():
-            dy_chunk = dy[start * rows_per_image:stop * rows_per_image]
-            if chunked_values:
-                cols = patches(padded[start:stop], geometry, out_h, out_w)
-                grad_values += _run("sdd", dy_chunk, cols, *topology, b)
-            if chunked_x:
-                grad_cols = _run("dds", dy_chunk, values, *topology, k)
-                grad_padded[start:stop] = fold_patches(grad_cols, geometry, (stop - start,) + tuple(padded.shape[1:]),
-                                                       out_h, out_w)
+        if ctx.path == "patches":
+            grad_padded, grad_values = _backward_by_patches(dy, padded, values, topology, geometry, out_h, out_w,
+                                                            need_x, need_values)
+        else:
+            grad_padded, grad_values = _backward_implicit(ctx.path, dy, padded.contiguous(), values.contiguous(),
+                                                          topology, geometry, out_h, out_w, need_x, need_values)
         grad_x = None
         if need_x:
             top, _, left, _ = geometry.padding
-            grad_x = grad_padded[:, top:top + height, left:left + width, :].permute(0, 3, 1, 2)
+            grad_x = grad_padded[:, top:top + height, left:left + width, :].to(x.dtype).permute(0, 3, 1, 2)
         grad_bias = dy.sum(dim=0, dtype=torch.float32).to(dy.dtype) if (ctx.has_bias and need_bias) else None
         if ctx.grow_request is not None:
             pending, deliver = ctx.grow_request
@@ -210,3 +196,48 @@ class _SparseConv2d(torch.autograd.Function):
                 cols = patches(padded, geometry, out_h, out_w)
                 deliver(_run("block_scores", dy, cols, block_row, block_col, b, k_grow))
         return grad_x, grad_values, grad_bias, None, None, None, None
+
+
+def _backward_implicit(path, dy, padded, values, topology, geometry, out_h, out_w, need_x, need_values):
+    """(gradient of the padded input, of the values) by the cpu or triton implicit-GEMM kernels."""
+    block_row, block_col, row_ptr, row_slots, col_ptr, col_slots = topology
+    grad_padded = grad_values = None
+    if path == "cpu":
+        geometry_list = _geometry_list(geometry, out_h, out_w)
+        if need_values:
+            grad_values = torch.empty_like(values)
+            _cpu.extension().conv_weight_grad_out(dy, padded, row_slots, block_row, block_col, geometry_list,
+                                                  grad_values)
+        if need_x:
+            grad_padded = torch.zeros(padded.shape, dtype=torch.float32)
+            _cpu.extension().conv_input_grad_out(dy, values, col_ptr, col_slots, block_row, geometry_list,
+                                                 grad_padded)
+        return grad_padded, grad_values
+    from rigl_sparse.ops.conv2d import triton as conv_triton
+
+    if need_values:
+        grad_values = conv_triton.weight_grad(dy, padded, row_slots, block_row, block_col, values.shape[1], geometry,
+                                              out_h, out_w)
+    if need_x:
+        grad_padded = conv_triton.input_grad(dy, values, col_ptr, col_slots, block_row, padded.shape, geometry, out_h,
+                                             out_w)
+    return grad_padded, grad_values
+
+
+def _backward_by_patches(dy, padded, values, topology, geometry, out_h, out_w, need_x, need_values):
+    """(gradient of the padded input, of the values) from per-chunk patches and the selected backend's ops."""
+    n, b = padded.shape[0], values.shape[1]
+    k = geometry.kernel[0] * geometry.kernel[1] * padded.shape[3]
+    grad_values = torch.zeros_like(values) if need_values else None
+    grad_padded = padded.new_empty(padded.shape) if need_x else None
+    per_image = out_h * out_w
+    for start, stop in _chunks(n, per_image, k, padded.element_size()):
+        dy_chunk = dy[start * per_image:stop * per_image]
+        if need_values:
+            cols = patches(padded[start:stop], geometry, out_h, out_w)
+            grad_values += _run("sdd", dy_chunk, cols, *topology, b)
+        if need_x:
+            grad_cols = _run("dds", dy_chunk, values, *topology, k)
+            grad_padded[start:stop] = fold_patches(grad_cols, geometry, (stop - start,) + tuple(padded.shape[1:]),
+                                                   out_h, out_w)
+    return grad_padded, grad_values
