@@ -93,6 +93,36 @@ def test_triton_implicit_gemm(geometry, in_channels, dtype):
         _check_against_dense(layer, conv, x, dtype)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference", "triton"])
+@pytest.mark.parametrize("groups,b", [(2, 4), (4, 4), (2, 8)])
+def test_grouped_convolution(backend, groups, b):
+    if backends.BACKENDS[backend].unavailable_reason() is not None:
+        pytest.skip(backends.BACKENDS[backend].unavailable_reason())
+    if backend == "triton" and b < 16:
+        b = 16
+    layer, conv = _pair(8, 16 * groups // 2 * (b // 4), b, 0.5, kernel_size=3, padding=1, stride=(1, 2),
+                        groups=groups)
+    x = torch.randn(3, 8, 7, 6)
+    with rs.use_backend(backend):
+        _check_against_dense(layer, conv, x, torch.float32)
+
+
+def test_grouped_grow_scores_are_the_dense_gradient_block_norms():
+    b, k = 4, 5
+    layer, conv = _pair(8, 16, b, 0.3, kernel_size=3, padding=1, groups=2)
+    x = torch.randn(3, 8, 6, 5)
+    layer.request_grow_scores(k)
+    layer(x).square().sum().backward()
+    scores, index = layer.take_grow_scores()
+    conv(x).square().sum().backward()
+    dense_grad = weight_matrix(conv.weight.grad)  # [16, 36]
+    norms = dense_grad.view(4, b, 9, b).pow(2).sum(dim=(1, 3)).sqrt().flatten()
+    norms[layer.layout.block_row.long() * 9 + layer.layout.block_col.long()] = -float("inf")
+    expected = torch.sort(norms, descending=True, stable=True)
+    torch.testing.assert_close(scores, expected.values[:k], rtol=1e-4, atol=1e-5)
+    assert torch.equal(index, expected.indices[:k])
+
+
 def test_channels_last_input_and_output():
     layer, conv = _pair(8, 12, 4, 0.5, kernel_size=3, padding=1)
     x = torch.randn(2, 8, 7, 7).to(memory_format=torch.channels_last)
@@ -147,7 +177,8 @@ def test_dense_round_trip_and_state_dict():
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
-    (dict(groups=2), ValueError, "groups=1"),
+    (dict(groups=3), ValueError, "divisible by groups"),
+    (dict(groups=2, out_channels=4), ValueError, "must divide out_channels / groups"),
     (dict(padding_mode="reflect"), ValueError, "padding_mode"),
     (dict(padding="full"), ValueError, "padding"),
     (dict(padding="same", stride=2), ValueError, "stride 1"),
@@ -172,9 +203,12 @@ def test_bad_input():
         layer(torch.randn(2, 4, 2, 2))
 
 
-def test_sparsify_converts_convolutions_and_keeps_grouped_ones_dense():
+def test_sparsify_converts_convolutions_and_keeps_depthwise_ones_dense():
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=32),
                           nn.Conv2d(32, 64, 1), nn.Flatten(), nn.Linear(64 * 4 * 4, 10))
+    grouped = nn.Sequential(nn.Conv2d(16, 32, 3, groups=2), nn.Conv2d(32, 32, 1))
+    rs.sparsify(grouped, density=0.3, block_size=8)
+    assert isinstance(grouped[0], rs.SparseConv2d) and grouped[0].groups == 2
     x = torch.randn(2, 3, 4, 4)
     rs.sparsify(model, density=0.2, method="erk", block_size=8)
     assert isinstance(model[0], rs.SparseConv2d) and isinstance(model[3], rs.SparseConv2d)

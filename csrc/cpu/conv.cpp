@@ -1,6 +1,7 @@
 // Block-sparse 2-D convolution on the CPU by implicit GEMM (conv_kernels.h): forward, input gradient
 // and weight gradient straight from the zero-padded NHWC input, without forming its patches.
-// `geometry` is {OH, OW, KH, KW, SH, SW, DH, DW}; the weight matrix is [out, KH*KW*C] (tap-major).
+// `geometry` is {OH, OW, KH, KW, SH, SW, DH, DW, groups, out/groups}; the weight matrix is
+// [out, KH*KW*C/groups] (tap-major), and b divides out/groups.
 #include "common.h"
 #include "conv_kernels.h"
 
@@ -12,10 +13,12 @@ ConvShape conv_shape(const at::Tensor& x_padded, const std::vector<int64_t>& geo
   check_float_or_bf16(x_padded, "x_padded");
   TORCH_CHECK(x_padded.dim() == 4, "x_padded must be [N, H, W, C] (padded, channels last), got dim ",
               x_padded.dim());
-  TORCH_CHECK(geometry.size() == 8, "geometry must be {OH, OW, KH, KW, SH, SW, DH, DW}");
+  TORCH_CHECK(geometry.size() == 10, "geometry must be {OH, OW, KH, KW, SH, SW, DH, DW, groups, out/groups}");
   const ConvShape g{x_padded.size(0), x_padded.size(1), x_padded.size(2), x_padded.size(3), geometry[0],
-                    geometry[1], geometry[2], geometry[3], geometry[4], geometry[5], geometry[6], geometry[7]};
+                    geometry[1], geometry[2], geometry[3], geometry[4], geometry[5], geometry[6], geometry[7],
+                    geometry[8], geometry[9]};
   for (int64_t v : geometry) TORCH_CHECK(v > 0, "geometry entries must be positive");
+  TORCH_CHECK(g.C % g.G == 0, "the channels (", g.C, ") must be divisible by groups (", g.G, ")");
   TORCH_CHECK((g.OH - 1) * g.SH + (g.KH - 1) * g.DH < g.Hp && (g.OW - 1) * g.SW + (g.KW - 1) * g.DW < g.Wp,
               "the output size does not fit the padded input");
   return g;

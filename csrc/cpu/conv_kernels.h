@@ -1,7 +1,7 @@
 // Block-sparse convolution kernels on raw pointers (implicit GEMM, no torch).
 //
-// A convolution is the block-sparse matmul of its input patches [M = N*OH*OW, K = KH*KW*C] with
-// the weight matrix [out, K] (tap-major, channel-inner columns: k = (i*KW + j)*C + c).  These kernels
+// A convolution is the block-sparse matmul of its input patches [M = N*OH*OW, K = KH*KW*C/G] with
+// the weight matrix [out, K] (tap-major, channel-inner columns: k = (i*KW + j)*C/G + c; G groups).  These kernels
 // never form the patches: each micro-kernel's operand rows are gathered from the zero-padded NHWC
 // input into a small buffer right before use (a B-wide block of columns is B consecutive channels at
 // one tap when B divides C), and the input gradient is scattered straight back onto the input (any
@@ -13,12 +13,21 @@
 namespace rigl_sparse {
 namespace cpu {
 
-// Geometry of a convolution on a zero-padded NHWC input [N][Hp][Wp][C].
+// Geometry of a convolution on a zero-padded NHWC input [N][Hp][Wp][C], with G groups of OG output
+// channels each: output channel o sees input channels [(o / OG) * C / G, ...) only, so the patch
+// matrix has K = KH * KW * C / G columns and a group's patches start at channel group * C / G.
 struct ConvShape {
-  int64_t N, Hp, Wp, C, OH, OW, KH, KW, SH, SW, DH, DW;
+  int64_t N, Hp, Wp, C, OH, OW, KH, KW, SH, SW, DH, DW, G, OG;
 
   int64_t rows() const { return N * OH * OW; }
-  int64_t cols() const { return KH * KW * C; }
+  int64_t group_channels() const { return C / G; }
+  int64_t cols() const { return KH * KW * group_channels(); }
+  // First input channel of the group of output channel (weight row) `row`.
+  int64_t channel_base(int64_t row) const { return (row / OG) * group_channels(); }
+  // Offset from a patch row's origin of patch column k (tap-major, channel-inner) in group `base`.
+  int64_t column_offset(int64_t k, int64_t base) const {
+    return tap_offset(k / group_channels()) + base + k % group_channels();
+  }
   // Offset in the input of output row m's receptive-field origin (tap (0, 0), channel 0).
   int64_t origin(int64_t m) const {
     const int64_t n = m / (OH * OW), r = m % (OH * OW), oh = r / OW, ow = r % OW;
@@ -29,13 +38,13 @@ struct ConvShape {
 };
 
 // dst[i][e] = patches[row i][c * B + e] as fp32 for `rows` rows with the given origins (-1: a row past
-// M, zero); zero past the K real columns.
+// M, zero) in the group starting at input channel `base`; zero past the K real columns.
 template <typename T, int B>
 inline void gather_patch_block(const T* x, const ConvShape& g, const int64_t* origins, int rows, int64_t c,
-                               float* dst) {
+                               int64_t base, float* dst) {
   const int64_t k0 = c * B, K = g.cols();
-  if (g.C % B == 0) {
-    const int64_t offset = g.tap_offset(k0 / g.C) + k0 % g.C;
+  if (g.group_channels() % B == 0) {
+    const int64_t offset = g.column_offset(k0, base);
     for (int i = 0; i < rows; ++i) {
       if (origins[i] < 0) {
         std::fill(dst + i * B, dst + (i + 1) * B, 0.0f);
@@ -50,7 +59,7 @@ inline void gather_patch_block(const T* x, const ConvShape& g, const int64_t* or
   for (int i = 0; i < rows; ++i)
     for (int e = 0; e < B; ++e) {
       const int64_t k = k0 + e;
-      dst[i * B + e] = (origins[i] < 0 || k >= K) ? 0.0f : to_float(x[origins[i] + g.tap_offset(k / g.C) + k % g.C]);
+      dst[i * B + e] = (origins[i] < 0 || k >= K) ? 0.0f : to_float(x[origins[i] + g.column_offset(k, base)]);
     }
 }
 
@@ -76,9 +85,10 @@ void conv_forward(const T* x, const ConvShape& g, const float* blocks, const int
     const int64_t rows = std::min<int64_t>(MR, M - t * MR);
     for (int64_t j = 0; j < n_blocks_out; ++j) {
       std::fill(acc, acc + MR * B, 0.0f);
+      const int64_t base = g.channel_base(j * B);
       for (int32_t p = row_ptr[j]; p < row_ptr[j + 1]; ++p) {
         const int64_t s = row_slots[p];
-        gather_patch_block<T, B>(x, g, origins, MR, block_col[s], a);
+        gather_patch_block<T, B>(x, g, origins, MR, block_col[s], base, a);
         micro_kernel<B, MR>(a, B, 1, blocks + s * B * B, B, B, acc);
       }
       const int64_t col0 = j * B, cols = std::min<int64_t>(B, n_out - col0);
@@ -86,6 +96,27 @@ void conv_forward(const T* x, const ConvShape& g, const float* blocks, const int
         for (int64_t n = 0; n < cols; ++n)
           out[(t * MR + i) * n_out + col0 + n] = from_float<T>(acc[i * B + n] + (bias ? bias[col0 + n] : 0.0f));
     }
+  }
+}
+
+// dx[origins[i] + column offset of c * B + e] += acc[i][e]: one block column of patch gradient added
+// back onto the (group `base` of the) padded input.
+template <int B>
+inline void scatter_columns(const float* acc, int rows, const int64_t* origins, const ConvShape& g, int64_t c,
+                            int64_t base, float* dx) {
+  const int64_t k0 = c * B;
+  if (g.group_channels() % B == 0) {  // the block is B consecutive channels of one tap
+    const int64_t offset = g.column_offset(k0, base);
+    for (int i = 0; i < rows; ++i) {
+      float* dst = dx + origins[i] + offset;
+#pragma omp simd
+      for (int e = 0; e < B; ++e) dst[e] += acc[i * B + e];
+    }
+    return;
+  }
+  for (int e = 0; e < B && k0 + e < g.cols(); ++e) {
+    const int64_t offset = g.column_offset(k0 + e, base);
+    for (int i = 0; i < rows; ++i) dx[origins[i] + offset] += acc[i * B + e];
   }
 }
 
@@ -114,26 +145,18 @@ void conv_input_grad(const T* dy, int64_t n_out, const ConvShape& g, const float
         }
     row_origins(g, m0, rows, origins);
     for (int64_t c = 0; c < n_cols; ++c) {
-      if (col_ptr[c] == col_ptr[c + 1]) continue;
-      std::fill(acc, acc + MR * B, 0.0f);
-      for (int32_t p = col_ptr[c]; p < col_ptr[c + 1]; ++p) {
-        const int64_t s = col_slots[p];
-        micro_kernel<B, MR>(tile.data() + static_cast<int64_t>(block_row[s]) * MR * B, B, 1, blocks + s * B * B, B,
-                            B, acc);
-      }
-      const int64_t k0 = c * B;
-      if (g.C % B == 0) {  // the block is B consecutive channels of one tap
-        const int64_t offset = g.tap_offset(k0 / g.C) + k0 % g.C;
-        for (int i = 0; i < rows; ++i) {
-          float* dst = dx + origins[i] + offset;
-#pragma omp simd
-          for (int e = 0; e < B; ++e) dst[e] += acc[i * B + e];
+      // The column view lists a column's slots by block row, so each group's slots are consecutive:
+      // accumulate a group's run, then add it onto that group's input channels.
+      auto base_of = [&](int32_t p) { return g.channel_base(static_cast<int64_t>(block_row[col_slots[p]]) * B); };
+      for (int32_t p = col_ptr[c]; p < col_ptr[c + 1];) {
+        const int64_t base = base_of(p);
+        std::fill(acc, acc + MR * B, 0.0f);
+        for (; p < col_ptr[c + 1] && base_of(p) == base; ++p) {
+          const int64_t s = col_slots[p];
+          micro_kernel<B, MR>(tile.data() + static_cast<int64_t>(block_row[s]) * MR * B, B, 1, blocks + s * B * B, B,
+                              B, acc);
         }
-        continue;
-      }
-      for (int e = 0; e < B && k0 + e < g.cols(); ++e) {
-        const int64_t k = k0 + e, offset = g.tap_offset(k / g.C) + k % g.C;
-        for (int i = 0; i < rows; ++i) dx[origins[i] + offset] += acc[i * B + e];
+        scatter_columns<B>(acc, rows, origins, g, c, base, dx);
       }
     }
   }
@@ -159,7 +182,8 @@ void conv_weight_grad(const float* dy_cols, const T* x, const ConvShape& g, cons
     for (int64_t p = p_begin; p < p_end; ++p) {
       const int64_t s = row_slots[p];
       const float* dy_chunk = dy_cols + static_cast<int64_t>(block_row[s]) * M * B + m0 * B;
-      gather_patch_block<T, B>(x, g, origins + m0, rows, block_col[s], patch);
+      const int64_t base = g.channel_base(static_cast<int64_t>(block_row[s]) * B);
+      gather_patch_block<T, B>(x, g, origins + m0, rows, block_col[s], base, patch);
       float* slot_acc = acc.data() + (p - p_begin) * B * B;
       for (int i0 = 0; i0 < B; i0 += MR) micro_kernel<B, MR>(dy_chunk + i0, 1, B, patch, B, rows, slot_acc + i0 * B);
     }

@@ -24,13 +24,14 @@ class SparseConv2d(SparseModule):
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
         bias, padding_mode: as ``nn.Conv2d``; ``padding`` may be ``"same"`` or
-            ``"valid"``; ``padding_mode`` must be ``"zeros"``; ``groups`` must be 1
-            (grouped and depthwise convolutions stay dense ``nn.Conv2d``, which
-            ``sparsify`` does by itself).
+            ``"valid"``; ``padding_mode`` must be ``"zeros"``.  With ``groups``,
+            ``block_size`` must divide ``out_channels / groups`` (a block row lies
+            in one group); depthwise convolutions therefore stay dense
+            ``nn.Conv2d`` under ``sparsify``.
         density: fraction of the ``b x b`` blocks of the weight matrix that are active.
         block_size: ``b``.
 
-    The weight is the ``[out_channels, kh * kw * in_channels]`` matrix in
+    The weight is the ``[out_channels, kh * kw * in_channels / groups]`` matrix in
     tap-major, channel-inner column order (``to_dense()`` returns it in
     ``nn.Conv2d``'s ``[out, in, kh, kw]`` shape).  The active weights and the bias
     are initialised as ``nn.Conv2d`` does (uniform in ``±1/sqrt(fan_in)``).
@@ -53,21 +54,20 @@ class SparseConv2d(SparseModule):
         for name, pair in (("kernel_size", self.kernel_size), ("stride", self.stride), ("dilation", self.dilation)):
             if min(pair) <= 0:
                 raise ValueError(f"{name} must be positive, got {pair}")
-        if groups != 1:
-            raise ValueError(f"groups={groups}: SparseConv2d supports groups=1 only; keep grouped and depthwise "
-                             "convolutions dense (rs.sparsify leaves them as nn.Conv2d)")
-        self.groups = 1
+        _check_groups(groups, in_channels, out_channels, block_size)
+        self.groups = groups
         if padding_mode != "zeros":
             raise ValueError(f"padding_mode must be 'zeros', got {padding_mode!r}")
         self.padding_mode = padding_mode
         self.padding = padding
-        self._geometry = ConvGeometry(self.kernel_size, self.stride, self.dilation, self._explicit_padding(padding))
+        self._geometry = ConvGeometry(self.kernel_size, self.stride, self.dilation, self._explicit_padding(padding),
+                                      groups)
         self._create((out_channels, self.fan_in), block_size=block_size, density=density, bias=bias, device=device,
                      dtype=dtype, generator=generator)
 
     @property
     def fan_in(self) -> int:
-        return self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        return self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
 
     def _explicit_padding(self, padding) -> tuple[int, int, int, int]:
         """(top, bottom, left, right) for an int, a pair, ``"valid"`` or ``"same"`` (as nn.Conv2d pads)."""
@@ -126,17 +126,17 @@ class SparseConv2d(SparseModule):
     def _assemble(cls, conv: nn.Conv2d, layout: BlockSparseLayout, values: torch.Tensor,
                   bias: torch.Tensor | None) -> "SparseConv2d":
         """A layer with ``conv``'s configuration and the given layout, values and bias (copied)."""
-        if conv.groups != 1 or conv.padding_mode != "zeros":
-            raise ValueError(f"SparseConv2d takes groups=1 and padding_mode='zeros', got groups={conv.groups}, "
-                             f"padding_mode={conv.padding_mode!r}")
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"SparseConv2d takes padding_mode='zeros', got {conv.padding_mode!r}")
+        _check_groups(conv.groups, conv.in_channels, conv.out_channels, layout.block_size)
         layer = cls.__new__(cls)
         SparseModule.__init__(layer)
         layer.in_channels, layer.out_channels = conv.in_channels, conv.out_channels
         layer.kernel_size, layer.stride, layer.dilation = tuple(conv.kernel_size), tuple(conv.stride), \
             tuple(conv.dilation)
-        layer.groups, layer.padding_mode, layer.padding = 1, "zeros", conv.padding
+        layer.groups, layer.padding_mode, layer.padding = conv.groups, "zeros", conv.padding
         layer._geometry = ConvGeometry(layer.kernel_size, layer.stride, layer.dilation,
-                                       layer._explicit_padding(conv.padding))
+                                       layer._explicit_padding(conv.padding), conv.groups)
         layer.layout = layout.to(values.device)
         layer.values = nn.Parameter(values.detach().clone())
         layer.bias = None if bias is None else nn.Parameter(bias.detach().clone())
@@ -147,12 +147,12 @@ class SparseConv2d(SparseModule):
         """The weight as a dense ``[out, in, kh, kw]`` tensor (detached)."""
         kh, kw = self.kernel_size
         matrix = self.layout.to_dense(self.values.detach())
-        return matrix.view(self.out_channels, kh, kw, self.in_channels).permute(0, 3, 1, 2).contiguous()
+        return matrix.view(self.out_channels, kh, kw, self.in_channels // self.groups).permute(0, 3, 1, 2).contiguous()
 
     def to_conv(self) -> nn.Conv2d:
         """An ``nn.Conv2d`` with the same function (dense weight, copied bias)."""
         conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                         self.dilation, bias=self.bias is not None, device=self.values.device,
+                         self.dilation, self.groups, bias=self.bias is not None, device=self.values.device,
                          dtype=self.values.dtype)
         with torch.no_grad():
             conv.weight.copy_(self.to_dense())
@@ -162,10 +162,22 @@ class SparseConv2d(SparseModule):
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}, "
-                f"density={self.density():.4f}, block_size={self.block_size}")
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"bias={self.bias is not None}, density={self.density():.4f}, block_size={self.block_size}")
+
+
+def _check_groups(groups: int, in_channels: int, out_channels: int, block_size: int) -> None:
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"in_channels={in_channels} and out_channels={out_channels} must be divisible by "
+                         f"groups={groups}")
+    if groups > 1 and (out_channels // groups) % block_size:
+        raise ValueError(f"block_size={block_size} must divide out_channels / groups = {out_channels // groups} "
+                         "so that every block row lies in one group (keep such convolutions dense)")
 
 
 def weight_matrix(weight: torch.Tensor) -> torch.Tensor:
-    """``nn.Conv2d`` weight [out, in, kh, kw] -> the ``[out, kh * kw * in]`` matrix SparseConv2d stores."""
+    """``nn.Conv2d`` weight [out, in/groups, kh, kw] -> the ``[out, kh * kw * in/groups]`` matrix SparseConv2d
+    stores."""
     return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)

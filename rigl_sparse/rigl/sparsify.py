@@ -22,8 +22,9 @@ def sparsify(model: nn.Module, *, density: float, method: str = "erk", block_siz
     does); layers that end at density 1 (named in ``dense``, or made dense by
     ER/ERK) stay dense.  ``first_dense`` keeps the model's first such layer dense
     and outside the budget; by default it does so for ``method="uniform"``, as
-    in the paper.  Grouped or depthwise convolutions and convolutions with a
-    padding mode other than zeros stay dense ``nn.Conv2d`` (outside the budget).
+    in the paper.  Convolutions whose groups do not hold whole block rows
+    (``block_size`` not dividing ``out/groups``, e.g. depthwise ones) or whose
+    padding mode is not zeros stay dense ``nn.Conv2d`` (outside the budget).
     A sparse layer keeps the dense layer's initial values on its active blocks
     (the official code's dense init then random mask) and its bias.
 
@@ -35,9 +36,11 @@ def sparsify(model: nn.Module, *, density: float, method: str = "erk", block_siz
     _check_positive_int("block_size", block_size)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    layers = {name: m for name, m in model.named_modules() if type(m) is nn.Linear or _convertible_conv(m)}
+    layers = {name: m for name, m in model.named_modules()
+              if type(m) is nn.Linear or _convertible_conv(m, block_size)}
     if not layers:
-        raise ValueError("model has no nn.Linear or nn.Conv2d (groups=1, zero padding) layer to sparsify")
+        raise ValueError("model has no nn.Linear or nn.Conv2d (zero padding; block_size dividing out/groups) layer "
+                         "to sparsify")
     if first_dense is None:
         first_dense = method == "uniform"
     dense = tuple(dense) + ((next(iter(layers)),) if first_dense else ())
@@ -54,8 +57,10 @@ def sparsify(model: nn.Module, *, density: float, method: str = "erk", block_siz
     return model
 
 
-def _convertible_conv(module: nn.Module) -> bool:
-    return type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
+def _convertible_conv(module: nn.Module, block_size: int) -> bool:
+    """A zero-padded nn.Conv2d whose groups (if any) hold whole block rows; depthwise ones do not."""
+    return (type(module) is nn.Conv2d and module.padding_mode == "zeros"
+            and (module.groups == 1 or (module.out_channels // module.groups) % block_size == 0))
 
 
 def _sparse_layer(layer: nn.Module, density: float, block_size: int, target, generator) -> nn.Module:
@@ -69,7 +74,7 @@ def _sparse_layer(layer: nn.Module, density: float, block_size: int, target, gen
             return SparseLinear(layer.in_features, layer.out_features, bias=has_bias, density=density,
                                 block_size=block_size, device=layer_device, dtype=weight.dtype, generator=generator)
         return SparseConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                            layer.dilation, bias=has_bias, density=density, block_size=block_size,
+                            layer.dilation, layer.groups, bias=has_bias, density=density, block_size=block_size,
                             device=layer_device, dtype=weight.dtype, generator=generator)
     matrix = weight.detach().to(layer_device)
     if isinstance(layer, nn.Conv2d):

@@ -147,9 +147,10 @@ void test_top_k() {
 
 // The implicit-GEMM conv kernels against the explicit patch matrix and naive loops.
 template <int B>
-void test_conv(int N, int C, int out_c, int H, int W, int KH, int KW, int S, int D, double density, std::mt19937& rng) {
+void test_conv(int N, int C, int out_c, int H, int W, int KH, int KW, int S, int D, int G, double density,
+               std::mt19937& rng) {
   const int64_t OH = (H - D * (KH - 1) - 1) / S + 1, OW = (W - D * (KW - 1) - 1) / S + 1;
-  const ConvShape g{N, H, W, C, OH, OW, KH, KW, S, S, D, D};
+  const ConvShape g{N, H, W, C, OH, OW, KH, KW, S, S, D, D, G, out_c / G};
   const int64_t M = g.rows(), K = g.cols();
   const int R = (out_c + B - 1) / B, Cb = static_cast<int>((K + B - 1) / B);
   const int nnzb = std::max(1, static_cast<int>(density * R * Cb));
@@ -165,9 +166,12 @@ void test_conv(int N, int C, int out_c, int H, int W, int KH, int KW, int S, int
     for (int i = 0; i < B; ++i)
       for (int j = 0; j < B; ++j)
         if (t.block_row[s] * B + i >= out_c || t.block_col[s] * B + j >= K) values[(s * B + i) * B + j] = 0.0f;
-  std::vector<float> patches(M * K), weight(static_cast<size_t>(out_c) * K, 0.0f);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k) patches[m * K + k] = x[g.origin(m) + g.tap_offset(k / C) + k % C];
+  // Patches per group: patches[grp][m][k].
+  std::vector<float> patches(G * M * K), weight(static_cast<size_t>(out_c) * K, 0.0f);
+  for (int grp = 0; grp < G; ++grp)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k)
+        patches[(grp * M + m) * K + k] = x[g.origin(m) + g.column_offset(k, grp * g.group_channels())];
   for (int s = 0; s < nnzb; ++s)
     for (int i = 0; i < B; ++i)
       for (int j = 0; j < B; ++j) {
@@ -186,19 +190,20 @@ void test_conv(int N, int C, int out_c, int H, int W, int KH, int KW, int S, int
   for (int64_t m = 0; m < M; ++m)
     for (int o = 0; o < out_c; ++o) {
       float want = 0.0f;
-      for (int64_t k = 0; k < K; ++k) want += patches[m * K + k] * weight[o * K + k];
+      for (int64_t k = 0; k < K; ++k) want += patches[((o / g.OG) * M + m) * K + k] * weight[o * K + k];
       expect_close(out[m * out_c + o], want, 1e-4f, "conv_forward", m * out_c + o);
     }
   // Input gradient.
   std::vector<float> dx(x.size(), 0.0f), dx_want(x.size(), 0.0f);
   conv_input_grad<float, B>(dy.data(), out_c, g, values.data(), t.col_ptr.data(), t.col_slots.data(),
                             t.block_row.data(), dx.data(), 0, N);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k) {
-      float grad = 0.0f;
-      for (int o = 0; o < out_c; ++o) grad += dy[m * out_c + o] * weight[o * K + k];
-      dx_want[g.origin(m) + g.tap_offset(k / C) + k % C] += grad;
-    }
+  for (int grp = 0; grp < G; ++grp)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) {
+        float grad = 0.0f;
+        for (int64_t o = grp * g.OG; o < (grp + 1) * g.OG; ++o) grad += dy[m * out_c + o] * weight[o * K + k];
+        dx_want[g.origin(m) + g.column_offset(k, grp * g.group_channels())] += grad;
+      }
   for (size_t i = 0; i < dx.size(); ++i) expect_close(dx[i], dx_want[i], 1e-4f, "conv_input_grad", static_cast<long>(i));
   // Weight gradient on the active blocks.
   std::vector<float> dy_cols(static_cast<size_t>(R) * M * B), dvalues(values.size());
@@ -213,7 +218,7 @@ void test_conv(int N, int C, int out_c, int H, int W, int KH, int KW, int S, int
         const int64_t r = t.block_row[s] * B + i, k = t.block_col[s] * B + j;
         float want = 0.0f;
         if (r < out_c && k < K)
-          for (int64_t m = 0; m < M; ++m) want += dy[m * out_c + r] * patches[m * K + k];
+          for (int64_t m = 0; m < M; ++m) want += dy[m * out_c + r] * patches[((r / g.OG) * M + m) * K + k];
         expect_close(dvalues[(s * B + i) * B + j], want, 1e-4f, "conv_weight_grad", (s * B + i) * B + j);
       }
 }
@@ -229,10 +234,13 @@ int run_all() {
   test_bf16_round_trip();
   test_top_k();
   // Convolutions: B divides C (block = channels of one tap) and not; stride, dilation, ragged out_c.
-  test_conv<8>(2, 16, 20, 7, 6, 3, 3, 1, 1, 0.4, rng);
-  test_conv<4>(3, 6, 9, 9, 8, 3, 2, 2, 2, 0.5, rng);
-  test_conv<16>(2, 32, 48, 5, 5, 1, 1, 1, 1, 0.6, rng);
-  test_conv<32>(1, 64, 40, 6, 7, 3, 3, 1, 1, 0.3, rng);
+  test_conv<8>(2, 16, 20, 7, 6, 3, 3, 1, 1, 1, 0.4, rng);
+  test_conv<4>(3, 6, 9, 9, 8, 3, 2, 2, 2, 1, 0.5, rng);
+  test_conv<16>(2, 32, 48, 5, 5, 1, 1, 1, 1, 1, 0.6, rng);
+  test_conv<32>(1, 64, 40, 6, 7, 3, 3, 1, 1, 1, 0.3, rng);
+  // Groups: b divides out/groups; per-group channels a multiple of b or not.
+  test_conv<4>(2, 16, 16, 6, 5, 3, 3, 1, 1, 2, 0.5, rng);
+  test_conv<8>(2, 12, 32, 6, 6, 3, 3, 2, 1, 4, 0.5, rng);
   return failures;
 }
 

@@ -35,12 +35,18 @@ PATCH_BYTES = 32 << 20  # patch buffer per chunk of images
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    """Kernel, stride, dilation and the explicit padding (top, bottom, left, right) of a convolution."""
+    """Kernel, stride, dilation, explicit padding (top, bottom, left, right) and groups of a convolution.
+
+    With ``groups`` G, output channels ``[g*out/G, (g+1)*out/G)`` see input
+    channels ``[g*C/G, (g+1)*C/G)`` only; the weight matrix is ``[out, KH*KW*C/G]``
+    and the block size divides ``out/G``, so every block row lies in one group.
+    """
 
     kernel: tuple[int, int]
     stride: tuple[int, int]
     dilation: tuple[int, int]
     padding: tuple[int, int, int, int]
+    groups: int = 1
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (dh, dw), (top, bottom, left, right) = (self.kernel, self.stride, self.dilation,
@@ -103,8 +109,9 @@ def _path(x: torch.Tensor, values: torch.Tensor) -> str:
     return backend if backend in ("cpu", "triton") else "patches"
 
 
-def _geometry_list(geometry: ConvGeometry, out_h: int, out_w: int) -> list[int]:
-    return [out_h, out_w, *geometry.kernel, *geometry.stride, *geometry.dilation]
+def _geometry_list(geometry: ConvGeometry, out_h: int, out_w: int, out_channels: int) -> list[int]:
+    return [out_h, out_w, *geometry.kernel, *geometry.stride, *geometry.dilation, geometry.groups,
+            out_channels // geometry.groups]
 
 
 def _run(op: str, *args):
@@ -127,10 +134,19 @@ def conv2d(x, values, bias, topology, out_channels: int, geometry: ConvGeometry,
     if _needs_custom_op(x, values):
         n, _, height, width = x.shape
         out_h, out_w = geometry.output_size(height, width)
-        cols = patches(_padded_nhwc(x, geometry), geometry, out_h, out_w)
-        y = torch.ops.rigl_sparse.dsd(cols, values, bias, *topology, out_channels)
-        if tap is not None:
-            y = tap(y, cols)
+        padded = _padded_nhwc(x, geometry)
+        if geometry.groups == 1:
+            cols = patches(padded, geometry, out_h, out_w)
+            y = torch.ops.rigl_sparse.dsd(cols, values, bias, *topology, out_channels)
+            if tap is not None:
+                y = tap(y, cols)
+        else:
+            if grow_request is not None and grow_request[0]() is not None:
+                raise NotImplementedError("grow scores of a grouped SparseConv2d under torch.compile / fake "
+                                          "tensors; run the RigL update steps eagerly")
+            y = torch.cat([torch.ops.rigl_sparse.dsd(patches(padded[..., channels], geometry, out_h, out_w), values,
+                                                     bias, *topology, out_channels)[:, outputs]
+                           for channels, outputs in _groups(geometry, x.shape[1], out_channels)], dim=1)
         return y.view(n, out_h, out_w, out_channels).permute(0, 3, 1, 2)
     return _SparseConv2d.apply(x, values, bias, tuple(topology), out_channels, geometry, grow_request)
 
@@ -146,7 +162,8 @@ class _SparseConv2d(torch.autograd.Function):
         if ctx.path == "cpu":
             y = x.new_empty(rows, out_channels)
             _cpu.extension().conv_forward_out(padded.contiguous(), values.contiguous(), bias, topology[2],
-                                              topology[3], topology[1], _geometry_list(geometry, out_h, out_w), y)
+                                              topology[3], topology[1],
+                                              _geometry_list(geometry, out_h, out_w, out_channels), y)
         elif ctx.path == "triton":
             from rigl_sparse.ops.conv2d import triton as conv_triton
 
@@ -154,11 +171,13 @@ class _SparseConv2d(torch.autograd.Function):
                                     topology[1], out_channels, geometry, out_h, out_w)
         else:
             y = x.new_empty(rows, out_channels)
-            k = geometry.kernel[0] * geometry.kernel[1] * x.shape[1]
             per_image = out_h * out_w
-            for start, stop in _chunks(n, per_image, k, x.element_size()):
-                cols = patches(padded[start:stop], geometry, out_h, out_w)
-                y[start * per_image:stop * per_image] = _run("dsd", cols, values, bias, *topology, out_channels)
+            for start, stop in _chunks(n, per_image, _patch_cols(geometry, x.shape[1]), x.element_size()):
+                chunk = slice(start * per_image, stop * per_image)
+                for channels, outputs in _groups(geometry, x.shape[1], out_channels):
+                    cols = patches(padded[start:stop, :, :, channels], geometry, out_h, out_w)
+                    y_all = _run("dsd", cols, values, bias, *topology, out_channels)
+                    y[chunk, outputs] = y_all[:, outputs]  # the other groups' rows see other channels
         ctx.save_for_backward(x, values, *topology)
         ctx.geometry, ctx.out_channels, ctx.has_bias, ctx.grow_request = geometry, out_channels, bias is not None, \
             grow_request
@@ -169,7 +188,6 @@ class _SparseConv2d(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, values, *topology = ctx.saved_tensors
         geometry = ctx.geometry
-        block_row, block_col = topology[0], topology[1]
         b = values.shape[1]
         n, _, height, width = x.shape
         out_h, out_w = geometry.output_size(height, width)
@@ -191,11 +209,49 @@ class _SparseConv2d(torch.autograd.Function):
             pending, deliver = ctx.grow_request
             k_grow = pending()
             if k_grow is not None:
-                # The grow criterion needs dY^T X over every row at once: the whole batch's patches exist
-                # for this call only (on RigL update steps), never the dense weight gradient.
-                cols = patches(padded, geometry, out_h, out_w)
-                deliver(_run("block_scores", dy, cols, block_row, block_col, b, k_grow))
+                deliver(_grow_scores(dy, padded, topology, b, k_grow, geometry, out_h, out_w))
         return grad_x, grad_values, grad_bias, None, None, None, None
+
+
+def _patch_cols(geometry: ConvGeometry, channels: int) -> int:
+    return geometry.kernel[0] * geometry.kernel[1] * channels // geometry.groups
+
+
+def _groups(geometry: ConvGeometry, channels: int, out_channels: int):
+    """(input channel slice, output channel slice) of every group."""
+    cg, og = channels // geometry.groups, out_channels // geometry.groups
+    return [(slice(g * cg, (g + 1) * cg), slice(g * og, (g + 1) * og)) for g in range(geometry.groups)]
+
+
+def _grow_scores(dy, padded, topology, b, k, geometry, out_h, out_w):
+    """The layer's top-``k`` grow candidates from ``dY`` and the whole batch's patches, group by group.
+
+    The criterion needs ``dY^T P`` over every row at once, so the batch's patches exist for this call
+    (RigL update steps only); the dense weight gradient never does.
+    """
+    block_row, block_col = topology[0], topology[1]
+    groups = _groups(geometry, padded.shape[3], dy.shape[1])
+    if len(groups) == 1:
+        return _run("block_scores", dy, patches(padded, geometry, out_h, out_w), block_row, block_col, b, k)
+    n_cols = -(-_patch_cols(geometry, padded.shape[3]) // b)
+    found_scores, found_index = [], []
+    for channels, outputs in groups:
+        dy_group = torch.zeros_like(dy)
+        dy_group[:, outputs] = dy[:, outputs]
+        scores, index = _run("block_scores", dy_group, patches(padded[..., channels], geometry, out_h, out_w),
+                             block_row, block_col, b, k)
+        rows = index // n_cols  # keep this group's block rows: the others scored zero here
+        mine = (index >= 0) & (rows * b >= outputs.start) & (rows * b < outputs.stop)
+        found_scores.append(scores[mine])
+        found_index.append(index[mine])
+    scores, index = torch.cat(found_scores), torch.cat(found_index)
+    order = torch.argsort(index, stable=True)  # lower index first among equal scores, as the reference
+    scores, index = scores[order], index[order]
+    order = torch.sort(scores, descending=True, stable=True).indices[:k]
+    scores, index = scores[order], index[order]
+    missing = k - scores.numel()
+    return (torch.cat([scores, scores.new_full((missing,), float("-inf"))]),
+            torch.cat([index, index.new_full((missing,), -1)]))
 
 
 def _backward_implicit(path, dy, padded, values, topology, geometry, out_h, out_w, need_x, need_values):
@@ -203,7 +259,7 @@ def _backward_implicit(path, dy, padded, values, topology, geometry, out_h, out_
     block_row, block_col, row_ptr, row_slots, col_ptr, col_slots = topology
     grad_padded = grad_values = None
     if path == "cpu":
-        geometry_list = _geometry_list(geometry, out_h, out_w)
+        geometry_list = _geometry_list(geometry, out_h, out_w, dy.shape[1])
         if need_values:
             grad_values = torch.empty_like(values)
             _cpu.extension().conv_weight_grad_out(dy, padded, row_slots, block_row, block_col, geometry_list,
@@ -225,19 +281,30 @@ def _backward_implicit(path, dy, padded, values, topology, geometry, out_h, out_
 
 
 def _backward_by_patches(dy, padded, values, topology, geometry, out_h, out_w, need_x, need_values):
-    """(gradient of the padded input, of the values) from per-chunk patches and the selected backend's ops."""
+    """(gradient of the padded input, of the values) from per-chunk patches and the selected backend's ops.
+
+    With groups, each group's patches meet ``dY`` with the other groups' columns zeroed, so they add
+    nothing to the other groups' blocks or input channels.
+    """
     n, b = padded.shape[0], values.shape[1]
-    k = geometry.kernel[0] * geometry.kernel[1] * padded.shape[3]
+    k = _patch_cols(geometry, padded.shape[3])
+    groups = _groups(geometry, padded.shape[3], dy.shape[1])
     grad_values = torch.zeros_like(values) if need_values else None
     grad_padded = padded.new_empty(padded.shape) if need_x else None
     per_image = out_h * out_w
     for start, stop in _chunks(n, per_image, k, padded.element_size()):
         dy_chunk = dy[start * per_image:stop * per_image]
-        if need_values:
-            cols = patches(padded[start:stop], geometry, out_h, out_w)
-            grad_values += _run("sdd", dy_chunk, cols, *topology, b)
-        if need_x:
-            grad_cols = _run("dds", dy_chunk, values, *topology, k)
-            grad_padded[start:stop] = fold_patches(grad_cols, geometry, (stop - start,) + tuple(padded.shape[1:]),
-                                                   out_h, out_w)
+        for channels, outputs in groups:
+            if len(groups) > 1:
+                dy_group = torch.zeros_like(dy_chunk)
+                dy_group[:, outputs] = dy_chunk[:, outputs]
+            else:
+                dy_group = dy_chunk
+            if need_values:
+                cols = patches(padded[start:stop, :, :, channels], geometry, out_h, out_w)
+                grad_values += _run("sdd", dy_group, cols, *topology, b)
+            if need_x:
+                grad_cols = _run("dds", dy_group, values, *topology, k)
+                shape = (stop - start,) + tuple(padded.shape[1:3]) + (channels.stop - channels.start,)
+                grad_padded[start:stop, :, :, channels] = fold_patches(grad_cols, geometry, shape, out_h, out_w)
     return grad_padded, grad_values
