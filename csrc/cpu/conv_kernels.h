@@ -8,6 +8,8 @@
 // B: the scatter goes column by column).
 #pragma once
 
+#include <type_traits>
+
 #include "kernels.h"
 
 namespace rigl_sparse {
@@ -51,8 +53,12 @@ inline void gather_patch_block(const T* x, const ConvShape& g, const int64_t* or
         continue;
       }
       const T* src = x + origins[i] + offset;
-#pragma omp simd
-      for (int e = 0; e < B; ++e) dst[i * B + e] = to_float(src[e]);
+      float* out = dst + static_cast<int64_t>(i) * B;
+      if constexpr (std::is_same_v<T, float>) {
+        std::memcpy(out, src, B * sizeof(float));
+      } else {
+        for (int e = 0; e < B; ++e) out[e] = to_float(src[e]);
+      }
     }
     return;
   }

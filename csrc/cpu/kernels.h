@@ -17,6 +17,9 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace rigl_sparse {
 namespace cpu {
@@ -92,11 +95,53 @@ constexpr int rows_per_tile() {
   return B >= 128 ? 3 : (B >= 64 ? 6 : (B >= 32 ? 12 : 8));
 }
 
+#if defined(__AVX512F__)
+// Sixteen floats, one AVX-512 register; aligned(4) allows unaligned loads and stores through memcpy.
+typedef float vec16 __attribute__((vector_size(64), aligned(4)));
+
+inline vec16 broadcast16(float s) { return (vec16)_mm512_set1_ps(s); }
+
+inline vec16 load16(const float* p) {
+  vec16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store16(float* p, vec16 v) { std::memcpy(p, &v, sizeof v); }
+#endif
+
 // acc[MR][B] += A[MR][L] * Bm[L][B], with A(i, l) = a[i * a_i + l * a_l] and Bm row l at b + l * ldb.
-// MR and B are compile-time so the accumulator tile lives in vector registers.
+// MR and B are compile-time so the accumulator tile lives in vector registers: with AVX-512 it is held
+// in local vector variables for the whole L loop (the compiler would otherwise store the tile back to
+// memory after every multiply-add), elsewhere the loops are left to the vectoriser.
 template <int B, int MR>
 inline void micro_kernel(const float* a, int64_t a_i, int64_t a_l, const float* b, int64_t ldb, int64_t L,
                          float* __restrict acc) {
+#if defined(__AVX512F__)
+  if constexpr (B % 16 == 0) {
+    constexpr int V = B / 16;
+    vec16 c[MR][V];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) c[i][v] = load16(acc + i * B + v * 16);
+    for (int64_t l = 0; l < L; ++l) {
+      vec16 row[V];
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) row[v] = load16(b + l * ldb + v * 16);
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        const vec16 av = broadcast16(a[i * a_i + l * a_l]);
+#pragma GCC unroll 8
+        for (int v = 0; v < V; ++v) c[i][v] += av * row[v];
+      }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) store16(acc + i * B + v * 16, c[i][v]);
+    return;
+  }
+#endif
   for (int64_t l = 0; l < L; ++l) {
     const float* brow = b + l * ldb;
     for (int i = 0; i < MR; ++i) {
