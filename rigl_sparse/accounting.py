@@ -10,6 +10,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from rigl_sparse.nn import SparseConv2d, SparseModule
+from rigl_sparse.rigl.masked import masked_layers
 
 
 @dataclass
@@ -47,7 +48,8 @@ def flops(model: nn.Module, batch_shape: tuple[int, ...], *, delta_t: int | None
           dtype: torch.dtype | None = None) -> FlopReport:
     """Count the matmul FLOPs of ``model`` on an input of ``batch_shape``.
 
-    Sparse layers count ``2 * nnz * rows`` (only real, non-padding weights);
+    Sparse layers count ``2 * nnz * rows`` (only real, non-padding weights; for a
+    masked dense layer, its active weights);
     ``nn.Linear`` counts ``2 * out * in * rows`` and ``nn.Conv2d``
     ``2 * out * in/groups * kh * kw * rows``, where a convolution's rows are its
     output positions ``N * OH * OW``.  The forward is traced with fake
@@ -59,6 +61,7 @@ def flops(model: nn.Module, batch_shape: tuple[int, ...], *, delta_t: int | None
         raise ValueError(f"delta_t must be None or an int > 0, got {delta_t!r}")
     counted: dict[str, tuple[float, float]] = {}
     nnz = {id(m): m.layout.nnz() for m in model.modules() if isinstance(m, SparseModule)}  # before fake mode
+    nnz.update({id(m): m.block_mask.nnz() for _, m in masked_layers(model)})
 
     def hook_for(name):
         def hook(module, inputs, output):
@@ -71,7 +74,7 @@ def flops(model: nn.Module, batch_shape: tuple[int, ...], *, delta_t: int | None
                 sparse = 2.0 * nnz[id(module)] * rows
             else:
                 out, k = module.weight.shape[0], math.prod(module.weight.shape[1:])
-                sparse = 2.0 * out * k * rows
+                sparse = 2.0 * nnz.get(id(module), out * k) * rows
             dense = 2.0 * out * k * rows
             prev = counted.get(name, (0.0, 0.0))
             counted[name] = (prev[0] + sparse, prev[1] + dense)

@@ -1,4 +1,4 @@
-"""``RigLScheduler``: drop and grow blocks every ``delta_t`` steps (RigL, SET, static).
+"""``RigLScheduler``: drop and grow blocks every ``delta_t`` steps (RigL, SET, SNFS, static).
 
 Steps are counted from 0: the ``t``-th call of ``step()`` (after the ``t``-th
 backward pass) is an update step when ``t > 0``, ``t % delta_t == 0`` and
@@ -7,8 +7,10 @@ backward pass) is an update step when ``t > 0``, ``t % delta_t == 0`` and
 1. drops the ``k = floor(drop_fraction(t) * n)`` active blocks of smallest
    Frobenius norm;
 2. grows ``k`` blocks among those not kept (inactive, or just dropped): the
-   largest dense-gradient norms (``grow="gradient"``, RigL) or uniformly at
-   random (``grow="random"``, SET);
+   largest dense-gradient norms (``grow="gradient"``, RigL), uniformly at
+   random (``grow="random"``, SET), or the largest norms of an exponential
+   moving average of the dense gradient (``grow="momentum"``, SNFS without
+   redistribution, as in the official code; masked layers only);
 3. writes the grown blocks into the freed slots with value 0 and zero
    optimizer state; a dropped block that is grown again keeps its slot, value
    and optimizer state.
@@ -23,6 +25,11 @@ an update step the scheduler asks every layer for its top-``k`` inactive blocks
 with the streaming ``block_scores`` op.  The scores of the active blocks are the
 norms of ``values.grad``, so "top-k inactive ∪ dropped" holds every block that
 can win, and no dense gradient is ever stored.
+
+The scheduler drives compressed layers (``SparseModule``) and masked dense
+layers (``apply_masks``) alike, with the same decisions for the same topology,
+weights and gradients.  A masked layer's score is the block norm of its
+``weight.grad``, which is the dense gradient because inactive weights are zero.
 """
 
 from __future__ import annotations
@@ -34,9 +41,11 @@ import torch
 
 from rigl_sparse import ops
 from rigl_sparse.nn import SparseModule
+from rigl_sparse.rigl.masked import (check_optimizer_holds, mask_gradients, masked_layers, register_mask_hook,
+                                     set_active_blocks)
 from rigl_sparse.rigl.schedule import check_alpha, check_t_end, drop_fraction
 
-GROW = ("gradient", "random", "none")
+GROW = ("gradient", "random", "momentum", "none")
 DROP = ("magnitude",)
 
 
@@ -49,9 +58,11 @@ class RigLScheduler:
         delta_t: steps between topology updates (> 0).
         t_end: last step at which the topology may change (> 0; the paper uses 3/4 of training).
         alpha: initial drop fraction, annealed to 0 at ``t_end`` by a cosine.
-        grow: ``"gradient"`` (RigL), ``"random"`` (SET) or ``"none"`` (static topology).
+        grow: ``"gradient"`` (RigL), ``"random"`` (SET), ``"momentum"`` (SNFS; needs a dense
+            gradient every step, so masked layers only) or ``"none"`` (static topology).
         drop: ``"magnitude"``.
         seed: seeds the generator of random growth.
+        momentum: decay of the gradient moving average of ``grow="momentum"`` (0.9 as in the official code).
 
     Use::
 
@@ -62,7 +73,8 @@ class RigLScheduler:
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, delta_t: int = 100, t_end: int,
-                 alpha: float = 0.3, grow: str = "gradient", drop: str = "magnitude", seed: int = 0):
+                 alpha: float = 0.3, grow: str = "gradient", drop: str = "magnitude", seed: int = 0,
+                 momentum: float = 0.9):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -75,14 +87,18 @@ class RigLScheduler:
             raise ValueError(f"grow must be one of {GROW}, got {grow!r}")
         if drop not in DROP:
             raise ValueError(f"drop must be one of {DROP}, got {drop!r}")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
         self.layers = [(name, m) for name, m in model.named_modules() if isinstance(m, SparseModule)]
-        if not self.layers:
-            raise ValueError("model has no sparse layer: build it with rs.SparseLinear or convert it with rs.sparsify")
-        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        missing = [name for name, m in self.layers if id(m.values) not in in_optimizer]
-        if missing:
-            raise ValueError(f"optimizer does not hold the values of sparse layers {missing}; create the optimizer "
-                             "from model.parameters() after sparsifying")
+        self.masked = masked_layers(model)
+        if not self.layers and not self.masked:
+            raise ValueError("model has no sparse layer: build it with rs.SparseLinear, convert it with "
+                             "rs.sparsify, or mask it with rs.apply_masks")
+        if grow == "momentum" and self.layers:
+            raise ValueError("grow='momentum' (SNFS) needs the dense gradient of every layer at every step, which "
+                             "compressed layers never form; use masked layers (rs.apply_masks) for SNFS")
+        check_optimizer_holds(optimizer, {**{name: m.values for name, m in self.layers},
+                                          **{name: m.weight for name, m in self.masked}})
         self.optimizer = optimizer
         self.delta_t = delta_t
         self.t_end = t_end
@@ -90,7 +106,10 @@ class RigLScheduler:
         self.grow = grow
         self.drop = drop
         self.step_count = 0
+        self.momentum = float(momentum)
+        self.gradient_average: dict[str, torch.Tensor] = {}  # grow="momentum": layer name -> dense moving average
         self.generator = torch.Generator().manual_seed(seed)
+        self._mask_hook = register_mask_hook(optimizer, self.masked) if self.masked else None
         self.stats = {"updates": 0, "blocks_moved": 0, "skipped_nonfinite": 0, "skipped_no_gradient": 0}
         self._arm()
 
@@ -116,11 +135,16 @@ class RigLScheduler:
         """Advance one training step; returns False when the topology changed (skip ``optimizer.step()``)."""
         t = self.step_count
         updated = self.is_update_step(t)
-        if updated:
-            with torch.no_grad():
+        with torch.no_grad():
+            if self.grow == "momentum":
+                self._accumulate_gradient_average()
+            if updated:
                 for name, layer in self.layers:
                     self._update_layer(name, layer, t)
-            self.stats["updates"] += 1
+                for name, layer in self.masked:
+                    self._update_masked_layer(name, layer, t)
+                self.stats["updates"] += 1
+            mask_gradients(self.masked)
         self.step_count = t + 1
         self._arm()
         return not updated
@@ -164,9 +188,13 @@ class RigLScheduler:
         valid = index >= 0
         pool_scores = torch.cat([scores[valid], grad[dropped].float().flatten(1).norm(dim=1)])
         pool_index = torch.cat([index[valid], flat[dropped]])
+        return self._best(name, pool_scores, pool_index, k)
+
+    def _best(self, name, pool_scores, pool_index, k):
+        """The ``k`` pool blocks of largest score, ties to the lower index; None (and a warning) on NaN/Inf."""
         if not bool(torch.isfinite(pool_scores).all()):
             warnings.warn(f"RigL update at step {self.step_count} skipped for layer {name!r}: grow scores hold "
-                          "NaN or Inf", RuntimeWarning, stacklevel=3)
+                          "NaN or Inf", RuntimeWarning, stacklevel=4)
             self.stats["skipped_nonfinite"] += 1
             return None
         order = torch.argsort(pool_index)
@@ -174,25 +202,73 @@ class RigLScheduler:
         return pool_index[torch.sort(pool_scores, descending=True, stable=True).indices[:k]]
 
     def _grow_at_random(self, layout, dropped, flat, k):
-        kept = torch.ones(layout.n_blocks, dtype=torch.bool, device=flat.device)
+        return self._random_pick(layout.n_blocks, flat, flat[dropped], k)
+
+    def _random_pick(self, n_blocks, flat, dropped_flat, k):
+        """``k`` blocks drawn uniformly among the inactive and the just-dropped ones."""
+        kept = torch.ones(n_blocks, dtype=torch.bool, device=flat.device)
         kept[flat] = False  # now True where inactive
-        kept[flat[dropped]] = True  # dropped blocks may come back
+        kept[dropped_flat] = True  # dropped blocks may come back
         pool = torch.nonzero(kept).flatten()
         pick = torch.randperm(pool.numel(), generator=self.generator)[:k].to(pool.device)
         return pool[pick]
+
+    # ---------------------------------------------------------------- masked layers
+    def _accumulate_gradient_average(self) -> None:
+        for name, layer in self.masked:
+            grad = layer.weight.grad
+            if grad is None:
+                continue
+            average = self.gradient_average.get(name)
+            if average is None:
+                average = self.gradient_average[name] = torch.zeros_like(grad, dtype=torch.float32)
+            average.mul_(self.momentum).add_(grad.float(), alpha=1.0 - self.momentum)
+
+    def _update_masked_layer(self, name: str, layer: torch.nn.Module, t: int) -> None:
+        mask = layer.block_mask
+        active = mask.active.flatten()
+        flat = torch.nonzero(active).flatten()  # sorted block indices of the active blocks
+        k = self.drop_count(t, flat.numel())
+        if k == 0:
+            return
+        dropped = _smallest(mask.block_norms(layer.weight.detach())[flat], flat, k)
+        if self.grow == "random":
+            grown = self._random_pick(active.numel(), flat, flat[dropped], k)
+        else:
+            source = layer.weight.grad if self.grow == "gradient" else self.gradient_average.get(name)
+            if source is None:
+                warnings.warn(f"RigL update at step {self.step_count} skipped for layer {name!r}: no gradient was "
+                              "recorded for it (call loss.backward() through the layer before scheduler.step())",
+                              RuntimeWarning, stacklevel=3)
+                self.stats["skipped_no_gradient"] += 1
+                return
+            pool = ~active
+            pool[flat[dropped]] = True
+            pool_index = torch.nonzero(pool).flatten()
+            grown = self._best(name, mask.block_norms(source)[pool_index], pool_index, k)
+            if grown is None:
+                return
+        new_active = active.clone()
+        new_active[flat[dropped]] = False
+        new_active[grown] = True
+        self.stats["blocks_moved"] += set_active_blocks(layer, self.optimizer, new_active)
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
         return {
             "step_count": self.step_count, "delta_t": self.delta_t, "t_end": self.t_end, "alpha": self.alpha,
             "grow": self.grow, "drop": self.drop, "generator": self.generator.get_state(), "stats": dict(self.stats),
+            "momentum": self.momentum,
+            "gradient_average": {name: t.clone() for name, t in self.gradient_average.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
         expected = {"step_count", "delta_t", "t_end", "alpha", "grow", "drop", "generator", "stats"}
-        if not isinstance(state, dict) or set(state) != expected:
+        optional = {"momentum", "gradient_average"}
+        if not isinstance(state, dict) or not expected <= set(state) <= expected | optional:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"state must be a RigLScheduler.state_dict() with keys {sorted(expected)}, got {got}")
+            raise ValueError(f"state must be a RigLScheduler.state_dict() with keys {sorted(expected | optional)}, "
+                             f"got {got}")
         step_count = state["step_count"]
         if isinstance(step_count, bool) or not isinstance(step_count, int) or step_count < 0:
             raise ValueError(f"state['step_count'] must be an int >= 0, got {step_count!r}")
@@ -205,10 +281,19 @@ class RigLScheduler:
         self.grow, self.drop = state["grow"], state["drop"]
         self.generator.set_state(state["generator"])
         self.stats = dict(state["stats"])
+        self.momentum = float(state.get("momentum", self.momentum))
+        names = {name for name, _ in self.masked}
+        average = state.get("gradient_average", {})
+        unknown = sorted(set(average) - names)
+        if unknown:
+            raise ValueError(f"state['gradient_average'] names layers {unknown} that are not masked layers of this "
+                             f"model ({sorted(names)})")
+        weights = dict(self.masked)
+        self.gradient_average = {name: t.to(weights[name].weight.device).clone() for name, t in average.items()}
         self._arm()
 
     def __repr__(self) -> str:
-        return (f"RigLScheduler(layers={len(self.layers)}, step={self.step_count}, delta_t={self.delta_t}, "
+        return (f"RigLScheduler(layers={len(self.layers) + len(self.masked)}, step={self.step_count}, delta_t={self.delta_t}, "
                 f"t_end={self.t_end}, alpha={self.alpha}, grow={self.grow!r}, drop={self.drop!r})")
 
 

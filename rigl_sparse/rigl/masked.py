@@ -1,0 +1,213 @@
+"""Masked reference mode: ordinary dense ``nn.Linear``/``nn.Conv2d`` weights driven through block masks.
+
+This is how other sparse-training libraries work (dense weights, dense masks,
+dense compute) and it is here for comparison, not speed: block size 1 gives
+unstructured RigL, and any block size gives the same topology decisions as the
+compressed layers (``sparsify``) with the same code, so unstructured and block
+RigL can be compared fairly.  It also serves the methods that need a dense
+quantity every step — SNFS's dense gradient momentum and gradual magnitude
+pruning, which starts dense.
+
+``apply_masks`` attaches a ``BlockMask`` to every selected layer as
+``layer.block_mask`` and zeroes the inactive weights.  The schedulers
+(``RigLScheduler``, ``PruningScheduler``) then keep the invariant "inactive
+weights are exactly zero": they zero the inactive gradient entries in
+``step()``, and re-apply the masks after every ``optimizer.step()`` through an
+optimizer step hook.  A block mask is defined over the layer's weight as the
+``[out, K]`` matrix of the design: a convolution's ``[out, in/groups, kh, kw]``
+weight is read tap-major (``K = kh*kw*in/groups``), as ``SparseConv2d`` stores it,
+so a block covers ``b`` input channels of one kernel tap.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from rigl_sparse.layout import BlockSparseLayout, _check_positive_int
+from rigl_sparse.rigl.distributions import layer_densities
+
+STARTS = ("random", "dense")
+
+
+class BlockMask(nn.Module):
+    """Which ``b x b`` blocks of a dense layer's weight matrix are active.
+
+    Args:
+        weight_shape: the layer's weight shape, ``(out, in)`` or ``(out, in/groups, kh, kw)``.
+        block_size: ``b`` (1 = unstructured).
+        active: ``[R, C]`` bool, ``R = ceil(out/b)``, ``C = ceil(K/b)``.
+        target_density: the density the layer is meant to end at (its current one,
+            except while gradual pruning runs).
+
+    Buffers (in the state dict): ``active`` and ``target_density``.
+    """
+
+    def __init__(self, weight_shape: tuple[int, ...], block_size: int, active: torch.Tensor,
+                 target_density: float):
+        super().__init__()
+        _check_positive_int("block_size", block_size)
+        if len(weight_shape) not in (2, 4):
+            raise ValueError(f"weight_shape must be (out, in) or (out, in/groups, kh, kw), got {weight_shape}")
+        self.weight_shape = tuple(int(d) for d in weight_shape)
+        self.block_size = block_size
+        out, k = self.matrix_shape
+        grid = (math.ceil(out / block_size), math.ceil(k / block_size))
+        if active.dtype != torch.bool or tuple(active.shape) != grid:
+            raise ValueError(f"active must be a bool tensor of shape {grid}, got {active.dtype} "
+                             f"{tuple(active.shape)}")
+        self.register_buffer("active", active.clone())
+        self.register_buffer("target_density", torch.tensor(float(target_density), dtype=torch.float64))
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        """``(out, K)``: the weight as a matrix."""
+        return self.weight_shape[0], math.prod(self.weight_shape[1:])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.active.shape)
+
+    def matrix(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A tensor of the weight's shape as the ``[out, K]`` matrix (tap-major for convolutions)."""
+        if tensor.dim() == 4:
+            return tensor.permute(0, 2, 3, 1).reshape(tensor.shape[0], -1)
+        return tensor
+
+    def block_norms(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``[R * C]`` fp32 Frobenius norm of every block of a tensor of the weight's shape (row-major)."""
+        return BlockSparseLayout.block_norms(self.matrix(tensor), self.block_size).flatten()
+
+    def expand(self, blocks: torch.Tensor | None = None) -> torch.Tensor:
+        """``blocks`` (``[R, C]`` bool, default ``active``) as an element mask of the weight's shape."""
+        blocks = self.active if blocks is None else blocks
+        b = self.block_size
+        out, k = self.matrix_shape
+        elements = blocks.repeat_interleave(b, 0).repeat_interleave(b, 1)[:out, :k]
+        if len(self.weight_shape) == 4:
+            _, cin, kh, kw = self.weight_shape
+            elements = elements.reshape(out, kh, kw, cin).permute(0, 3, 1, 2)
+        return elements
+
+    def nnz(self) -> int:
+        """Active weight entries (edge blocks count only their real entries)."""
+        return int(self.expand().sum())
+
+    def density(self) -> float:
+        return self.nnz() / math.prod(self.weight_shape)
+
+    def extra_repr(self) -> str:
+        R, C = self.grid
+        return (f"block_size={self.block_size}, active={int(self.active.sum())}/{R * C}, "
+                f"target_density={float(self.target_density):.4f}")
+
+
+def masked_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, layer)`` of every layer of ``model`` that carries a ``BlockMask``."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(getattr(m, "block_mask", None), BlockMask)]
+
+
+def apply_masks(model: nn.Module, *, density: float, method: str = "erk", block_size: int = 1, dense=(),
+                custom: dict[str, float] | None = None, erk_power_scale: float = 1.0,
+                first_dense: bool | None = None, start: str = "random",
+                generator: torch.Generator | None = None) -> nn.Module:
+    """Put every ``nn.Linear`` and ``nn.Conv2d`` of ``model`` under a block mask, in place.
+
+    Per-layer densities come from ``layer_densities`` exactly as in ``sparsify``
+    (same ``method``, ``dense``, ``custom``, ``erk_power_scale``, ``first_dense``
+    rules); layers that end at density 1 get no mask.  ``start="random"`` draws
+    each layer's active blocks uniformly at random (the same draws, in the same
+    order, as ``sparsify`` with the same ``generator``, so both modes start from
+    one topology) and zeroes the other weights; ``start="dense"`` starts with
+    every block active and records the density as the target of gradual pruning
+    (``PruningScheduler``).  Returns ``model``.
+    """
+    _check_positive_int("block_size", block_size)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+    layers = {name: m for name, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)}
+    if not layers:
+        raise ValueError("model has no nn.Linear or nn.Conv2d layer to mask")
+    already = [name for name, m in layers.items() if isinstance(getattr(m, "block_mask", None), BlockMask)]
+    if already:
+        raise ValueError(f"layers {already} already carry a block mask")
+    if any(m.weight.is_meta for m in layers.values()):
+        raise ValueError("masked mode keeps dense weights and needs them materialised; the model is on 'meta' "
+                         "(use rs.sparsify for models too large to exist densely)")
+    if first_dense is None:
+        first_dense = method == "uniform"
+    dense = tuple(dense) + ((next(iter(layers)),) if first_dense else ())
+    shapes = {name: tuple(m.weight.shape) for name, m in layers.items()}
+    densities = layer_densities(shapes, density, method, dense=dense, custom=custom, erk_power_scale=erk_power_scale)
+    for name, layer in layers.items():
+        if densities[name] >= 1.0:
+            continue
+        shape = tuple(layer.weight.shape)
+        matrix_shape = (shape[0], math.prod(shape[1:]))
+        if start == "random":
+            layout = BlockSparseLayout.random(matrix_shape, block_size, density=densities[name], generator=generator)
+            active = layout.active_mask().cpu()
+        else:
+            grid = (math.ceil(matrix_shape[0] / block_size), math.ceil(matrix_shape[1] / block_size))
+            active = torch.ones(grid, dtype=torch.bool)
+        mask = BlockMask(shape, block_size, active, densities[name]).to(layer.weight.device)
+        layer.block_mask = mask
+        with torch.no_grad():
+            layer.weight.mul_(mask.expand())
+    return model
+
+
+# ------------------------------------------------------------------ helpers the schedulers share
+def mask_gradients(layers) -> None:
+    """Zero the gradient entries of inactive weights (so no optimizer moves them)."""
+    for _, layer in layers:
+        if layer.weight.grad is not None:
+            layer.weight.grad.mul_(layer.block_mask.expand())
+
+
+def reapply_masks(layers) -> None:
+    """Zero the inactive weights (after an optimizer step)."""
+    with torch.no_grad():
+        for _, layer in layers:
+            layer.weight.mul_(layer.block_mask.expand())
+
+
+def register_mask_hook(optimizer: torch.optim.Optimizer, layers):
+    """Re-apply the masks after every ``optimizer.step()``; returns the hook's handle."""
+    return optimizer.register_step_post_hook(lambda *_: reapply_masks(layers))
+
+
+def set_active_blocks(layer: nn.Module, optimizer: torch.optim.Optimizer, active: torch.Tensor) -> int:
+    """Make ``active`` (``[R * C]`` bool) the layer's active blocks.
+
+    Blocks that change state (grown or dropped) get zero weight, zero gradient and
+    zero optimizer state; a block that stays active keeps everything.  Returns
+    the number of blocks that became active.
+    """
+    mask = layer.block_mask
+    old = mask.active.flatten()
+    changed = mask.expand((old ^ active).view(mask.grid))
+    weight = layer.weight
+    weight.masked_fill_(changed, 0)
+    if weight.grad is not None:
+        weight.grad.masked_fill_(changed, 0)
+    for state in optimizer.state.get(weight, {}).values():
+        if torch.is_tensor(state) and state.shape == weight.shape:
+            state.masked_fill_(changed, 0)
+    grown = int((active & ~old).sum())
+    mask.active.copy_(active.view(mask.grid))
+    return grown
+
+
+def check_optimizer_holds(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    """Raise unless every tensor of ``tensors`` (name -> parameter) is in ``optimizer``."""
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [name for name, p in tensors.items() if id(p) not in in_optimizer]
+    if missing:
+        raise ValueError(f"optimizer does not hold the weights of sparse layers {missing}; create the optimizer "
+                         "from model.parameters() after sparsifying or masking")
+

@@ -1,0 +1,123 @@
+"""Gradual magnitude pruning (Zhu & Gupta, 2017): the dense-to-sparse baseline of the RigL paper.
+
+Training starts dense (``apply_masks(..., start="dense")``) and every
+``delta_t`` steps from ``t_start`` to ``t_end`` each masked layer keeps the
+blocks of largest Frobenius norm, so that its density follows
+
+    d(t) = d_f + (1 - d_f) * (1 - (t - t_start) / (t_end - t_start)) ** exponent
+
+(``exponent`` 3 as in the paper) and reaches its target ``d_f`` at ``t_end``
+(which is always a pruning step).  Pruned blocks never come back.  The masked
+mode is needed because the model must exist densely at the start.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rigl_sparse.layout import block_count
+from rigl_sparse.rigl.masked import (check_optimizer_holds, mask_gradients, masked_layers, register_mask_hook,
+                                     set_active_blocks)
+from rigl_sparse.rigl.schedule import check_t_end
+
+
+class PruningScheduler:
+    """Drive gradual magnitude pruning of the masked layers of ``model``.
+
+    Args:
+        model: module whose layers carry block masks (``rs.apply_masks(model, ..., start="dense")``);
+            each layer is pruned towards its mask's ``target_density``.
+        optimizer: the optimizer that holds the masked weights.
+        t_start: first pruning step (>= 0).
+        t_end: step at which every layer reaches its target (> t_start).
+        delta_t: steps between pruning steps (> 0).
+        exponent: of the polynomial schedule (> 0; 3 in the paper).
+
+    Use like ``RigLScheduler``; ``step()`` always returns True (the optimizer
+    steps on pruning steps too)::
+
+        loss.backward()
+        if sched.step():
+            optimizer.step()
+        optimizer.zero_grad()
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, t_start: int = 0, t_end: int,
+                 delta_t: int = 100, exponent: float = 3.0):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        check_t_end(t_end)
+        if isinstance(t_start, bool) or not isinstance(t_start, int) or not 0 <= t_start < t_end:
+            raise ValueError(f"t_start must be an int in [0, t_end={t_end}), got {t_start!r}")
+        if isinstance(delta_t, bool) or not isinstance(delta_t, int) or delta_t <= 0:
+            raise ValueError(f"delta_t must be an int > 0, got {delta_t!r}")
+        if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or not exponent > 0:
+            raise ValueError(f"exponent must be a number > 0, got {exponent!r}")
+        self.masked = masked_layers(model)
+        if not self.masked:
+            raise ValueError("model has no masked layer: mask it with rs.apply_masks(model, density=..., "
+                             "start='dense')")
+        check_optimizer_holds(optimizer, {name: m.weight for name, m in self.masked})
+        self.optimizer = optimizer
+        self.t_start, self.t_end, self.delta_t, self.exponent = t_start, t_end, delta_t, float(exponent)
+        self.step_count = 0
+        self.stats = {"pruning_steps": 0, "blocks_pruned": 0}
+        self._mask_hook = register_mask_hook(optimizer, self.masked)
+
+    def is_update_step(self, t: int) -> bool:
+        """Whether step ``t`` (0-based) prunes."""
+        return self.t_start <= t <= self.t_end and ((t - self.t_start) % self.delta_t == 0 or t == self.t_end)
+
+    def density_at(self, t: int, target: float) -> float:
+        """Density a layer with final density ``target`` has after step ``t``."""
+        if t < self.t_start:
+            return 1.0
+        progress = min(1.0, (t - self.t_start) / (self.t_end - self.t_start))
+        return target + (1.0 - target) * (1.0 - progress) ** self.exponent
+
+    def step(self) -> bool:
+        """Advance one step, pruning when it is a pruning step; returns True (step the optimizer)."""
+        t = self.step_count
+        with torch.no_grad():
+            if self.is_update_step(t):
+                for _, layer in self.masked:
+                    self._prune(layer, t)
+                self.stats["pruning_steps"] += 1
+            mask_gradients(self.masked)
+        self.step_count = t + 1
+        return True
+
+    def _prune(self, layer: torch.nn.Module, t: int) -> None:
+        mask = layer.block_mask
+        active = mask.active.flatten()
+        keep = block_count(self.density_at(t, float(mask.target_density)), active.numel())
+        flat = torch.nonzero(active).flatten()
+        if keep >= flat.numel():
+            return
+        norms = mask.block_norms(layer.weight.detach())[flat]
+        kept = flat[torch.sort(norms, descending=True, stable=True).indices[:keep]]
+        new_active = torch.zeros_like(active)
+        new_active[kept] = True
+        self.stats["blocks_pruned"] += flat.numel() - keep
+        set_active_blocks(layer, self.optimizer, new_active)
+
+    def state_dict(self) -> dict:
+        return {"step_count": self.step_count, "t_start": self.t_start, "t_end": self.t_end,
+                "delta_t": self.delta_t, "exponent": self.exponent, "stats": dict(self.stats)}
+
+    def load_state_dict(self, state: dict) -> None:
+        expected = {"step_count", "t_start", "t_end", "delta_t", "exponent", "stats"}
+        if not isinstance(state, dict) or set(state) != expected:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state must be a PruningScheduler.state_dict() with keys {sorted(expected)}, got {got}")
+        step_count = state["step_count"]
+        if isinstance(step_count, bool) or not isinstance(step_count, int) or step_count < 0:
+            raise ValueError(f"state['step_count'] must be an int >= 0, got {step_count!r}")
+        self.step_count = step_count
+        self.t_start, self.t_end, self.delta_t = state["t_start"], state["t_end"], state["delta_t"]
+        self.exponent = float(state["exponent"])
+        self.stats = dict(state["stats"])
+
+    def __repr__(self) -> str:
+        return (f"PruningScheduler(layers={len(self.masked)}, step={self.step_count}, t_start={self.t_start}, "
+                f"t_end={self.t_end}, delta_t={self.delta_t}, exponent={self.exponent})")
