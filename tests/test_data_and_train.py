@@ -73,6 +73,52 @@ def test_train_cli_end_to_end_on_synthetic_data(tmp_path, method, capsys):
         assert (moved > 0) == (method != "static")
 
 
+@pytest.mark.parametrize("method", ["rigl", "snfs", "prune", "set"])
+def test_train_cli_masked_methods(tmp_path, method):
+    _fake_dataset(tmp_path)
+    out = tmp_path / "run.json"
+    code = train.main(["--data-dir", str(tmp_path), "--method", method, "--block-size", "1", "--epochs", "2",
+                       "--batch-size", "32", "--delta-t", "4", "--lr", "3e-3", "--out", str(out), "--no-progress"])
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert record["config"]["mode"] == "masked"
+    assert all(layer.get("masked") for layer in record["layers"].values() if layer["density"] < 1)
+    assert record["final_accuracy"] > 0.5
+    assert record["weight_density"] == pytest.approx(0.1, abs=0.01)  # pruning reaches its target too
+    assert record["peak_memory_bytes"] > 0
+    ratio = record["training_flops"] / record["dense_training_flops"]
+    if method == "prune":
+        assert 0.2 < ratio < 1.0  # dense at first, then cheaper
+        assert record["scheduler_stats"]["blocks_pruned"] > 0
+    elif method == "snfs":
+        assert ratio > 1 / 3  # a dense gradient every step
+        assert record["scheduler_stats"]["blocks_moved"] > 0
+    else:
+        assert ratio < 0.2
+
+
+def test_train_cli_multiplier_scales_steps_and_t_end(tmp_path):
+    _fake_dataset(tmp_path)
+    records = []
+    for multiplier in (1, 2):
+        out = tmp_path / f"run{multiplier}.json"
+        assert train.main(["--data-dir", str(tmp_path), "--epochs", "1", "--batch-size", "32", "--delta-t", "2",
+                           "--multiplier", str(multiplier), "--out", str(out), "--no-progress"]) == 0
+        records.append(json.loads(out.read_text()))
+    one, two = records
+    assert two["total_steps"] == 2 * one["total_steps"]
+    assert len(two["accuracy_per_epoch"]) == 2 * len(one["accuracy_per_epoch"])
+    assert two["training_flops"] == pytest.approx(2 * one["training_flops"])
+    assert two["scheduler_stats"]["updates"] > one["scheduler_stats"]["updates"]
+
+
+def test_train_cli_rejects_compressed_snfs(tmp_path):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--method", "snfs", "--mode", "compressed"])
+    with pytest.raises(SystemExit):
+        train.parse_args(["--multiplier", "0"])
+
+
 def test_train_cli_reports_missing_data(tmp_path, capsys):
     assert train.main(["--data-dir", str(tmp_path), "--epochs", "1"]) == 2
     assert "Fashion-MNIST" in capsys.readouterr().err
