@@ -21,5 +21,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlockSparseLayout", "SparseLinear", "SparseConv2d", "SparseModule", "sparsify", "layer_densities", "drop_fraction",
-    "RigLScheduler", "PruningScheduler", "apply_masks", "BlockMask", "flops", "memory_report", "FlopReport", "MemoryReport", "use_backend", "__version__",
+    "RigLScheduler", "PruningScheduler", "apply_masks", "BlockMask", "flops", "memory_report", "FlopReport",
+    "MemoryReport", "use_backend", "__version__",
 ]

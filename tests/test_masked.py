@@ -48,8 +48,9 @@ def _weight_layers(model):
 @pytest.mark.parametrize("method", ["erk", "uniform"])
 @pytest.mark.parametrize("b", [1, 4])
 def test_apply_masks_starts_from_sparsifys_topology_and_weights(method, b):
-    compressed = rs.sparsify(_mlp(), density=0.3, method=method, block_size=b, generator=torch.Generator().manual_seed(5))
-    masked = rs.apply_masks(_mlp(), density=0.3, method=method, block_size=b, generator=torch.Generator().manual_seed(5))
+    options = dict(density=0.3, method=method, block_size=b)
+    compressed = rs.sparsify(_mlp(), **options, generator=torch.Generator().manual_seed(5))
+    masked = rs.apply_masks(_mlp(), **options, generator=torch.Generator().manual_seed(5))
     for c, m in zip(_weight_layers(compressed), _weight_layers(masked)):
         if isinstance(c, rs.SparseModule):
             assert torch.equal(_active(c), m.block_mask.active)

@@ -76,13 +76,12 @@ def tables(summary, models) -> str:
                       "unstructured (block size 1)", "",
                       "| method | " + " | ".join(f"d={d}" for d in DENSITIES) + " | FLOPs at d=0.1 |",
                       "|---" * (len(DENSITIES) + 2) + "|"]
-            lines.append(f"| dense | {cell(dense)} (all densities) |" + " |" * (len(DENSITIES) - 1) + " 1.00x |")
+            lines.append("| dense | " + " | ".join(cell(dense) for _ in DENSITIES) + " | 1.00x |")
             for label in ORDER[1:]:
                 row = [summary.get((model, label, distribution, d, 1)) for d in DENSITIES]
                 at = summary.get((model, label, distribution, 0.1, 1))
-                lines.append(f"| {label} | " + " | ".join(cell(s) for s in row)
-                             + f" | {at['flops']:.3f}x |" if at else f"| {label} | " + " | ".join(cell(s) for s in row)
-                             + " | – |")
+                flops = f"{at['flops']:.3f}x" if at else "–"
+                lines.append(f"| {label} | " + " | ".join(cell(s) for s in row) + f" | {flops} |")
             lines.append("")
         lines += [f"## {model}, ERK, block sizes", "",
                   "| method | block | " + " | ".join(f"d={d}" for d in DENSITIES) + " |",
@@ -212,7 +211,8 @@ def plots(summary, models, out_dir: Path) -> list[Path]:
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{model}, ERK")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, ncol=2)
         written.append(_save(fig, out_dir / f"accuracy_vs_block_size_{model}.png"))
     return written
 

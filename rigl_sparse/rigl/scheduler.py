@@ -293,7 +293,8 @@ class RigLScheduler:
         self._arm()
 
     def __repr__(self) -> str:
-        return (f"RigLScheduler(layers={len(self.layers) + len(self.masked)}, step={self.step_count}, delta_t={self.delta_t}, "
+        return (f"RigLScheduler(layers={len(self.layers) + len(self.masked)}, step={self.step_count}, "
+                f"delta_t={self.delta_t}, "
                 f"t_end={self.t_end}, alpha={self.alpha}, grow={self.grow!r}, drop={self.drop!r})")
 
 
