@@ -43,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--density", type=float, default=0.1, help="overall density of the sparse layers (default 0.1)")
     p.add_argument("--distribution", choices=("erk", "er", "uniform"), default="erk")
     p.add_argument("--block-size", type=int, default=4)
+    p.add_argument("--first-dense", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the first layer dense and outside the density budget (default: only for uniform, "
+                        "as in the paper)")
     p.add_argument("--mode", choices=("auto", "compressed", "masked"), default="auto",
                    help="compressed block-sparse layers, or dense layers under block masks (default auto: masked for "
                         "block size 1, snfs and prune, else compressed)")
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
     model = MODELS[args.model]().to(device)
     dense_params = sum(p.numel() for p in model.parameters())
     sparse_options = dict(density=args.density, method=args.distribution, block_size=args.block_size,
-                          generator=torch.Generator().manual_seed(args.seed))
+                          first_dense=args.first_dense, generator=torch.Generator().manual_seed(args.seed))
     if args.method != "dense" and args.mode == "compressed":
         rs.sparsify(model, **sparse_options)
     elif args.method != "dense":

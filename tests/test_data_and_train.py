@@ -112,6 +112,18 @@ def test_train_cli_multiplier_scales_steps_and_t_end(tmp_path):
     assert two["scheduler_stats"]["updates"] > one["scheduler_stats"]["updates"]
 
 
+@pytest.mark.parametrize("first_dense", [True, False])
+def test_train_cli_first_dense_option(tmp_path, first_dense):
+    _fake_dataset(tmp_path)
+    out = tmp_path / "run.json"
+    flag = "--first-dense" if first_dense else "--no-first-dense"
+    assert train.main(["--data-dir", str(tmp_path), "--epochs", "1", "--distribution", "uniform", flag,
+                       "--out", str(out), "--no-progress"]) == 0
+    layers = json.loads(out.read_text())["layers"]
+    first = next(iter(layers.values()))
+    assert first["density"] == (1.0 if first_dense else pytest.approx(0.1, abs=0.01))
+
+
 def test_train_cli_rejects_compressed_snfs(tmp_path):
     with pytest.raises(SystemExit):
         train.parse_args(["--method", "snfs", "--mode", "compressed"])
