@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from rigl_sparse.layout import BlockSparseLayout, _check_positive_int
-from rigl_sparse.rigl.distributions import layer_densities
+from rigl_sparse.rigl.sparsify import densities_of
 
 STARTS = ("random", "dense")
 
@@ -138,11 +138,7 @@ def apply_masks(model: nn.Module, *, density: float, method: str = "erk", block_
     if any(m.weight.is_meta for m in layers.values()):
         raise ValueError("masked mode keeps dense weights and needs them materialised; the model is on 'meta' "
                          "(use rs.sparsify for models too large to exist densely)")
-    if first_dense is None:
-        first_dense = method == "uniform"
-    dense = tuple(dense) + ((next(iter(layers)),) if first_dense else ())
-    shapes = {name: tuple(m.weight.shape) for name, m in layers.items()}
-    densities = layer_densities(shapes, density, method, dense=dense, custom=custom, erk_power_scale=erk_power_scale)
+    densities = densities_of(layers, density, method, dense, custom, erk_power_scale, first_dense)
     for name, layer in layers.items():
         if densities[name] >= 1.0:
             continue

@@ -41,11 +41,7 @@ def sparsify(model: nn.Module, *, density: float, method: str = "erk", block_siz
     if not layers:
         raise ValueError("model has no nn.Linear or nn.Conv2d (zero padding; block_size dividing out/groups) layer "
                          "to sparsify")
-    if first_dense is None:
-        first_dense = method == "uniform"
-    dense = tuple(dense) + ((next(iter(layers)),) if first_dense else ())
-    shapes = {name: tuple(m.weight.shape) for name, m in layers.items()}
-    densities = layer_densities(shapes, density, method, dense=dense, custom=custom, erk_power_scale=erk_power_scale)
+    densities = densities_of(layers, density, method, dense, custom, erk_power_scale, first_dense)
     target = None if device is None else torch.device(device)
 
     for name, layer in layers.items():
@@ -55,6 +51,18 @@ def sparsify(model: nn.Module, *, density: float, method: str = "erk", block_siz
 
     _materialise_meta(model, target or torch.device("cpu"))
     return model
+
+
+def densities_of(layers: dict[str, nn.Module], density, method, dense, custom, erk_power_scale,
+                 first_dense) -> dict[str, float]:
+    """Per-layer densities of ``layers`` (name -> module with a ``weight``) as ``sparsify`` allocates them:
+    ``layer_densities`` over the weight shapes, the first layer kept dense when ``first_dense`` (default: for
+    ``method="uniform"``)."""
+    if first_dense is None:
+        first_dense = method == "uniform"
+    dense = tuple(dense) + ((next(iter(layers)),) if first_dense else ())
+    shapes = {name: tuple(m.weight.shape) for name, m in layers.items()}
+    return layer_densities(shapes, density, method, dense=dense, custom=custom, erk_power_scale=erk_power_scale)
 
 
 def _convertible_conv(module: nn.Module, block_size: int) -> bool:
