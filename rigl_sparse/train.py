@@ -53,7 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--multiplier", type=int, default=1,
                    help="RigL_{Mx}: train M times longer; t_end and the LR schedule scale with it (default 1)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine-decayed to 0)")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+                   help="Adam, or SGD with momentum 0.9 (the paper's optimizer)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (cosine-decayed to 0; default 1e-3)")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--delta-t", type=int, default=100)
     p.add_argument("--alpha", type=float, default=0.3)
@@ -115,7 +117,10 @@ def run(args: argparse.Namespace) -> dict:
         rs.sparsify(model, **sparse_options)
     elif args.method != "dense":
         rs.apply_masks(model, start="dense" if args.method == "prune" else "random", **sparse_options)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    if args.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     epochs = args.epochs * args.multiplier
     steps_per_epoch = math.ceil(len(train_x) / args.batch_size)
     total_steps = epochs * steps_per_epoch

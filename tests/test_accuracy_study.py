@@ -35,7 +35,7 @@ def test_study_grid_covers_the_issue_and_every_run_parses():
     assert {a.distribution for a in parsed} == {"erk", "uniform"}
     assert {a.seed for a in parsed} == {0, 1, 2}
     assert {a.multiplier for a in parsed} == {1, 2}
-    assert all(a.mode == "masked" for a in parsed)
+    assert all(a.mode == "masked" and a.optimizer == "sgd" for a in parsed)
     assert all(a.first_dense is False for a in parsed if a.model == "mlp")
 
 
