@@ -52,7 +52,7 @@ def test_report_tables_and_findings(tmp_path):
     records = [_record("mlp", "dense", 0.90, 1.0, seed=s) for s in range(3)]
     for seed, noise in enumerate((0.0, 0.002, -0.002)):
         for method, accuracy, flops, multiplier in (("static", 0.86, 0.1, 1), ("set", 0.87, 0.1, 1),
-                                                    ("rigl", 0.88, 0.12, 1), ("rigl", 0.885, 0.24, 2),
+                                                    ("rigl", 0.88, 0.12, 1), ("rigl", 0.885, 0.12, 2),
                                                     ("prune", 0.884, 0.5, 1)):
             records.append(_record("mlp", method, accuracy + noise, flops, multiplier=multiplier, seed=seed))
         records.append(_record("mlp", "rigl", 0.80 + noise, 0.12, distribution="uniform", density=0.05, seed=seed))
@@ -68,6 +68,7 @@ def test_report_tables_and_findings(tmp_path):
     assert "ERK ≥ uniform at high sparsity (density ≤ 0.05), RigL: **agree**" in findings
     assert "RigL 2x ≥ RigL): **agree**" in findings
     assert "within one std of pruning or above it in 1 of 2 cells" in findings
+    assert "RigL 2x, erk, d=0.1: +0.10 points vs pruning, 0.48x its FLOPs" in findings  # 2x the examples
     summary = json.loads((tmp_path / "summary.json").read_text())
     rigl = next(s for s in summary if s["method"] == "RigL" and s["density"] == 0.1)
     assert rigl["mean"] == pytest.approx(88.0) and rigl["n"] == 3
