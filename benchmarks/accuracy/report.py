@@ -139,6 +139,10 @@ def findings(summary, models) -> str:
             lines.append(f"- ERK ≥ uniform at high sparsity (density ≤ 0.05), {label}: {_verdict(diffs)}")
         diffs = _compare(s, key_of("RigL 2x"), lambda k: (k[0], "RigL", k[2], k[3], k[4]))
         lines.append(f"- longer training helps (RigL 2x ≥ RigL): {_verdict(diffs)}")
+        for better, worse in (("RigL", "SET"), ("RigL", "static")):
+            diffs = _compare(s, lambda k, b=better: k[1] == b and k[4] not in (None, 1),
+                             lambda k, w=worse: (k[0], w, k[2], k[3], k[4]))
+            lines.append(f"- (block sizes 4–32) {better} ≥ {worse} at equal density and block size: {_verdict(diffs)}")
         pairs = []
         for k, v in s.items():
             if k[1] in ("RigL", "RigL 2x") and k[4] == 1 and (k[0], "pruning", k[2], k[3], 1) in s:
@@ -151,6 +155,19 @@ def findings(summary, models) -> str:
                          f"{min(f for _, _, f, _ in pairs):.2f}–{max(f for _, _, f, _ in pairs):.2f}x pruning's FLOPs")
             for k, d, f, sd in sorted(pairs, key=lambda p: (p[0][2], -p[0][3], p[0][1])):
                 lines.append(f"  - {k[1]}, {k[2]}, d={k[3]}: {d:+.2f} points vs pruning, {f:.2f}x its FLOPs")
+        lines += ["", "Accuracy cost of blocks against unstructured (RigL, ERK; points, mean over seeds):", "",
+                  "| block | " + " | ".join(f"d={d}" for d in DENSITIES) + " |", "|---" * (len(DENSITIES) + 1) + "|"]
+        for block in (4, 16, 32):
+            row = []
+            for d in DENSITIES:
+                a, b = s.get((model, "RigL", "erk", d, block)), s.get((model, "RigL", "erk", d, 1))
+                row.append(f"{a['mean'] - b['mean']:+.2f}" if a and b else "–")
+            lines.append(f"| {block} | " + " | ".join(row) + " |")
+        dense = s.get((model, "dense", None, None, None))
+        rigl = s.get((model, "RigL", "erk", 0.1, 1))
+        if dense and rigl:
+            lines += ["", f"Unstructured RigL at density 0.1 (ERK): {rigl['mean']:.2f} ± {rigl['std']:.2f} against dense "
+                      f"{dense['mean']:.2f} ± {dense['std']:.2f}, {dense['mean'] - rigl['mean']:.2f} points below."]
         lines.append("")
     return "\n".join(lines)
 
