@@ -69,7 +69,8 @@ def summarise(records):
 def tables(summary, models) -> str:
     lines = ["# Accuracy study: Fashion-MNIST", "",
              "Final test accuracy (%), mean ± std over seeds (n=3 unless marked), and training FLOPs relative to "
-             "dense training on the standard schedule (the RigL paper's formulas; RigL 2x trains twice as long). Produced by `python benchmarks/accuracy/run_study.py`; "
+             "dense training on the standard schedule (the RigL paper's formulas; RigL 2x trains twice as long). "
+             "Produced by `python benchmarks/accuracy/run_study.py`; "
              "configuration of every run in `runs/*.json`.", ""]
     for model in models:
         dense = summary.get((model, "dense", None, None, None))
@@ -166,7 +167,8 @@ def findings(summary, models) -> str:
         dense = s.get((model, "dense", None, None, None))
         rigl = s.get((model, "RigL", "erk", 0.1, 1))
         if dense and rigl:
-            lines += ["", f"Unstructured RigL at density 0.1 (ERK): {rigl['mean']:.2f} ± {rigl['std']:.2f} against dense "
+            lines += ["", f"Unstructured RigL at density 0.1 (ERK): {rigl['mean']:.2f} ± {rigl['std']:.2f} "
+                      "against dense "
                       f"{dense['mean']:.2f} ± {dense['std']:.2f}, {dense['mean'] - rigl['mean']:.2f} points below."]
         lines.append("")
     return "\n".join(lines)
