@@ -160,8 +160,8 @@ def run(args: argparse.Namespace) -> dict:
                   f"({time.perf_counter() - start:.0f} s)")
     wall = time.perf_counter() - start
 
-    report = rs.flops(model, (1,) + tuple(train_x.shape[1:]))
-    per_example = training_flops_per_example(args.method, report, args.delta_t, scheduler, total_steps)
+    report = rs.flops(model, (1,) + tuple(train_x.shape[1:]), delta_t=args.delta_t if scheduler else None)
+    per_example = training_flops_per_example(args.method, report, scheduler, total_steps)
     layers = layer_summary(model)
     weights_total = sum(math.prod(v["shape"]) for v in layers.values())
     n_examples = len(train_x) * epochs
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def training_flops_per_example(method: str, report: rs.FlopReport, delta_t: int, scheduler, total_steps: int) -> float:
+def training_flops_per_example(method: str, report: rs.FlopReport, scheduler, total_steps: int) -> float:
     """Training FLOPs per example and step, by the RigL paper's formulas (f_S / f_D: sparse / dense forward).
 
     dense ``3 f_D``; static and SET ``3 f_S``; RigL ``(3 f_S dT + 2 f_S + f_D) / (dT + 1)``; SNFS
@@ -191,15 +191,14 @@ def training_flops_per_example(method: str, report: rs.FlopReport, delta_t: int,
     ``f(t)`` the forward at the scheduled densities of step ``t`` (dense before pruning starts).  The
     multiplier of RigL_{Mx} enters through the number of examples seen.
     """
-    f_s, f_d = report.forward, report.dense_forward
     if method == "dense":
-        return 3.0 * f_d
+        return report.dense_training_step
     if method in ("static", "set"):
-        return 3.0 * f_s
+        return report.training_step
     if method == "rigl":
-        return (3.0 * f_s * delta_t + 2.0 * f_s + f_d) / (delta_t + 1)
+        return report.rigl_step  # report counted with delta_t
     if method == "snfs":
-        return 2.0 * f_s + f_d
+        return 2.0 * report.forward + report.dense_forward
     targets = {name: float(layer.block_mask.target_density) for name, layer in scheduler.masked}
     fixed = sum(dense for name, (_, dense) in report.layers.items() if name not in targets)
     total = 0.0

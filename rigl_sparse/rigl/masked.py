@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from rigl_sparse.layout import BlockSparseLayout, _check_positive_int
+from rigl_sparse.nn.conv import weight_matrix
 from rigl_sparse.rigl.sparsify import densities_of
 
 STARTS = ("random", "dense")
@@ -72,9 +73,7 @@ class BlockMask(nn.Module):
 
     def matrix(self, tensor: torch.Tensor) -> torch.Tensor:
         """A tensor of the weight's shape as the ``[out, K]`` matrix (tap-major for convolutions)."""
-        if tensor.dim() == 4:
-            return tensor.permute(0, 2, 3, 1).reshape(tensor.shape[0], -1)
-        return tensor
+        return weight_matrix(tensor) if tensor.dim() == 4 else tensor
 
     def block_norms(self, tensor: torch.Tensor) -> torch.Tensor:
         """``[R * C]`` fp32 Frobenius norm of every block of a tensor of the weight's shape (row-major)."""

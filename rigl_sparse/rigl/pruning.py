@@ -18,7 +18,7 @@ import torch
 from rigl_sparse.layout import block_count
 from rigl_sparse.rigl.masked import (check_optimizer_holds, mask_gradients, masked_layers, register_mask_hook,
                                      set_active_blocks)
-from rigl_sparse.rigl.schedule import check_t_end
+from rigl_sparse.rigl.schedule import check_delta_t, check_t_end
 
 
 class PruningScheduler:
@@ -49,8 +49,7 @@ class PruningScheduler:
         check_t_end(t_end)
         if isinstance(t_start, bool) or not isinstance(t_start, int) or not 0 <= t_start < t_end:
             raise ValueError(f"t_start must be an int in [0, t_end={t_end}), got {t_start!r}")
-        if isinstance(delta_t, bool) or not isinstance(delta_t, int) or delta_t <= 0:
-            raise ValueError(f"delta_t must be an int > 0, got {delta_t!r}")
+        check_delta_t(delta_t)
         if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or not exponent > 0:
             raise ValueError(f"exponent must be a number > 0, got {exponent!r}")
         self.masked = masked_layers(model)

@@ -27,6 +27,11 @@ def check_alpha(alpha) -> None:
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
 
 
+def check_delta_t(delta_t) -> None:
+    if isinstance(delta_t, bool) or not isinstance(delta_t, int) or delta_t <= 0:
+        raise ValueError(f"delta_t must be an int > 0, got {delta_t!r}")
+
+
 def check_t_end(t_end) -> None:
     if isinstance(t_end, bool) or not isinstance(t_end, int) or t_end <= 0:
         raise ValueError(f"t_end must be an int > 0, got {t_end!r}")

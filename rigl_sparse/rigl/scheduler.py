@@ -43,7 +43,7 @@ from rigl_sparse import ops
 from rigl_sparse.nn import SparseModule
 from rigl_sparse.rigl.masked import (check_optimizer_holds, mask_gradients, masked_layers, register_mask_hook,
                                      set_active_blocks)
-from rigl_sparse.rigl.schedule import check_alpha, check_t_end, drop_fraction
+from rigl_sparse.rigl.schedule import check_alpha, check_delta_t, check_t_end, drop_fraction
 
 GROW = ("gradient", "random", "momentum", "none")
 DROP = ("magnitude",)
@@ -79,8 +79,7 @@ class RigLScheduler:
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if isinstance(delta_t, bool) or not isinstance(delta_t, int) or delta_t <= 0:
-            raise ValueError(f"delta_t must be an int > 0, got {delta_t!r}")
+        check_delta_t(delta_t)
         check_t_end(t_end)
         check_alpha(alpha)
         if grow not in GROW:
@@ -161,7 +160,7 @@ class RigLScheduler:
         if self.grow == "gradient":
             grown = self._grow_by_gradient(name, layer, candidates, dropped, flat, k)
         else:
-            grown = self._grow_at_random(layout, dropped, flat, k)
+            grown = self._random_pick(layout.n_blocks, flat, flat[dropped], k)
         if grown is None:
             return
         dropped_flat = flat[dropped]
@@ -200,9 +199,6 @@ class RigLScheduler:
         order = torch.argsort(pool_index)
         pool_scores, pool_index = pool_scores[order], pool_index[order]
         return pool_index[torch.sort(pool_scores, descending=True, stable=True).indices[:k]]
-
-    def _grow_at_random(self, layout, dropped, flat, k):
-        return self._random_pick(layout.n_blocks, flat, flat[dropped], k)
 
     def _random_pick(self, n_blocks, flat, dropped_flat, k):
         """``k`` blocks drawn uniformly among the inactive and the just-dropped ones."""
