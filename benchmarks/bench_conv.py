@@ -24,20 +24,12 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, plot, print_table, save, slug, time_cpu  # noqa: E402
+from common import RESULTS, environment, make_timer, plot, print_table, save, slug  # noqa: E402
 
 import rigl_sparse as rs  # noqa: E402
 
 # (channels, spatial size) of ResNet-18's 3x3 convolutions on 32 x 32 inputs.
 LAYERS = [(64, 32), (128, 16), (256, 8), (512, 4)]
-
-
-def make_timer(device: str):
-    if device == "cuda":
-        import triton.testing
-
-        return lambda fn: triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median") / 1e3
-    return time_cpu
 
 
 def forward(module, x):

@@ -68,6 +68,15 @@ def time_cpu(fn, *, warmup: int = 2, min_time: float = 1.0, max_reps: int = 50) 
     return times[len(times) // 2]
 
 
+def make_timer(device: str):
+    """``timer(fn) -> seconds``: the median of ``fn()``'s run time on ``device`` (CUDA: triton's do_bench)."""
+    if device.startswith("cuda"):
+        import triton.testing
+
+        return lambda fn: triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median") / 1e3
+    return time_cpu
+
+
 def print_table(rows: list[dict], columns: list[str]) -> None:
     widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
     print("  ".join(c.rjust(widths[c]) for c in columns))

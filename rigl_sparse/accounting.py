@@ -46,16 +46,22 @@ class FlopReport:
 
 def flops(model: nn.Module, batch_shape: tuple[int, ...], *, delta_t: int | None = None,
           dtype: torch.dtype | None = None) -> FlopReport:
-    """Count the matmul FLOPs of ``model`` on an input of ``batch_shape``.
+    """Count the weight-layer FLOPs of ``model`` on an input of ``batch_shape``.
 
     Sparse layers count ``2 * nnz * rows`` (only real, non-padding weights; for a
     masked dense layer, its active weights);
     ``nn.Linear`` counts ``2 * out * in * rows`` and ``nn.Conv2d``
     ``2 * out * in/groups * kh * kw * rows``, where a convolution's rows are its
-    output positions ``N * OH * OW``.  The forward is traced with fake
+    output positions ``N * OH * OW``.  Products of two activations (attention
+    scores, for instance) and elementwise work are not counted, as in the paper,
+    since sparsity does not change them.  The forward is traced with fake
     tensors, so nothing is computed and no memory is used for activations.
+    ``dtype`` is the input's (default: the model's floating dtype; pass
+    ``torch.long`` for token ids).
     """
-    if not all(isinstance(d, int) and d > 0 for d in batch_shape):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(batch_shape, (tuple, list)) or not all(isinstance(d, int) and d > 0 for d in batch_shape):
         raise ValueError(f"batch_shape must be a tuple of positive ints, got {batch_shape!r}")
     if delta_t is not None and (not isinstance(delta_t, int) or delta_t <= 0):
         raise ValueError(f"delta_t must be None or an int > 0, got {delta_t!r}")
@@ -110,10 +116,22 @@ class MemoryReport:
 
 
 def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> MemoryReport:
-    """Parameter, gradient, optimizer-state and topology bytes (gradients counted where allocated)."""
+    """Parameter, gradient, optimizer-state and topology bytes.
+
+    Shared tensors count once; gradients count where allocated (``None`` after
+    ``zero_grad()``); optimizer state counts every tensor in ``optimizer.state``
+    (Adam: ``exp_avg``, ``exp_avg_sq`` and its ``step``).  Topology is what
+    says which weights exist: the compressed layers' layout buffers and the
+    masked layers' block masks.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
     params = list(model.parameters())
-    topology = sum(t.numel() * t.element_size() for m in model.modules() if isinstance(m, SparseModule)
-                   for t in m.layout.buffers())
+    topology_buffers = [t for m in model.modules() if isinstance(m, SparseModule) for t in m.layout.buffers()]
+    topology_buffers += [t for _, m in masked_layers(model) for t in m.block_mask.buffers()]
+    topology = sum(t.numel() * t.element_size() for t in {id(t): t for t in topology_buffers}.values())
     state = 0
     if optimizer is not None:
         for per_param in optimizer.state.values():

@@ -85,3 +85,54 @@ def mobilenet(in_channels: int = 3, classes: int = 10, width: int = 32) -> nn.Se
 
 MODELS = {"mlp": mlp, "cnn": cnn, "resnet18": lambda: resnet18(in_channels=1),
           "mobilenet": lambda: mobilenet(in_channels=1)}
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm transformer decoder block: causal multi-head self-attention with separate q/k/v/out
+    projections, then a ReLU feed-forward network; all six projections are ``nn.Linear`` (sparsifiable)."""
+
+    def __init__(self, width: int, heads: int, ffn: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width)
+        self.q, self.k, self.v, self.out = (nn.Linear(width, width) for _ in range(4))
+        self.norm2 = nn.LayerNorm(width)
+        self.ffn_in = nn.Linear(width, ffn)
+        self.ffn_out = nn.Linear(ffn, width)
+
+    def forward(self, x):
+        batch, length, width = x.shape
+        h = self.norm1(x)
+
+        def split(t):
+            return t.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
+
+        attended = nn.functional.scaled_dot_product_attention(split(self.q(h)), split(self.k(h)), split(self.v(h)),
+                                                              is_causal=True)
+        x = x + self.out(attended.transpose(1, 2).reshape(batch, length, width))
+        return x + self.ffn_out(torch.relu(self.ffn_in(self.norm2(x))))
+
+
+class TransformerLM(nn.Module):
+    """A small GPT-style language model: token and learned position embeddings, ``layers`` decoder
+    blocks, a final LayerNorm and a linear head (named ``head``) to ``vocab`` logits.  Takes token ids
+    ``[batch, length]`` and returns logits ``[batch, length, vocab]``."""
+
+    def __init__(self, vocab: int = 256, width: int = 256, layers: int = 4, heads: int = 4, ffn: int | None = None,
+                 max_length: int = 256):
+        super().__init__()
+        self.max_length = max_length
+        self.embed = nn.Embedding(vocab, width)
+        self.position = nn.Embedding(max_length, width)
+        self.blocks = nn.Sequential(*(DecoderBlock(width, heads, ffn or 4 * width) for _ in range(layers)))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, tokens):
+        if tokens.dim() != 2 or tokens.shape[1] > self.max_length:
+            raise ValueError(f"tokens must be [batch, length <= {self.max_length}], got {tuple(tokens.shape)}")
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.embed(tokens) + self.position(positions)
+        return self.head(self.norm(self.blocks(x)))

@@ -1,0 +1,106 @@
+"""The memory and training-step benchmarks and the larger-than-dense example, at small sizes."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import rigl_sparse as rs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(directory, name):
+    sys.path.insert(0, str(ROOT / directory))
+    try:
+        spec = importlib.util.spec_from_file_location(name, ROOT / directory / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / directory))
+
+
+@pytest.mark.parametrize("model", ["mlp", "transformer"])
+def test_workloads_hold_what_they_claim(model):
+    workloads = _load("benchmarks", "workloads")
+    dense = workloads.build(model, "dense", 1.0, size="small")
+    rigl = workloads.build(model, "rigl", 0.25, size="small", block_size=16)
+    masked = workloads.build(model, "masked", 0.25, size="small", block_size=16)
+    projections = [m for m in dense.model.modules() if type(m) is nn.Linear and m.out_features != 32]  # not the head
+    sparse = [m for m in rigl.model.modules() if isinstance(m, rs.SparseModule)]
+    assert len(sparse) == len(projections) > 0
+    assert not any(type(m) is nn.Linear and m.out_features != 32 for m in rigl.model.modules())
+    assert sum(m.layout.nnz() for m in sparse) == pytest.approx(0.25 * sum(m.weight.numel() for m in projections),
+                                                                rel=0.02)
+    masks = [m.block_mask for _, m in rs.rigl.masked.masked_layers(masked.model)]
+    assert len(masks) == len(projections) and all(m.density() == pytest.approx(0.25, abs=0.02) for m in masks)
+    assert workloads.sparse_blocks(rigl.model, 16) == workloads.sparse_blocks(masked.model, 16) == sum(
+        m.weight.numel() // 256 for m in projections)
+    for work in (dense, rigl, masked):
+        assert work.step() is False
+        assert all(torch.isfinite(p).all() for p in work.model.parameters())
+    with pytest.raises(ValueError, match="dense runs at density 1 only"):
+        workloads.build(model, "rigl", 1.0, size="small")
+
+
+def test_bench_memory_measures_and_tabulates_a_small_run():
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("the CPU meter needs Linux's /proc/self/clear_refs")
+    bench = _load("benchmarks", "bench_memory")
+    rows = [bench.measure("mlp", method, density, block_size=16, size="small", device="cpu")
+            for method, density in (("dense", 1.0), ("rigl", 0.25), ("masked", 0.25))]
+    dense, rigl, masked = rows
+    for r in rows:
+        assert r["state_mib"] == pytest.approx(r["parameters_mib"] + r["gradients_mib"] + r["optimizer_mib"]
+                                               + r["topology_mib"])
+        assert r["gradients_mib"] == pytest.approx(r["parameters_mib"])  # gradients of the last step kept
+    # small mlp: two 128 x 128 layers with bias; Adam holds two moments (+ a step per tensor)
+    assert dense["parameters_mib"] * 2**20 == 4 * 2 * (128 * 128 + 128)
+    assert rigl["parameters_mib"] * 2**20 == 4 * 2 * (0.25 * 128 * 128 + 128)
+    assert masked["parameters_mib"] == dense["parameters_mib"] and masked["topology_mib"] > 0
+    assert rigl["update_extra_mib"] is not None and dense["update_extra_mib"] is None
+    assert rigl["blocks"] == 2 * 64
+    bench.add_ratios(rows)
+    steps = 4 * 4  # Adam's fp32 step counter of each of the 4 tensors
+    dense_bytes, rigl_bytes = 4 * 2 * (16384 + 128), 4 * 2 * (0.25 * 16384 + 128)
+    # parameters + gradients + two moments, and the step counters
+    assert rigl["param_grad_opt_vs_dense"] == pytest.approx((4 * rigl_bytes + steps) / (4 * dense_bytes + steps))
+    table = bench.markdown(rows, {"device": "cpu", "torch": torch.__version__, "git_sha": "0" * 40})
+    assert table.count("\n| mlp |") == 3
+
+
+def test_bench_train_step_times_ordinary_and_update_steps():
+    bench = _load("benchmarks", "bench_train_step")
+    args = type("Args", (), {"block_size": 16, "size": "small", "device": "cpu"})()
+    calls = []
+
+    def timer(fn):
+        fn()
+        fn()
+        calls.append(fn)
+        return 1.0
+
+    assert bench.timed_steps("transformer", "dense", 1.0, args, timer) == (1.0, None)
+    assert bench.timed_steps("transformer", "rigl", 0.25, args, timer) == (1.0, 1.0)  # raises if a step misbehaves
+    assert len(calls) == 3
+
+
+def test_larger_than_dense_example_trains_sparse_and_reports(tmp_path, capsys):
+    from test_data_and_train import _fake_dataset
+
+    _fake_dataset(tmp_path)
+    example = _load("examples", "larger_than_dense")
+    example.main(["--width", "256", "--layers", "1", "--density", "0.1", "--block-size", "16", "--steps", "12",
+                  "--delta-t", "4", "--skip-dense-attempt", "--data-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "topology updates: 2" in out  # t = 4, 8 (t_end = 9)
+    n_dense = example.dense_parameters(256, 1)
+    assert n_dense == sum(p.numel() for p in example.build(256, 1, "meta").parameters())
+    assert f"{n_dense / 1e9:.2f} B parameters" in out
+    assert "dense attempt" not in out
+    assert example.try_dense(64, 1, torch.device("cpu")).startswith("the dense training state was allocated")
