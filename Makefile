@@ -44,9 +44,10 @@ info: $(STAMP)
 	$(PY) -m rigl_sparse.info
 
 # On a machine with a CUDA GPU and torch + triton preinstalled: one command builds the extensions (the
-# CUDA one where nvcc is found), runs the whole suite there (GPU tests included) and the GPU benchmark
-# of every available backend and the conv benchmark, and writes results to RESULTS_DIR; it fails if the
-# tests failed.
+# CUDA one where nvcc is found), runs the whole suite there (GPU tests included), the GPU benchmark of
+# every available backend, the conv, memory and training-step benchmarks and the larger-than-dense
+# example (21.5 B dense-equivalent parameters; it needs Fashion-MNIST, found as rigl_sparse.data says,
+# e.g. RIGL_SPARSE_DATA=<dir>), and writes results to RESULTS_DIR; it fails if anything failed.
 RESULTS_DIR ?= benchmarks/results/gpu
 test-gpu:
 	$(PYTHON) -m pytest -q -m "gpu or not slow"
@@ -61,6 +62,12 @@ gpu-check:
 		| tee $(RESULTS_DIR)/bench.log || status=$$?; \
 	$(PYTHON) benchmarks/bench_conv.py --device cuda --out-dir $(RESULTS_DIR) 2>&1 \
 		| tee $(RESULTS_DIR)/bench_conv.log || status=$$?; \
+	$(PYTHON) benchmarks/bench_memory.py --device cuda --out-dir $(RESULTS_DIR) 2>&1 \
+		| tee $(RESULTS_DIR)/bench_memory.log || status=$$?; \
+	$(PYTHON) benchmarks/bench_train_step.py --device cuda --out-dir $(RESULTS_DIR) 2>&1 \
+		| tee $(RESULTS_DIR)/bench_train_step.log || status=$$?; \
+	$(PYTHON) examples/larger_than_dense.py --device cuda --width 65536 --layers 5 --density 0.005 2>&1 \
+		| tee $(RESULTS_DIR)/larger_than_dense_cuda.log || status=$$?; \
 	exit $$status
 
 clean:

@@ -104,9 +104,10 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--delta-t", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--skip-dense-attempt", action="store_true")
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST's IDX files (default: see rigl_sparse.data)")
+    parser.add_argument("--test-examples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -120,6 +121,9 @@ def main(argv=None) -> None:
           f"gradients, Adam moments) {dense_bytes / GiB:.1f} GiB = {dense_bytes / capacity:.1f}x the device's memory")
     if not args.skip_dense_attempt:
         print(f"dense attempt: {dense_attempt(args, device)}")
+    if device.type == "cuda":  # the peak printed below is the sparse model's, not the dense attempt's
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
 
     start = time.perf_counter()
     model = build(args.width, args.layers, "meta")
@@ -157,15 +161,22 @@ def main(argv=None) -> None:
             print(f"step {step:4d}  loss {loss.item():.4f}  (mean of last {min(25, len(losses))}: {recent:.4f})  "
                   f"{time.perf_counter() - start:6.1f} s{note}", flush=True)
 
+    training_time = time.perf_counter() - start
+    test_images = ((ds["test_images"][:args.test_examples].float() / 255.0 - 0.2860) / 0.3530).to(device)
+    test_labels = ds["test_labels"][:args.test_examples].to(device)
+    with torch.no_grad():
+        correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in zip(test_images.split(500),
+                                                                            test_labels.split(500)))
     report = rs.memory_report(model, optimizer)
     first, last = sum(losses[:25]) / min(25, len(losses)), sum(losses[-25:]) / min(25, len(losses))
     peak = peak_memory(device)
     print(f"loss: mean of the first 25 steps {first:.4f}, of the last 25 {last:.4f}")
     print(f"topology updates: {scheduler.stats['updates']}, blocks moved: {scheduler.stats['blocks_moved']}")
+    print(f"test accuracy on the first {len(test_labels)} test images: {correct / len(test_labels):.4f}")
     print(f"state: parameters {report.parameters / GiB:.2f} GiB, Adam {report.optimizer_state / GiB:.2f} GiB, "
           f"topology {report.topology / GiB:.3f} GiB")
     print(f"peak memory of this process: {peak / GiB:.2f} GiB, against {dense_bytes / GiB:.1f} GiB for the dense "
-          f"model's training state ({peak / dense_bytes:.4f}x); {math.ceil(time.perf_counter() - start)} s of training")
+          f"model's training state ({peak / dense_bytes:.4f}x); {math.ceil(training_time)} s of training")
 
 
 if __name__ == "__main__":
