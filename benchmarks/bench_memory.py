@@ -18,10 +18,11 @@ workload and measures, relative to that baseline:
 
 ``rs.memory_report`` splits the state into parameters, gradients, optimizer state and
 topology; ``update_extra`` is ``peak_update - peak_step``, what the RigL update step adds to
-the peak (negative where the update step, which skips the optimizer step, peaks lower).  On CUDA the meter is ``torch.cuda.memory_allocated``/``max_memory_allocated``; on
-CPU it is the resident set (``VmRSS``/``VmHWM`` of ``/proc/self/status``, the peak reset
-through ``/proc/self/clear_refs``) with glibc's mmap threshold pinned at 64 KiB, so that
-freed tensors go back to the system and the resident set follows the live tensors.
+the peak (negative where the update step, which skips the optimizer step, peaks lower).
+On CUDA the meter is ``torch.cuda.memory_allocated``/``max_memory_allocated``; on CPU it is
+the resident set (``VmRSS``/``VmHWM`` of ``/proc/self/status``, the peak reset through
+``/proc/self/clear_refs``) with glibc's mmap threshold pinned at 64 KiB, so that freed
+tensors go back to the system and the resident set follows the live tensors.
 """
 
 from __future__ import annotations
@@ -197,7 +198,8 @@ def plot_memory(path: Path, rows: list[dict]) -> bool:
     for ax, model in zip(axes[0], models):
         dense = next(r for r in rows if r["model"] == model and r["method"] == "dense")
         for method in ("rigl", "masked"):
-            pts = sorted((r["density"], r["peak_step_mib"]) for r in rows if r["model"] == model and r["method"] == method)
+            pts = sorted((r["density"], r["peak_step_mib"]) for r in rows
+                         if r["model"] == model and r["method"] == method)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{method} peak step")
         pts = sorted((r["density"], r["state_mib"]) for r in rows if r["model"] == model and r["method"] == "rigl")
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="x", ls=":", label="rigl state")

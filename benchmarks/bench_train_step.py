@@ -20,8 +20,6 @@ import sys
 from pathlib import Path
 from statistics import median
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, environment, make_timer, plot, print_table, save, slug  # noqa: E402
 from workloads import MODELS, build  # noqa: E402
@@ -42,13 +40,12 @@ def timed_steps(model: str, method: str, density: float, args, timer) -> tuple[f
             if work.step() != updates:
                 raise RuntimeError(f"a step {'did not update' if updates else 'updated'} the topology")
 
-        seconds = timer(run)
-        del work
-        gc.collect()
-        return seconds
+        return timer(run)
 
     step = timed(DELTA_T, updates=False)
+    gc.collect()
     update = timed(1, updates=True) if method != "dense" else None  # delta_t=1: every step updates
+    gc.collect()
     return step, update
 
 
@@ -92,7 +89,8 @@ def main(argv=None) -> None:
     print_table(rows, ["model", "method", "density", "dense_ms", "step_ms", "update_step_ms", "amortised_ms",
                        "speedup_vs_dense", "update_vs_dense_step"])
     out_dir = args.out_dir or RESULTS / slug(env["device"])
-    name = f"train_step_{'cuda' if args.device.startswith('cuda') else 'cpu'}" + ("_small" if args.size != "full" else "")
+    name = "train_step_" + ("cuda" if args.device.startswith("cuda") else "cpu")
+    name += "_small" if args.size != "full" else ""
     save(name, rows, env, out_dir)
     for model in sorted({r["model"] for r in rows}):
         plot(out_dir / f"{name}_{model}.png", [r for r in rows if r["model"] == model], x="density",
