@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, environment, print_table, save, slug  # noqa: E402
-from workloads import MODELS, build, sparse_blocks  # noqa: E402
+from workloads import MODELS, argument_parser, build, sparse_blocks  # noqa: E402
 
 import rigl_sparse as rs  # noqa: E402
 
@@ -217,13 +217,7 @@ def plot_memory(path: Path, rows: list[dict]) -> bool:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--densities", default=",".join(str(d) for d in DENSITIES))
-    parser.add_argument("--block-size", type=int, default=32)
-    parser.add_argument("--size", default="full", choices=("full", "small"))
-    parser.add_argument("--out-dir", type=Path, default=None)
+    parser = argument_parser(__doc__, DENSITIES)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:

@@ -14,7 +14,6 @@ step measured in the same run.  On CPU, each ratio is the median of three back-t
 
 from __future__ import annotations
 
-import argparse
 import gc
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, environment, make_timer, plot, print_table, save, slug  # noqa: E402
-from workloads import MODELS, build  # noqa: E402
+from workloads import MODELS, argument_parser, build  # noqa: E402
 
 DENSITIES = (0.2, 0.1, 0.05, 0.02)
 DELTA_T = 100
@@ -50,13 +49,7 @@ def timed_steps(model: str, method: str, density: float, args, timer) -> tuple[f
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--densities", default=",".join(str(d) for d in DENSITIES))
-    parser.add_argument("--block-size", type=int, default=32)
-    parser.add_argument("--size", default="full", choices=("full", "small"))
-    parser.add_argument("--out-dir", type=Path, default=None)
+    parser = argument_parser(__doc__, DENSITIES)
     args = parser.parse_args(argv)
     timer = make_timer(args.device)
     pairs = 1 if args.device.startswith("cuda") else 3

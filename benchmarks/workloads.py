@@ -21,7 +21,9 @@ sparse weights are exactly ``density`` of the dense ones.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -123,3 +125,15 @@ def sparse_blocks(model: nn.Module, block_size: int) -> int:
         elif isinstance(getattr(module, "block_mask", None), rs.BlockMask):
             total += module.block_mask.active.numel()
     return total
+
+
+def argument_parser(description: str, densities: tuple[float, ...]) -> argparse.ArgumentParser:
+    """The options both benchmarks take: device, models, densities, block size, size, output folder."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--densities", default=",".join(str(d) for d in densities))
+    parser.add_argument("--block-size", type=int, default=32)
+    parser.add_argument("--size", default="full", choices=tuple(SIZES))
+    parser.add_argument("--out-dir", type=Path, default=None)
+    return parser
