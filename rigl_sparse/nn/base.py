@@ -23,7 +23,18 @@ class SparseModule(nn.Module):
     the layer also computes the ``k`` best inactive blocks by gradient norm
     (``rigl_sparse::block_scores``) from the ``dY`` and ``X`` it already has, and
     ``take_grow_scores()`` hands them over.  This is how RigL's scheduler gets the
-    dense-gradient criterion without a dense gradient.
+    dense-gradient criterion without a dense gradient.  Several backward passes
+    before ``take_grow_scores()`` (gradient accumulation) sum their candidates'
+    scores block by block: an upper bound on the norm of the accumulated
+    gradient, over the union of each pass's top ``k``.
+
+    With ``request_grow_scores(k, exact=True)`` the backward passes keep their
+    ``dY`` and ``X`` instead (activation-sized, never weight-sized), and
+    ``take_grow_scores(process_group)`` scores the accumulated gradient
+    ``sum_i dY_i.T @ X_i`` exactly: over every micro-batch, and, given a process
+    group, averaged over its ranks one band of block rows at a time
+    (``all_reduce`` of each band, as DDP averages gradients), so every rank gets
+    the same candidates and no rank holds a layer's dense gradient.
     """
 
     values: nn.Parameter
@@ -32,20 +43,81 @@ class SparseModule(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._grow_request: int | None = None
+        self._grow_exact = False
         self._grow_scores: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._grow_inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # -------------------------------------------------------------- grow scores
-    def request_grow_scores(self, k: int | None) -> None:
-        """Compute the top-``k`` inactive block scores in the next backward (None cancels)."""
+    def request_grow_scores(self, k: int | None, *, exact: bool = False) -> None:
+        """Compute the top-``k`` inactive block scores in the coming backward passes (None cancels);
+        ``exact`` keeps their ``dY`` and ``X`` and scores at ``take_grow_scores`` instead."""
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
             raise ValueError(f"k must be a non-negative int or None, got {k!r}")
+        if not isinstance(exact, bool):
+            raise TypeError(f"exact must be a bool, got {type(exact).__name__}")
+        if exact and k is not None and not self._supports_exact_grow_scores():
+            raise NotImplementedError(f"exact (accumulated or distributed) grow scores are not implemented for "
+                                      f"{type(self).__name__}; use exact=False")
         self._grow_request = k
+        self._grow_exact = exact
         self._grow_scores = None
+        self._grow_inputs = []
 
-    def take_grow_scores(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(scores [k] float32, index [k] int64)`` from the last backward, or None; clears them."""
+    def take_grow_scores(self, process_group=None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(scores [k] float32, index [k] int64)`` of the backward passes since the request, or None
+        (no backward recorded); clears them.  ``process_group`` (exact mode only): average the
+        gradient over its ranks before scoring; every rank of the group must call this together."""
+        if process_group is not None and not self._grow_exact:
+            raise ValueError("process_group needs grow scores requested with exact=True")
+        if self._grow_exact:
+            inputs, self._grow_inputs = self._grow_inputs, []
+            if process_group is None and not inputs:
+                return None
+            return self._exact_grow_scores(inputs, process_group)
         scores, self._grow_scores = self._grow_scores, None
         return scores
+
+    def _supports_exact_grow_scores(self) -> bool:
+        return False
+
+    def _record_grow_candidates(self, candidates: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Keep one backward pass's candidates; a further pass sums scores block by block."""
+        if self._grow_scores is None:
+            self._grow_scores = candidates
+            return
+        scores = torch.cat([self._grow_scores[0], candidates[0]])
+        index = torch.cat([self._grow_scores[1], candidates[1]])
+        valid = index >= 0
+        blocks, where = torch.unique(index[valid], return_inverse=True)
+        summed = torch.zeros(blocks.numel(), dtype=scores.dtype, device=scores.device)
+        self._grow_scores = (summed.index_add_(0, where, scores[valid]), blocks)
+
+    def _exact_grow_scores(self, inputs, process_group):
+        """Top-``k`` of the accumulated (and, over ``process_group``, averaged) dense gradient."""
+        layout = self.layout
+        k = self._grow_request
+        if process_group is None:
+            dy = torch.cat([d for d, _ in inputs])
+            x = torch.cat([x for _, x in inputs])
+            return ops.block_scores(dy, x, layout.block_row, layout.block_col, layout.block_size, k)
+        import torch.distributed as dist
+
+        from rigl_sparse.ops.block_scores.reference import scores_by_bands
+        from rigl_sparse.ops.dsd.reference import blocks_of
+
+        b = layout.block_size
+        n_rows, n_cols = layout.grid
+        world = dist.get_world_size(process_group)
+        pairs = [(blocks_of(d, b, torch.float32), blocks_of(x, b, torch.float32).flatten(1)) for d, x in inputs]
+
+        def band(r0, r1):
+            grad = torch.zeros((r1 - r0) * b, n_cols * b, dtype=torch.float32, device=layout.block_row.device)
+            for dy_b, x_pad in pairs:  # a rank with no micro-batch contributes zeros
+                grad.addmm_(dy_b[:, r0:r1].flatten(1).T, x_pad)
+            dist.all_reduce(grad, group=process_group)
+            return grad.div_(world)
+
+        return scores_by_bands(band, n_rows, n_cols, b, layout.active_mask().flatten(), k)
 
     def _tap_grow_scores(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Identity on ``y`` whose backward records the grow scores from ``dY`` and ``x``."""
@@ -117,12 +189,14 @@ class _GrowScoreTap(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         module = ctx.module
         k = module._grow_request
-        if k is not None:
+        if k is not None and module._grow_exact:
+            module._grow_inputs.append((grad_y.detach().to(x.dtype), x.detach()))
+        elif k is not None:
             layout = module.layout
             with torch.no_grad():
-                module._grow_scores = ops.block_scores(
+                module._record_grow_candidates(ops.block_scores(
                     grad_y.detach().to(x.dtype), x.detach(), layout.block_row, layout.block_col, layout.block_size, k
-                )
+                ))
         return grad_y, None, None
 
 

@@ -108,7 +108,7 @@ class SparseConv2d(SparseModule):
                       tap=self._tap_grow_scores)
 
     def _deliver_grow_scores(self, scores) -> None:
-        self._grow_scores = scores
+        self._record_grow_candidates(scores)
 
     # -------------------------------------------------------------- conversion
     @classmethod

@@ -56,6 +56,9 @@ class SparseLinear(SparseModule):
         y = self._tap_grow_scores(y, x2)
         return y.view(*x.shape[:-1], self.out_features)
 
+    def _supports_exact_grow_scores(self) -> bool:
+        return True
+
     # -------------------------------------------------------------- conversion
     @classmethod
     def from_dense(cls, linear: nn.Linear, *, density: float, block_size: int = 32) -> "SparseLinear":

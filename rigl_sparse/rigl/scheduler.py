@@ -46,6 +46,7 @@ from rigl_sparse.rigl.masked import (check_optimizer_holds, mask_gradients, mask
 from rigl_sparse.rigl.schedule import check_alpha, check_delta_t, check_t_end, drop_fraction
 
 GROW = ("gradient", "random", "momentum", "none")
+GROW_SCORES = ("backward", "exact")
 DROP = ("magnitude",)
 
 
@@ -63,6 +64,20 @@ class RigLScheduler:
         drop: ``"magnitude"``.
         seed: seeds the generator of random growth.
         momentum: decay of the gradient moving average of ``grow="momentum"`` (0.9 as in the official code).
+        grow_scores: how compressed layers score the inactive blocks of an update step.
+            ``"backward"``: each backward pass computes its top-``k`` candidates with the streaming
+            ``block_scores`` (extra memory O(k + blocks)); with gradient accumulation the passes'
+            scores are summed block by block, an upper bound of the accumulated gradient's norm.
+            ``"exact"``: the backward passes of an update step keep each sparse layer's ``dY`` and
+            ``X`` (activation-sized) and ``step()`` scores the accumulated gradient exactly.
+            Default: ``"exact"`` under DDP or with a ``process_group``, else ``"backward"``.
+        process_group: ranks whose gradients are averaged (data parallelism): update steps score
+            the rank-averaged gradient, one band of block rows at a time (``all_reduce``), so all
+            ranks make the same decisions.  Default: the process group of a
+            ``DistributedDataParallel`` model, else None.  Every rank must call ``step()``.
+
+    Masked layers need neither: their ``weight.grad`` already is the accumulated (and, under
+    DDP, averaged) dense gradient.
 
     Use::
 
@@ -74,7 +89,7 @@ class RigLScheduler:
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, delta_t: int = 100, t_end: int,
                  alpha: float = 0.3, grow: str = "gradient", drop: str = "magnitude", seed: int = 0,
-                 momentum: float = 0.9):
+                 momentum: float = 0.9, grow_scores: str | None = None, process_group=None):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -88,6 +103,17 @@ class RigLScheduler:
             raise ValueError(f"drop must be one of {DROP}, got {drop!r}")
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
+        if process_group is None and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            process_group = model.process_group
+        if grow_scores is None:
+            grow_scores = "exact" if process_group is not None else "backward"
+        if grow_scores not in GROW_SCORES:
+            raise ValueError(f"grow_scores must be one of {GROW_SCORES}, got {grow_scores!r}")
+        if process_group is not None and grow_scores != "exact":
+            raise ValueError("a process_group needs grow_scores='exact' (the ranks' gradients are averaged before "
+                             "scoring)")
+        self.grow_scores = grow_scores
+        self.process_group = process_group
         self.layers = [(name, m) for name, m in model.named_modules() if isinstance(m, SparseModule)]
         self.masked = masked_layers(model)
         if not self.layers and not self.masked:
@@ -127,7 +153,7 @@ class RigLScheduler:
         """Ask the layers for grow scores in the coming backward when it belongs to an update step."""
         for _, layer in self.layers:
             k = self.drop_count(self.step_count, layer.layout.nnzb) if self.grow == "gradient" else 0
-            layer.request_grow_scores(k if k > 0 else None)
+            layer.request_grow_scores(k if k > 0 else None, exact=self.grow_scores == "exact")
 
     # ---------------------------------------------------------------- stepping
     def step(self) -> bool:
@@ -151,9 +177,10 @@ class RigLScheduler:
     def _update_layer(self, name: str, layer: SparseModule, t: int) -> None:
         layout = layer.layout
         k = self.drop_count(t, layout.nnzb)
-        candidates = layer.take_grow_scores()
         if k == 0:
+            layer.take_grow_scores()
             return
+        candidates = layer.take_grow_scores(self.process_group) if self.grow == "gradient" else None
         values = layer.values
         flat = layout.flat_index()
         dropped = _smallest(values.detach().float().flatten(1).norm(dim=1), flat, k)  # slots

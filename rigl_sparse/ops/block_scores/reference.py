@@ -44,15 +44,27 @@ def block_scores(dy, x, block_row, block_col, block_size: int, k: int):
     n_rows, n_cols = dy_b.shape[1], x_pad.shape[1] // b
     active = torch.zeros(n_rows * n_cols, dtype=torch.bool, device=x.device)
     active[block_row.long() * n_cols + block_col.long()] = True
+    return scores_by_bands(lambda r0, r1: dy_b[:, r0:r1].flatten(1).T @ x_pad, n_rows, n_cols, b, active, k)
 
-    best_scores = torch.empty(0, dtype=torch.float32, device=x.device)
-    best_index = torch.empty(0, dtype=torch.int64, device=x.device)
+
+def scores_by_bands(gradient_band, n_rows: int, n_cols: int, block_size: int, active: torch.Tensor, k: int):
+    """``block_scores`` over a dense gradient given one band of block rows at a time.
+
+    ``gradient_band(r0, r1)`` returns the gradient rows of block rows ``r0:r1``,
+    ``[(r1 - r0) * b, n_cols * b]`` (zero where padded); ``active`` is the
+    ``[n_rows * n_cols]`` bool mask of the active blocks.  Same result format as
+    ``block_scores``.
+    """
+    b = block_size
+    device = active.device
+    best_scores = torch.empty(0, dtype=torch.float32, device=device)
+    best_index = torch.empty(0, dtype=torch.int64, device=device)
     band = max(1, _BAND_ELEMENTS // (b * b * n_cols))
     for r0 in range(0, n_rows, band):
         r1 = min(n_rows, r0 + band)
-        grad = dy_b[:, r0:r1].flatten(1).T @ x_pad  # [(r1-r0)*b, C*b]
+        grad = gradient_band(r0, r1)
         scores = grad.view(r1 - r0, b, n_cols, b).pow(2).sum(dim=(1, 3)).sqrt().flatten().float()
-        index = torch.arange(r0 * n_cols, r1 * n_cols, device=x.device)
+        index = torch.arange(r0 * n_cols, r1 * n_cols, device=device)
         keep = ~active[r0 * n_cols : r1 * n_cols]
         best_scores, best_index = top_candidates(
             torch.cat([best_scores, scores[keep]]), torch.cat([best_index, index[keep]]), k

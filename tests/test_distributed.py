@@ -1,0 +1,134 @@
+"""Gradient accumulation and DDP (gloo, 2 CPU processes): the grow scores see every micro-batch and
+every rank, and the ranks' topologies equal one process's on the whole batch."""
+
+import os
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import rigl_sparse as rs
+from rigl_sparse.ops.block_scores.reference import block_scores as reference_scores
+
+STEPS, DELTA_T, BATCH = 9, 2, 32
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(24, 64), nn.ReLU(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 5))
+    return rs.sparsify(model, density=0.3, method="uniform", first_dense=False, dense=("4",), block_size=8,
+                       generator=torch.Generator().manual_seed(seed))
+
+
+def _data(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(STEPS, BATCH, 24, generator=g), torch.randint(5, (STEPS, BATCH), generator=g)
+
+
+def _train(model, micro_batches=1, rank_slice=slice(None), **scheduler_args):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = rs.RigLScheduler(model, optimizer, delta_t=DELTA_T, t_end=STEPS, alpha=0.5, **scheduler_args)
+    xs, ys = _data()
+    for x, y in zip(xs[:, rank_slice], ys[:, rank_slice]):
+        for xm, ym in zip(x.chunk(micro_batches), y.chunk(micro_batches)):
+            (nn.functional.cross_entropy(model(xm), ym) / micro_batches).backward()
+        if scheduler.step():
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return scheduler
+
+
+def _topology(model):
+    return {name: m.layout.flat_index().sort().values for name, m in model.named_modules()
+            if isinstance(m, rs.SparseModule)}
+
+
+def test_exact_grow_scores_cover_every_micro_batch():
+    whole, accumulated = _model(), _model()
+    s1 = _train(whole)
+    s2 = _train(accumulated, micro_batches=4, grow_scores="exact")
+    assert s1.stats["blocks_moved"] == s2.stats["blocks_moved"] > 0
+    assert all(torch.equal(a, b) for a, b in zip(_topology(whole).values(), _topology(accumulated).values()))
+    for (name, a), b in zip(whole.named_parameters(), accumulated.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_exact_scores_are_block_scores_of_the_concatenated_batch_and_backward_scores_sum_the_passes():
+    torch.manual_seed(0)
+    layer = rs.SparseLinear(32, 16, density=0.25, block_size=4)
+    xs = [torch.randn(6, 32) for _ in range(3)]
+    dys = [torch.randn(6, 16) for _ in range(3)]
+    k = 5
+    expected = reference_scores(torch.cat(dys), torch.cat(xs), layer.layout.block_row, layer.layout.block_col, 4, k)
+
+    layer.request_grow_scores(k, exact=True)
+    for x, dy in zip(xs, dys):
+        layer(x).backward(dy)
+    scores, index = layer.take_grow_scores()
+    torch.testing.assert_close(scores, expected[0])
+    assert torch.equal(index, expected[1])
+
+    layer.request_grow_scores(k)  # "backward": each pass's own top k, summed block by block
+    for x, dy in zip(xs, dys):
+        layer(x).backward(dy)
+    scores, index = layer.take_grow_scores()
+    per_pass = [reference_scores(dy, x, layer.layout.block_row, layer.layout.block_col, 4, k) for x, dy in zip(xs, dys)]
+    for score, block in zip(scores, index):
+        by_hand = sum(s[i == block].sum() for s, i in per_pass)
+        torch.testing.assert_close(score, by_hand)
+    exact = dict(zip(expected[1].tolist(), expected[0].tolist()))
+    for score, block in zip(scores.tolist(), index.tolist()):  # the triangle inequality, where both know the block
+        if block in exact and all(block in i.tolist() for _, i in per_pass):
+            assert score >= exact[block] - 1e-5
+
+
+def test_grow_scores_argument_errors():
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="grow_scores must be one of"):
+        rs.RigLScheduler(model, optimizer, t_end=10, grow_scores="sum")
+    with pytest.raises(ValueError, match="process_group needs grow_scores='exact'"):
+        rs.RigLScheduler(model, optimizer, t_end=10, grow_scores="backward", process_group=object())
+    layer = rs.SparseLinear(8, 8, density=0.5, block_size=4)
+    with pytest.raises(ValueError, match="process_group needs grow scores requested with exact=True"):
+        layer.take_grow_scores(process_group=object())
+    conv = rs.SparseConv2d(8, 8, 3, density=0.5, block_size=4)
+    with pytest.raises(NotImplementedError, match="SparseConv2d"):
+        conv.request_grow_scores(2, exact=True)
+
+
+def _ddp_worker(rank, world, init_file, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model = nn.parallel.DistributedDataParallel(_model())
+        per_rank = BATCH // world
+        scheduler = _train(model, rank_slice=slice(rank * per_rank, (rank + 1) * per_rank))
+        assert scheduler.grow_scores == "exact" and scheduler.process_group is not None
+        torch.save({"topology": _topology(model.module), "state": model.module.state_dict(),
+                    "stats": scheduler.stats}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed with gloo")
+def test_ddp_ranks_agree_with_one_process_on_the_whole_batch(tmp_path):
+    mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0]["stats"]["blocks_moved"] > 0 and ranks[0]["stats"]["updates"] == 4
+    for name in ranks[0]["topology"]:
+        assert torch.equal(ranks[0]["topology"][name], ranks[1]["topology"][name])
+    for name, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][name]), name  # bitwise, weights and topology buffers
+
+    single = _model()
+    stats = _train(single).stats
+    assert stats == ranks[0]["stats"]
+    for name, topology in _topology(single).items():
+        assert torch.equal(topology, ranks[0]["topology"][name]), name
+    for name, value in single.state_dict().items():
+        torch.testing.assert_close(value, ranks[0]["state"][name], rtol=1e-4, atol=1e-5, msg=name)
