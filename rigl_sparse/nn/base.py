@@ -80,6 +80,19 @@ class SparseModule(nn.Module):
     def _supports_exact_grow_scores(self) -> bool:
         return False
 
+    def _operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(x, values, bias)`` in the dtype the layer computes in: under ``torch.autocast`` (for the
+        input's device) the autocast dtype, as ``nn.Linear`` does (the parameters stay in their own
+        dtype and receive their gradients there); otherwise the parameters' dtype, which ``x`` must have."""
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type) and x.is_floating_point():
+            dtype = torch.get_autocast_dtype(device_type)
+            bias = None if self.bias is None else self.bias.to(dtype)
+            return x.to(dtype), self.values.to(dtype), bias
+        if x.dtype != self.values.dtype:
+            raise TypeError(f"input dtype {x.dtype} does not match the layer's dtype {self.values.dtype}")
+        return x, self.values, self.bias
+
     def _record_grow_candidates(self, candidates: tuple[torch.Tensor, torch.Tensor]) -> None:
         """Keep one backward pass's candidates; a further pass sums scores block by block."""
         if self._grow_scores is None:

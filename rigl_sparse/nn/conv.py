@@ -95,8 +95,7 @@ class SparseConv2d(SparseModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"input must be [N, {self.in_channels}, H, W], got shape {tuple(x.shape)}")
-        if x.dtype != self.values.dtype:
-            raise TypeError(f"input dtype {x.dtype} does not match the layer's dtype {self.values.dtype}")
+        x, values, bias = self._operands(x)
         out_h, out_w = self._geometry.output_size(x.shape[2], x.shape[3])
         if out_h <= 0 or out_w <= 0:
             raise ValueError(f"input of spatial size {tuple(x.shape[2:])} is smaller than the kernel "
@@ -104,7 +103,7 @@ class SparseConv2d(SparseModule):
         grow = None
         if self._grow_request is not None and torch.is_grad_enabled():
             grow = (lambda: self._grow_request, self._deliver_grow_scores)
-        return conv2d(x, self.values, self.bias, self.layout.topology(), self.out_channels, self._geometry, grow,
+        return conv2d(x, values, bias, self.layout.topology(), self.out_channels, self._geometry, grow,
                       tap=self._tap_grow_scores)
 
     def _deliver_grow_scores(self, scores) -> None:

@@ -49,10 +49,9 @@ class SparseLinear(SparseModule):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input must have {self.in_features} features in its last dimension, got shape "
                              f"{tuple(x.shape)}")
-        if x.dtype != self.values.dtype:
-            raise TypeError(f"input dtype {x.dtype} does not match the layer's dtype {self.values.dtype}")
+        x, values, bias = self._operands(x)
         x2 = x.reshape(-1, self.in_features)
-        y = ops.linear(x2, self.values, self.bias, *self.layout.topology(), self.out_features)
+        y = ops.linear(x2, values, bias, *self.layout.topology(), self.out_features)
         y = self._tap_grow_scores(y, x2)
         return y.view(*x.shape[:-1], self.out_features)
 

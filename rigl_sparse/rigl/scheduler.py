@@ -135,7 +135,9 @@ class RigLScheduler:
         self.gradient_average: dict[str, torch.Tensor] = {}  # grow="momentum": layer name -> dense moving average
         self.generator = torch.Generator().manual_seed(seed)
         self._mask_hook = register_mask_hook(optimizer, self.masked) if self.masked else None
-        self.stats = {"updates": 0, "blocks_moved": 0, "skipped_nonfinite": 0, "skipped_no_gradient": 0}
+        self.stats = {"updates": 0, "blocks_moved": 0, "skipped_nonfinite": 0, "skipped_no_gradient": 0,
+                      "skipped_overflow": 0}
+        self._score_scale = 1.0
         self._arm()
 
     # ---------------------------------------------------------------- schedule
@@ -156,8 +158,33 @@ class RigLScheduler:
             layer.request_grow_scores(k if k > 0 else None, exact=self.grow_scores == "exact")
 
     # ---------------------------------------------------------------- stepping
-    def step(self) -> bool:
-        """Advance one training step; returns False when the topology changed (skip ``optimizer.step()``)."""
+    def step(self, scaler: torch.amp.GradScaler | None = None) -> bool:
+        """Advance one training step; returns False when the topology changed (skip ``optimizer.step()``).
+
+        With a ``torch.amp.GradScaler``, call it after ``scaler.scale(loss).backward()`` and before
+        ``scaler.step(optimizer)``: it unscales the gradients (``scaler.unscale_``; do not call that
+        yourself before it) and, if they hold Inf/NaN, returns True without counting the step or
+        using its grow scores (``scaler.step`` then skips the optimizer and ``scaler.update()``
+        lowers the scale), so the step is retried at the same ``t``; ``stats["skipped_overflow"]``
+        counts them::
+
+            scaler.scale(loss).backward()
+            if sched.step(scaler):
+                scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad()
+        """
+        self._score_scale = 1.0
+        if scaler is not None:
+            if not isinstance(scaler, torch.amp.GradScaler):
+                raise TypeError(f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}")
+            if scaler.is_enabled():
+                scaler.unscale_(self.optimizer)
+                if not self._gradients_finite():
+                    self.stats["skipped_overflow"] = self.stats.get("skipped_overflow", 0) + 1
+                    self._arm()  # drops whatever the backward recorded for the grow scores
+                    return True
+                self._score_scale = 1.0 / scaler.get_scale()  # grow scores come from the scaled dY
         t = self.step_count
         updated = self.is_update_step(t)
         with torch.no_grad():
@@ -173,6 +200,10 @@ class RigLScheduler:
         self.step_count = t + 1
         self._arm()
         return not updated
+
+    def _gradients_finite(self) -> bool:
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
     def _update_layer(self, name: str, layer: SparseModule, t: int) -> None:
         layout = layer.layout
@@ -212,7 +243,7 @@ class RigLScheduler:
             return None
         scores, index = candidates
         valid = index >= 0
-        pool_scores = torch.cat([scores[valid], grad[dropped].float().flatten(1).norm(dim=1)])
+        pool_scores = torch.cat([scores[valid] * self._score_scale, grad[dropped].float().flatten(1).norm(dim=1)])
         pool_index = torch.cat([index[valid], flat[dropped]])
         return self._best(name, pool_scores, pool_index, k)
 
