@@ -28,7 +28,7 @@ from torch import nn
 
 from rigl_sparse.layout import BlockSparseLayout, _check_positive_int
 from rigl_sparse.nn.conv import weight_matrix
-from rigl_sparse.rigl.sparsify import densities_of
+from rigl_sparse.rigl.sparsify import densities_of, select_layers
 
 STARTS = ("random", "dense")
 
@@ -110,13 +110,13 @@ def masked_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def apply_masks(model: nn.Module, *, density: float, method: str = "erk", block_size: int = 1, dense=(),
                 custom: dict[str, float] | None = None, erk_power_scale: float = 1.0,
-                first_dense: bool | None = None, start: str = "random",
-                generator: torch.Generator | None = None) -> nn.Module:
+                first_dense: bool | None = None, last_dense: bool = False, include=None, exclude=(),
+                start: str = "random", generator: torch.Generator | None = None) -> nn.Module:
     """Put every ``nn.Linear`` and ``nn.Conv2d`` of ``model`` under a block mask, in place.
 
     Per-layer densities come from ``layer_densities`` exactly as in ``sparsify``
-    (same ``method``, ``dense``, ``custom``, ``erk_power_scale``, ``first_dense``
-    rules); layers that end at density 1 get no mask.  ``start="random"`` draws
+    (same ``method``, ``dense``, ``custom``, ``erk_power_scale``, ``first_dense``,
+    ``last_dense``, ``include``, ``exclude`` rules); layers that end at density 1 get no mask.  ``start="random"`` draws
     each layer's active blocks uniformly at random (the same draws, in the same
     order, as ``sparsify`` with the same ``generator``, so both modes start from
     one topology) and zeroes the other weights; ``start="dense"`` starts with
@@ -128,16 +128,17 @@ def apply_masks(model: nn.Module, *, density: float, method: str = "erk", block_
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if start not in STARTS:
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
-    layers = {name: m for name, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)}
+    layers = select_layers(model, lambda m: type(m) in (nn.Linear, nn.Conv2d), include, exclude)
     if not layers:
-        raise ValueError("model has no nn.Linear or nn.Conv2d layer to mask")
+        raise ValueError("model has no nn.Linear or nn.Conv2d layer to mask"
+                         + (" among those include/exclude select" if include or exclude else ""))
     already = [name for name, m in layers.items() if isinstance(getattr(m, "block_mask", None), BlockMask)]
     if already:
         raise ValueError(f"layers {already} already carry a block mask")
     if any(m.weight.is_meta for m in layers.values()):
         raise ValueError("masked mode keeps dense weights and needs them materialised; the model is on 'meta' "
                          "(use rs.sparsify for models too large to exist densely)")
-    densities = densities_of(layers, density, method, dense, custom, erk_power_scale, first_dense)
+    densities = densities_of(layers, density, method, dense, custom, erk_power_scale, first_dense, last_dense)
     for name, layer in layers.items():
         if densities[name] >= 1.0:
             continue

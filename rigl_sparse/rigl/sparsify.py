@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+
 import torch
 from torch import nn
 
@@ -13,8 +15,19 @@ from rigl_sparse.rigl.distributions import layer_densities
 
 def sparsify(model: nn.Module, *, density: float, method: str = "erk", block_size: int = 32, dense=(),
              custom: dict[str, float] | None = None, erk_power_scale: float = 1.0, first_dense: bool | None = None,
-             device=None, generator: torch.Generator | None = None) -> nn.Module:
-    """Convert every ``nn.Linear`` to ``SparseLinear`` and every ``nn.Conv2d`` to ``SparseConv2d``.
+             last_dense: bool = False, include=None, exclude=(), device=None,
+             generator: torch.Generator | None = None) -> nn.Module:
+    """Convert every ``nn.Linear`` (and Hugging Face ``Conv1D``, as in GPT-2) to ``SparseLinear``
+    and every ``nn.Conv2d`` to ``SparseConv2d``.
+
+    Which layers: ``include`` (default: all) and ``exclude`` take a pattern or a
+    sequence of them, each a glob on the module's qualified name (``"h.*.mlp.*"``)
+    or a module type (``nn.Conv2d``); a layer is converted if it matches
+    ``include`` and not ``exclude``.  A name pattern that matches no module is an
+    error (a typo would otherwise go unnoticed).  Layers left out stay as they
+    are, outside the density budget; so do embeddings, norms and biases, which
+    are never sparse.  A layer whose weight is shared with another module (tied
+    embeddings) is refused: exclude it.
 
     Per-layer densities come from ``layer_densities(shapes, density, method, dense,
     custom, erk_power_scale)`` over the weight shapes (``(out, in/groups, kh, kw)``
@@ -36,12 +49,13 @@ def sparsify(model: nn.Module, *, density: float, method: str = "erk", block_siz
     _check_positive_int("block_size", block_size)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    layers = {name: m for name, m in model.named_modules()
-              if type(m) is nn.Linear or _convertible_conv(m, block_size)}
+    layers = select_layers(model, lambda m: type(m) is nn.Linear or is_conv1d(m) or _convertible_conv(m, block_size),
+                           include, exclude)
     if not layers:
-        raise ValueError("model has no nn.Linear or nn.Conv2d (zero padding; block_size dividing out/groups) layer "
-                         "to sparsify")
-    densities = densities_of(layers, density, method, dense, custom, erk_power_scale, first_dense)
+        raise ValueError("model has no nn.Linear, Conv1D or nn.Conv2d (zero padding; block_size dividing "
+                         "out/groups) layer to sparsify" + (" among those include/exclude select" if include or exclude
+                                                             else ""))
+    densities = densities_of(layers, density, method, dense, custom, erk_power_scale, first_dense, last_dense)
     target = None if device is None else torch.device(device)
 
     for name, layer in layers.items():
@@ -54,15 +68,65 @@ def sparsify(model: nn.Module, *, density: float, method: str = "erk", block_siz
 
 
 def densities_of(layers: dict[str, nn.Module], density, method, dense, custom, erk_power_scale,
-                 first_dense) -> dict[str, float]:
+                 first_dense, last_dense=False) -> dict[str, float]:
     """Per-layer densities of ``layers`` (name -> module with a ``weight``) as ``sparsify`` allocates them:
     ``layer_densities`` over the weight shapes, the first layer kept dense when ``first_dense`` (default: for
-    ``method="uniform"``)."""
+    ``method="uniform"``) and the last when ``last_dense``."""
     if first_dense is None:
         first_dense = method == "uniform"
-    dense = tuple(dense) + ((next(iter(layers)),) if first_dense else ())
-    shapes = {name: tuple(m.weight.shape) for name, m in layers.items()}
+    if not isinstance(last_dense, bool):
+        raise TypeError(f"last_dense must be a bool, got {type(last_dense).__name__}")
+    names = list(layers)
+    dense = tuple(dense) + ((names[0],) if first_dense else ()) + ((names[-1],) if last_dense else ())
+    shapes = {name: tuple(m.weight.T.shape) if is_conv1d(m) else tuple(m.weight.shape) for name, m in layers.items()}
     return layer_densities(shapes, density, method, dense=dense, custom=custom, erk_power_scale=erk_power_scale)
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """A Hugging Face ``Conv1D`` (GPT-2's linear layer: ``y = x @ weight + bias``, weight ``[in, out]``),
+    recognised without importing ``transformers``."""
+    weight = getattr(module, "weight", None)
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and weight is not None and weight.dim() == 2
+
+
+def select_layers(model: nn.Module, candidate, include, exclude) -> dict[str, nn.Module]:
+    """``name -> module`` of the modules for which ``candidate(module)`` holds, filtered by
+    ``include``/``exclude`` (see ``sparsify``), in ``named_modules`` order; tied weights refused."""
+    include = None if include is None else _patterns("include", include)
+    exclude = _patterns("exclude", exclude)
+    names = [name for name, _ in model.named_modules()]
+    for pattern in (include or ()) + exclude:
+        if isinstance(pattern, str) and not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            raise ValueError(f"include/exclude pattern {pattern!r} matches no module of the model")
+    chosen = {name: m for name, m in model.named_modules()
+              if candidate(m) and (include is None or _matches(name, m, include)) and not _matches(name, m, exclude)}
+    owners: dict[int, list[str]] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        for pname, param in m.named_parameters(recurse=False, remove_duplicate=False):
+            owners.setdefault(id(param), []).append(f"{name}.{pname}" if name else pname)
+    for name, m in chosen.items():
+        shared = [o for o in owners.get(id(m.weight), []) if not o.startswith(f"{name}.")]
+        if shared:
+            raise ValueError(f"layer {name!r} shares its weight with {shared} (tied weights) and cannot become "
+                             f"sparse alone; leave it out with exclude=({name!r},)")
+    return chosen
+
+
+def _patterns(argument: str, value) -> tuple:
+    items = (value,) if isinstance(value, (str, type)) else value
+    try:
+        items = tuple(items)
+    except TypeError:
+        raise TypeError(f"{argument} must be a glob string, a module type or a sequence of them, got "
+                        f"{type(value).__name__}") from None
+    bad = [p for p in items if not (isinstance(p, str) or (isinstance(p, type) and issubclass(p, nn.Module)))]
+    if bad:
+        raise TypeError(f"{argument} patterns must be glob strings or nn.Module subclasses, got {bad!r}")
+    return items
+
+
+def _matches(name: str, module: nn.Module, patterns: tuple) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) if isinstance(p, str) else isinstance(module, p) for p in patterns)
 
 
 def _convertible_conv(module: nn.Module, block_size: int) -> bool:
@@ -77,6 +141,16 @@ def _sparse_layer(layer: nn.Module, density: float, block_size: int, target, gen
     on_meta = weight.is_meta
     layer_device = target or (torch.device("cpu") if on_meta else weight.device)
     has_bias = layer.bias is not None
+    if is_conv1d(layer):
+        in_features, out_features = weight.shape
+        if on_meta:
+            return SparseLinear(in_features, out_features, bias=has_bias, density=density, block_size=block_size,
+                                device=layer_device, dtype=weight.dtype, generator=generator)
+        matrix = weight.detach().to(layer_device).T
+        layout = BlockSparseLayout.random(tuple(matrix.shape), block_size, density=density, generator=generator,
+                                          device=layer_device)
+        bias = layer.bias.detach().to(layer_device) if has_bias else None
+        return SparseLinear._assemble(layout, layout.gather(matrix), bias)
     if on_meta:
         if isinstance(layer, nn.Linear):
             return SparseLinear(layer.in_features, layer.out_features, bias=has_bias, density=density,

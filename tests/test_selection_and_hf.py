@@ -1,0 +1,107 @@
+"""Choosing the layers to sparsify (globs, types, first/last, tied weights) and Hugging Face models."""
+
+import pytest
+import torch
+from torch import nn
+
+import rigl_sparse as rs
+from rigl_sparse.models import TransformerLM
+
+
+def _lm():
+    torch.manual_seed(0)
+    return TransformerLM(vocab=20, width=32, layers=2, heads=2, ffn=64, max_length=8)
+
+
+def _sparse_names(model):
+    return sorted(name for name, m in model.named_modules() if isinstance(m, rs.SparseModule))
+
+
+def test_include_and_exclude_by_glob_and_type():
+    model = rs.sparsify(_lm(), density=0.5, method="uniform", block_size=8, first_dense=False, include="blocks.*.ffn_*")
+    assert _sparse_names(model) == ["blocks.0.ffn_in", "blocks.0.ffn_out", "blocks.1.ffn_in", "blocks.1.ffn_out"]
+    model = rs.sparsify(_lm(), density=0.5, method="uniform", block_size=8, first_dense=False,
+                        exclude=("head", "blocks.1.*"))
+    assert _sparse_names(model) == [f"blocks.0.{n}" for n in ("ffn_in", "ffn_out", "k", "out", "q", "v")]
+    cnn = nn.Sequential(nn.Conv2d(16, 16, 3), nn.Flatten(), nn.Linear(16, 16))
+    rs.sparsify(cnn, density=0.5, block_size=8, method="uniform", first_dense=False, exclude=nn.Conv2d)
+    assert type(cnn[0]) is nn.Conv2d and isinstance(cnn[2], rs.SparseLinear)
+
+
+def test_first_and_last_dense():
+    model = rs.sparsify(_lm(), density=0.5, method="uniform", block_size=8, first_dense=True, last_dense=True)
+    names = _sparse_names(model)
+    assert "blocks.0.q" not in names and "head" not in names and len(names) == 11
+    masked = rs.apply_masks(_lm(), density=0.5, method="uniform", block_size=8, first_dense=False, last_dense=True)
+    assert not hasattr(masked.head, "block_mask") and hasattr(masked.blocks[0].q, "block_mask")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(include="blocks.*.fnn_*"), ValueError, "matches no module"),
+    (dict(exclude=("head", "heads")), ValueError, "'heads' matches no module"),
+    (dict(include=3), TypeError, "include must be a glob string"),
+    (dict(exclude=[torch.Tensor]), TypeError, "exclude patterns must be glob strings or nn.Module subclasses"),
+    (dict(last_dense="yes"), TypeError, "last_dense must be a bool"),
+    (dict(include=nn.Conv2d), ValueError, "among those include/exclude select"),
+])
+def test_selection_errors(kwargs, error, message):
+    model = _lm()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(error, match=message):
+        rs.sparsify(model, density=0.5, method="uniform", block_size=8, **kwargs)
+    assert _sparse_names(model) == [] and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_tied_weights_are_refused_unless_left_out():
+    model = _lm()
+    model.head.weight = model.embed.weight  # tie the head to the embedding
+    with pytest.raises(ValueError, match=r"layer 'head' shares its weight with \['embed.weight'\].*exclude"):
+        rs.sparsify(model, density=0.5, method="uniform", block_size=8)
+    rs.sparsify(model, density=0.5, method="uniform", block_size=8, exclude="head")
+    assert model.head.weight is model.embed.weight
+
+
+transformers = pytest.importorskip("transformers")
+
+
+def test_hf_conv1d_becomes_an_equivalent_sparse_linear():
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    conv = Conv1D(48, 32)  # nf=48 outputs, nx=32 inputs: weight [32, 48]
+    nn.init.normal_(conv.weight)
+    nn.init.normal_(conv.bias)
+    model = rs.sparsify(nn.Sequential(conv), density=0.5, method="uniform", first_dense=False, block_size=16,
+                        generator=torch.Generator().manual_seed(0))
+    layer = model[0]
+    assert isinstance(layer, rs.SparseLinear) and (layer.in_features, layer.out_features) == (32, 48)
+    dense = layer.to_dense()  # [out, in], the kept blocks of conv.weight.T
+    kept = dense != 0
+    assert torch.equal(dense[kept], conv.weight.T[kept]) and kept.float().mean() == 0.5
+    x = torch.randn(3, 5, 32)
+    torch.testing.assert_close(layer(x), x @ dense.T + conv.bias, rtol=1e-5, atol=1e-5)
+
+
+def test_gpt2_from_a_config_trains_with_rigl():
+    config = transformers.GPT2Config(vocab_size=40, n_positions=16, n_embd=64, n_layer=2, n_head=2)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    with pytest.raises(ValueError, match="lm_head"):  # tied to the token embedding
+        rs.sparsify(model, density=0.25, block_size=16)
+    rs.sparsify(model, density=0.25, block_size=16, exclude="lm_head")
+    assert _sparse_names(model) == sorted(f"transformer.h.{i}.{n}" for i in range(2)
+                                          for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+    assert model.lm_head.weight is model.transformer.wte.weight
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    scheduler = rs.RigLScheduler(model, optimizer, delta_t=3, t_end=9, alpha=0.3)
+    tokens = torch.randint(40, (4, 16), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(12):
+        loss = model(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        if scheduler.step():
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    assert scheduler.stats["updates"] == 3 and scheduler.stats["blocks_moved"] > 0
+    assert losses[-1] < losses[0] - 0.5
