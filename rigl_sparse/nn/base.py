@@ -43,6 +43,7 @@ class SparseModule(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._grow_request: int | None = None
+        self._grow_armed = False
         self._grow_exact = False
         self._grow_scores: tuple[torch.Tensor, torch.Tensor] | None = None
         self._grow_inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -59,9 +60,13 @@ class SparseModule(nn.Module):
             raise NotImplementedError(f"exact (accumulated or distributed) grow scores are not implemented for "
                                       f"{type(self).__name__}; use exact=False")
         self._grow_request = k
+        self._grow_armed = k is not None
         self._grow_exact = exact
         self._grow_scores = None
         self._grow_inputs = []
+        if k is not None:
+            self._ensure_grow_buffers()
+        self._take_compiled_grow_scores()  # a request starts from empty candidates
 
     def take_grow_scores(self, process_group=None) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(scores [k] float32, index [k] int64)`` of the backward passes since the request, or None
@@ -75,7 +80,12 @@ class SparseModule(nn.Module):
                 return None
             return self._exact_grow_scores(inputs, process_group)
         scores, self._grow_scores = self._grow_scores, None
-        return scores
+        compiled = self._take_compiled_grow_scores()
+        if compiled is not None and scores is not None:  # eager and compiled passes in one step
+            self._record_grow_candidates(scores)
+            self._record_grow_candidates(compiled)
+            scores, self._grow_scores = self._grow_scores, None
+        return scores if compiled is None else (compiled if scores is None else scores)
 
     def _supports_exact_grow_scores(self) -> bool:
         return False
@@ -134,9 +144,40 @@ class SparseModule(nn.Module):
 
     def _tap_grow_scores(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Identity on ``y`` whose backward records the grow scores from ``dY`` and ``x``."""
-        if self._grow_request is None or not torch.is_grad_enabled() or not y.requires_grad:
-            return y
+        if not self._grow_armed or not torch.is_grad_enabled() or not y.requires_grad:
+            return y  # reads a bool, not k: a compiled graph must not depend on the drop count
+        if torch.compiler.is_compiling():
+            if self._grow_exact:
+                raise NotImplementedError("exact (accumulated or distributed) grow scores are not available "
+                                          "inside torch.compile; use grow_scores='backward'")
+            scores, index, passes = self._compiled_grow
+            layout = self.layout
+            return ops.grow_tap(y, x, layout.block_row, layout.block_col, layout.block_size, scores, index, passes)
         return _GrowScoreTap.apply(y, x, self)
+
+    def _ensure_grow_buffers(self) -> None:
+        """``(scores [nnzb], index [nnzb], passes [])``, what compiled graphs record grow scores into
+        (made here, outside any graph, so that a graph only reads them)."""
+        device = self.values.device
+        nnzb = self.layout.nnzb
+        buffers = getattr(self, "_compiled_grow", None)
+        if buffers is None or buffers[0].numel() != nnzb or buffers[0].device != device:
+            self._compiled_grow = (torch.full((nnzb,), -float("inf"), device=device),
+                                   torch.full((nnzb,), -1, dtype=torch.int64, device=device),
+                                   torch.zeros((), dtype=torch.int64, device=device))
+
+    def _take_compiled_grow_scores(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The first ``k`` candidates a compiled graph recorded since the request, or None; resets."""
+        buffers = getattr(self, "_compiled_grow", None)
+        if buffers is None or int(buffers[2]) == 0:
+            return None
+        scores, index, passes = buffers
+        k = self._grow_request or 0
+        taken = scores[:k].clone(), index[:k].clone()
+        scores.fill_(-float("inf"))
+        index.fill_(-1)
+        passes.zero_()
+        return taken
 
     # -------------------------------------------------------------- construction
     def _create(self, shape: tuple[int, int], *, block_size: int, density: float, bias: bool, device, dtype,

@@ -1,0 +1,79 @@
+"""``rigl_sparse::grow_tap`` and ``rigl_sparse::record_grow_scores``: RigL's grow scores inside a
+compiled graph.
+
+Eager layers record their grow candidates with an ``autograd.Function`` that writes to the
+module.  A compiled graph cannot write Python state, so under ``torch.compile`` a layer routes
+its output through ``grow_tap``: the identity in the forward, whose backward passes ``dY`` on
+and calls ``record_grow_scores``, an op that writes the top candidates of ``dY.T @ X`` (the
+streaming ``block_scores``) into buffers the layer owns.  The buffers hold ``nnzb`` candidates,
+a size that does not change with the drop count, so the graph never recompiles across topology
+updates; the scheduler reads the first ``k``.  Several backward passes before the scheduler
+reads the buffers sum their scores block by block and keep the best ``nnzb``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rigl_sparse.ops.block_scores import block_scores
+
+
+@torch.library.custom_op("rigl_sparse::record_grow_scores", mutates_args=("scores", "index", "passes"))
+def record_grow_scores(dy: Tensor, x: Tensor, block_row: Tensor, block_col: Tensor, block_size: int,
+                       scores: Tensor, index: Tensor, passes: Tensor) -> None:
+    """Write the best ``scores.numel()`` inactive blocks of ``dy.T @ x`` into ``scores``/``index``
+    (merged by summed score with what earlier passes wrote, when ``passes > 0``); ``passes += 1``."""
+    k = scores.numel()
+    new_scores, new_index = block_scores(dy.to(x.dtype), x, block_row, block_col, block_size, k)
+    if int(passes) > 0:
+        all_index = torch.cat([index, new_index])
+        all_scores = torch.cat([scores, new_scores])
+        valid = all_index >= 0
+        blocks, where = torch.unique(all_index[valid], return_inverse=True)
+        summed = torch.zeros(blocks.numel(), dtype=torch.float32, device=x.device).index_add_(0, where,
+                                                                                             all_scores[valid])
+        order = torch.argsort(blocks)  # unique sorts already; ties then go to the lower index
+        summed, blocks = summed[order], blocks[order]
+        best = torch.sort(summed, descending=True, stable=True).indices[:k]
+        new_scores = torch.full_like(scores, -float("inf"))
+        new_index = torch.full_like(index, -1)
+        new_scores[:best.numel()] = summed[best]
+        new_index[:best.numel()] = blocks[best]
+    scores.copy_(new_scores)
+    index.copy_(new_index)
+    passes.add_(1)
+
+
+@record_grow_scores.register_fake
+def _(dy, x, block_row, block_col, block_size, scores, index, passes):
+    return None
+
+
+@torch.library.custom_op("rigl_sparse::grow_tap", mutates_args=())
+def grow_tap(y: Tensor, x: Tensor, block_row: Tensor, block_col: Tensor, block_size: int, scores: Tensor,
+             index: Tensor, passes: Tensor) -> Tensor:
+    """The identity on ``y`` (a copy); its backward records the grow scores (``record_grow_scores``)."""
+    return y.clone()
+
+
+@grow_tap.register_fake
+def _(y, x, block_row, block_col, block_size, scores, index, passes):
+    return torch.empty_like(y)
+
+
+def _setup(ctx, inputs, output):
+    _, x, block_row, block_col, block_size, scores, index, passes = inputs
+    ctx.save_for_backward(x, block_row, block_col, scores, index, passes)
+    ctx.block_size = block_size
+
+
+def _backward(ctx, grad):
+    x, block_row, block_col, scores, index, passes = ctx.saved_tensors
+    torch.ops.rigl_sparse.record_grow_scores(grad, x, block_row, block_col, ctx.block_size, scores, index, passes)
+    return grad, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("rigl_sparse::grow_tap", _backward, setup_context=_setup)
+
+__all__ = ["grow_tap", "record_grow_scores"]

@@ -1,0 +1,64 @@
+"""RigL under torch.compile: fullgraph forward and backward, the same decisions as eager, and one graph
+per variant (with and without grow scores) however many topology updates happen."""
+
+import torch
+from torch import nn
+from torch._dynamo.utils import counters
+
+import rigl_sparse as rs
+
+
+def _model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 8))
+    return rs.sparsify(model, density=0.4, block_size=8, method="uniform", first_dense=False, dense=("4",),
+                       generator=torch.Generator().manual_seed(0))
+
+
+def _train(model, step_fn, steps=16):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = rs.RigLScheduler(model, optimizer, delta_t=2, t_end=14, alpha=0.5)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, y = torch.randn(16, 32, generator=g), torch.randint(8, (16,), generator=g)
+        nn.functional.cross_entropy(step_fn(x), y).backward()
+        if scheduler.step():
+            optimizer.step()
+        optimizer.zero_grad()
+    return scheduler
+
+
+def test_compiled_rigl_matches_eager_without_recompiling():
+    eager, compiled = _model(), _model()
+    torch._dynamo.reset()
+    counters.clear()
+    s1 = _train(eager, eager)
+    s2 = _train(compiled, torch.compile(compiled, fullgraph=True, backend="aot_eager"))
+    assert s1.stats == s2.stats and s2.stats["updates"] == 7 and s2.stats["blocks_moved"] > 20
+    for a, b in zip(eager.modules(), compiled.modules()):
+        if isinstance(a, rs.SparseModule):
+            assert torch.equal(a.layout.flat_index().sort().values, b.layout.flat_index().sort().values)
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert counters["stats"]["unique_graphs"] == 2  # with and without the grow tap, across 7 updates
+
+
+def test_grow_tap_op_is_the_identity_and_records_block_scores():
+    torch.manual_seed(0)
+    layer = rs.SparseLinear(32, 16, density=0.25, block_size=4)
+    layout = layer.layout
+    x, dy = torch.randn(6, 32), torch.randn(6, 16)
+    y = torch.randn(6, 16, requires_grad=True)
+    scores = torch.full((layout.nnzb,), -float("inf"))
+    index = torch.full((layout.nnzb,), -1, dtype=torch.int64)
+    passes = torch.zeros((), dtype=torch.int64)
+    out = rs.ops.grow_tap(y, x, layout.block_row, layout.block_col, 4, scores, index, passes)
+    assert torch.equal(out, y)
+    out.backward(dy)
+    assert torch.equal(y.grad, dy) and int(passes) == 1
+    expected = rs.ops.block_scores(dy, x, layout.block_row, layout.block_col, 4, layout.nnzb)
+    torch.testing.assert_close(scores, expected[0])
+    assert torch.equal(index, expected[1])
+    torch.library.opcheck(torch.ops.rigl_sparse.grow_tap.default,
+                          (y, x, layout.block_row, layout.block_col, 4, scores.clone(), index.clone(),
+                           passes.clone()), test_utils=("test_schema", "test_faketensor"))
