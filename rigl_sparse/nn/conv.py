@@ -101,7 +101,11 @@ class SparseConv2d(SparseModule):
             raise ValueError(f"input of spatial size {tuple(x.shape[2:])} is smaller than the kernel "
                              f"{self.kernel_size} (dilation {self.dilation}, padding {self.padding})")
         grow = None
-        if self._grow_request is not None and torch.is_grad_enabled():
+        if self._grow_armed and torch.is_grad_enabled():
+            if torch.compiler.is_compiling():
+                raise NotImplementedError("SparseConv2d cannot record RigL grow scores inside torch.compile yet: "
+                                          "run its update steps eagerly (or compile only the layers that are not "
+                                          "SparseConv2d)")
             grow = (lambda: self._grow_request, self._deliver_grow_scores)
         return conv2d(x, values, bias, self.layout.topology(), self.out_channels, self._geometry, grow,
                       tap=self._tap_grow_scores)
