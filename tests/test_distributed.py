@@ -132,3 +132,45 @@ def test_ddp_ranks_agree_with_one_process_on_the_whole_batch(tmp_path):
         assert torch.equal(topology, ranks[0]["topology"][name]), name
     for name, value in single.state_dict().items():
         torch.testing.assert_close(value, ranks[0]["state"][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _fsdp_worker(rank, world, init_file, out_dir):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model = _model()
+        mesh = init_device_mesh("cpu", (world,))
+        for layer in model:
+            if isinstance(layer, rs.SparseModule):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        per_rank = BATCH // world
+        scheduler = _train(model, rank_slice=slice(rank * per_rank, (rank + 1) * per_rank))
+        assert scheduler.grow_scores == "exact" and scheduler.process_group is not None
+        shards = {name: p.to_local().clone() for name, p in model.named_parameters()}
+        state = {name: t.full_tensor() if hasattr(t, "full_tensor") else t for name, t in model.state_dict().items()}
+        torch.save({"topology": _topology(model), "state": state, "shards": shards, "stats": scheduler.stats},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed with gloo")
+def test_fsdp2_shards_values_by_slot_and_agrees_with_one_process(tmp_path):
+    mp.start_processes(_fsdp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    single = _model()
+    stats = _train(single).stats
+    assert ranks[0]["stats"] == ranks[1]["stats"] == stats and stats["blocks_moved"] > 0
+    for name, topology in _topology(single).items():
+        assert torch.equal(topology, ranks[0]["topology"][name]) and torch.equal(topology, ranks[1]["topology"][name])
+    for name, value in single.state_dict().items():
+        assert torch.equal(ranks[0]["state"][name], ranks[1]["state"][name]), name
+        torch.testing.assert_close(ranks[0]["state"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+    values = "0.values"
+    nnzb = single[0].layout.nnzb
+    assert ranks[0]["shards"][values].shape[0] + ranks[1]["shards"][values].shape[0] == nnzb  # split by slot

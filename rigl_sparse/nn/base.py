@@ -236,7 +236,7 @@ class _GrowScoreTap(torch.autograd.Function):
     def forward(ctx, y, x, module):
         ctx.save_for_backward(x)
         ctx.module = module
-        return y.view_as(y)
+        return y.clone()  # not a view: wrappers such as FSDP2 hook the output
 
     @staticmethod
     def backward(ctx, grad_y):

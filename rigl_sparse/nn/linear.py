@@ -53,7 +53,7 @@ class SparseLinear(SparseModule):
         x2 = x.reshape(-1, self.in_features)
         y = ops.linear(x2, values, bias, *self.layout.topology(), self.out_features)
         y = self._tap_grow_scores(y, x2)
-        return y.view(*x.shape[:-1], self.out_features)
+        return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
 
     def _supports_exact_grow_scores(self) -> bool:
         return True

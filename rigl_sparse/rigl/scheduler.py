@@ -105,6 +105,18 @@ class RigLScheduler:
             raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
         if process_group is None and isinstance(model, torch.nn.parallel.DistributedDataParallel):
             process_group = model.process_group
+        if process_group is None:  # FSDP2: values are DTensors sharded over a mesh
+            meshes = {m.values.device_mesh for m in model.modules() if isinstance(m, SparseModule)
+                      and _is_dtensor(m.values)}
+            if len(meshes) > 1:
+                raise ValueError("the sparse layers' values are sharded over different device meshes; pass the "
+                                 "process_group whose ranks hold the data batches")
+            if meshes:
+                mesh = meshes.pop()
+                if mesh.ndim != 1:
+                    raise ValueError(f"values sharded over a {mesh.ndim}-D device mesh: pass the data-parallel "
+                                     "process_group")
+                process_group = mesh.get_group()
         if grow_scores is None:
             grow_scores = "exact" if process_group is not None else "backward"
         if grow_scores not in GROW_SCORES:
@@ -202,7 +214,8 @@ class RigLScheduler:
         return not updated
 
     def _gradients_finite(self) -> bool:
-        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grads = [_full(p.grad) for group in self.optimizer.param_groups for p in group["params"]
+                 if p.grad is not None]
         return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
     def _update_layer(self, name: str, layer: SparseModule, t: int) -> None:
@@ -214,7 +227,7 @@ class RigLScheduler:
         candidates = layer.take_grow_scores(self.process_group) if self.grow == "gradient" else None
         values = layer.values
         flat = layout.flat_index()
-        dropped = _smallest(values.detach().float().flatten(1).norm(dim=1), flat, k)  # slots
+        dropped = _smallest(_full(values.detach()).float().flatten(1).norm(dim=1), flat, k)  # slots
         if self.grow == "gradient":
             grown = self._grow_by_gradient(name, layer, candidates, dropped, flat, k)
         else:
@@ -225,12 +238,17 @@ class RigLScheduler:
         slots = dropped[~torch.isin(dropped_flat, grown)].sort().values
         new_flat = grown[~torch.isin(grown, dropped_flat)].sort().values
         n_cols = layout.grid[1]
-        ops.update_topology(values, *layout.topology(), slots, new_flat // n_cols, new_flat % n_cols)
+        if _is_dtensor(values):  # FSDP2: the op moves the topology on a full copy; each rank zeroes its shard
+            ops.update_topology(_full(values.detach()), *layout.topology(), slots, new_flat // n_cols,
+                                new_flat % n_cols)
+            _zero_slots(values.data, slots)
+        else:
+            ops.update_topology(values, *layout.topology(), slots, new_flat // n_cols, new_flat % n_cols)
         if values.grad is not None:
-            values.grad[slots] = 0
+            _zero_slots(values.grad, slots)
         for state in self.optimizer.state.get(values, {}).values():
             if torch.is_tensor(state) and state.shape == values.shape:
-                state[slots] = 0
+                _zero_slots(state, slots)
         self.stats["blocks_moved"] += slots.numel()
 
     def _grow_by_gradient(self, name, layer, candidates, dropped, flat, k):
@@ -243,6 +261,7 @@ class RigLScheduler:
             return None
         scores, index = candidates
         valid = index >= 0
+        grad = _full(grad)
         pool_scores = torch.cat([scores[valid] * self._score_scale, grad[dropped].float().flatten(1).norm(dim=1)])
         pool_index = torch.cat([index[valid], flat[dropped]])
         return self._best(name, pool_scores, pool_index, k)
@@ -356,3 +375,33 @@ def _smallest(norms: torch.Tensor, flat: torch.Tensor, k: int) -> torch.Tensor:
     """Slots of the ``k`` smallest ``norms``; ties to the lower block index ``flat``."""
     order = torch.argsort(flat)
     return order[torch.sort(norms[order], stable=True).indices[:k]]
+
+
+def _is_dtensor(t) -> bool:
+    return type(t).__name__ == "DTensor" and hasattr(t, "device_mesh")
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a (sharded) DTensor, all ranks calling together; a plain tensor as it is."""
+    return t.full_tensor() if _is_dtensor(t) else t
+
+
+def _zero_slots(t: torch.Tensor, slots: torch.Tensor) -> None:
+    """``t[slots] = 0`` for a ``[nnzb, ...]`` tensor, or for the local shard of one sharded along dim 0."""
+    if not _is_dtensor(t):
+        t[slots] = 0
+        return
+    from torch.distributed.tensor import Replicate, Shard
+
+    (placement,) = t.placements
+    local = t.to_local()
+    if isinstance(placement, Replicate):
+        local[slots] = 0
+        return
+    if not (isinstance(placement, Shard) and placement.dim == 0):
+        raise NotImplementedError(f"values sharded as {placement}: only Shard(0) (FSDP2's default) is supported")
+    rank, world = t.device_mesh.get_local_rank(), t.device_mesh.size()
+    chunk = -(-t.shape[0] // world)  # torch.chunk's split, as FSDP2 shards
+    start = rank * chunk
+    mine = slots[(slots >= start) & (slots < start + local.shape[0])]
+    local[mine - start] = 0
