@@ -95,9 +95,8 @@ def test_grow_scores_argument_errors():
     layer = rs.SparseLinear(8, 8, density=0.5, block_size=4)
     with pytest.raises(ValueError, match="process_group needs grow scores requested with exact=True"):
         layer.take_grow_scores(process_group=object())
-    conv = rs.SparseConv2d(8, 8, 3, density=0.5, block_size=4)
-    with pytest.raises(NotImplementedError, match="SparseConv2d"):
-        conv.request_grow_scores(2, exact=True)
+    with pytest.raises(TypeError, match="exact must be a bool"):
+        layer.request_grow_scores(2, exact=1)
 
 
 def _ddp_worker(rank, world, init_file, out_dir):
@@ -174,3 +173,31 @@ def test_fsdp2_shards_values_by_slot_and_agrees_with_one_process(tmp_path):
     values = "0.values"
     nnzb = single[0].layout.nnzb
     assert ranks[0]["shards"][values].shape[0] + ranks[1]["shards"][values].shape[0] == nnzb  # split by slot
+
+
+@pytest.mark.parametrize("groups, padding, kernel", [(1, 1, 3), (2, "same", 2), (1, 0, (3, 1))])
+def test_exact_conv_grow_scores_are_the_accumulated_dense_gradient_block_norms(groups, padding, kernel):
+    from rigl_sparse.nn.conv import weight_matrix
+
+    torch.manual_seed(0)
+    layer = rs.SparseConv2d(8, 16, kernel, padding=padding, groups=groups, stride=1, density=0.4, block_size=4)
+    xs = [torch.randn(2, 8, 6, 5) for _ in range(3)]
+    dys = [torch.randn_like(layer(x)) for x in xs]
+    k = 6
+    layer.request_grow_scores(k, exact=True)
+    for x, dy in zip(xs, dys):
+        layer(x).backward(dy)
+    scores, index = layer.take_grow_scores()
+
+    conv = layer.to_conv().requires_grad_()
+    for x, dy in zip(xs, dys):
+        conv(x).backward(dy)
+    grad = weight_matrix(conv.weight.grad)  # [out, K], tap-major as the layout
+    rows, cols = layer.layout.grid
+    padded = torch.zeros(rows * 4, cols * 4)
+    padded[:grad.shape[0], :grad.shape[1]] = grad
+    norms = padded.view(rows, 4, cols, 4).pow(2).sum(dim=(1, 3)).sqrt().flatten()
+    norms[layer.layout.flat_index()] = -float("inf")
+    expected = torch.sort(norms, descending=True, stable=True)
+    torch.testing.assert_close(scores, expected.values[:k], rtol=1e-4, atol=1e-5)
+    assert torch.equal(index, expected.indices[:k])

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from rigl_sparse.layout import BlockSparseLayout, _check_positive_int
-from rigl_sparse.nn.base import SparseModule
+from rigl_sparse.nn.base import SparseModule, _GrowScoreTap
+from rigl_sparse.ops.block_scores.reference import scores_by_bands
 from rigl_sparse.ops.conv2d import ConvGeometry, conv2d
 
 
@@ -100,6 +101,12 @@ class SparseConv2d(SparseModule):
         if out_h <= 0 or out_w <= 0:
             raise ValueError(f"input of spatial size {tuple(x.shape[2:])} is smaller than the kernel "
                              f"{self.kernel_size} (dilation {self.dilation}, padding {self.padding})")
+        if self._grow_armed and self._grow_exact and torch.is_grad_enabled():
+            if torch.compiler.is_compiling():
+                raise NotImplementedError("exact (accumulated or distributed) grow scores are not available "
+                                          "inside torch.compile; use grow_scores='backward'")
+            y = conv2d(x, values, bias, self.layout.topology(), self.out_channels, self._geometry)
+            return _GrowScoreTap.apply(y, x, self) if y.requires_grad else y  # keeps dY and x for step()
         grow = None
         if self._grow_armed and torch.is_grad_enabled():
             if torch.compiler.is_compiling():
@@ -112,6 +119,42 @@ class SparseConv2d(SparseModule):
 
     def _deliver_grow_scores(self, scores) -> None:
         self._record_grow_candidates(scores)
+
+    def _supports_exact_grow_scores(self) -> bool:
+        return True
+
+    def _exact_grow_scores(self, inputs, process_group):
+        """Grow candidates of the accumulated weight gradient, formed one band of block rows (output
+        channels, within one group at a time) from the kept inputs and output gradients with
+        ``torch.nn.grad.conv2d_weight``, averaged over ``process_group`` when given."""
+        layout = self.layout
+        b = layout.block_size
+        n_rows, n_cols = layout.grid
+        geometry = self._geometry
+        top, bottom, left, right = geometry.padding
+        groups = geometry.groups
+        out_per_group = self.out_channels // groups
+        in_per_group = self.in_channels // groups
+        kh, kw = self.kernel_size
+        padded = [(dy, nn.functional.pad(x, (left, right, top, bottom))) for dy, x in inputs]
+        world = 1 if process_group is None else torch.distributed.get_world_size(process_group)
+
+        def band(r0, r1):
+            o0, o1 = r0 * b, min(r1 * b, self.out_channels)
+            grad = torch.zeros((r1 - r0) * b, n_cols * b, dtype=torch.float32, device=layout.block_row.device)
+            for dy, x in padded:
+                for g in range(o0 // out_per_group, (o1 - 1) // out_per_group + 1):
+                    lo, hi = max(o0, g * out_per_group), min(o1, (g + 1) * out_per_group)
+                    part = torch.nn.grad.conv2d_weight(
+                        x[:, g * in_per_group:(g + 1) * in_per_group].float(), (hi - lo, in_per_group, kh, kw),
+                        dy[:, lo:hi].float(), stride=self.stride, padding=0, dilation=self.dilation)
+                    grad[lo - o0:hi - o0, :self.fan_in] += weight_matrix(part)
+            if process_group is not None:
+                torch.distributed.all_reduce(grad, group=process_group)
+                grad.div_(world)
+            return grad
+
+        return scores_by_bands(band, n_rows, n_cols, b, layout.active_mask().flatten(), self._grow_request)
 
     # -------------------------------------------------------------- conversion
     @classmethod
