@@ -62,3 +62,32 @@ def test_grow_tap_op_is_the_identity_and_records_block_scores():
     torch.library.opcheck(torch.ops.rigl_sparse.grow_tap.default,
                           (y, x, layout.block_row, layout.block_col, 4, scores.clone(), index.clone(),
                            passes.clone()), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_compiled_sparse_cnn_matches_eager():
+    def cnn():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8))
+        return rs.sparsify(model, density=0.5, block_size=4, method="uniform", first_dense=False, dense=("6",),
+                           generator=torch.Generator().manual_seed(0))
+
+    def run(model, step_fn):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        scheduler = rs.RigLScheduler(model, optimizer, delta_t=2, t_end=6, alpha=0.5)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(7):
+            x, y = torch.randn(4, 8, 6, 6, generator=g), torch.randint(8, (4,), generator=g)
+            nn.functional.cross_entropy(step_fn(x), y).backward()
+            if scheduler.step():
+                optimizer.step()
+            optimizer.zero_grad()
+        return scheduler
+
+    eager, compiled = cnn(), cnn()
+    s1 = run(eager, eager)
+    s2 = run(compiled, torch.compile(compiled, fullgraph=True, backend="aot_eager"))
+    assert s1.stats == s2.stats and s2.stats["blocks_moved"] > 0
+    for a, b in zip(eager.modules(), compiled.modules()):
+        if isinstance(a, rs.SparseModule):
+            assert torch.equal(a.layout.flat_index().sort().values, b.layout.flat_index().sort().values)

@@ -109,11 +109,11 @@ class SparseConv2d(SparseModule):
             return _GrowScoreTap.apply(y, x, self) if y.requires_grad else y  # keeps dY and x for step()
         grow = None
         if self._grow_armed and torch.is_grad_enabled():
-            if torch.compiler.is_compiling():
-                raise NotImplementedError("SparseConv2d cannot record RigL grow scores inside torch.compile yet: "
-                                          "run its update steps eagerly (or compile only the layers that are not "
-                                          "SparseConv2d)")
-            grow = (lambda: self._grow_request, self._deliver_grow_scores)
+            if not torch.compiler.is_compiling():
+                grow = (lambda: self._grow_request, self._deliver_grow_scores)
+            elif self.groups != 1:  # compiled: the patches' tap records them (ungrouped only)
+                raise NotImplementedError("a grouped SparseConv2d cannot record RigL grow scores inside "
+                                          "torch.compile: run its update steps eagerly")
         return conv2d(x, values, bias, self.layout.topology(), self.out_channels, self._geometry, grow,
                       tap=self._tap_grow_scores)
 
