@@ -99,25 +99,43 @@ def test_grow_scores_argument_errors():
         layer.request_grow_scores(2, exact=1)
 
 
-def _ddp_worker(rank, world, init_file, out_dir):
+def _worker(rank, world, init_file, out_dir, wrapper):
+    """Trains ``_model()`` on this rank's share of every batch, wrapped in DDP or sharded with FSDP2."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        model = nn.parallel.DistributedDataParallel(_model())
+        model = _model()
+        if wrapper == "ddp":
+            trained = nn.parallel.DistributedDataParallel(model)
+        else:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh("cpu", (world,))
+            for layer in model:
+                if isinstance(layer, rs.SparseModule):
+                    fully_shard(layer, mesh=mesh)
+            trained = fully_shard(model, mesh=mesh)
         per_rank = BATCH // world
-        scheduler = _train(model, rank_slice=slice(rank * per_rank, (rank + 1) * per_rank))
+        scheduler = _train(trained, rank_slice=slice(rank * per_rank, (rank + 1) * per_rank))
         assert scheduler.grow_scores == "exact" and scheduler.process_group is not None
-        torch.save({"topology": _topology(model.module), "state": model.module.state_dict(),
-                    "stats": scheduler.stats}, os.path.join(out_dir, f"rank{rank}.pt"))
+        shards = {name: p.to_local().clone() if hasattr(p, "to_local") else p for name, p in model.named_parameters()}
+        state = {name: t.full_tensor() if hasattr(t, "full_tensor") else t for name, t in model.state_dict().items()}
+        torch.save({"topology": _topology(model), "state": state, "shards": shards, "stats": scheduler.stats},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
+def _launch(wrapper, tmp_path):
+    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), wrapper), nprocs=2, join=True,
+                       start_method="spawn")
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+
 @pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed with gloo")
 def test_ddp_ranks_agree_with_one_process_on_the_whole_batch(tmp_path):
-    mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True,
-                       start_method="spawn")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = _launch("ddp", tmp_path)
     assert ranks[0]["stats"]["blocks_moved"] > 0 and ranks[0]["stats"]["updates"] == 4
     for name in ranks[0]["topology"]:
         assert torch.equal(ranks[0]["topology"][name], ranks[1]["topology"][name])
@@ -133,35 +151,9 @@ def test_ddp_ranks_agree_with_one_process_on_the_whole_batch(tmp_path):
         torch.testing.assert_close(value, ranks[0]["state"][name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def _fsdp_worker(rank, world, init_file, out_dir):
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        model = _model()
-        mesh = init_device_mesh("cpu", (world,))
-        for layer in model:
-            if isinstance(layer, rs.SparseModule):
-                fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
-        per_rank = BATCH // world
-        scheduler = _train(model, rank_slice=slice(rank * per_rank, (rank + 1) * per_rank))
-        assert scheduler.grow_scores == "exact" and scheduler.process_group is not None
-        shards = {name: p.to_local().clone() for name, p in model.named_parameters()}
-        state = {name: t.full_tensor() if hasattr(t, "full_tensor") else t for name, t in model.state_dict().items()}
-        torch.save({"topology": _topology(model), "state": state, "shards": shards, "stats": scheduler.stats},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed with gloo")
 def test_fsdp2_shards_values_by_slot_and_agrees_with_one_process(tmp_path):
-    mp.start_processes(_fsdp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True,
-                       start_method="spawn")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = _launch("fsdp2", tmp_path)
     single = _model()
     stats = _train(single).stats
     assert ranks[0]["stats"] == ranks[1]["stats"] == stats and stats["blocks_moved"] > 0
