@@ -1,6 +1,6 @@
 """A GPT-2-style character-level language model on Shakespeare's plays, trained sparse with RigL.
 
-    python examples/gpt2_shakespeare.py                       # 5 to 13 minutes on 2 CPU cores
+    python examples/gpt2_shakespeare.py                       # 13 minutes on 2 busy CPU cores
     python examples/gpt2_shakespeare.py --device cuda --steps 2000
 
 The model is Hugging Face's ``GPT2LMHeadModel`` built from a ``GPT2Config`` (nothing is
