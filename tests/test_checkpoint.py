@@ -1,0 +1,87 @@
+"""Checkpoint and resume: a run stopped anywhere (an update step included) and resumed from standard
+state dicts continues bitwise identically."""
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import rigl_sparse as rs
+
+STEPS = 14
+
+
+def _build(mode, grow, seed):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(20, 48), nn.ReLU(), nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 5))
+    if mode == "compressed":
+        rs.sparsify(model, density=0.3, method="uniform", first_dense=False, dense=("4",), block_size=4,
+                    generator=torch.Generator().manual_seed(seed))
+    else:
+        rs.apply_masks(model, density=0.3, method="uniform", first_dense=False, dense=("4",), block_size=4,
+                       generator=torch.Generator().manual_seed(seed))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    scheduler = rs.RigLScheduler(model, optimizer, delta_t=3, t_end=12, alpha=0.5, grow=grow, seed=seed)
+    return model, optimizer, scheduler
+
+
+def _steps(model, optimizer, scheduler, start, stop):
+    losses = []
+    for t in range(start, stop):
+        g = torch.Generator().manual_seed(100 + t)  # the data of step t, whoever runs it
+        x, y = torch.randn(16, 20, generator=g), torch.randint(5, (16,), generator=g)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        if scheduler.step():
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+    return losses
+
+
+def _save(model, optimizer, scheduler) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict()}, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("mode, grow", [("compressed", "gradient"), ("compressed", "random"),
+                                        ("masked", "gradient"), ("masked", "momentum")])
+@pytest.mark.parametrize("stop_at", [3, 4, 7])  # before an update step (t=3), right after one, and between
+def test_resume_is_bitwise_identical(mode, grow, stop_at):
+    reference = _build(mode, grow, seed=0)
+    expected = _steps(*reference, 0, STEPS)
+    assert reference[2].stats["blocks_moved"] > 0
+
+    first = _build(mode, grow, seed=0)
+    losses = _steps(*first, 0, stop_at)
+    checkpoint = _save(*first)
+    del first
+
+    resumed = _build(mode, grow, seed=7)  # another initialisation and topology, overwritten by the checkpoint
+    state = torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=True)
+    resumed[0].load_state_dict(state["model"])
+    resumed[1].load_state_dict(state["optimizer"])
+    resumed[2].load_state_dict(state["scheduler"])
+    losses += _steps(*resumed, stop_at, STEPS)
+
+    assert all(torch.equal(a, b) for a, b in zip(losses, expected)), [(float(a), float(b))
+                                                                     for a, b in zip(losses, expected)]
+    assert resumed[2].stats == reference[2].stats
+    for (name, a), b in zip(reference[0].state_dict().items(), resumed[0].state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_the_model_round_trips_through_safetensors(tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch")
+    model, optimizer, scheduler = _build("compressed", "gradient", seed=0)
+    _steps(model, optimizer, scheduler, 0, 7)
+    safetensors.save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
+    other, _, _ = _build("compressed", "gradient", seed=3)
+    other.load_state_dict(safetensors.load_file(str(tmp_path / "model.safetensors")))
+    for (name, a), b in zip(model.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(a, b), name
+    x = torch.randn(4, 20)
+    assert torch.equal(model(x), other(x))
