@@ -83,8 +83,20 @@ class BlockSparseLayout(nn.Module):
             )
         if block_row.device != block_col.device:
             raise ValueError(f"block_row is on {block_row.device} but block_col is on {block_col.device}")
+        for name, t in (("block_row", block_row), ("block_col", block_col)):
+            if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+                raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
         device = block_row.device
         R, C = self.grid
+        if device.type != "meta" and block_row.numel():  # checked before the views are built from them
+            for name, t, limit in (("block_row", block_row, R), ("block_col", block_col, C)):
+                low, high = int(t.min()), int(t.max())
+                if low < 0 or high >= limit:
+                    raise ValueError(f"{name} holds {low if low < 0 else high}, outside [0, {limit}) for shape "
+                                     f"{self.shape} and block_size {self.block_size}")
+            flat = block_row.long() * C + block_col.long()
+            if flat.unique().numel() != flat.numel():
+                raise ValueError("block_row/block_col name a block more than once (duplicate blocks)")
         self.register_buffer("block_row", block_row.to(torch.int32).clone())
         self.register_buffer("block_col", block_col.to(torch.int32).clone())
         self.register_buffer("row_ptr", torch.zeros(R + 1, dtype=torch.int32, device=device))

@@ -43,6 +43,8 @@ def layer_densities(
     _check_density(density)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not shapes:
+        raise ValueError("shapes is empty: there is no layer to give a density")
     if isinstance(erk_power_scale, bool) or not isinstance(erk_power_scale, (int, float)) \
             or not math.isfinite(erk_power_scale) or erk_power_scale < 0:
         raise ValueError(f"erk_power_scale must be a finite number >= 0, got {erk_power_scale!r}")
