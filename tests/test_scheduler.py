@@ -300,3 +300,33 @@ def test_rejects_models_without_sparse_layers_and_optimizers_missing_values():
     sched = rs.RigLScheduler(model, torch.optim.SGD(model.parameters(), lr=1), t_end=10)
     with pytest.raises(ValueError, match="state"):
         sched.load_state_dict({"step_count": 3})
+
+
+def test_a_layer_without_gradient_keeps_its_topology():
+    torch.manual_seed(0)
+    model = rs.sparsify(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)), density=0.3, block_size=4,
+                        method="uniform", first_dense=False, generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = rs.RigLScheduler(model, optimizer, delta_t=2, t_end=6, alpha=0.5)
+    before = [m.layout.flat_index().clone() for m in model if isinstance(m, rs.SparseModule)]
+    x = torch.randn(8, 16)
+    with pytest.warns(RuntimeWarning, match="its gradient is zero"):
+        for _ in range(5):
+            (model(x) * 0.0).sum().backward()  # every gradient is exactly zero
+            if sched.step():
+                optimizer.step()
+            optimizer.zero_grad()
+    after = [m.layout.flat_index() for m in model if isinstance(m, rs.SparseModule)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    # both layers at t = 2; at t = 4 the second drops floor(0.125 * 5) = 0 blocks, so only the first tries
+    assert sched.stats["skipped_zero_gradient"] == 3 and sched.stats["blocks_moved"] == 0
+
+
+def test_old_scheduler_checkpoints_without_new_counters_load():
+    model = rs.sparsify(nn.Sequential(nn.Linear(16, 32)), density=0.5, block_size=4, method="uniform",
+                        first_dense=False)
+    sched = rs.RigLScheduler(model, torch.optim.SGD(model.parameters(), lr=0.1), t_end=10)
+    state = sched.state_dict()
+    state["stats"] = {k: v for k, v in state["stats"].items() if k not in ("skipped_zero_gradient", "skipped_overflow")}
+    sched.load_state_dict(state)
+    assert sched.stats["skipped_zero_gradient"] == 0 and sched.stats["skipped_overflow"] == 0

@@ -47,6 +47,8 @@ from rigl_sparse.rigl.schedule import check_alpha, check_delta_t, check_t_end, d
 
 GROW = ("gradient", "random", "momentum", "none")
 GROW_SCORES = ("backward", "exact")
+STATS = {"updates": 0, "blocks_moved": 0, "skipped_nonfinite": 0, "skipped_no_gradient": 0, "skipped_zero_gradient": 0,
+         "skipped_overflow": 0}
 DROP = ("magnitude",)
 
 
@@ -147,8 +149,7 @@ class RigLScheduler:
         self.gradient_average: dict[str, torch.Tensor] = {}  # grow="momentum": layer name -> dense moving average
         self.generator = torch.Generator().manual_seed(seed)
         self._mask_hook = register_mask_hook(optimizer, self.masked) if self.masked else None
-        self.stats = {"updates": 0, "blocks_moved": 0, "skipped_nonfinite": 0, "skipped_no_gradient": 0,
-                      "skipped_overflow": 0}
+        self.stats = dict(STATS)
         self._score_scale = 1.0
         self._arm()
 
@@ -193,7 +194,7 @@ class RigLScheduler:
             if scaler.is_enabled():
                 scaler.unscale_(self.optimizer)
                 if not self._gradients_finite():
-                    self.stats["skipped_overflow"] = self.stats.get("skipped_overflow", 0) + 1
+                    self.stats["skipped_overflow"] += 1
                     self._arm()  # drops whatever the backward recorded for the grow scores
                     return True
                 self._score_scale = 1.0 / scaler.get_scale()  # grow scores come from the scaled dY
@@ -267,11 +268,17 @@ class RigLScheduler:
         return self._best(name, pool_scores, pool_index, k)
 
     def _best(self, name, pool_scores, pool_index, k):
-        """The ``k`` pool blocks of largest score, ties to the lower index; None (and a warning) on NaN/Inf."""
+        """The ``k`` pool blocks of largest score, ties to the lower index; None (and a warning) on NaN/Inf
+        or when every score is zero (a layer without gradient keeps its topology)."""
         if not bool(torch.isfinite(pool_scores).all()):
             warnings.warn(f"RigL update at step {self.step_count} skipped for layer {name!r}: grow scores hold "
                           "NaN or Inf", RuntimeWarning, stacklevel=4)
             self.stats["skipped_nonfinite"] += 1
+            return None
+        if pool_scores.numel() and not bool((pool_scores != 0).any()):
+            warnings.warn(f"RigL update at step {self.step_count} skipped for layer {name!r}: its gradient is zero "
+                          "(nothing to rank the blocks by), so the topology is kept", RuntimeWarning, stacklevel=4)
+            self.stats["skipped_zero_gradient"] += 1
             return None
         order = torch.argsort(pool_index)
         pool_scores, pool_index = pool_scores[order], pool_index[order]
@@ -353,7 +360,7 @@ class RigLScheduler:
         self.delta_t, self.t_end, self.alpha = state["delta_t"], state["t_end"], state["alpha"]
         self.grow, self.drop = state["grow"], state["drop"]
         self.generator.set_state(state["generator"])
-        self.stats = dict(state["stats"])
+        self.stats = {**STATS, **state["stats"]}  # counters added since the checkpoint start at 0
         self.momentum = float(state.get("momentum", self.momentum))
         names = {name for name, _ in self.masked}
         average = state.get("gradient_average", {})
