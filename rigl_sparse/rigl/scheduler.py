@@ -133,6 +133,10 @@ class RigLScheduler:
         if not self.layers and not self.masked:
             raise ValueError("model has no sparse layer: build it with rs.SparseLinear, convert it with "
                              "rs.sparsify, or mask it with rs.apply_masks")
+        sharded = [name for name, m in self.masked if _is_dtensor(m.weight)]
+        if sharded:
+            raise NotImplementedError(f"masked layers {sharded} have sharded (DTensor) weights; masked mode is a "
+                                      "single-device reference: shard compressed layers (rs.sparsify) instead")
         if grow == "momentum" and self.layers:
             raise ValueError("grow='momentum' (SNFS) needs the dense gradient of every layer at every step, which "
                              "compressed layers never form; use masked layers (rs.apply_masks) for SNFS")
