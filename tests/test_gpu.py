@@ -72,13 +72,13 @@ def test_compiled_autocast_rigl_on_cuda(dtype):
         return model.cuda()
 
     def train(model, step_fn):
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
         scheduler = rs.RigLScheduler(model, optimizer, delta_t=4, t_end=16, alpha=0.3)
         scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
         g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(64, 256, generator=g).cuda(), torch.randint(10, (64,), generator=g).cuda()  # memorised
         losses = []
         for _ in range(20):
-            x, y = torch.randn(64, 256, generator=g).cuda(), torch.randint(10, (64,), generator=g).cuda()
             with torch.autocast("cuda", dtype=dtype):
                 loss = nn.functional.cross_entropy(step_fn(x), y)
             scaler.scale(loss).backward()
@@ -94,4 +94,4 @@ def test_compiled_autocast_rigl_on_cuda(dtype):
     s2, l2 = train(compiled, torch.compile(compiled, fullgraph=True))
     assert s2.stats["updates"] == s1.stats["updates"] == 4 and s2.stats["blocks_moved"] > 0
     assert all(torch.isfinite(p).all() for p in compiled.parameters())
-    assert l2[-1] < l2[0] and abs(l2[-1] - l1[-1]) < 0.1  # same recipe, reduced-precision rounding apart
+    assert l2[-1] < l2[0] - 0.5 and abs(l2[-1] - l1[-1]) < 0.1  # same recipe, rounding apart
