@@ -25,12 +25,19 @@ inline void check_float_or_bf16(const at::Tensor& t, const char* name) {
               " must be float32 or bfloat16 for the cpu backend, got ", t.scalar_type());
 }
 
+// How many work items one task must hold so that it does at least ~64K multiply-adds (tens of
+// microseconds): waking a thread for less costs more than the work (a 4x slowdown on small layers).
+inline int64_t grain_for(int64_t work_per_item) {
+  constexpr int64_t kMinWork = int64_t{1} << 16;
+  return std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, work_per_item));
+}
+
 // A dense [M, n] operand as row panels of MR rows (pack_row_panels), for dsd and dds.
 inline at::Tensor row_panels(const at::Tensor& t, int64_t n_blocks, int64_t B, int MR) {
   const int64_t M = t.size(0), n = t.size(1), panels = (M + MR - 1) / MR;
   at::Tensor out = at::empty({panels, n_blocks, MR, B}, t.options().dtype(at::kFloat));
   float* dst = out.data_ptr<float>();
-  at::parallel_for(0, panels, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, panels, std::max<int64_t>(16, grain_for(MR * n)), [&](int64_t begin, int64_t end) {
     if (t.scalar_type() == at::kFloat)
       pack_row_panels(t.data_ptr<float>(), M, n, n, static_cast<int>(B), MR, n_blocks, begin, end, dst);
     else
@@ -45,7 +52,7 @@ inline at::Tensor packed_float(const at::Tensor& t, int64_t n_blocks, int64_t B)
   const int64_t M = t.size(0), n = t.size(1);
   at::Tensor out = at::empty({n_blocks, M, B}, t.options().dtype(at::kFloat));
   float* dst = out.data_ptr<float>();
-  at::parallel_for(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n_blocks, grain_for(M * B), [&](int64_t begin, int64_t end) {
     if (t.scalar_type() == at::kFloat)
       pack_block_columns(t.data_ptr<float>(), M, n, n, static_cast<int>(B), begin, end, dst);
     else
@@ -60,7 +67,7 @@ inline at::Tensor float_blocks(const at::Tensor& values, bool transpose) {
   at::Tensor out = at::empty({nnzb, B, B}, values.options().dtype(at::kFloat));
   float* dst = out.data_ptr<float>();
   const bool is_float = values.scalar_type() == at::kFloat;
-  at::parallel_for(0, nnzb, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, nnzb, std::max<int64_t>(64, grain_for(B * B)), [&](int64_t begin, int64_t end) {
     for (int64_t s = begin; s < end; ++s)
       for (int64_t i = 0; i < B; ++i)
         for (int64_t j = 0; j < B; ++j) {
@@ -121,7 +128,8 @@ inline void view_matmul_out(const at::Tensor& a, const at::Tensor& values, bool 
   const at::Tensor blocks = float_blocks(values, transpose);  // oriented as [s][k][n]
   dispatch(a.scalar_type(), B, [&]<typename T, int Bc>() {
     const at::Tensor panels = row_panels(a, a_blocks, Bc, rows_per_tile<Bc>());
-    at::parallel_for(0, n_out_blocks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t per_block = M * Bc * Bc * std::max<int64_t>(1, values.size(0) / std::max<int64_t>(1, n_out_blocks));
+    at::parallel_for(0, n_out_blocks, grain_for(per_block), [&](int64_t begin, int64_t end) {
       sparse_matmul<T, Bc>(panels.data_ptr<float>(), M, a_blocks, blocks.data_ptr<float>(), ptr.data_ptr<int32_t>(),
                            slots.data_ptr<int32_t>(), coord.data_ptr<int32_t>(), bias, out_ptr<T>(out), n_out, begin,
                            end);
