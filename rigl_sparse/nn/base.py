@@ -81,11 +81,12 @@ class SparseModule(nn.Module):
             return self._exact_grow_scores(inputs, process_group)
         scores, self._grow_scores = self._grow_scores, None
         compiled = self._take_compiled_grow_scores()
-        if compiled is not None and scores is not None:  # eager and compiled passes in one step
-            self._record_grow_candidates(scores)
-            self._record_grow_candidates(compiled)
-            scores, self._grow_scores = self._grow_scores, None
-        return scores if compiled is None else (compiled if scores is None else scores)
+        if compiled is None or scores is None:
+            return compiled if scores is None else scores
+        self._record_grow_candidates(scores)  # eager and compiled passes in one step: merged as two passes
+        self._record_grow_candidates(compiled)
+        merged, self._grow_scores = self._grow_scores, None
+        return merged
 
     def _supports_exact_grow_scores(self) -> bool:
         return False
