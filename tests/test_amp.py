@@ -7,29 +7,33 @@ from torch import nn
 import rigl_sparse as rs
 
 
-def test_sparse_linear_under_cpu_autocast_matches_nn_linear():
+@pytest.mark.filterwarnings("ignore:.*does not support these arguments.*:RuntimeWarning")  # fp16: reference
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sparse_linear_under_cpu_autocast_matches_nn_linear(dtype):
     torch.manual_seed(0)
     layer = rs.SparseLinear(64, 32, density=0.25, block_size=16)
     dense = layer.to_linear()
     x = torch.randn(8, 64)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         y = layer(x)
         expected = dense(x)
-    assert y.dtype == expected.dtype == torch.bfloat16
+    assert y.dtype == expected.dtype == dtype
     torch.testing.assert_close(y, expected, rtol=2e-2, atol=2e-2)
     y.float().square().sum().backward()
     assert layer.values.grad.dtype == torch.float32 and layer.bias.grad.dtype == torch.float32
 
 
-def test_sparse_conv_under_cpu_autocast_matches_nn_conv():
+@pytest.mark.filterwarnings("ignore:.*does not support these arguments.*:RuntimeWarning")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sparse_conv_under_cpu_autocast_matches_nn_conv(dtype):
     torch.manual_seed(0)
     layer = rs.SparseConv2d(16, 32, 3, padding=1, density=0.5, block_size=16)
     dense = layer.to_conv()
     x = torch.randn(2, 16, 6, 6)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         y = layer(x)
         expected = dense(x)
-    assert y.dtype == torch.bfloat16
+    assert y.dtype == dtype
     torch.testing.assert_close(y, expected.to(y.dtype), rtol=3e-2, atol=3e-2)
     y.float().sum().backward()
     assert layer.values.grad.dtype == torch.float32

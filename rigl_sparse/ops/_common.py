@@ -17,8 +17,19 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def dispatch(op: str, device: torch.device, args: tuple):
-    """The implementation of ``op`` selected for ``device`` and ``args`` by the backend registry."""
-    return backends.select(op, device.type, args)[1]
+    """The implementation of ``op`` selected for ``device`` and ``args`` by the backend registry.
+
+    Implementations choose their own compute and accumulation dtypes, so under ``torch.autocast``
+    they run with it switched off (the layers cast their operands to the autocast dtype first)."""
+    fn = backends.select(op, device.type, args)[1]
+    if not torch.is_autocast_enabled(device.type):
+        return fn
+
+    def without_autocast(*call_args):
+        with torch.autocast(device.type, enabled=False):
+            return fn(*call_args)
+
+    return without_autocast
 
 
 def triton_supports(dtype: torch.dtype, block_size: int) -> str | None:
