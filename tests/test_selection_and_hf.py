@@ -126,3 +126,25 @@ def test_gpt2_shakespeare_example_runs_on_a_small_text(tmp_path, capsys):
     assert result["stats"]["updates"] == 4 and "sample:" in out  # t = 5, 10, 15, 20 (t_end 22)
     assert result["val_losses"][-1] < result["val_losses"][0] - 0.5
     assert (tmp_path / "loss.png").exists() or "no plot drawn" in out
+
+
+def test_a_linear_based_hf_model_trains_with_rigl():
+    config = transformers.LlamaConfig(vocab_size=48, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    rs.sparsify(model, density=0.3, block_size=16, method="erk", exclude="lm_head")
+    names = _sparse_names(model)
+    assert len(names) == 2 * 7 and "model.layers.0.self_attn.k_proj" in names  # q k v o, gate up down
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    scheduler = rs.RigLScheduler(model, optimizer, delta_t=2, t_end=6)
+    tokens = torch.randint(48, (2, 16), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(8):
+        loss = model(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        if scheduler.step():
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    assert scheduler.stats["updates"] == 3 and losses[-1] < losses[0]
