@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test ctest test-gpu gpu-check info venv clean
+.PHONY: demo test ctest test-gpu gpu-check gpu-data info venv clean
 
 NATIVE_SOURCES := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h)
 
@@ -54,6 +54,12 @@ RESULTS_DIR ?= benchmarks/results/gpu
 test-gpu:
 	$(PYTHON) -m pytest -q -m "gpu or not slow"
 
+# Copies Fashion-MNIST into .data/fashion-mnist (git-ignored), for a GPU machine without network access:
+# carry .data with the working tree and gpu-check finds it there.
+gpu-data: $(STAMP)
+	$(PY) -c "import shutil, rigl_sparse.data as d; shutil.copytree(d.find(), '.data/fashion-mnist', dirs_exist_ok=True)"
+
+gpu-check: export RIGL_SPARSE_DATA ?= $(if $(wildcard .data/fashion-mnist),$(CURDIR)/.data/fashion-mnist,)
 gpu-check:
 	$(PYTHON) -m pip install --quiet --no-build-isolation --no-deps -e . 2>&1 | tail -20
 	@mkdir -p $(RESULTS_DIR)
