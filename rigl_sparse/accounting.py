@@ -11,6 +11,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from rigl_sparse.nn import SparseConv2d, SparseModule
 from rigl_sparse.rigl.masked import masked_layers
+from rigl_sparse.rigl.sparsify import is_conv1d
 
 
 @dataclass
@@ -50,7 +51,7 @@ def flops(model: nn.Module, batch_shape: tuple[int, ...], *, delta_t: int | None
 
     Sparse layers count ``2 * nnz * rows`` (only real, non-padding weights; for a
     masked dense layer, its active weights);
-    ``nn.Linear`` counts ``2 * out * in * rows`` and ``nn.Conv2d``
+    ``nn.Linear`` (and Hugging Face ``Conv1D``) counts ``2 * out * in * rows`` and ``nn.Conv2d``
     ``2 * out * in/groups * kh * kw * rows``, where a convolution's rows are its
     output positions ``N * OH * OW``.  Products of two activations (attention
     scores, for instance) and elementwise work are not counted, as in the paper,
@@ -78,6 +79,9 @@ def flops(model: nn.Module, batch_shape: tuple[int, ...], *, delta_t: int | None
             if isinstance(module, SparseModule):
                 out, k = module.weight_shape()
                 sparse = 2.0 * nnz[id(module)] * rows
+            elif is_conv1d(module):  # Hugging Face Conv1D: weight [in, out]
+                k, out = module.weight.shape
+                sparse = 2.0 * out * k * rows
             else:
                 out, k = module.weight.shape[0], math.prod(module.weight.shape[1:])
                 sparse = 2.0 * nnz.get(id(module), out * k) * rows
@@ -87,7 +91,7 @@ def flops(model: nn.Module, batch_shape: tuple[int, ...], *, delta_t: int | None
         return hook
 
     handles = [m.register_forward_hook(hook_for(name)) for name, m in model.named_modules()
-               if isinstance(m, (SparseModule, nn.Linear, nn.Conv2d))]
+               if isinstance(m, (SparseModule, nn.Linear, nn.Conv2d)) or is_conv1d(m)]
     if dtype is None:
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

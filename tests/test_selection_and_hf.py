@@ -148,3 +148,17 @@ def test_a_linear_based_hf_model_trains_with_rigl():
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
     assert scheduler.stats["updates"] == 3 and losses[-1] < losses[0]
+
+
+def test_flops_of_gpt2_count_its_conv1d_layers_dense_and_sparse():
+    config = transformers.GPT2Config(vocab_size=40, n_positions=16, n_embd=64, n_layer=2, n_head=2)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    rows = 2 * 8
+    per_layer = 64 * 192 + 64 * 64 + 64 * 256 + 256 * 64  # c_attn, attn.c_proj, c_fc, mlp.c_proj
+    dense = rs.flops(model, (2, 8), dtype=torch.long)
+    assert dense.forward == dense.dense_forward == 2 * rows * (2 * per_layer + 40 * 64)  # + the tied head
+    rs.sparsify(model, density=0.25, block_size=16, method="uniform", first_dense=False, exclude="lm_head")
+    sparse = rs.flops(model, (2, 8), dtype=torch.long)
+    assert sparse.dense_forward == dense.dense_forward
+    assert sparse.forward == 2 * rows * (2 * per_layer // 4 + 40 * 64)
