@@ -64,6 +64,21 @@ def test_tied_weights_are_refused_unless_left_out():
 transformers = pytest.importorskip("transformers")
 
 
+def _train_lm(model, tokens, *, steps, delta_t, t_end):
+    """RigL with AdamW on one memorised batch of a Hugging Face causal LM; (scheduler, losses)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    scheduler = rs.RigLScheduler(model, optimizer, delta_t=delta_t, t_end=t_end, alpha=0.3)
+    losses = []
+    for _ in range(steps):
+        loss = model(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        if scheduler.step():
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return scheduler, losses
+
+
 def test_hf_conv1d_becomes_an_equivalent_sparse_linear():
     from transformers.pytorch_utils import Conv1D
 
@@ -92,17 +107,8 @@ def test_gpt2_from_a_config_trains_with_rigl():
     assert _sparse_names(model) == sorted(f"transformer.h.{i}.{n}" for i in range(2)
                                           for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
     assert model.lm_head.weight is model.transformer.wte.weight
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    scheduler = rs.RigLScheduler(model, optimizer, delta_t=3, t_end=9, alpha=0.3)
-    tokens = torch.randint(40, (4, 16), generator=torch.Generator().manual_seed(0))
-    losses = []
-    for _ in range(12):
-        loss = model(input_ids=tokens, labels=tokens).loss
-        loss.backward()
-        if scheduler.step():
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+    scheduler, losses = _train_lm(model, torch.randint(40, (4, 16), generator=torch.Generator().manual_seed(0)),
+                                  steps=12, delta_t=3, t_end=9)
     assert scheduler.stats["updates"] == 3 and scheduler.stats["blocks_moved"] > 0
     assert losses[-1] < losses[0] - 0.5
 
@@ -136,17 +142,8 @@ def test_a_linear_based_hf_model_trains_with_rigl():
     rs.sparsify(model, density=0.3, block_size=16, method="erk", exclude="lm_head")
     names = _sparse_names(model)
     assert len(names) == 2 * 7 and "model.layers.0.self_attn.k_proj" in names  # q k v o, gate up down
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    scheduler = rs.RigLScheduler(model, optimizer, delta_t=2, t_end=6)
-    tokens = torch.randint(48, (2, 16), generator=torch.Generator().manual_seed(0))
-    losses = []
-    for _ in range(8):
-        loss = model(input_ids=tokens, labels=tokens).loss
-        loss.backward()
-        if scheduler.step():
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+    scheduler, losses = _train_lm(model, torch.randint(48, (2, 16), generator=torch.Generator().manual_seed(0)),
+                                  steps=8, delta_t=2, t_end=6)
     assert scheduler.stats["updates"] == 3 and losses[-1] < losses[0]
 
 
