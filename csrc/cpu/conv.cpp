@@ -49,7 +49,8 @@ void conv_forward_out(const at::Tensor& x_padded, const at::Tensor& values, cons
   const at::Tensor blocks = float_blocks(values, /*transpose=*/true);
   dispatch(x_padded.scalar_type(), B, [&]<typename T, int Bc>() {
     const int64_t panels = (g.rows() + rows_per_tile<Bc>() - 1) / rows_per_tile<Bc>();
-    at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+    const int64_t panel_work = rows_per_tile<Bc>() * values.size(0) * Bc * Bc;
+    at::parallel_for(0, panels, grain_for(panel_work), [&](int64_t begin, int64_t end) {
       conv_forward<T, Bc>(reinterpret_cast<const T*>(x_padded.data_ptr()), g, blocks.data_ptr<float>(),
                           row_ptr.data_ptr<int32_t>(), row_slots.data_ptr<int32_t>(), block_col.data_ptr<int32_t>(),
                           bias_f.defined() ? bias_f.data_ptr<float>() : nullptr, out_ptr<T>(out), out.size(1), begin,
@@ -74,7 +75,8 @@ void conv_input_grad_out(const at::Tensor& dy, const at::Tensor& values, const a
   TORCH_CHECK(col_ptr.numel() == (g.cols() + B - 1) / B + 1, "col_ptr must have ceil(KH*KW*C / b) + 1 entries");
   const at::Tensor blocks = float_blocks(values, /*transpose=*/false);
   dispatch(values.scalar_type(), B, [&]<typename T, int Bc>() {
-    at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+    const int64_t image_work = g.rows() / std::max<int64_t>(1, g.N) * values.size(0) * Bc * Bc;
+    at::parallel_for(0, g.N, grain_for(image_work), [&](int64_t begin, int64_t end) {
       conv_input_grad<T, Bc>(reinterpret_cast<const T*>(dy.data_ptr()), dy.size(1), g, blocks.data_ptr<float>(),
                              col_ptr.data_ptr<int32_t>(), col_slots.data_ptr<int32_t>(), block_row.data_ptr<int32_t>(),
                              dx_padded.data_ptr<float>(), begin, end);
@@ -101,7 +103,7 @@ void conv_weight_grad_out(const at::Tensor& dy, const at::Tensor& x_padded, cons
   std::vector<int64_t> origins(g.rows());
   row_origins(g, 0, static_cast<int>(g.rows()), origins.data());
   dispatch(x_padded.scalar_type(), B, [&]<typename T, int Bc>() {
-    at::parallel_for(0, row_slots.numel(), 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, row_slots.numel(), grain_for(g.rows() * Bc * Bc), [&](int64_t begin, int64_t end) {
       conv_weight_grad<T, Bc>(dy_cols.data_ptr<float>(), reinterpret_cast<const T*>(x_padded.data_ptr()), g,
                               origins.data(), row_slots.data_ptr<int32_t>(), block_row.data_ptr<int32_t>(),
                               block_col.data_ptr<int32_t>(), out_ptr<T>(out), begin, end);
