@@ -65,8 +65,7 @@ class SparseModule(nn.Module):
         self._grow_scores = None
         self._grow_inputs = []
         if k is not None:
-            self._ensure_grow_buffers()
-        self._take_compiled_grow_scores()  # a request starts from empty candidates
+            self._reset_grow_buffers()
 
     def take_grow_scores(self, process_group=None) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(scores [k] float32, index [k] int64)`` of the backward passes since the request, or None
@@ -156,9 +155,10 @@ class SparseModule(nn.Module):
             return ops.grow_tap(y, x, layout.block_row, layout.block_col, layout.block_size, scores, index, passes)
         return _GrowScoreTap.apply(y, x, self)
 
-    def _ensure_grow_buffers(self) -> None:
-        """``(scores [nnzb], index [nnzb], passes [])``, what compiled graphs record grow scores into
-        (made here, outside any graph, so that a graph only reads them)."""
+    def _reset_grow_buffers(self) -> None:
+        """Empty ``(scores [nnzb], index [nnzb], passes [])``, what compiled graphs record grow scores into
+        (made here, outside any graph, so that a graph only reads them).  A pass writes over the scores
+        while ``passes`` is 0, so emptying them is zeroing ``passes``: no device sync."""
         device = self.values.device
         nnzb = self.layout.nnzb
         buffers = getattr(self, "_compiled_grow", None)
@@ -166,19 +166,18 @@ class SparseModule(nn.Module):
             self._compiled_grow = (torch.full((nnzb,), -float("inf"), device=device),
                                    torch.full((nnzb,), -1, dtype=torch.int64, device=device),
                                    torch.zeros((), dtype=torch.int64, device=device))
+        else:
+            buffers[2].zero_()
 
     def _take_compiled_grow_scores(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The first ``k`` candidates a compiled graph recorded since the request, or None; resets."""
+        """The first ``k`` candidates a compiled graph recorded since the request, or None; empties them."""
         buffers = getattr(self, "_compiled_grow", None)
         if buffers is None or int(buffers[2]) == 0:
             return None
         scores, index, passes = buffers
         k = self._grow_request or 0
-        taken = scores[:k].clone(), index[:k].clone()
-        scores.fill_(-float("inf"))
-        index.fill_(-1)
         passes.zero_()
-        return taken
+        return scores[:k].clone(), index[:k].clone()
 
     # -------------------------------------------------------------- construction
     def _create(self, shape: tuple[int, int], *, block_size: int, density: float, bias: bool, device, dtype,
