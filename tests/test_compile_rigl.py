@@ -91,3 +91,28 @@ def test_compiled_sparse_cnn_matches_eager():
     for a, b in zip(eager.modules(), compiled.modules()):
         if isinstance(a, rs.SparseModule):
             assert torch.equal(a.layout.flat_index().sort().values, b.layout.flat_index().sort().values)
+
+
+def test_grow_tap_sums_several_passes_block_by_block():
+    torch.manual_seed(0)
+    layer = rs.SparseLinear(32, 16, density=0.25, block_size=4)
+    layout = layer.layout
+    n = layout.nnzb
+    scores, index = torch.full((n,), -float("inf")), torch.full((n,), -1, dtype=torch.int64)
+    passes = torch.zeros((), dtype=torch.int64)
+    per_pass = []
+    for seed in (1, 2):
+        g = torch.Generator().manual_seed(seed)
+        x, dy = torch.randn(6, 32, generator=g), torch.randn(6, 16, generator=g)
+        y = torch.randn(6, 16, requires_grad=True)
+        rs.ops.grow_tap(y, x, layout.block_row, layout.block_col, 4, scores, index, passes).backward(dy)
+        per_pass.append(rs.ops.block_scores(dy, x, layout.block_row, layout.block_col, 4, n))
+    assert int(passes) == 2
+    by_block = {}
+    for s, i in per_pass:
+        for score, block in zip(s.tolist(), i.tolist()):
+            if block >= 0:
+                by_block[block] = by_block.get(block, 0.0) + score
+    expected = sorted(by_block.items(), key=lambda item: (-item[1], item[0]))[:n]
+    assert index.tolist() == [block for block, _ in expected]
+    torch.testing.assert_close(scores, torch.tensor([score for _, score in expected]))

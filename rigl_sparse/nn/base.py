@@ -9,6 +9,7 @@ from torch import nn
 
 from rigl_sparse import ops
 from rigl_sparse.layout import BlockSparseLayout, _check_density, _check_positive_int
+from rigl_sparse.ops.grow_tap import sum_by_block
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -108,12 +109,8 @@ class SparseModule(nn.Module):
         if self._grow_scores is None:
             self._grow_scores = candidates
             return
-        scores = torch.cat([self._grow_scores[0], candidates[0]])
-        index = torch.cat([self._grow_scores[1], candidates[1]])
-        valid = index >= 0
-        blocks, where = torch.unique(index[valid], return_inverse=True)
-        summed = torch.zeros(blocks.numel(), dtype=scores.dtype, device=scores.device)
-        self._grow_scores = (summed.index_add_(0, where, scores[valid]), blocks)
+        self._grow_scores = sum_by_block(torch.cat([self._grow_scores[0], candidates[0]]),
+                                         torch.cat([self._grow_scores[1], candidates[1]]))
 
     def _exact_grow_scores(self, inputs, process_group):
         """Top-``k`` of the accumulated (and, over ``process_group``, averaged) dense gradient."""

@@ -19,6 +19,15 @@ from torch import Tensor
 from rigl_sparse.ops.block_scores import block_scores
 
 
+def sum_by_block(scores: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """Candidates of several backward passes merged: ``(summed scores, blocks)``, one entry per block
+    index (ascending), the ``-1`` padding of short lists dropped."""
+    valid = index >= 0
+    blocks, where = torch.unique(index[valid], return_inverse=True)
+    summed = torch.zeros(blocks.numel(), dtype=scores.dtype, device=scores.device)
+    return summed.index_add_(0, where, scores[valid]), blocks
+
+
 @torch.library.custom_op("rigl_sparse::record_grow_scores", mutates_args=("scores", "index", "passes"))
 def record_grow_scores(dy: Tensor, x: Tensor, block_row: Tensor, block_col: Tensor, block_size: int,
                        scores: Tensor, index: Tensor, passes: Tensor) -> None:
@@ -27,15 +36,8 @@ def record_grow_scores(dy: Tensor, x: Tensor, block_row: Tensor, block_col: Tens
     k = scores.numel()
     new_scores, new_index = block_scores(dy.to(x.dtype), x, block_row, block_col, block_size, k)
     if int(passes) > 0:
-        all_index = torch.cat([index, new_index])
-        all_scores = torch.cat([scores, new_scores])
-        valid = all_index >= 0
-        blocks, where = torch.unique(all_index[valid], return_inverse=True)
-        summed = torch.zeros(blocks.numel(), dtype=torch.float32, device=x.device).index_add_(0, where,
-                                                                                             all_scores[valid])
-        order = torch.argsort(blocks)  # unique sorts already; ties then go to the lower index
-        summed, blocks = summed[order], blocks[order]
-        best = torch.sort(summed, descending=True, stable=True).indices[:k]
+        summed, blocks = sum_by_block(torch.cat([scores, new_scores]), torch.cat([index, new_index]))
+        best = torch.sort(summed, descending=True, stable=True).indices[:k]  # blocks ascend: ties to the lower
         new_scores = torch.full_like(scores, -float("inf"))
         new_index = torch.full_like(index, -1)
         new_scores[:best.numel()] = summed[best]
