@@ -120,22 +120,18 @@ class SparseModule(nn.Module):
             dy = torch.cat([d for d, _ in inputs])
             x = torch.cat([x for _, x in inputs])
             return ops.block_scores(dy, x, layout.block_row, layout.block_col, layout.block_size, k)
-        import torch.distributed as dist
-
         from rigl_sparse.ops.block_scores.reference import scores_by_bands
         from rigl_sparse.ops.dsd.reference import blocks_of
 
         b = layout.block_size
         n_rows, n_cols = layout.grid
-        world = dist.get_world_size(process_group)
         pairs = [(blocks_of(d, b, torch.float32), blocks_of(x, b, torch.float32).flatten(1)) for d, x in inputs]
 
         def band(r0, r1):
             grad = torch.zeros((r1 - r0) * b, n_cols * b, dtype=torch.float32, device=layout.block_row.device)
             for dy_b, x_pad in pairs:  # a rank with no micro-batch contributes zeros
                 grad.addmm_(dy_b[:, r0:r1].flatten(1).T, x_pad)
-            dist.all_reduce(grad, group=process_group)
-            return grad.div_(world)
+            return average_over(grad, process_group)
 
         return scores_by_bands(band, n_rows, n_cols, b, layout.active_mask().flatten(), k)
 
@@ -224,6 +220,15 @@ class SparseModule(nn.Module):
         if pad is not None:
             with torch.no_grad():
                 self.values.masked_fill_(~pad, 0)
+
+
+def average_over(grad: torch.Tensor, process_group) -> torch.Tensor:
+    """``grad`` averaged in place over the ranks of ``process_group`` (as DDP averages gradients);
+    unchanged for None.  Every rank of the group must call it together."""
+    if process_group is None:
+        return grad
+    torch.distributed.all_reduce(grad, group=process_group)
+    return grad.div_(torch.distributed.get_world_size(process_group))
 
 
 class _GrowScoreTap(torch.autograd.Function):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from rigl_sparse.layout import BlockSparseLayout, _check_positive_int
-from rigl_sparse.nn.base import SparseModule, _GrowScoreTap
+from rigl_sparse.nn.base import SparseModule, _GrowScoreTap, average_over
 from rigl_sparse.ops.block_scores.reference import scores_by_bands
 from rigl_sparse.ops.conv2d import ConvGeometry, conv2d
 
@@ -137,7 +137,6 @@ class SparseConv2d(SparseModule):
         in_per_group = self.in_channels // groups
         kh, kw = self.kernel_size
         padded = [(dy, nn.functional.pad(x, (left, right, top, bottom))) for dy, x in inputs]
-        world = 1 if process_group is None else torch.distributed.get_world_size(process_group)
 
         def band(r0, r1):
             o0, o1 = r0 * b, min(r1 * b, self.out_channels)
@@ -149,10 +148,7 @@ class SparseConv2d(SparseModule):
                         x[:, g * in_per_group:(g + 1) * in_per_group].float(), (hi - lo, in_per_group, kh, kw),
                         dy[:, lo:hi].float(), stride=self.stride, padding=0, dilation=self.dilation)
                     grad[lo - o0:hi - o0, :self.fan_in] += weight_matrix(part)
-            if process_group is not None:
-                torch.distributed.all_reduce(grad, group=process_group)
-                grad.div_(world)
-            return grad
+            return average_over(grad, process_group)
 
         return scores_by_bands(band, n_rows, n_cols, b, layout.active_mask().flatten(), self._grow_request)
 

@@ -231,8 +231,9 @@ class RigLScheduler:
             return
         candidates = layer.take_grow_scores(self.process_group) if self.grow == "gradient" else None
         values = layer.values
+        whole = _full(values.detach())  # FSDP2: gathered once for the norms and the topology move
         flat = layout.flat_index()
-        dropped = _smallest(_full(values.detach()).float().flatten(1).norm(dim=1), flat, k)  # slots
+        dropped = _smallest(whole.float().flatten(1).norm(dim=1), flat, k)  # slots
         if self.grow == "gradient":
             grown = self._grow_by_gradient(name, layer, candidates, dropped, flat, k)
         else:
@@ -243,12 +244,11 @@ class RigLScheduler:
         slots = dropped[~torch.isin(dropped_flat, grown)].sort().values
         new_flat = grown[~torch.isin(grown, dropped_flat)].sort().values
         n_cols = layout.grid[1]
-        if _is_dtensor(values):  # FSDP2: the op moves the topology on a full copy; each rank zeroes its shard
-            ops.update_topology(_full(values.detach()), *layout.topology(), slots, new_flat // n_cols,
-                                new_flat % n_cols)
+        # under FSDP2 the op moves the topology on the gathered copy, and each rank zeroes its own shard
+        ops.update_topology(whole if _is_dtensor(values) else values, *layout.topology(), slots,
+                            new_flat // n_cols, new_flat % n_cols)
+        if _is_dtensor(values):
             _zero_slots(values.data, slots)
-        else:
-            ops.update_topology(values, *layout.topology(), slots, new_flat // n_cols, new_flat % n_cols)
         if values.grad is not None:
             _zero_slots(values.grad, slots)
         for state in self.optimizer.state.get(values, {}).values():
