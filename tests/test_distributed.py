@@ -1,6 +1,7 @@
 """Gradient accumulation and DDP (gloo, 2 CPU processes): the grow scores see every micro-batch and
 every rank, and the ranks' topologies equal one process's on the whole batch."""
 
+import datetime
 import os
 import sys
 
@@ -99,10 +100,30 @@ def test_grow_scores_argument_errors():
         layer.request_grow_scores(2, exact=1)
 
 
+def _train_scaled_with_one_overflow(model, rank, rank_slice):
+    """Like ``_train`` through a ``GradScaler``; at step 3 only rank 1 finds an Inf in its gradient shard."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = rs.RigLScheduler(model, optimizer, delta_t=DELTA_T, t_end=STEPS, alpha=0.5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    xs, ys = _data()
+    for i, (x, y) in enumerate(zip(xs[:, rank_slice], ys[:, rank_slice])):
+        scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+        if i == 3 and rank == 1:
+            grad = model[2].values.grad
+            (grad.to_local() if hasattr(grad, "to_local") else grad).view(-1)[0] = float("inf")
+        if scheduler.step(scaler):
+            scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    return scheduler
+
+
 def _worker(rank, world, init_file, out_dir, wrapper):
-    """Trains ``_model()`` on this rank's share of every batch, wrapped in DDP or sharded with FSDP2."""
+    """Trains ``_model()`` on this rank's share of every batch, wrapped in DDP or sharded with FSDP2
+    (``"fsdp2_scaler"``: through a GradScaler, with one rank overflowing once)."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))  # ranks that disagree fail, not hang
     try:
         model = _model()
         if wrapper == "ddp":
@@ -117,7 +138,11 @@ def _worker(rank, world, init_file, out_dir, wrapper):
                     fully_shard(layer, mesh=mesh)
             trained = fully_shard(model, mesh=mesh)
         per_rank = BATCH // world
-        scheduler = _train(trained, rank_slice=slice(rank * per_rank, (rank + 1) * per_rank))
+        rank_slice = slice(rank * per_rank, (rank + 1) * per_rank)
+        if wrapper == "fsdp2_scaler":
+            scheduler = _train_scaled_with_one_overflow(trained, rank, rank_slice)
+        else:
+            scheduler = _train(trained, rank_slice=rank_slice)
         assert scheduler.grow_scores == "exact" and scheduler.process_group is not None
         shards = {name: p.to_local().clone() if hasattr(p, "to_local") else p for name, p in model.named_parameters()}
         state = {name: t.full_tensor() if hasattr(t, "full_tensor") else t for name, t in model.state_dict().items()}
@@ -165,6 +190,17 @@ def test_fsdp2_shards_values_by_slot_and_agrees_with_one_process(tmp_path):
     values = "0.values"
     nnzb = single[0].layout.nnzb
     assert ranks[0]["shards"][values].shape[0] + ranks[1]["shards"][values].shape[0] == nnzb  # split by slot
+
+
+@pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed with gloo")
+def test_fsdp2_overflow_on_one_rank_is_skipped_on_every_rank(tmp_path):
+    ranks = _launch("fsdp2_scaler", tmp_path)
+    assert ranks[0]["stats"]["skipped_overflow"] == ranks[1]["stats"]["skipped_overflow"] == 1
+    assert ranks[0]["stats"] == ranks[1]["stats"] and ranks[0]["stats"]["blocks_moved"] > 0
+    for name in ranks[0]["topology"]:
+        assert torch.equal(ranks[0]["topology"][name], ranks[1]["topology"][name]), name
+    for name, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][name]), name
 
 
 @pytest.mark.parametrize("groups, padding, kernel", [(1, 1, 3), (2, "same", 2), (1, 0, (3, 1))])

@@ -219,9 +219,21 @@ class RigLScheduler:
         return not updated
 
     def _gradients_finite(self) -> bool:
-        grads = [_full(p.grad) for group in self.optimizer.param_groups for p in group["params"]
-                 if p.grad is not None]
-        return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        """Whether every gradient is finite, on every rank: each rank checks its own shards, and one
+        flag per device mesh of sharded (FSDP2) gradients is all-reduced, never the gradients."""
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return True
+        bad = torch.stack([~torch.isfinite(_local(g)).all() for g in grads]).any()
+        meshes = {id(g.device_mesh): g.device_mesh for g in grads if _is_dtensor(g)}
+        if meshes:
+            import torch.distributed as dist
+            flag = bad.to(torch.int32)
+            for mesh in meshes.values():
+                for group in mesh.get_all_groups():  # every dimension of the mesh, so all its ranks agree
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+            bad = flag.bool()
+        return not bool(bad)
 
     def _update_layer(self, name: str, layer: SparseModule, t: int) -> None:
         layout = layer.layout
@@ -390,6 +402,11 @@ def _smallest(norms: torch.Tensor, flat: torch.Tensor, k: int) -> torch.Tensor:
 
 def _is_dtensor(t) -> bool:
     return type(t).__name__ == "DTensor" and hasattr(t, "device_mesh")
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a (sharded) DTensor; a plain tensor as it is."""
+    return t.to_local() if _is_dtensor(t) else t
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
