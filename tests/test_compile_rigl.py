@@ -1,6 +1,7 @@
 """RigL under torch.compile: fullgraph forward and backward, the same decisions as eager, and one graph
 per variant (with and without grow scores) however many topology updates happen."""
 
+import pytest
 import torch
 from torch import nn
 from torch._dynamo.utils import counters
@@ -64,10 +65,12 @@ def test_grow_tap_op_is_the_identity_and_records_block_scores():
                            passes.clone()), test_utils=("test_schema", "test_faketensor"))
 
 
-def test_compiled_sparse_cnn_matches_eager():
+@pytest.mark.parametrize("groups", [1, 2])
+def test_compiled_sparse_cnn_matches_eager(groups):
     def cnn():
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, groups=groups), nn.ReLU(),
+                              nn.Conv2d(16, 16, 3, padding=1, groups=groups), nn.ReLU(),
                               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8))
         return rs.sparsify(model, density=0.5, block_size=4, method="uniform", first_dense=False, dense=("6",),
                            generator=torch.Generator().manual_seed(0))
@@ -91,6 +94,8 @@ def test_compiled_sparse_cnn_matches_eager():
     for a, b in zip(eager.modules(), compiled.modules()):
         if isinstance(a, rs.SparseModule):
             assert torch.equal(a.layout.flat_index().sort().values, b.layout.flat_index().sort().values)
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_grow_tap_sums_several_passes_block_by_block():

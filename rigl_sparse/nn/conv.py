@@ -107,15 +107,12 @@ class SparseConv2d(SparseModule):
                                           "inside torch.compile; use grow_scores='backward'")
             y = conv2d(x, values, bias, self.layout.topology(), self.out_channels, self._geometry)
             return _GrowScoreTap.apply(y, x, self) if y.requires_grad else y  # keeps dY and x for step()
-        grow = None
+        grow = tap = None
         if self._grow_armed and torch.is_grad_enabled():
+            tap = self._tap_grow_scores  # used where the op forms the whole batch's patches (compiled, fake)
             if not torch.compiler.is_compiling():
                 grow = (lambda: self._grow_request, self._deliver_grow_scores)
-            elif self.groups != 1:  # compiled: the patches' tap records them (ungrouped only)
-                raise NotImplementedError("a grouped SparseConv2d cannot record RigL grow scores inside "
-                                          "torch.compile: run its update steps eagerly")
-        return conv2d(x, values, bias, self.layout.topology(), self.out_channels, self._geometry, grow,
-                      tap=self._tap_grow_scores)
+        return conv2d(x, values, bias, self.layout.topology(), self.out_channels, self._geometry, grow, tap=tap)
 
     def _deliver_grow_scores(self, scores) -> None:
         self._record_grow_candidates(scores)

@@ -129,7 +129,10 @@ def conv2d(x, values, bias, topology, out_channels: int, geometry: ConvGeometry,
     Under ``torch.compile``, fake tensors or ``torch.func`` the whole batch's
     patches are formed and multiplied with the ``rigl_sparse::dsd`` custom op
     (its registered autograd gives the gradients); ``tap(y, patches)`` then
-    attaches the grow-score request.
+    attaches the grow-score request.  With groups, the tap sees every group's
+    outputs and patches stacked by rows; the backward gives each group's rows
+    ``dY`` zeroed outside that group's outputs, so ``dY^T P`` of the stack is
+    the weight gradient (the stack exists only in graphs traced for an update step).
     """
     if _needs_custom_op(x, values):
         n, _, height, width = x.shape
@@ -141,12 +144,15 @@ def conv2d(x, values, bias, topology, out_channels: int, geometry: ConvGeometry,
             if tap is not None:
                 y = tap(y, cols)
         else:
-            if grow_request is not None and grow_request[0]() is not None:
-                raise NotImplementedError("grow scores of a grouped SparseConv2d under torch.compile / fake "
-                                          "tensors; run the RigL update steps eagerly")
-            y = torch.cat([torch.ops.rigl_sparse.dsd(patches(padded[..., channels], geometry, out_h, out_w), values,
-                                                     bias, *topology, out_channels)[:, outputs]
-                           for channels, outputs in _groups(geometry, x.shape[1], out_channels)], dim=1)
+            if tap is None and grow_request is not None and grow_request[0]() is not None:
+                raise NotImplementedError("grow scores of a grouped convolution under torch.compile / fake tensors "
+                                          "need a tap; run the RigL update steps eagerly")
+            groups = _groups(geometry, x.shape[1], out_channels)
+            cols = [patches(padded[..., channels], geometry, out_h, out_w) for channels, _ in groups]
+            y_all = [torch.ops.rigl_sparse.dsd(c, values, bias, *topology, out_channels) for c in cols]
+            if tap is not None:  # one tap over the groups stacked by rows (see the docstring)
+                y_all = tap(torch.cat(y_all), torch.cat(cols)).chunk(len(groups))
+            y = torch.cat([y_g[:, outputs] for y_g, (_, outputs) in zip(y_all, groups)], dim=1)
         return y.view(n, out_h, out_w, out_channels).permute(0, 3, 1, 2)
     return _SparseConv2d.apply(x, values, bias, tuple(topology), out_channels, geometry, grow_request)
 
