@@ -69,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-dir", default=None, help="directory with the four Fashion-MNIST IDX files")
     p.add_argument("--out", default=None, help="write the run's record as JSON here")
+    p.add_argument("--loss-log", default=None, metavar="CSV",
+                   help="write every step's training loss, learning rate and whether the step changed the "
+                        "topology (columns step, loss, lr, topology_update) as CSV here")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if not 0.0 < args.t_end_fraction <= 1.0:
@@ -139,6 +142,7 @@ def run(args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     shuffle = torch.Generator().manual_seed(args.seed)
+    step_log = []  # (loss tensor, lr, topology update): read at the end, so logging adds no device sync
     for epoch in range(epochs):
         order = torch.randperm(len(train_x), generator=shuffle).to(device)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=args.no_progress,
@@ -147,8 +151,11 @@ def run(args: argparse.Namespace) -> dict:
             idx = order[i * args.batch_size:(i + 1) * args.batch_size]
             loss = F.cross_entropy(model(train_x[idx]), train_y[idx])
             loss.backward()
+            update = scheduler is not None and scheduler.is_update_step(scheduler.step_count)
             if scheduler is None or scheduler.step():
                 optimizer.step()
+            if args.loss_log:
+                step_log.append((loss.detach(), optimizer.param_groups[0]["lr"], update))
             optimizer.zero_grad(set_to_none=True)
             lr_schedule.step()
             if i % 50 == 0:
@@ -159,6 +166,8 @@ def run(args: argparse.Namespace) -> dict:
             print(f"epoch {epoch + 1:3d}/{epochs}: test accuracy {accuracy:.4f}  "
                   f"({time.perf_counter() - start:.0f} s)")
     wall = time.perf_counter() - start
+    if args.loss_log:
+        write_loss_log(args.loss_log, step_log)
 
     report = rs.flops(model, (1,) + tuple(train_x.shape[1:]), delta_t=args.delta_t if scheduler else None)
     per_example = training_flops_per_example(args.method, report, scheduler, total_steps)
@@ -181,6 +190,15 @@ def run(args: argparse.Namespace) -> dict:
         "scheduler_stats": scheduler.stats if scheduler else None,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "rigl_sparse": rs.__version__},
     }
+
+
+def write_loss_log(path: str, step_log) -> None:
+    """CSV of ``(loss, lr, topology update)`` per training step."""
+    losses = torch.stack([loss for loss, _, _ in step_log]).float().cpu().tolist() if step_log else []
+    with open(path, "w") as f:
+        f.write("step,loss,lr,topology_update\n")
+        for step, (loss, (_, lr, moved)) in enumerate(zip(losses, step_log)):
+            f.write(f"{step},{loss:.6g},{lr:.6g},{int(moved)}\n")
 
 
 def training_flops_per_example(method: str, report: rs.FlopReport, scheduler, total_steps: int) -> float:

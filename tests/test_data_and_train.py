@@ -112,6 +112,24 @@ def test_train_cli_multiplier_scales_steps_and_t_end(tmp_path):
     assert two["scheduler_stats"]["updates"] > one["scheduler_stats"]["updates"]
 
 
+@pytest.mark.parametrize("method, updates", [("rigl", [5, 10, 15, 20]), ("prune", [9, 14, 19, 24]),
+                                             ("dense", [])])
+def test_train_cli_loss_log_marks_the_topology_updates(tmp_path, method, updates):
+    _fake_dataset(tmp_path)
+    log = tmp_path / "loss.csv"
+    assert train.main(["--data-dir", str(tmp_path), "--method", method, "--block-size", "1", "--epochs", "2",
+                       "--batch-size", "32", "--delta-t", "5", "--lr", "3e-3", "--prune-start-fraction", "0.3",
+                       "--loss-log", str(log), "--no-progress"]) == 0
+    lines = log.read_text().splitlines()
+    assert lines[0] == "step,loss,lr,topology_update"
+    rows = [line.split(",") for line in lines[1:]]
+    assert [int(r[0]) for r in rows] == list(range(32))  # 2 epochs of 512 / 32
+    # t_end = 0.75 * 32 = 24; RigL every delta_t steps, pruning every delta_t steps from t_start = 0.3 * 32 = 9
+    assert [int(r[0]) for r in rows if r[3] == "1"] == updates
+    assert float(rows[0][1]) > float(rows[-1][1]) > 0  # it learns
+    assert float(rows[0][2]) == pytest.approx(3e-3) and float(rows[-1][2]) < 1e-4  # cosine to zero
+
+
 @pytest.mark.parametrize("first_dense", [True, False])
 def test_train_cli_first_dense_option(tmp_path, first_dense):
     _fake_dataset(tmp_path)
