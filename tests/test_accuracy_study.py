@@ -57,14 +57,22 @@ def test_report_tables_and_findings(tmp_path):
             records.append(_record("mlp", method, accuracy + noise, flops, multiplier=multiplier, seed=seed))
         records.append(_record("mlp", "rigl", 0.80 + noise, 0.12, distribution="uniform", density=0.05, seed=seed))
         records.append(_record("mlp", "rigl", 0.83 + noise, 0.12, density=0.05, seed=seed))
+    for seed, accuracy in enumerate((0.85, 0.86, 0.10)):  # the third seed did not train
+        records.append(dict(_record("mlp", "set", accuracy, 0.1, distribution="uniform", density=0.02, seed=seed),
+                            name=f"mlp_set_uniform_d0.02_b1_s{seed}", accuracy_per_epoch=[0.3, accuracy]))
     for i, record in enumerate(records):
         (runs / f"r{i}.json").write_text(json.dumps(record))
     assert report.main(["--out-dir", str(tmp_path)]) == 0
     table = (tmp_path / "table.md").read_text()
     assert "| RigL | – | 88.00 ± 0.20 | 83.00 ± 0.20 | – | 0.120x |" in table
     assert "| dense | 90.00 ± 0.00 |" in table
+    assert "| SET | – | – | – | 60.33 ± 43.59 † | – |" in table
     findings = (tmp_path / "findings.md").read_text()
-    assert "RigL ≥ SET at equal density: **agree**" in findings
+    assert "RigL ≥ SET at equal density: **agree**: holds in 1 of 1 comparisons, 0 more within one std, 0 against; " \
+           "difference mean +1.00, median +1.00 points" in findings
+    assert "Runs that did not train" in findings
+    assert "  - mlp_set_uniform_d0.02_b1_s2: test accuracy per epoch 30.0, 10.0 %" in findings
+    assert "_s0:" not in findings and "_s1:" not in findings
     assert "ERK ≥ uniform at high sparsity (density ≤ 0.05), RigL: **agree**" in findings
     assert "RigL 2x ≥ RigL): **agree**" in findings
     assert "within one std of pruning or above it in 1 of 2 cells" in findings

@@ -23,6 +23,7 @@ LABELS = {("dense", 1): "dense", ("static", 1): "static", ("set", 1): "SET", ("s
           ("rigl", 1): "RigL", ("rigl", 2): "RigL 2x", ("prune", 1): "pruning"}
 ORDER = list(LABELS.values())
 DENSITIES = (0.2, 0.1, 0.05, 0.02)
+DID_NOT_TRAIN = 20.0  # final accuracy (%) below which a run counts as not trained; chance is 10%
 
 
 def load(runs_dir: Path) -> list[dict]:
@@ -52,13 +53,15 @@ def stats(runs):
     # standard (1x) dense run, as in the paper
     flops = [r["training_flops"] / r["dense_training_flops"] * r["config"].get("multiplier", 1) for r in runs]
     return {"mean": statistics.fmean(acc), "std": statistics.stdev(acc) if len(acc) > 1 else 0.0, "n": len(acc),
-            "flops": statistics.fmean(flops), "wall_s": statistics.fmean(r["wall_time_s"] for r in runs)}
+            "flops": statistics.fmean(flops), "wall_s": statistics.fmean(r["wall_time_s"] for r in runs),
+            "did_not_train": sum(a < DID_NOT_TRAIN for a in acc)}
 
 
 def cell(s):
     if s is None:
         return "–"
-    return f"{s['mean']:.2f} ± {s['std']:.2f}" + (f" (n={s['n']})" if s["n"] != 3 else "")
+    return (f"{s['mean']:.2f} ± {s['std']:.2f}" + (f" (n={s['n']})" if s["n"] != 3 else "")
+            + (" †" if s.get("did_not_train") else ""))
 
 
 def summarise(records):
@@ -71,7 +74,8 @@ def tables(summary, models) -> str:
              "Final test accuracy (%), mean ± std over seeds (n=3 unless marked), and training FLOPs relative to "
              "dense training on the standard schedule (the RigL paper's formulas; RigL 2x trains twice as long). "
              "Produced by `python benchmarks/accuracy/run_study.py`; "
-             "configuration of every run in `runs/*.json`.", ""]
+             "configuration of every run in `runs/*.json`. † marks a cell where a seed did not train (final "
+             f"accuracy below {DID_NOT_TRAIN:.0f}%; chance is 10%): `findings.md` lists those runs.", ""]
     for model in models:
         dense = summary.get((model, "dense", None, None, None))
         for distribution in ("erk", "uniform"):
@@ -114,12 +118,23 @@ def _verdict(diffs) -> str:
     within = sum(d < 0 and -d <= s for _, d, s in diffs)
     against = len(diffs) - agree - within
     mean = statistics.fmean(d for _, d, _ in diffs)
+    median = statistics.median(d for _, d, _ in diffs)
     word = "agree" if against == 0 and agree >= within else ("partly agree" if agree > against else "disagree")
     return (f"**{word}**: holds in {agree} of {len(diffs)} comparisons, {within} more within one std, "
-            f"{against} against; mean difference {mean:+.2f} points")
+            f"{against} against; difference mean {mean:+.2f}, median {median:+.2f} points")
 
 
-def findings(summary, models) -> str:
+def did_not_train(records, model) -> list[str]:
+    """One line per run of ``model`` that did not train: its name and accuracy after every epoch."""
+    lines = []
+    for r in sorted(records, key=lambda r: r.get("name", "")):
+        if r["config"]["model"] == model and 100 * r["final_accuracy"] < DID_NOT_TRAIN:
+            per_epoch = ", ".join(f"{100 * a:.1f}" for a in r.get("accuracy_per_epoch", [r["final_accuracy"]]))
+            lines.append(f"  - {r.get('name', '?')}: test accuracy per epoch {per_epoch} %")
+    return lines
+
+
+def findings(summary, models, records=()) -> str:
     lines = ["# The paper's findings against this study", "",
              "Each claim is checked on every (model, distribution, density) cell of the unstructured runs where "
              "both sides have results. 'Within one std' means that the claim fails on the means, but by less "
@@ -164,6 +179,10 @@ def findings(summary, models) -> str:
                 a, b = s.get((model, "RigL", "erk", d, block)), s.get((model, "RigL", "erk", d, 1))
                 row.append(f"{a['mean'] - b['mean']:+.2f}" if a and b else "–")
             lines.append(f"| {block} | " + " | ".join(row) + " |")
+        failed = did_not_train(records, model)
+        if failed:
+            lines += ["", f"Runs that did not train (final accuracy below {DID_NOT_TRAIN:.0f}%; their cells are "
+                      "marked † in `table.md` and enter the means and verdicts above as they are):"] + failed
         dense = s.get((model, "dense", None, None, None))
         rigl = s.get((model, "RigL", "erk", 0.1, 1))
         if dense and rigl:
@@ -258,7 +277,7 @@ def main(argv=None) -> int:
     models = [m for m in ("mlp", "cnn") if any(r["config"]["model"] == m for r in records)]
     summary = summarise(records)
     (args.out_dir / "table.md").write_text(tables(summary, models))
-    (args.out_dir / "findings.md").write_text(findings(summary, models))
+    (args.out_dir / "findings.md").write_text(findings(summary, models, records))
     (args.out_dir / "summary.json").write_text(json.dumps(
         [{"model": k[0], "method": k[1], "distribution": k[2], "density": k[3], "block_size": k[4], **v}
          for k, v in sorted(summary.items(), key=lambda kv: str(kv[0]))], indent=1))
