@@ -82,3 +82,16 @@ def test_report_tables_and_findings(tmp_path):
     assert rigl["mean"] == pytest.approx(88.0) and rigl["n"] == 3
     for name in ("accuracy_vs_density_mlp.png", "accuracy_vs_flops_mlp.png", "accuracy_vs_block_size_mlp.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_loss_spikes_table(tmp_path):
+    spikes = _load("loss_spikes")
+    losses = [2.0] * 20
+    losses[12] = 9.0  # 2 steps after the update at step 10
+    (tmp_path / "a.csv").write_text("step,loss,lr,topology_update\n" + "".join(
+        f"{i},{loss},0.1,{int(i == 10)}\n" for i, loss in enumerate(losses)))
+    assert spikes.main(["run a=" + str(tmp_path / "a.csv"), "--out-dir", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "loss_spikes.md").read_text()
+    assert "| 10 | 2.00 → 9.00 |" in text
+    assert "| run a | 2.140 |" in text  # mean of the last 50 (all 20) steps
+    assert (tmp_path / "out" / "loss_spikes.png").stat().st_size > 0
