@@ -26,3 +26,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_compiler_caches():
+    """Each test compiles from scratch: compiled code of earlier tests neither counts towards
+    dynamo's recompile limit nor stays in memory."""
+    yield
+    import sys
+
+    if "torch._dynamo" in sys.modules:
+        torch._dynamo.reset()

@@ -7,6 +7,8 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 import rigl_sparse as rs
+from rigl_sparse.nn.conv import weight_matrix
+from rigl_sparse.ops.grow_tap import take_kept
 
 
 def _model():
@@ -121,3 +123,53 @@ def test_grow_tap_sums_several_passes_block_by_block():
     expected = sorted(by_block.items(), key=lambda item: (-item[1], item[0]))[:n]
     assert index.tolist() == [block for block, _ in expected]
     torch.testing.assert_close(scores, torch.tensor([score for _, score in expected]))
+
+
+def test_compiled_exact_grow_scores_equal_eager_over_micro_batches():
+    """grow_scores="exact" (what DDP and FSDP2 use) in a compiled graph: the kept dY and X of 4
+    micro-batches give the same decisions and weights as eager training on whole batches."""
+    def run(model, step_fn, micro_batches, exact):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        scheduler = rs.RigLScheduler(model, optimizer, delta_t=2, t_end=10, alpha=0.5,
+                                     grow_scores="exact" if exact else "backward")
+        g = torch.Generator().manual_seed(1)
+        for _ in range(11):
+            x, y = torch.randn(16, 32, generator=g), torch.randint(8, (16,), generator=g)
+            for xm, ym in zip(x.chunk(micro_batches), y.chunk(micro_batches)):
+                (nn.functional.cross_entropy(step_fn(xm), ym) / micro_batches).backward()
+            if scheduler.step():
+                optimizer.step()
+            optimizer.zero_grad()
+        return scheduler
+
+    eager, compiled = _model(), _model()
+    s1 = run(eager, eager, 1, exact=False)
+    s2 = run(compiled, torch.compile(compiled, fullgraph=True, backend="aot_eager"), 4, exact=True)
+    assert s1.stats == s2.stats and s2.stats["blocks_moved"] > 10
+    for a, b in zip(eager.modules(), compiled.modules()):
+        if isinstance(a, rs.SparseModule):
+            assert torch.equal(a.layout.flat_index().sort().values, b.layout.flat_index().sort().values)
+            assert not take_kept(id(b))  # nothing left behind
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_compiled_exact_conv_grow_scores_are_the_accumulated_gradient(groups):
+    torch.manual_seed(0)
+    layer = rs.SparseConv2d(8, 16, 3, padding=1, groups=groups, density=0.4, block_size=4)
+    dense = layer.to_conv()
+    k = layer.layout.n_blocks - layer.layout.nnzb
+    layer.request_grow_scores(k, exact=True)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    xs = torch.randn(3, 2, 8, 6, 6)
+    for x in xs:
+        compiled(x).square().sum().backward()
+        dense(x).square().sum().backward()
+    scores, index = layer.take_grow_scores()
+    grad, b = weight_matrix(dense.weight.grad), 4
+    norms = grad.view(grad.shape[0] // b, b, -1, b).transpose(1, 2).flatten(2).norm(dim=2).flatten()
+    inactive = torch.nonzero(~layer.layout.active_mask().flatten()).flatten()
+    order = torch.sort(norms[inactive], descending=True, stable=True).indices[:k]
+    assert torch.equal(index, inactive[order])
+    torch.testing.assert_close(scores, norms[inactive][order], rtol=1e-4, atol=1e-5)

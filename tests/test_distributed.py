@@ -128,6 +128,8 @@ def _worker(rank, world, init_file, out_dir, wrapper):
         model = _model()
         if wrapper == "ddp":
             trained = nn.parallel.DistributedDataParallel(model)
+        elif wrapper == "ddp_compiled":
+            trained = torch.compile(nn.parallel.DistributedDataParallel(model), backend="aot_eager")
         else:
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
@@ -159,8 +161,9 @@ def _launch(wrapper, tmp_path):
 
 
 @pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed with gloo")
-def test_ddp_ranks_agree_with_one_process_on_the_whole_batch(tmp_path):
-    ranks = _launch("ddp", tmp_path)
+@pytest.mark.parametrize("wrapper", ["ddp", "ddp_compiled"])
+def test_ddp_ranks_agree_with_one_process_on_the_whole_batch(tmp_path, wrapper):
+    ranks = _launch(wrapper, tmp_path)
     assert ranks[0]["stats"]["blocks_moved"] > 0 and ranks[0]["stats"]["updates"] == 4
     for name in ranks[0]["topology"]:
         assert torch.equal(ranks[0]["topology"][name], ranks[1]["topology"][name])

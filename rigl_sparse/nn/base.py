@@ -9,7 +9,7 @@ from torch import nn
 
 from rigl_sparse import ops
 from rigl_sparse.layout import BlockSparseLayout, _check_density, _check_positive_int
-from rigl_sparse.ops.grow_tap import sum_by_block
+from rigl_sparse.ops.grow_tap import keep_tap, sum_by_block, take_kept
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -65,6 +65,7 @@ class SparseModule(nn.Module):
         self._grow_exact = exact
         self._grow_scores = None
         self._grow_inputs = []
+        take_kept(id(self))  # forget what compiled graphs kept for an earlier request
         if k is not None:
             self._reset_grow_buffers()
 
@@ -75,7 +76,7 @@ class SparseModule(nn.Module):
         if process_group is not None and not self._grow_exact:
             raise ValueError("process_group needs grow scores requested with exact=True")
         if self._grow_exact:
-            inputs, self._grow_inputs = self._grow_inputs, []
+            inputs, self._grow_inputs = self._grow_inputs + take_kept(id(self)), []
             if process_group is None and not inputs:
                 return None
             return self._exact_grow_scores(inputs, process_group)
@@ -141,8 +142,7 @@ class SparseModule(nn.Module):
             return y  # reads a bool, not k: a compiled graph must not depend on the drop count
         if torch.compiler.is_compiling():
             if self._grow_exact:
-                raise NotImplementedError("exact (accumulated or distributed) grow scores are not available "
-                                          "inside torch.compile; use grow_scores='backward'")
+                return keep_tap(y, x, id(self), self._compiled_grow[2])
             scores, index, passes = self._compiled_grow
             layout = self.layout
             return ops.grow_tap(y, x, layout.block_row, layout.block_col, layout.block_size, scores, index, passes)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from rigl_sparse.layout import BlockSparseLayout, _check_positive_int
-from rigl_sparse.nn.base import SparseModule, _GrowScoreTap, average_over
+from rigl_sparse.nn.base import SparseModule, average_over
 from rigl_sparse.ops.block_scores.reference import scores_by_bands
 from rigl_sparse.ops.conv2d import ConvGeometry, conv2d
 
@@ -102,11 +102,8 @@ class SparseConv2d(SparseModule):
             raise ValueError(f"input of spatial size {tuple(x.shape[2:])} is smaller than the kernel "
                              f"{self.kernel_size} (dilation {self.dilation}, padding {self.padding})")
         if self._grow_armed and self._grow_exact and torch.is_grad_enabled():
-            if torch.compiler.is_compiling():
-                raise NotImplementedError("exact (accumulated or distributed) grow scores are not available "
-                                          "inside torch.compile; use grow_scores='backward'")
             y = conv2d(x, values, bias, self.layout.topology(), self.out_channels, self._geometry)
-            return _GrowScoreTap.apply(y, x, self) if y.requires_grad else y  # keeps dY and x for step()
+            return self._tap_grow_scores(y, x)  # keeps dY and x for step()
         grow = tap = None
         if self._grow_armed and torch.is_grad_enabled():
             tap = self._tap_grow_scores  # used where the op forms the whole batch's patches (compiled, fake)

@@ -199,6 +199,14 @@ def set_active_blocks(layer: nn.Module, optimizer: torch.optim.Optimizer, active
     return grown
 
 
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module ``torch.compile`` wrapped (``OptimizedModule._orig_mod``), else ``model``: schedulers
+    name layers and detect DDP on it."""
+    while type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        model = model._orig_mod
+    return model
+
+
 def check_optimizer_holds(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
     """Raise unless every tensor of ``tensors`` (name -> parameter) is in ``optimizer``."""
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}

@@ -17,7 +17,7 @@ import torch
 
 from rigl_sparse.layout import block_count
 from rigl_sparse.rigl.masked import (check_optimizer_holds, mask_gradients, masked_layers, register_mask_hook,
-                                     set_active_blocks)
+                                     set_active_blocks, uncompiled)
 from rigl_sparse.rigl.schedule import check_delta_t, check_t_end
 
 
@@ -52,7 +52,7 @@ class PruningScheduler:
         check_delta_t(delta_t)
         if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or not exponent > 0:
             raise ValueError(f"exponent must be a number > 0, got {exponent!r}")
-        self.masked = masked_layers(model)
+        self.masked = masked_layers(uncompiled(model))
         if not self.masked:
             raise ValueError("model has no masked layer: mask it with rs.apply_masks(model, density=..., "
                              "start='dense')")

@@ -42,7 +42,7 @@ import torch
 from rigl_sparse import ops
 from rigl_sparse.nn import SparseModule
 from rigl_sparse.rigl.masked import (check_optimizer_holds, mask_gradients, masked_layers, register_mask_hook,
-                                     set_active_blocks)
+                                     set_active_blocks, uncompiled)
 from rigl_sparse.rigl.schedule import check_alpha, check_delta_t, check_t_end, drop_fraction
 
 GROW = ("gradient", "random", "momentum", "none")
@@ -105,6 +105,7 @@ class RigLScheduler:
             raise ValueError(f"drop must be one of {DROP}, got {drop!r}")
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
+        model = uncompiled(model)  # a torch.compile'd model: its module, for names and the DDP check
         if process_group is None and isinstance(model, torch.nn.parallel.DistributedDataParallel):
             process_group = model.process_group
         if process_group is None:  # FSDP2: values are DTensors sharded over a mesh

@@ -78,4 +78,55 @@ def _backward(ctx, grad):
 
 torch.library.register_autograd("rigl_sparse::grow_tap", _backward, setup_context=_setup)
 
-__all__ = ["grow_tap", "record_grow_scores"]
+# ---------------------------------------------------------------- exact mode
+# ``grow_scores="exact"`` keeps every backward pass's ``dY`` and ``X`` and scores their sum at the
+# update.  A compiled graph cannot append to a module's list, so ``keep_tap``'s backward calls
+# ``keep_grow_inputs``, an opaque op that copies them into ``_KEPT[owner]`` (copies: a compiled
+# graph may reuse the memory of its intermediates); the layer takes them with ``take_kept``.
+
+_KEPT: dict[int, list[tuple[Tensor, Tensor]]] = {}
+
+
+def take_kept(owner: int) -> list[tuple[Tensor, Tensor]]:
+    """The ``(dY, X)`` pairs compiled graphs kept for ``owner`` since the last call; forgets them."""
+    return _KEPT.pop(owner, [])
+
+
+@torch.library.custom_op("rigl_sparse::keep_grow_inputs", mutates_args=("passes",))
+def keep_grow_inputs(dy: Tensor, x: Tensor, owner: int, passes: Tensor) -> None:
+    """Append copies of ``(dy, x)`` to the pairs kept for ``owner``; ``passes += 1``."""
+    _KEPT.setdefault(owner, []).append((dy.detach().to(x.dtype, copy=True), x.detach().clone()))
+    passes.add_(1)
+
+
+@keep_grow_inputs.register_fake
+def _(dy, x, owner, passes):
+    return None
+
+
+@torch.library.custom_op("rigl_sparse::keep_tap", mutates_args=())
+def keep_tap(y: Tensor, x: Tensor, owner: int, passes: Tensor) -> Tensor:
+    """The identity on ``y`` (a copy); its backward keeps ``dY`` and ``x`` (``keep_grow_inputs``)."""
+    return y.clone()
+
+
+@keep_tap.register_fake
+def _(y, x, owner, passes):
+    return torch.empty_like(y)
+
+
+def _setup_keep(ctx, inputs, output):
+    _, x, owner, passes = inputs
+    ctx.save_for_backward(x, passes)
+    ctx.owner = owner
+
+
+def _backward_keep(ctx, grad):
+    x, passes = ctx.saved_tensors
+    torch.ops.rigl_sparse.keep_grow_inputs(grad, x, ctx.owner, passes)
+    return grad, None, None, None
+
+
+torch.library.register_autograd("rigl_sparse::keep_tap", _backward_keep, setup_context=_setup_keep)
+
+__all__ = ["grow_tap", "record_grow_scores", "keep_tap", "keep_grow_inputs", "take_kept"]
