@@ -84,10 +84,8 @@ class SparseModule(nn.Module):
         compiled = self._take_compiled_grow_scores()
         if compiled is None or scores is None:
             return compiled if scores is None else scores
-        self._record_grow_candidates(scores)  # eager and compiled passes in one step: merged as two passes
-        self._record_grow_candidates(compiled)
-        merged, self._grow_scores = self._grow_scores, None
-        return merged
+        # eager and compiled passes in one step: merged as two passes
+        return sum_by_block(torch.cat([scores[0], compiled[0]]), torch.cat([scores[1], compiled[1]]))
 
     def _supports_exact_grow_scores(self) -> bool:
         return False
