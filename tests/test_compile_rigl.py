@@ -18,13 +18,14 @@ def _model():
                        generator=torch.Generator().manual_seed(0))
 
 
-def _train(model, step_fn, steps=16):
+def _train(model, step_fn, steps=16, micro_batches=1, **scheduler_args):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    scheduler = rs.RigLScheduler(model, optimizer, delta_t=2, t_end=14, alpha=0.5)
+    scheduler = rs.RigLScheduler(model, optimizer, delta_t=2, t_end=14, alpha=0.5, **scheduler_args)
     g = torch.Generator().manual_seed(1)
     for _ in range(steps):
         x, y = torch.randn(16, 32, generator=g), torch.randint(8, (16,), generator=g)
-        nn.functional.cross_entropy(step_fn(x), y).backward()
+        for xm, ym in zip(x.chunk(micro_batches), y.chunk(micro_batches)):
+            (nn.functional.cross_entropy(step_fn(xm), ym) / micro_batches).backward()
         if scheduler.step():
             optimizer.step()
         optimizer.zero_grad()
@@ -128,23 +129,10 @@ def test_grow_tap_sums_several_passes_block_by_block():
 def test_compiled_exact_grow_scores_equal_eager_over_micro_batches():
     """grow_scores="exact" (what DDP and FSDP2 use) in a compiled graph: the kept dY and X of 4
     micro-batches give the same decisions and weights as eager training on whole batches."""
-    def run(model, step_fn, micro_batches, exact):
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        scheduler = rs.RigLScheduler(model, optimizer, delta_t=2, t_end=10, alpha=0.5,
-                                     grow_scores="exact" if exact else "backward")
-        g = torch.Generator().manual_seed(1)
-        for _ in range(11):
-            x, y = torch.randn(16, 32, generator=g), torch.randint(8, (16,), generator=g)
-            for xm, ym in zip(x.chunk(micro_batches), y.chunk(micro_batches)):
-                (nn.functional.cross_entropy(step_fn(xm), ym) / micro_batches).backward()
-            if scheduler.step():
-                optimizer.step()
-            optimizer.zero_grad()
-        return scheduler
-
     eager, compiled = _model(), _model()
-    s1 = run(eager, eager, 1, exact=False)
-    s2 = run(compiled, torch.compile(compiled, fullgraph=True, backend="aot_eager"), 4, exact=True)
+    s1 = _train(eager, eager)
+    s2 = _train(compiled, torch.compile(compiled, fullgraph=True, backend="aot_eager"), micro_batches=4,
+                grow_scores="exact")
     assert s1.stats == s2.stats and s2.stats["blocks_moved"] > 10
     for a, b in zip(eager.modules(), compiled.modules()):
         if isinstance(a, rs.SparseModule):
