@@ -1,31 +1,54 @@
-"""Build and install rigl_sparse.
+"""Build rigl_sparse's native extensions (the metadata is in pyproject.toml).
 
-The native CPU kernels (csrc/cpu) are compiled at install as the extension
-``rigl_sparse._C_cpu`` with torch's extension machinery (pybind11, ninja).
-They are built for the installing machine's CPU (``-march=native``, so AVX2 or
-AVX-512 where it has them); set ``RIGL_SPARSE_CPU_ARCH`` to another ``-march``
-value (e.g. ``x86-64-v3``) for a portable build, or ``RIGL_SPARSE_NO_NATIVE=1``
-to install without native kernels (``python -m rigl_sparse.info`` then says so).
-The CUDA kernels (csrc/cuda) become ``rigl_sparse._C_cuda`` where torch has
-CUDA and a CUDA toolkit is found (``RIGL_SPARSE_NO_CUDA=1`` skips them;
-``RIGL_SPARSE_CUDA_ARCH`` lists ``-gencode`` targets, e.g. ``90a`` or ``80;90a``,
-else torch's ``TORCH_CUDA_ARCH_LIST`` / the visible GPU decides).  Elsewhere, or
-if that compile fails, the package installs without them and
-``python -m rigl_sparse.info`` says why.
+The extensions are compiled against the torch already installed, so build without isolation:
+``pip install --no-build-isolation .`` (or ``-e .``, or ``pip wheel --no-build-isolation .``).
 
-Install with ``pip install --no-build-isolation -e .`` so the build uses the
-installed torch.
+* ``rigl_sparse._C_cpu`` (csrc/cpu): the CPU kernels, compiled once per instruction set into one
+  extension (``baseline`` for any CPU of the host's architecture; on x86-64 also ``avx2`` and
+  ``avx512``), the variant chosen at import from what the CPU reports.  Nothing is compiled for the
+  build machine's own CPU unless asked: ``RIGL_SPARSE_CPU_ARCH=native`` (or another ``-march``
+  value) adds that flag to every source, for a local build only.  Without OpenMP the kernels are
+  built single-threaded; without a working C++ compiler (or with ``RIGL_SPARSE_NO_NATIVE=1``) the
+  package installs with the reference backend.  ``python -m rigl_sparse.info`` says which.
+* ``rigl_sparse._C_cuda`` (csrc/cuda): where torch has CUDA and a CUDA toolkit is found
+  (``RIGL_SPARSE_NO_CUDA=1`` skips it; ``RIGL_SPARSE_CUDA_ARCH`` lists ``-gencode`` targets, e.g.
+  ``90a`` or ``80;90a``, else torch's ``TORCH_CUDA_ARCH_LIST`` / the visible GPU decides).
+
+A failed optional build never fails the install: it leaves a note beside the package
+(``_cpu_build_note.txt``, ``_cuda_build_note.txt``) that ``info`` prints.
 """
 
 import glob
 import os
+import platform
+import shutil
+import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
-CUDA_NOTE = Path(__file__).resolve().parent / "rigl_sparse" / "_cuda_build_note.txt"
-CUDA_NAME = "rigl_sparse._C_cuda"
+ROOT = Path(__file__).resolve().parent
+CPU_NAME, CUDA_NAME = "rigl_sparse._C_cpu", "rigl_sparse._C_cuda"
+NOTES = {CPU_NAME: "_cpu_build_note.txt", CUDA_NAME: "_cuda_build_note.txt"}
+
+# Instruction-set variants of csrc/cpu/isa_kernels.cpp and their flags.  The baseline gets none: the
+# compiler's default for the host architecture (x86-64: SSE2; aarch64: NEON).
+X86_ISAS = {
+    "avx2": ["-mavx2", "-mfma", "-mf16c"],
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
+}
+CXX_FLAGS = ["-O3", "-std=c++20"]
+
+
+def host_is_x86_64() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def arch_flags() -> list[str]:
+    arch = os.environ.get("RIGL_SPARSE_CPU_ARCH")
+    return [f"-march={arch}"] if arch else []
 
 
 def cuda_extension():
@@ -48,51 +71,91 @@ def cuda_extension():
 
 
 def extensions():
-    if os.environ.get("RIGL_SPARSE_NO_NATIVE") == "1":
-        return [], {}
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise SystemExit("rigl_sparse compiles its kernels against the torch you use: install torch first, then "
+                         "`pip install --no-build-isolation .` (an isolated build has no torch)") from None
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
     class Build(BuildExtension):
-        """Builds the CPU extension (required) and the CUDA one (optional: a failure is noted, not fatal)."""
+        """Both extensions are optional: a failure leaves a note and the package installs without it."""
 
         def build_extension(self, ext):
-            if ext.name != CUDA_NAME:
-                return super().build_extension(ext)
+            note = Path(self.get_ext_fullpath(ext.name)).parent / NOTES[ext.name]
             try:
+                if ext.name == CPU_NAME:
+                    problems = self.prepare_cpu(ext)
                 super().build_extension(ext)
-            except Exception as err:  # noqa: BLE001 - any compiler failure leaves the CPU package usable
-                CUDA_NOTE.write_text(f"its build failed: {err}\n")
-                warnings.warn(f"rigl_sparse: the CUDA extension did not build ({err}); installing without it")
+            except Exception as err:  # noqa: BLE001 - any compiler failure leaves the rest of the package usable
+                self.write_note(note, f"its build failed: {err}")
+                warnings.warn(f"rigl_sparse: {ext.name} did not build ({err}); installing without it")
+                return
+            if ext.name == CPU_NAME and problems:
+                self.write_note(note, "; ".join(problems))
             else:
-                CUDA_NOTE.unlink(missing_ok=True)
+                self.remove_note(note)
 
-    arch = os.environ.get("RIGL_SPARSE_CPU_ARCH", "native")
-    cpu = CppExtension(
-        "rigl_sparse._C_cpu",
-        sorted(glob.glob("csrc/cpu/*.cpp")),
-        extra_compile_args=["-O3", f"-march={arch}", "-std=c++20", "-fopenmp"],
-        extra_link_args=["-fopenmp"],
-    )
+        def write_note(self, note: Path, text: str) -> None:
+            note.parent.mkdir(parents=True, exist_ok=True)
+            note.write_text(text + "\n")
+            (ROOT / "rigl_sparse" / note.name).write_text(text + "\n")  # also beside the sources (-e installs)
+
+        def remove_note(self, note: Path) -> None:
+            note.unlink(missing_ok=True)
+            (ROOT / "rigl_sparse" / note.name).unlink(missing_ok=True)
+
+        def compiles(self, flags: list[str], code: str) -> bool:
+            """Whether the C++ compiler accepts ``code`` with ``flags`` (and links it, for OpenMP)."""
+            cxx = self.compiler.compiler_so[0] if self.compiler.compiler_so else "c++"
+            cxx = os.environ.get("CXX", shutil.which("c++") or cxx)
+            with tempfile.TemporaryDirectory() as tmp:
+                src = Path(tmp) / "probe.cpp"
+                src.write_text(code)
+                result = subprocess.run([cxx, *flags, str(src), "-o", str(Path(tmp) / "probe")],
+                                        capture_output=True, text=True)
+            return result.returncode == 0
+
+        def prepare_cpu(self, ext) -> list[str]:
+            """Compiles the instruction-set variants into objects linked into ``ext``; returns what is missing."""
+            problems = []
+            if self.compiles(["-fopenmp"], "#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }"):
+                ext.extra_compile_args.append("-fopenmp")
+                ext.extra_link_args.append("-fopenmp")
+            else:
+                problems.append("the C++ compiler has no OpenMP (-fopenmp), so the kernels run on one thread")
+            variants = {"baseline": []}
+            if host_is_x86_64():
+                variants.update(X86_ISAS)
+            else:
+                problems.append(f"only the baseline variant is built on {platform.machine()}")
+            built = []
+            for isa, flags in variants.items():
+                if flags and not self.compiles(flags, "int main() { return 0; }"):
+                    problems.append(f"the {isa} variant was not built: the compiler rejects {' '.join(flags)}")
+                    continue
+                out_dir = os.path.join(self.build_temp, "isa", isa)
+                ext.extra_objects += self.compiler.compile(
+                    ["csrc/cpu/isa_kernels.cpp"], output_dir=out_dir,
+                    macros=[("RIGL_SPARSE_ISA", isa)], include_dirs=["csrc/cpu"],
+                    extra_postargs=CXX_FLAGS + ["-fPIC", "-fopenmp-simd"] + arch_flags() + flags)
+                built.append(isa)
+            ext.define_macros += [(f"RIGL_SPARSE_HAVE_{isa.upper()}", "1") for isa in built if isa != "baseline"]
+            return problems
+
+    if os.environ.get("RIGL_SPARSE_NO_NATIVE") == "1":
+        (ROOT / "rigl_sparse" / NOTES[CPU_NAME]).write_text("RIGL_SPARSE_NO_NATIVE=1 was set at install\n")
+        exts = []
+    else:
+        sources = sorted(set(glob.glob("csrc/cpu/*.cpp")) - {"csrc/cpu/isa_kernels.cpp"})
+        exts = [CppExtension(CPU_NAME, sources, extra_compile_args=CXX_FLAGS + arch_flags(), extra_link_args=[])]
     cuda, why_not = cuda_extension()
     if cuda is None:
-        CUDA_NOTE.write_text(why_not + "\n")
-        return [cpu], {"build_ext": Build}
-    return [cpu, cuda], {"build_ext": Build}
+        (ROOT / "rigl_sparse" / NOTES[CUDA_NAME]).write_text(why_not + "\n")
+    else:
+        exts.append(cuda)
+    return exts, {"build_ext": Build}
 
 
 ext_modules, cmdclass = extensions()
-
-setup(
-    name="rigl_sparse",
-    version="0.1.0",
-    description="RigL dynamic sparse training with truly block-sparse weights",
-    long_description=open("README.md").read(),
-    long_description_content_type="text/markdown",
-    packages=find_packages(include=["rigl_sparse", "rigl_sparse.*"]),
-    package_data={"rigl_sparse": ["measurements/*.json", "measurements/README.md"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    python_requires=">=3.10",
-    install_requires=["torch>=2.11", "numpy", "tqdm"],
-    extras_require={"test": ["pytest"], "gpu": ["triton>=3.6"]},
-)
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

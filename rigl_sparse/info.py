@@ -32,9 +32,7 @@ def report() -> str:
         where = "any device" if backend.device_types is None else ", ".join(backend.device_types)
         lines.append(f"  {backend.name:10s} [{where}] " + ("available" if reason is None else f"unavailable: {reason}"))
         if backend.name == "cpu" and reason is None:
-            from rigl_sparse.ops._cpu import extension
-
-            lines.append(f"  {'':10s} compiled for {extension().compiled_for} (this machine's -march at install)")
+            lines.extend(f"  {'':10s} {line}" for line in _cpu_lines())
         if backend.name in backends.LIMITS:
             lines.append(f"  {'':10s} takes {backends.LIMITS[backend.name]}")
     lines.append("")
@@ -47,6 +45,26 @@ def report() -> str:
     if "cuda" in device_types:
         lines.extend(_measured_lines(torch.cuda.get_device_name(0)))
     return "\n".join(lines)
+
+
+def _cpu_lines() -> list[str]:
+    """The instruction-set variants of the CPU kernels: built, runnable here, in use and why."""
+    from rigl_sparse.ops import _cpu
+
+    try:
+        status = _cpu.isa_status()
+    except ValueError as err:  # a RIGL_SPARSE_CPU_ISA this build or CPU cannot honour
+        return [f"ERROR: {err}"]
+    lacking = [name for name in status["built"] if name not in status["runnable"]]
+    why = f"forced by {status['forced_by']}" if status["forced_by"] else "the widest this CPU runs"
+    lines = [f"kernel variants built: {', '.join(status['built'])}"
+             + (f" (this CPU cannot run {', '.join(lacking)})" if lacking else ""),
+             f"in use: {status['active']} ({why}; {status['tiles']})",
+             f"threads: {torch.get_num_threads()}" + ("" if status["openmp"] else
+                                                       " requested, but built without OpenMP: the kernels run on one")]
+    if status["note"]:
+        lines.append(f"at install: {status['note']}")
+    return lines
 
 
 def _measured_lines(device_name: str) -> list[str]:

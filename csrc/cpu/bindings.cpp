@@ -33,12 +33,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_forward_out", &rigl_sparse::cpu::conv_forward_out, "implicit-GEMM block-sparse conv forward");
   m.def("conv_input_grad_out", &rigl_sparse::cpu::conv_input_grad_out, "conv input gradient, added onto dx_padded");
   m.def("conv_weight_grad_out", &rigl_sparse::cpu::conv_weight_grad_out, "conv weight gradient on active blocks");
-  m.attr("compiled_for") =
-#if defined(__AVX512F__)
-      "avx512";
-#elif defined(__AVX2__)
-      "avx2";
+  m.def("isa_variants_built", &rigl_sparse::cpu::isa_variants_built,
+        "the instruction-set variants compiled in, narrowest first");
+  m.def("isa_variants_runnable", &rigl_sparse::cpu::isa_variants_runnable, "the variants this CPU executes");
+  m.def("select_isa", &rigl_sparse::cpu::select_isa,
+        "use variant `name` ('' = the widest this CPU runs); ValueError if not built or not runnable here");
+  m.def("active_isa", [] { return std::string(rigl_sparse::cpu::kernels().isa); }, "the variant in use");
+  m.def("tile_description", [] { return std::string(rigl_sparse::cpu::kernels().tile); },
+        "the register tiles of the variant in use");
+  m.def("rows_per_tile", &rigl_sparse::cpu::rows_per_tile, "rows of the row panels for a block size");
+  m.attr("openmp") =
+#if defined(_OPENMP)
+      true;
 #else
-      "generic";
+      false;
 #endif
 }

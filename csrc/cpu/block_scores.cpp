@@ -5,6 +5,7 @@
 // overwritten by the next band.  Extra memory: one band per thread plus O(blocks) for the scores and
 // the top-k.
 #include "common.h"
+#include "top_k.h"
 
 namespace rigl_sparse {
 namespace cpu {
@@ -37,13 +38,14 @@ void block_scores_out(const at::Tensor& dy, const at::Tensor& x, const at::Tenso
   // region): small matmuls keep their efficiency without a fork/join per band.
   const int64_t band = std::max<int64_t>(1, kBandBytes / (B * C * B * static_cast<int64_t>(sizeof(float))));
   const int64_t n_bands = (R + band - 1) / band;
+  const KernelTable& table = kernels();
   at::parallel_for(0, n_bands, 1, [&](int64_t begin, int64_t end) {
     at::Tensor grad = at::empty({std::min(band, R) * B, C * B}, x_f.options());
     for (int64_t i = begin; i < end; ++i) {
       const int64_t r0 = i * band, rows = std::min(band, R - r0);
       at::Tensor g = grad.narrow(0, 0, rows * B);
       at::mm_out(g, dy_f.narrow(1, r0 * B, rows * B).t(), x_f);
-      band_scores(g.data_ptr<float>(), rows, C, static_cast<int>(B), r0, active.data(), scores.data());
+      table.band_scores(g.data_ptr<float>(), rows, C, static_cast<int>(B), r0, active.data(), scores.data());
     }
   });
   top_k(scores.data(), R * C, scores_out.numel(), scores_out.data_ptr<float>(), index_out.data_ptr<int64_t>());

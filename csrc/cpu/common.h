@@ -3,7 +3,7 @@
 
 #include <torch/extension.h>
 
-#include "kernels.h"
+#include "isa.h"
 
 namespace rigl_sparse {
 namespace cpu {
@@ -32,17 +32,40 @@ inline int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, work_per_item));
 }
 
+// The kernels of the table in use for the tensor's element type: fn(kernels, float{} or bf16{}).
+template <typename Fn>
+decltype(auto) with_dtype(at::ScalarType dtype, Fn&& fn) {
+  const KernelTable& table = kernels();
+  if (dtype == at::kFloat) return fn(table.f32, float{});
+  TORCH_CHECK(dtype == at::kBFloat16, "the cpu backend takes float32 or bfloat16, got ", dtype);
+  return fn(table.b16, bf16{});
+}
+
+// The index of a block size in the kernels' per-block-size entries.
+inline int block_index(int64_t block_size) {
+  const int index = block_size_index(block_size);
+  TORCH_CHECK(index >= 0, "the cpu backend takes block sizes 4, 8, 16, 32, 64, 128, got ", block_size);
+  return index;
+}
+
+// Rows of the row panels the kernels in use read for block size B.
+inline int rows_per_tile(int64_t block_size) { return kernels().rows_per_tile[block_index(block_size)]; }
+
+template <typename T>
+const T* in_ptr(const at::Tensor& t) {
+  return reinterpret_cast<const T*>(t.data_ptr());
+}
+
 // A dense [M, n] operand as row panels of MR rows (pack_row_panels), for dsd and dds.
 inline at::Tensor row_panels(const at::Tensor& t, int64_t n_blocks, int64_t B, int MR) {
   const int64_t M = t.size(0), n = t.size(1), panels = (M + MR - 1) / MR;
   at::Tensor out = at::empty({panels, n_blocks, MR, B}, t.options().dtype(at::kFloat));
   float* dst = out.data_ptr<float>();
-  at::parallel_for(0, panels, std::max<int64_t>(16, grain_for(MR * n)), [&](int64_t begin, int64_t end) {
-    if (t.scalar_type() == at::kFloat)
-      pack_row_panels(t.data_ptr<float>(), M, n, n, static_cast<int>(B), MR, n_blocks, begin, end, dst);
-    else
-      pack_row_panels(reinterpret_cast<const bf16*>(t.data_ptr()), M, n, n, static_cast<int>(B), MR, n_blocks, begin,
-                      end, dst);
+  with_dtype(t.scalar_type(), [&](const auto& k, auto tag) {
+    using T = decltype(tag);
+    at::parallel_for(0, panels, std::max<int64_t>(16, grain_for(MR * n)), [&](int64_t begin, int64_t end) {
+      k.pack_row_panels(in_ptr<T>(t), M, n, n, static_cast<int>(B), MR, n_blocks, begin, end, dst);
+    });
   });
   return out;
 }
@@ -52,54 +75,29 @@ inline at::Tensor packed_float(const at::Tensor& t, int64_t n_blocks, int64_t B)
   const int64_t M = t.size(0), n = t.size(1);
   at::Tensor out = at::empty({n_blocks, M, B}, t.options().dtype(at::kFloat));
   float* dst = out.data_ptr<float>();
-  at::parallel_for(0, n_blocks, grain_for(M * B), [&](int64_t begin, int64_t end) {
-    if (t.scalar_type() == at::kFloat)
-      pack_block_columns(t.data_ptr<float>(), M, n, n, static_cast<int>(B), begin, end, dst);
-    else
-      pack_block_columns(reinterpret_cast<const bf16*>(t.data_ptr()), M, n, n, static_cast<int>(B), begin, end, dst);
+  with_dtype(t.scalar_type(), [&](const auto& k, auto tag) {
+    using T = decltype(tag);
+    at::parallel_for(0, n_blocks, grain_for(M * B), [&](int64_t begin, int64_t end) {
+      k.pack_block_columns(in_ptr<T>(t), M, n, n, static_cast<int>(B), begin, end, dst);
+    });
   });
   return out;
 }
 
-// Blocks [nnzb, B, B] as fp32, transposed when asked (dsd multiplies by W.T), in parallel.
+// Blocks [nnzb, B, B] as fp32, transposed when asked (dsd multiplies by W.T), in parallel; fp32 blocks
+// that need no transposing are used as they are.
 inline at::Tensor float_blocks(const at::Tensor& values, bool transpose) {
+  if (!transpose && values.scalar_type() == at::kFloat) return values;
   const int64_t nnzb = values.size(0), B = values.size(1);
   at::Tensor out = at::empty({nnzb, B, B}, values.options().dtype(at::kFloat));
   float* dst = out.data_ptr<float>();
-  const bool is_float = values.scalar_type() == at::kFloat;
-  at::parallel_for(0, nnzb, std::max<int64_t>(64, grain_for(B * B)), [&](int64_t begin, int64_t end) {
-    for (int64_t s = begin; s < end; ++s)
-      for (int64_t i = 0; i < B; ++i)
-        for (int64_t j = 0; j < B; ++j) {
-          const int64_t src = s * B * B + (transpose ? j * B + i : i * B + j);
-          dst[s * B * B + i * B + j] =
-              is_float ? values.data_ptr<float>()[src] : to_float(reinterpret_cast<const bf16*>(values.data_ptr())[src]);
-        }
+  with_dtype(values.scalar_type(), [&](const auto& k, auto tag) {
+    using T = decltype(tag);
+    at::parallel_for(0, nnzb, std::max<int64_t>(64, grain_for(B * B)), [&](int64_t begin, int64_t end) {
+      k.float_blocks(in_ptr<T>(values), static_cast<int>(B), transpose, begin, end, dst);
+    });
   });
   return out;
-}
-
-// Calls fn.template operator()<T, B>() for the tensor's dtype and the block size.
-template <typename Fn>
-void dispatch(at::ScalarType dtype, int64_t block_size, Fn&& fn) {
-  auto with_block = [&](auto tag) {
-    using T = decltype(tag);
-    switch (block_size) {
-      case 4: fn.template operator()<T, 4>(); break;
-      case 8: fn.template operator()<T, 8>(); break;
-      case 16: fn.template operator()<T, 16>(); break;
-      case 32: fn.template operator()<T, 32>(); break;
-      case 64: fn.template operator()<T, 64>(); break;
-      case 128: fn.template operator()<T, 128>(); break;
-      default: TORCH_CHECK(false, "the cpu backend takes block sizes 4, 8, 16, 32, 64, 128, got ", block_size);
-    }
-  };
-  if (dtype == at::kFloat) {
-    with_block(float{});
-  } else {
-    TORCH_CHECK(dtype == at::kBFloat16, "the cpu backend takes float32 or bfloat16, got ", dtype);
-    with_block(bf16{});
-  }
 }
 
 template <typename T>
@@ -126,13 +124,15 @@ inline void view_matmul_out(const at::Tensor& a, const at::Tensor& values, bool 
   TORCH_CHECK(out.size(0) == M && (n_out + B - 1) / B == n_out_blocks, "out must be [M, ", n_out_blocks,
               " blocks of ", B, "] to match ", names[1]);
   const at::Tensor blocks = float_blocks(values, transpose);  // oriented as [s][k][n]
-  dispatch(a.scalar_type(), B, [&]<typename T, int Bc>() {
-    const at::Tensor panels = row_panels(a, a_blocks, Bc, rows_per_tile<Bc>());
-    const int64_t per_block = M * Bc * Bc * std::max<int64_t>(1, values.size(0) / std::max<int64_t>(1, n_out_blocks));
+  const int b = block_index(B), MR = rows_per_tile(B);
+  const at::Tensor panels = row_panels(a, a_blocks, B, MR);
+  const int64_t per_block = M * B * B * std::max<int64_t>(1, values.size(0) / std::max<int64_t>(1, n_out_blocks));
+  with_dtype(a.scalar_type(), [&](const auto& k, auto tag) {
+    using T = decltype(tag);
     at::parallel_for(0, n_out_blocks, grain_for(per_block), [&](int64_t begin, int64_t end) {
-      sparse_matmul<T, Bc>(panels.data_ptr<float>(), M, a_blocks, blocks.data_ptr<float>(), ptr.data_ptr<int32_t>(),
-                           slots.data_ptr<int32_t>(), coord.data_ptr<int32_t>(), bias, out_ptr<T>(out), n_out, begin,
-                           end);
+      k.sparse_matmul[b](panels.data_ptr<float>(), M, a_blocks, blocks.data_ptr<float>(), ptr.data_ptr<int32_t>(),
+                         slots.data_ptr<int32_t>(), coord.data_ptr<int32_t>(), bias, out_ptr<T>(out), n_out, begin,
+                         end);
     });
   });
 }

@@ -1,9 +1,8 @@
-// Block-sparse 2-D convolution on the CPU by implicit GEMM (conv_kernels.h): forward, input gradient
+// Block-sparse 2-D convolution on the CPU by implicit GEMM (the kernels: conv_kernels.h): forward, input gradient
 // and weight gradient straight from the zero-padded NHWC input, without forming its patches.
 // `geometry` is {OH, OW, KH, KW, SH, SW, DH, DW, groups, out/groups}; the weight matrix is
 // [out, KH*KW*C/groups] (tap-major), and b divides out/groups.
 #include "common.h"
-#include "conv_kernels.h"
 
 namespace rigl_sparse {
 namespace cpu {
@@ -24,6 +23,19 @@ ConvShape conv_shape(const at::Tensor& x_padded, const std::vector<int64_t>& geo
   return g;
 }
 
+int64_t patch_rows(const ConvShape& g) { return g.N * g.OH * g.OW; }
+int64_t patch_cols(const ConvShape& g) { return g.KH * g.KW * (g.C / g.G); }
+
+// The origins of all patch rows (conv_kernels.h's origin, for the weight gradient).
+std::vector<int64_t> row_origins(const ConvShape& g) {
+  std::vector<int64_t> origins(patch_rows(g));
+  for (int64_t m = 0; m < patch_rows(g); ++m) {
+    const int64_t n = m / (g.OH * g.OW), r = m % (g.OH * g.OW), oh = r / g.OW, ow = r % g.OW;
+    origins[m] = ((n * g.Hp + oh * g.SH) * g.Wp + ow * g.SW) * g.C;
+  }
+  return origins;
+}
+
 }  // namespace
 
 void conv_forward_out(const at::Tensor& x_padded, const at::Tensor& values, const c10::optional<at::Tensor>& bias,
@@ -38,7 +50,7 @@ void conv_forward_out(const at::Tensor& x_padded, const at::Tensor& values, cons
   TORCH_CHECK(values.scalar_type() == x_padded.scalar_type() && out.scalar_type() == x_padded.scalar_type(),
               "x_padded, values and out must share a dtype");
   const int64_t B = values.size(1);
-  TORCH_CHECK(out.dim() == 2 && out.size(0) == g.rows() && (out.size(1) + B - 1) / B == row_ptr.numel() - 1,
+  TORCH_CHECK(out.dim() == 2 && out.size(0) == patch_rows(g) && (out.size(1) + B - 1) / B == row_ptr.numel() - 1,
               "out must be [N*OH*OW, out_channels] matching row_ptr");
   at::Tensor bias_f;
   if (bias.has_value()) {
@@ -47,14 +59,15 @@ void conv_forward_out(const at::Tensor& x_padded, const at::Tensor& values, cons
     bias_f = bias->to(at::kFloat).contiguous();
   }
   const at::Tensor blocks = float_blocks(values, /*transpose=*/true);
-  dispatch(x_padded.scalar_type(), B, [&]<typename T, int Bc>() {
-    const int64_t panels = (g.rows() + rows_per_tile<Bc>() - 1) / rows_per_tile<Bc>();
-    const int64_t panel_work = rows_per_tile<Bc>() * values.size(0) * Bc * Bc;
+  const int b = block_index(B), MR = rows_per_tile(B);
+  const int64_t panels = (patch_rows(g) + MR - 1) / MR, panel_work = MR * values.size(0) * B * B;
+  with_dtype(x_padded.scalar_type(), [&](const auto& k, auto tag) {
+    using T = decltype(tag);
     at::parallel_for(0, panels, grain_for(panel_work), [&](int64_t begin, int64_t end) {
-      conv_forward<T, Bc>(reinterpret_cast<const T*>(x_padded.data_ptr()), g, blocks.data_ptr<float>(),
-                          row_ptr.data_ptr<int32_t>(), row_slots.data_ptr<int32_t>(), block_col.data_ptr<int32_t>(),
-                          bias_f.defined() ? bias_f.data_ptr<float>() : nullptr, out_ptr<T>(out), out.size(1), begin,
-                          end);
+      k.conv_forward[b](in_ptr<T>(x_padded), g, blocks.data_ptr<float>(), row_ptr.data_ptr<int32_t>(),
+                        row_slots.data_ptr<int32_t>(), block_col.data_ptr<int32_t>(),
+                        bias_f.defined() ? bias_f.data_ptr<float>() : nullptr, out_ptr<T>(out), out.size(1), begin,
+                        end);
     });
   });
 }
@@ -71,15 +84,17 @@ void conv_input_grad_out(const at::Tensor& dy, const at::Tensor& values, const a
   check_index(block_row, "block_row");
   TORCH_CHECK(dy.scalar_type() == values.scalar_type(), "dy and values must share a dtype");
   const int64_t B = values.size(1);
-  TORCH_CHECK(dy.dim() == 2 && dy.size(0) == g.rows(), "dy must be [N*OH*OW, out_channels]");
-  TORCH_CHECK(col_ptr.numel() == (g.cols() + B - 1) / B + 1, "col_ptr must have ceil(KH*KW*C / b) + 1 entries");
+  TORCH_CHECK(dy.dim() == 2 && dy.size(0) == patch_rows(g), "dy must be [N*OH*OW, out_channels]");
+  TORCH_CHECK(col_ptr.numel() == (patch_cols(g) + B - 1) / B + 1, "col_ptr must have ceil(KH*KW*C / b) + 1 entries");
   const at::Tensor blocks = float_blocks(values, /*transpose=*/false);
-  dispatch(values.scalar_type(), B, [&]<typename T, int Bc>() {
-    const int64_t image_work = g.rows() / std::max<int64_t>(1, g.N) * values.size(0) * Bc * Bc;
+  const int b = block_index(B);
+  const int64_t image_work = patch_rows(g) / std::max<int64_t>(1, g.N) * values.size(0) * B * B;
+  with_dtype(values.scalar_type(), [&](const auto& k, auto tag) {
+    using T = decltype(tag);
     at::parallel_for(0, g.N, grain_for(image_work), [&](int64_t begin, int64_t end) {
-      conv_input_grad<T, Bc>(reinterpret_cast<const T*>(dy.data_ptr()), dy.size(1), g, blocks.data_ptr<float>(),
-                             col_ptr.data_ptr<int32_t>(), col_slots.data_ptr<int32_t>(), block_row.data_ptr<int32_t>(),
-                             dx_padded.data_ptr<float>(), begin, end);
+      k.conv_input_grad[b](in_ptr<T>(dy), dy.size(1), g, blocks.data_ptr<float>(), col_ptr.data_ptr<int32_t>(),
+                           col_slots.data_ptr<int32_t>(), block_row.data_ptr<int32_t>(), dx_padded.data_ptr<float>(),
+                           begin, end);
     });
   });
 }
@@ -97,16 +112,17 @@ void conv_weight_grad_out(const at::Tensor& dy, const at::Tensor& x_padded, cons
               "dy, x_padded and out must share a dtype");
   TORCH_CHECK(out.dim() == 3 && out.size(0) == block_row.numel() && out.size(1) == out.size(2),
               "out must be [nnzb, b, b]");
-  TORCH_CHECK(dy.dim() == 2 && dy.size(0) == g.rows(), "dy must be [N*OH*OW, out_channels]");
+  TORCH_CHECK(dy.dim() == 2 && dy.size(0) == patch_rows(g), "dy must be [N*OH*OW, out_channels]");
   const int64_t B = out.size(1);
   const at::Tensor dy_cols = packed_float(dy, (dy.size(1) + B - 1) / B, B);
-  std::vector<int64_t> origins(g.rows());
-  row_origins(g, 0, static_cast<int>(g.rows()), origins.data());
-  dispatch(x_padded.scalar_type(), B, [&]<typename T, int Bc>() {
-    at::parallel_for(0, row_slots.numel(), grain_for(g.rows() * Bc * Bc), [&](int64_t begin, int64_t end) {
-      conv_weight_grad<T, Bc>(dy_cols.data_ptr<float>(), reinterpret_cast<const T*>(x_padded.data_ptr()), g,
-                              origins.data(), row_slots.data_ptr<int32_t>(), block_row.data_ptr<int32_t>(),
-                              block_col.data_ptr<int32_t>(), out_ptr<T>(out), begin, end);
+  const std::vector<int64_t> origins = row_origins(g);
+  const int b = block_index(B);
+  with_dtype(x_padded.scalar_type(), [&](const auto& k, auto tag) {
+    using T = decltype(tag);
+    at::parallel_for(0, row_slots.numel(), grain_for(patch_rows(g) * B * B), [&](int64_t begin, int64_t end) {
+      k.conv_weight_grad[b](dy_cols.data_ptr<float>(), in_ptr<T>(x_padded), g, origins.data(),
+                            row_slots.data_ptr<int32_t>(), block_row.data_ptr<int32_t>(),
+                            block_col.data_ptr<int32_t>(), out_ptr<T>(out), begin, end);
     });
   });
 }

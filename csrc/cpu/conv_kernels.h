@@ -14,42 +14,39 @@
 
 namespace rigl_sparse {
 namespace cpu {
+namespace RIGL_SPARSE_ISA {
 
-// Geometry of a convolution on a zero-padded NHWC input [N][Hp][Wp][C], with G groups of OG output
-// channels each: output channel o sees input channels [(o / OG) * C / G, ...) only, so the patch
-// matrix has K = KH * KW * C / G columns and a group's patches start at channel group * C / G.
-struct ConvShape {
-  int64_t N, Hp, Wp, C, OH, OW, KH, KW, SH, SW, DH, DW, G, OG;
-
-  int64_t rows() const { return N * OH * OW; }
-  int64_t group_channels() const { return C / G; }
-  int64_t cols() const { return KH * KW * group_channels(); }
-  // First input channel of the group of output channel (weight row) `row`.
-  int64_t channel_base(int64_t row) const { return (row / OG) * group_channels(); }
-  // Offset from a patch row's origin of patch column k (tap-major, channel-inner) in group `base`.
-  int64_t column_offset(int64_t k, int64_t base) const {
-    return tap_offset(k / group_channels()) + base + k % group_channels();
-  }
-  // Offset in the input of output row m's receptive-field origin (tap (0, 0), channel 0).
-  int64_t origin(int64_t m) const {
-    const int64_t n = m / (OH * OW), r = m % (OH * OW), oh = r / OW, ow = r % OW;
-    return ((n * Hp + oh * SH) * Wp + ow * SW) * C;
-  }
-  // Offset of kernel tap `tap` (= i * KW + j) from an origin.
-  int64_t tap_offset(int64_t tap) const { return ((tap / KW) * DH * Wp + (tap % KW) * DW) * C; }
-};
+// The arithmetic of a ConvShape (kernel_table.h).
+inline int64_t patch_rows(const ConvShape& g) { return g.N * g.OH * g.OW; }
+inline int64_t group_channels(const ConvShape& g) { return g.C / g.G; }
+inline int64_t patch_cols(const ConvShape& g) { return g.KH * g.KW * group_channels(g); }
+// First input channel of the group of output channel (weight row) `row`.
+inline int64_t channel_base(const ConvShape& g, int64_t row) { return (row / g.OG) * group_channels(g); }
+// Offset of kernel tap `tap` (= i * KW + j) from an origin.
+inline int64_t tap_offset(const ConvShape& g, int64_t tap) {
+  return ((tap / g.KW) * g.DH * g.Wp + (tap % g.KW) * g.DW) * g.C;
+}
+// Offset from a patch row's origin of patch column k (tap-major, channel-inner) in group `base`.
+inline int64_t column_offset(const ConvShape& g, int64_t k, int64_t base) {
+  return tap_offset(g, k / group_channels(g)) + base + k % group_channels(g);
+}
+// Offset in the input of output row m's receptive-field origin (tap (0, 0), channel 0).
+inline int64_t origin(const ConvShape& g, int64_t m) {
+  const int64_t n = m / (g.OH * g.OW), r = m % (g.OH * g.OW), oh = r / g.OW, ow = r % g.OW;
+  return ((n * g.Hp + oh * g.SH) * g.Wp + ow * g.SW) * g.C;
+}
 
 // dst[i][e] = patches[row i][c * B + e] as fp32 for `rows` rows with the given origins (-1: a row past
 // M, zero) in the group starting at input channel `base`; zero past the K real columns.
 template <typename T, int B>
 inline void gather_patch_block(const T* x, const ConvShape& g, const int64_t* origins, int rows, int64_t c,
                                int64_t base, float* dst) {
-  const int64_t k0 = c * B, K = g.cols();
-  if (g.group_channels() % B == 0) {
-    const int64_t offset = g.column_offset(k0, base);
+  const int64_t k0 = c * B, K = patch_cols(g);
+  if (group_channels(g) % B == 0) {
+    const int64_t offset = column_offset(g, k0, base);
     for (int i = 0; i < rows; ++i) {
       if (origins[i] < 0) {
-        std::fill(dst + i * B, dst + (i + 1) * B, 0.0f);
+        fill_zero(dst + i * B, B);
         continue;
       }
       const T* src = x + origins[i] + offset;
@@ -65,42 +62,47 @@ inline void gather_patch_block(const T* x, const ConvShape& g, const int64_t* or
   for (int i = 0; i < rows; ++i)
     for (int e = 0; e < B; ++e) {
       const int64_t k = k0 + e;
-      dst[i * B + e] = (origins[i] < 0 || k >= K) ? 0.0f : to_float(x[origins[i] + g.column_offset(k, base)]);
+      dst[i * B + e] = (origins[i] < 0 || k >= K) ? 0.0f : to_float(x[origins[i] + column_offset(g, k, base)]);
     }
 }
 
 // The origins of rows [m0, m0 + rows) (-1 past M).
 inline void row_origins(const ConvShape& g, int64_t m0, int rows, int64_t* origins) {
-  const int64_t M = g.rows();
-  for (int i = 0; i < rows; ++i) origins[i] = m0 + i < M ? g.origin(m0 + i) : -1;
+  const int64_t M = patch_rows(g);
+  for (int i = 0; i < rows; ++i) origins[i] = m0 + i < M ? origin(g, m0 + i) : -1;
 }
 
 // Forward: out[M, n_out] = patches @ W.T (+ bias) over the row view, for row panels [t_begin, t_end).
+// Each panel's MR patch rows are gathered at most once per group and block column, laid out as
+// pack_row_panels would, and multiplied with every block row of that group that reads them.
 //   blocks: [nnzb, B, B] fp32 holding W.T blocks; out: [M, n_out].
 template <typename T, int B>
 void conv_forward(const T* x, const ConvShape& g, const float* blocks, const int32_t* row_ptr,
                   const int32_t* row_slots, const int32_t* block_col, const float* bias, T* out, int64_t n_out,
                   int64_t t_begin, int64_t t_end) {
   constexpr int MR = rows_per_tile<B>();
-  alignas(64) float acc[MR * B];
-  alignas(64) float a[MR * B];
+  const int64_t M = patch_rows(g), C = (patch_cols(g) + B - 1) / B, n_blocks_out = (n_out + B - 1) / B;
+  Buffer<> panel(C * MR * B);
+  Buffer<int64_t> gathered(C);  // the (panel, group) whose rows panel holds at each block column
+  for (int64_t c = 0; c < C; ++c) gathered.get()[c] = -1;
+  alignas(64) float tile[MR * B];
   int64_t origins[MR];
-  const int64_t M = g.rows(), n_blocks_out = (n_out + B - 1) / B;
   for (int64_t t = t_begin; t < t_end; ++t) {
     row_origins(g, t * MR, MR, origins);
-    const int64_t rows = std::min<int64_t>(MR, M - t * MR);
+    const int64_t rows = min64(MR, M - t * MR);
     for (int64_t j = 0; j < n_blocks_out; ++j) {
-      std::fill(acc, acc + MR * B, 0.0f);
-      const int64_t base = g.channel_base(j * B);
+      // Gather the patch block columns this block row reads that the panel does not hold yet.
+      const int64_t stamp = t * g.G + j * B / g.OG, base = channel_base(g, j * B);
       for (int32_t p = row_ptr[j]; p < row_ptr[j + 1]; ++p) {
-        const int64_t s = row_slots[p];
-        gather_patch_block<T, B>(x, g, origins, MR, block_col[s], base, a);
-        micro_kernel<B, MR>(a, B, 1, blocks + s * B * B, B, B, acc);
+        const int64_t c = block_col[row_slots[p]];
+        if (gathered.get()[c] == stamp) continue;
+        gather_patch_block<T, B>(x, g, origins, MR, c, base, panel.get() + c * MR * B);
+        gathered.get()[c] = stamp;
       }
-      const int64_t col0 = j * B, cols = std::min<int64_t>(B, n_out - col0);
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t n = 0; n < cols; ++n)
-          out[(t * MR + i) * n_out + col0 + n] = from_float<T>(acc[i * B + n] + (bias ? bias[col0 + n] : 0.0f));
+      panel_times_view<B>(panel.get(), blocks, row_ptr, row_slots, block_col, j, tile);
+      const int64_t col0 = j * B;
+      store_tile<T, B>(tile, rows, min64(B, n_out - col0), bias ? bias + col0 : nullptr, out + t * MR * n_out + col0,
+                       n_out);
     }
   }
 }
@@ -111,8 +113,8 @@ template <int B>
 inline void scatter_columns(const float* acc, int rows, const int64_t* origins, const ConvShape& g, int64_t c,
                             int64_t base, float* dx) {
   const int64_t k0 = c * B;
-  if (g.group_channels() % B == 0) {  // the block is B consecutive channels of one tap
-    const int64_t offset = g.column_offset(k0, base);
+  if (group_channels(g) % B == 0) {  // the block is B consecutive channels of one tap
+    const int64_t offset = column_offset(g, k0, base);
     for (int i = 0; i < rows; ++i) {
       float* dst = dx + origins[i] + offset;
 #pragma omp simd
@@ -120,8 +122,8 @@ inline void scatter_columns(const float* acc, int rows, const int64_t* origins, 
     }
     return;
   }
-  for (int e = 0; e < B && k0 + e < g.cols(); ++e) {
-    const int64_t offset = g.column_offset(k0 + e, base);
+  for (int e = 0; e < B && k0 + e < patch_cols(g); ++e) {
+    const int64_t offset = column_offset(g, k0 + e, base);
     for (int i = 0; i < rows; ++i) dx[origins[i] + offset] += acc[i * B + e];
   }
 }
@@ -136,32 +138,31 @@ void conv_input_grad(const T* dy, int64_t n_out, const ConvShape& g, const float
                      const int32_t* col_slots, const int32_t* block_row, float* dx, int64_t n_begin,
                      int64_t n_end) {
   constexpr int MR = rows_per_tile<B>();
-  const int64_t R = (n_out + B - 1) / B, n_cols = (g.cols() + B - 1) / B;
-  std::vector<float> tile(R * MR * B);  // the MR rows of dy, block column by block column
+  const int64_t R = (n_out + B - 1) / B, n_cols = (patch_cols(g) + B - 1) / B;
+  Buffer<> tile(R * MR * B);  // the MR rows of dy, block column by block column
   alignas(64) float acc[MR * B];
   int64_t origins[MR];
   const int64_t m_end = n_end * g.OH * g.OW;
   for (int64_t m0 = n_begin * g.OH * g.OW; m0 < m_end; m0 += MR) {
-    const int rows = static_cast<int>(std::min<int64_t>(MR, m_end - m0));
+    const int rows = static_cast<int>(min64(MR, m_end - m0));
     for (int64_t r = 0; r < R; ++r)
       for (int i = 0; i < MR; ++i)
         for (int e = 0; e < B; ++e) {
           const int64_t col = r * B + e;
-          tile[(r * MR + i) * B + e] = (i < rows && col < n_out) ? to_float(dy[(m0 + i) * n_out + col]) : 0.0f;
+          tile.get()[(r * MR + i) * B + e] = (i < rows && col < n_out) ? to_float(dy[(m0 + i) * n_out + col]) : 0.0f;
         }
     row_origins(g, m0, rows, origins);
     for (int64_t c = 0; c < n_cols; ++c) {
       // The column view lists a column's slots by block row, so each group's slots are consecutive:
       // accumulate a group's run, then add it onto that group's input channels.
-      auto base_of = [&](int32_t p) { return g.channel_base(static_cast<int64_t>(block_row[col_slots[p]]) * B); };
+      auto base_of = [&](int32_t p) { return channel_base(g, static_cast<int64_t>(block_row[col_slots[p]]) * B); };
       for (int32_t p = col_ptr[c]; p < col_ptr[c + 1];) {
         const int64_t base = base_of(p);
-        std::fill(acc, acc + MR * B, 0.0f);
-        for (; p < col_ptr[c + 1] && base_of(p) == base; ++p) {
-          const int64_t s = col_slots[p];
-          micro_kernel<B, MR>(tile.data() + static_cast<int64_t>(block_row[s]) * MR * B, B, 1, blocks + s * B * B, B,
-                              B, acc);
-        }
+        int32_t run = p;
+        while (run < col_ptr[c + 1] && base_of(run) == base) ++run;
+        for (int h = 0; h < Tile<B>::CHUNKS; ++h)
+          matmul_tile<B>(tile.get(), col_slots + p, run - p, block_row, blocks, h * Tile<B>::NV * Tile<B>::LANES, acc);
+        p = run;
         scatter_columns<B>(acc, rows, origins, g, c, base, dx);
       }
     }
@@ -179,27 +180,27 @@ void conv_weight_grad(const float* dy_cols, const T* x, const ConvShape& g, cons
                       const int32_t* row_slots, const int32_t* block_row, const int32_t* block_col, T* out,
                       int64_t p_begin, int64_t p_end) {
   constexpr int kChunkRows = B >= 64 ? 32 : 64;
-  constexpr int MR = B >= 128 ? 2 : (B >= 64 ? 4 : (B >= 8 ? 8 : B));
-  const int64_t n_slots = p_end - p_begin, M = g.rows();
-  std::vector<float> acc(n_slots * B * B, 0.0f);
+  const int64_t n_slots = p_end - p_begin, M = patch_rows(g);
+  Buffer<> acc(n_slots * B * B);
+  fill_zero(acc.get(), n_slots * B * B);
   alignas(64) float patch[kChunkRows * B];
   for (int64_t m0 = 0; m0 < M; m0 += kChunkRows) {
-    const int rows = static_cast<int>(std::min<int64_t>(kChunkRows, M - m0));
+    const int rows = static_cast<int>(min64(kChunkRows, M - m0));
     for (int64_t p = p_begin; p < p_end; ++p) {
       const int64_t s = row_slots[p];
       const float* dy_chunk = dy_cols + static_cast<int64_t>(block_row[s]) * M * B + m0 * B;
-      const int64_t base = g.channel_base(static_cast<int64_t>(block_row[s]) * B);
+      const int64_t base = channel_base(g, static_cast<int64_t>(block_row[s]) * B);
       gather_patch_block<T, B>(x, g, origins + m0, rows, block_col[s], base, patch);
-      float* slot_acc = acc.data() + (p - p_begin) * B * B;
-      for (int i0 = 0; i0 < B; i0 += MR) micro_kernel<B, MR>(dy_chunk + i0, 1, B, patch, B, rows, slot_acc + i0 * B);
+      micro_kernel<B, B>(dy_chunk, 1, B, patch, B, rows, acc.get() + (p - p_begin) * B * B);
     }
   }
   for (int64_t p = p_begin; p < p_end; ++p) {
-    const float* slot_acc = acc.data() + (p - p_begin) * B * B;
+    const float* slot_acc = acc.get() + (p - p_begin) * B * B;
     T* dst = out + static_cast<int64_t>(row_slots[p]) * B * B;
     for (int e = 0; e < B * B; ++e) dst[e] = from_float<T>(slot_acc[e]);
   }
 }
 
+}  // namespace RIGL_SPARSE_ISA
 }  // namespace cpu
 }  // namespace rigl_sparse

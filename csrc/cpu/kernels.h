@@ -5,28 +5,132 @@
 // slots (row_ptr/row_slots), the column view each block column's (col_ptr/col_slots).
 //
 // Every kernel works on a range of its parallel dimension, so the caller chooses the threading, and
-// writes into caller-provided outputs.  Dense operands are first packed block-column-major
-// (pack_block_columns: [n_blocks][M][B] fp32, zero past the real columns), so that every slab a
-// kernel reads is contiguous (no TLB misses on long row strides, full use of the prefetcher).
-// Results are written only inside the real [M, out] / [M, K] bounds.  Arithmetic is fp32; bf16 is
-// widened on packing and rounded to nearest-even on store.
+// writes into caller-provided outputs.  Dense operands are first packed (row panels for dsd/dds,
+// block columns for sdd) as fp32, so that every slab a kernel reads is contiguous.  Results are
+// written only inside the real [M, out] / [M, K] bounds.  Arithmetic is fp32; bf16 is widened on
+// packing and rounded to nearest-even on store.
+//
+// This header is compiled once per instruction set (isa_kernels.cpp): RIGL_SPARSE_ISA names the
+// namespace that holds that compilation, so variants built with different flags never share a
+// symbol.  Nothing here may instantiate a template of another namespace (std::vector, std::fill...):
+// the linker would keep one copy of it for the whole extension, compiled for whichever instruction
+// set it met first (tests/check_isa_symbols.py checks the objects for this).
 #pragma once
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
-#include <vector>
-#if defined(__AVX512F__)
+#include <new>
+#if defined(__SSE__)
 #include <immintrin.h>
+#endif
+
+#include "kernel_table.h"
+
+#ifndef RIGL_SPARSE_ISA
+#error "define RIGL_SPARSE_ISA, the namespace of this instruction set's kernels"
 #endif
 
 namespace rigl_sparse {
 namespace cpu {
+namespace RIGL_SPARSE_ISA {
 
-struct bf16 {
-  uint16_t bits;
+// ---- the instruction set this translation unit is compiled for -------------------------------------
+
+#if defined(__AVX512F__)
+constexpr int kMaxLanes = 16, kRegisters = 32;
+constexpr bool kFma = true;
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int kMaxLanes = 8, kRegisters = 16;
+constexpr bool kFma = true;
+#elif defined(__aarch64__)
+constexpr int kMaxLanes = 4, kRegisters = 32;
+constexpr bool kFma = true;
+#else  // x86-64 baseline (SSE2) and any other host: the compiler's own vectors
+constexpr int kMaxLanes = 4, kRegisters = 16;
+constexpr bool kFma = false;
+#endif
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// A vector of N floats; loads and stores go through memcpy, so memory needs no alignment.
+template <int N>
+struct VecOf {
+  typedef float type __attribute__((vector_size(N * sizeof(float))));
 };
+template <int N>
+using vec = typename VecOf<N>::type;
+
+template <int N>
+inline vec<N> load(const float* p) {
+  vec<N> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <int N>
+inline void store(float* p, vec<N> v) {
+  std::memcpy(p, &v, sizeof v);
+}
+template <int N>
+inline vec<N> broadcast(float s) {
+#if defined(__AVX512F__)
+  if constexpr (N == 16) return (vec<N>)_mm512_set1_ps(s);
+#endif
+#if defined(__AVX__)
+  if constexpr (N == 8) return (vec<N>)_mm256_set1_ps(s);
+#endif
+#if defined(__SSE__)
+  if constexpr (N == 4) return (vec<N>)_mm_set1_ps(s);
+#endif
+  return s - (vec<N>){};  // elsewhere the compiler's own broadcast (s - 0 is exactly s)
+}
+
+// The register tile of the kernels for block size B: MR rows by NV vectors of LANES floats, chosen so
+// that the MR * NV accumulators, the NV vectors of the B operand and one broadcast stay in the
+// register file (AVX-512: 32 registers, up to 24 accumulators; AVX2: 16 registers, 12 accumulators,
+// e.g. 6 rows x 16 floats; SSE2 without FMA: 8, which leaves room for the products).  A block row
+// wider than NV vectors is done in CHUNKS column chunks.
+template <int B>
+struct Tile {
+  static constexpr int LANES = B < kMaxLanes ? B : kMaxLanes;
+  static constexpr int V = B / LANES;  // vectors across one block row
+  static constexpr int MAX_NV = kRegisters >= 32 ? 4 : 2;
+  static constexpr int NV = V < MAX_NV ? V : MAX_NV;
+  static constexpr int CHUNKS = V / NV;
+  static constexpr int MR = kRegisters >= 32 ? (NV == 1 ? 16 : NV == 2 ? 12 : 6)
+                            : kFma            ? (NV == 1 ? 12 : 6)
+                                              : (NV == 1 ? 8 : 4);
+  static_assert(B % LANES == 0 && V % NV == 0, "block sizes are powers of two from 4");
+};
+
+// Rows of the row panels (pack_row_panels) that dsd, dds and the convolution forward read for block size B.
+template <int B>
+constexpr int rows_per_tile() {
+  return Tile<B>::MR;
+}
+
+// Scratch memory of a kernel call (64-byte aligned, uninitialised).
+template <typename E = float>
+class Buffer {
+ public:
+  explicit Buffer(int64_t n)
+      : data_(static_cast<E*>(std::aligned_alloc(64, static_cast<size_t>((max64(n, 1) * sizeof(E) + 63) / 64 * 64)))) {
+    if (data_ == nullptr) throw std::bad_alloc();
+  }
+  ~Buffer() { std::free(data_); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  E* get() const { return data_; }
+
+ private:
+  E* data_;
+};
+
+inline void fill_zero(float* p, int64_t n) { std::memset(p, 0, static_cast<size_t>(n) * sizeof(float)); }
+
+// ---- element types ----------------------------------------------------------------------------------
 
 inline float to_float(float v) { return v; }
 inline float to_float(bf16 v) {
@@ -39,7 +143,9 @@ inline float to_float(bf16 v) {
 template <typename T>
 inline T from_float(float f);
 template <>
-inline float from_float<float>(float f) { return f; }
+inline float from_float<float>(float f) {
+  return f;
+}
 template <>
 inline bf16 from_float<bf16>(float f) {
   uint32_t u;
@@ -49,18 +155,33 @@ inline bf16 from_float<bf16>(float f) {
   return bf16{static_cast<uint16_t>(u >> 16)};
 }
 
-// Block columns for sdd: dst[c][m][j] = src[m * ld + c * B + j] as fp32 for block columns c in [c_begin, c_end); zero where
-// c * B + j >= n_real (the padding of the last block).
+// dst[0, n) = src[0, n) as fp32.
+template <typename T>
+inline void widen(const T* src, int64_t n, float* dst) {
+  if constexpr (sizeof(T) == sizeof(float)) {
+    std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const uint32_t u = static_cast<uint32_t>(src[j].bits) << 16;
+      std::memcpy(dst + j, &u, sizeof u);
+    }
+  }
+}
+
+// ---- packing ----------------------------------------------------------------------------------------
+
+// Block columns for sdd: dst[c][m][j] = src[m * ld + c * B + j] as fp32 for block columns c in
+// [c_begin, c_end); zero where c * B + j >= n_real (the padding of the last block).
 template <typename T>
 void pack_block_columns(const T* src, int64_t M, int64_t ld, int64_t n_real, int B, int64_t c_begin, int64_t c_end,
                         float* dst) {
   for (int64_t c = c_begin; c < c_end; ++c) {
-    const int64_t width = std::max<int64_t>(0, std::min<int64_t>(B, n_real - c * B));
+    const int64_t width = max64(0, min64(B, n_real - c * B));
     float* out = dst + c * M * B;
     for (int64_t m = 0; m < M; ++m) {
-      const T* row = src + m * ld + c * B;
-      for (int64_t j = 0; j < width; ++j) out[m * B + j] = to_float(row[j]);
-      for (int64_t j = width; j < B; ++j) out[m * B + j] = 0.0f;
+      widen(src + m * ld + c * B, width, out + m * B);
+      fill_zero(out + m * B + width, B - width);
     }
   }
 }
@@ -70,86 +191,150 @@ void pack_block_columns(const T* src, int64_t M, int64_t ld, int64_t n_real, int
 // every block column contiguously, so a micro-kernel's A operand is one contiguous MR x B chunk and
 // all the chunks a row panel needs sit next to each other.
 template <typename T>
-void pack_row_panels(const T* src, int64_t M, int64_t ld, int64_t n_real, int B, int MR, int64_t C,
-                     int64_t t_begin, int64_t t_end, float* dst) {
+void pack_row_panels(const T* src, int64_t M, int64_t ld, int64_t n_real, int B, int MR, int64_t C, int64_t t_begin,
+                     int64_t t_end, float* dst) {
   for (int64_t t = t_begin; t < t_end; ++t) {
     for (int64_t c = 0; c < C; ++c) {
       float* out = dst + (t * C + c) * MR * B;
-      const int64_t width = std::max<int64_t>(0, std::min<int64_t>(B, n_real - c * B));
+      const int64_t width = max64(0, min64(B, n_real - c * B));
       for (int i = 0; i < MR; ++i) {
-        const int64_t m = t * MR + i;
-        const int64_t w = m < M ? width : 0;
-        const T* row = src + m * ld + c * B;
-        for (int64_t j = 0; j < w; ++j) out[i * B + j] = to_float(row[j]);
-        for (int64_t j = w; j < B; ++j) out[i * B + j] = 0.0f;
+        const int64_t m = t * MR + i, w = m < M ? width : 0;
+        widen(src + m * ld + c * B, w, out + i * B);
+        fill_zero(out + i * B + w, B - w);
       }
     }
   }
 }
 
-// Rows per micro-kernel tile for block size B: about 24 accumulator vectors of 16 floats stay in
-// registers (with the block row and a broadcast, under the 32 AVX-512 registers), so each block row
-// loaded feeds as many rows as the register file allows.
-template <int B>
-constexpr int rows_per_tile() {
-  return B >= 128 ? 3 : (B >= 64 ? 6 : (B >= 32 ? 12 : 8));
-}
-
-#if defined(__AVX512F__)
-// Sixteen floats, one AVX-512 register; aligned(4) allows unaligned loads and stores through memcpy.
-typedef float vec16 __attribute__((vector_size(64), aligned(4)));
-
-inline vec16 broadcast16(float s) { return (vec16)_mm512_set1_ps(s); }
-
-inline vec16 load16(const float* p) {
-  vec16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store16(float* p, vec16 v) { std::memcpy(p, &v, sizeof v); }
-#endif
-
-// acc[MR][B] += A[MR][L] * Bm[L][B], with A(i, l) = a[i * a_i + l * a_l] and Bm row l at b + l * ldb.
-// MR and B are compile-time so the accumulator tile lives in vector registers: with AVX-512 it is held
-// in local vector variables for the whole L loop (the compiler would otherwise store the tile back to
-// memory after every multiply-add), elsewhere the loops are left to the vectoriser.
-template <int B, int MR>
-inline void micro_kernel(const float* a, int64_t a_i, int64_t a_l, const float* b, int64_t ldb, int64_t L,
-                         float* __restrict acc) {
-#if defined(__AVX512F__)
-  if constexpr (B % 16 == 0) {
-    constexpr int V = B / 16;
-    vec16 c[MR][V];
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 8
-      for (int v = 0; v < V; ++v) c[i][v] = load16(acc + i * B + v * 16);
-    for (int64_t l = 0; l < L; ++l) {
-      vec16 row[V];
-#pragma GCC unroll 8
-      for (int v = 0; v < V; ++v) row[v] = load16(b + l * ldb + v * 16);
-#pragma GCC unroll 16
-      for (int i = 0; i < MR; ++i) {
-        const vec16 av = broadcast16(a[i * a_i + l * a_l]);
-#pragma GCC unroll 8
-        for (int v = 0; v < V; ++v) c[i][v] += av * row[v];
-      }
+// Blocks [nnzb, B, B] as fp32, transposed when asked (dsd multiplies by W.T), slots [s_begin, s_end).
+template <typename T>
+void float_blocks(const T* values, int B, bool transpose, int64_t s_begin, int64_t s_end, float* dst) {
+  const int64_t BB = static_cast<int64_t>(B) * B;
+  for (int64_t s = s_begin; s < s_end; ++s) {
+    const T* src = values + s * BB;
+    float* out = dst + s * BB;
+    if (!transpose) {
+      widen(src, BB, out);
+      continue;
     }
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 8
-      for (int v = 0; v < V; ++v) store16(acc + i * B + v * 16, c[i][v]);
-    return;
+    for (int i = 0; i < B; ++i)
+      for (int j = 0; j < B; ++j) out[j * B + i] = to_float(src[i * B + j]);
   }
-#endif
+}
+
+// ---- micro-kernels ----------------------------------------------------------------------------------
+
+// c[MR][NV * LANES] (row stride ldc) += A[MR][L] * Bm[L][NV * LANES], A(i, l) = a[i * a_i + l * a_l],
+// Bm row l at b + l * ldb.  The accumulators live in vector registers for the whole L loop.
+template <int MR, int NV, int LANES>
+__attribute__((always_inline)) inline void tile_accumulate(const float* a, int64_t a_i, int64_t a_l, const float* b, int64_t ldb, int64_t L,
+                            float* c, int64_t ldc) {
+  vec<LANES> acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[i][v] = load<LANES>(c + i * ldc + v * LANES);
   for (int64_t l = 0; l < L; ++l) {
-    const float* brow = b + l * ldb;
+    vec<LANES> row[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) row[v] = load<LANES>(b + l * ldb + v * LANES);
+#pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const float av = a[i * a_i + l * a_l];
-#pragma omp simd
-      for (int n = 0; n < B; ++n) acc[i * B + n] += av * brow[n];
+      const vec<LANES> av = broadcast<LANES>(a[i * a_i + l * a_l]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[i][v] += av * row[v];
     }
   }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) store<LANES>(c + i * ldc + v * LANES, acc[i][v]);
+}
+
+// Rows [R0, ROWS) of acc[ROWS][B] in register tiles of at most MR rows, one column chunk at c.
+template <int B, int R0, int ROWS>
+inline void accumulate_rows(const float* a, int64_t a_i, int64_t a_l, const float* b, int64_t ldb, int64_t L,
+                            float* c) {
+  if constexpr (R0 < ROWS) {
+    using S = Tile<B>;
+    constexpr int mr = ROWS - R0 < S::MR ? ROWS - R0 : S::MR;
+    tile_accumulate<mr, S::NV, S::LANES>(a + R0 * a_i, a_i, a_l, b, ldb, L, c + R0 * B, B);
+    accumulate_rows<B, R0 + mr, ROWS>(a, a_i, a_l, b, ldb, L, c);
+  }
+}
+
+// acc[ROWS][B] += A[ROWS][L] * Bm[L][B], with A(i, l) = a[i * a_i + l * a_l] and Bm row l at b + l * ldb:
+// register tiles over rows and column chunks, the L loop cut into pieces whose B operand stays in L1.
+template <int B, int ROWS>
+inline void micro_kernel(const float* a, int64_t a_i, int64_t a_l, const float* b, int64_t ldb, int64_t L,
+                         float* acc) {
+  using S = Tile<B>;
+  constexpr int64_t kPiece = 8192 / B > 8 ? 8192 / B : 8;  // 32 KiB of B rows
+  for (int64_t l0 = 0; l0 < L; l0 += kPiece) {
+    const int64_t len = min64(kPiece, L - l0);
+    for (int h = 0; h < S::CHUNKS; ++h)
+      accumulate_rows<B, 0, ROWS>(a + l0 * a_l, a_i, a_l, b + l0 * ldb + h * S::NV * S::LANES, ldb, len,
+                                  acc + h * S::NV * S::LANES);
+  }
+}
+
+// out[MR][NV * LANES] (row stride B) = sum over the n slots slots[p] of
+// panel_chunk(coord[s]) [MR][B] @ blocks[s][:, col0 : col0 + NV * LANES]: the accumulators stay in
+// registers across all the slots of one output block.
+template <int B>
+inline void matmul_tile(const float* panel, const int32_t* slots, int32_t n, const int32_t* coord,
+                        const float* blocks, int col0, float* out) {
+  using S = Tile<B>;
+  constexpr int MR = S::MR, NV = S::NV, LANES = S::LANES;
+  vec<LANES> acc[MR][NV] = {};
+  for (int32_t p = 0; p < n; ++p) {
+    const int64_t s = slots[p];
+    const float* a = panel + static_cast<int64_t>(coord[s]) * MR * B;
+    const float* b = blocks + s * B * B + col0;
+    if (p + 1 < n) {  // the next block's first lines, while this one runs
+      __builtin_prefetch(blocks + static_cast<int64_t>(slots[p + 1]) * B * B + col0);
+      __builtin_prefetch(panel + static_cast<int64_t>(coord[slots[p + 1]]) * MR * B);
+    }
+#pragma GCC unroll 1
+    for (int l = 0; l < B; ++l) {
+      vec<LANES> row[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) row[v] = load<LANES>(b + l * B + v * LANES);
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        const vec<LANES> av = broadcast<LANES>(a[i * B + l]);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[i][v] += av * row[v];
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) store<LANES>(out + i * B + col0 + v * LANES, acc[i][v]);
+}
+
+// dst[i][0, cols) = tile[i][0, cols) (+ bias[0, cols)) for rows i < rows, row stride ld.
+template <typename T, int B>
+inline void store_tile(const float* tile, int64_t rows, int64_t cols, const float* bias, T* dst, int64_t ld) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* src = tile + i * B;
+    T* row = dst + i * ld;
+    if (bias) {
+      for (int64_t e = 0; e < cols; ++e) row[e] = from_float<T>(src[e] + bias[e]);
+    } else {
+      for (int64_t e = 0; e < cols; ++e) row[e] = from_float<T>(src[e]);
+    }
+  }
+}
+
+// tile[MR][B] = one row panel [C][MR][B] times the blocks of view entry j (all column chunks).
+template <int B>
+inline void panel_times_view(const float* panel, const float* blocks, const int32_t* ptr, const int32_t* slots,
+                             const int32_t* coord, int64_t j, float* tile) {
+  using S = Tile<B>;
+  for (int h = 0; h < S::CHUNKS; ++h)
+    matmul_tile<B>(panel, slots + ptr[j], ptr[j + 1] - ptr[j], coord, blocks, h * S::NV * S::LANES, tile);
 }
 
 // out[:, j*B:(j+1)*B] = A @ blocks over the view, for output block columns j in [j_begin, j_end).
@@ -160,23 +345,15 @@ template <typename T, int B>
 void sparse_matmul(const float* a, int64_t M, int64_t C, const float* blocks, const int32_t* ptr,
                    const int32_t* slots, const int32_t* coord, const float* bias, T* out, int64_t n_cols,
                    int64_t j_begin, int64_t j_end) {
-  constexpr int MR = rows_per_tile<B>();
-  alignas(64) float acc[MR * B];
+  constexpr int MR = Tile<B>::MR;
+  alignas(64) float tile[MR * B];
   const int64_t panels = (M + MR - 1) / MR;
   for (int64_t j = j_begin; j < j_end; ++j) {
-    const int32_t begin = ptr[j], end = ptr[j + 1];
-    const int64_t col0 = j * B, cols = std::min<int64_t>(B, n_cols - col0);
+    const int64_t col0 = j * B, cols = min64(B, n_cols - col0);
     for (int64_t t = 0; t < panels; ++t) {
-      std::fill(acc, acc + MR * B, 0.0f);
-      const float* panel = a + t * C * MR * B;
-      for (int32_t p = begin; p < end; ++p) {
-        const int64_t s = slots[p];
-        micro_kernel<B, MR>(panel + static_cast<int64_t>(coord[s]) * MR * B, B, 1, blocks + s * B * B, B, B, acc);
-      }
-      const int64_t rows = std::min<int64_t>(MR, M - t * MR);
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t n = 0; n < cols; ++n)
-          out[(t * MR + i) * n_cols + col0 + n] = from_float<T>(acc[i * B + n] + (bias ? bias[col0 + n] : 0.0f));
+      panel_times_view<B>(a + t * C * MR * B, blocks, ptr, slots, coord, j, tile);
+      store_tile<T, B>(tile, min64(MR, M - t * MR), cols, bias ? bias + col0 : nullptr, out + t * MR * n_cols + col0,
+                       n_cols);
     }
   }
 }
@@ -186,18 +363,15 @@ void sparse_matmul(const float* a, int64_t M, int64_t C, const float* blocks, co
 template <typename T, int B>
 void sdd(const float* dy, const float* x, int64_t M, const int32_t* row_slots, const int32_t* block_row,
          const int32_t* block_col, T* out, int64_t p_begin, int64_t p_end) {
-  constexpr int MR = B >= 128 ? 2 : (B >= 64 ? 4 : (B >= 8 ? 8 : B));
-  alignas(64) float acc[MR * B];
+  Buffer<> acc(static_cast<int64_t>(B) * B);
   for (int64_t p = p_begin; p < p_end; ++p) {
     const int64_t s = row_slots[p];
     const float* dy_slab = dy + static_cast<int64_t>(block_row[s]) * M * B;
     const float* x_slab = x + static_cast<int64_t>(block_col[s]) * M * B;
-    for (int i0 = 0; i0 < B; i0 += MR) {
-      std::fill(acc, acc + MR * B, 0.0f);
-      micro_kernel<B, MR>(dy_slab + i0, 1, B, x_slab, B, M, acc);
-      T* dst = out + s * B * B + static_cast<int64_t>(i0) * B;
-      for (int e = 0; e < MR * B; ++e) dst[e] = from_float<T>(acc[e]);
-    }
+    fill_zero(acc.get(), B * B);
+    micro_kernel<B, B>(dy_slab, 1, B, x_slab, B, M, acc.get());
+    T* dst = out + s * B * B;
+    for (int e = 0; e < B * B; ++e) dst[e] = from_float<T>(acc.get()[e]);
   }
 }
 
@@ -206,44 +380,25 @@ void sdd(const float* dy, const float* x, int64_t M, const int32_t* row_slots, c
 inline void band_scores(const float* grad, int64_t rows, int64_t C, int B, int64_t r0, const uint8_t* active,
                         float* scores) {
   const int64_t ld = C * B;
-  std::vector<float> acc(C);
+  Buffer<> acc(C);
   for (int64_t r = 0; r < rows; ++r) {
-    std::fill(acc.begin(), acc.end(), 0.0f);
+    fill_zero(acc.get(), C);
     for (int i = 0; i < B; ++i) {
       const float* row = grad + (r * B + i) * ld;
       for (int64_t c = 0; c < C; ++c) {
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
         for (int j = 0; j < B; ++j) sum += row[c * B + j] * row[c * B + j];
-        acc[c] += sum;
+        acc.get()[c] += sum;
       }
     }
     for (int64_t c = 0; c < C; ++c) {
       const int64_t flat = (r0 + r) * C + c;
-      scores[flat] = active[flat] ? -INFINITY : std::sqrt(acc[c]);
+      scores[flat] = active[flat] ? -INFINITY : std::sqrt(acc.get()[c]);
     }
   }
 }
 
-// The k best of scores[0, n): descending, NaN first, ties to the lower index; -1 / -inf past the candidates.
-inline void top_k(const float* scores, int64_t n, int64_t k, float* out_scores, int64_t* out_index) {
-  std::vector<int64_t> order(n);
-  for (int64_t i = 0; i < n; ++i) order[i] = i;
-  auto better = [scores](int64_t a, int64_t b) {
-    const float sa = scores[a], sb = scores[b];
-    const bool na = std::isnan(sa), nb = std::isnan(sb);
-    if (na != nb) return na;
-    if (!na && sa != sb) return sa > sb;
-    return a < b;
-  };
-  const int64_t kk = std::min(k, n);
-  std::partial_sort(order.begin(), order.begin() + kk, order.end(), better);
-  for (int64_t i = 0; i < k; ++i) {
-    const bool found = i < kk && scores[order[i]] != -INFINITY;
-    out_scores[i] = found ? scores[order[i]] : -INFINITY;
-    out_index[i] = found ? order[i] : -1;
-  }
-}
-
+}  // namespace RIGL_SPARSE_ISA
 }  // namespace cpu
 }  // namespace rigl_sparse

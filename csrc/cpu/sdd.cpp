@@ -18,12 +18,15 @@ void sdd_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_sl
               "out must be [nnzb, b, b]");
   TORCH_CHECK(dy.size(0) == x.size(0), "dy and x must have the same number of rows");
   const int64_t B = out.size(1), M = x.size(0);
+  block_index(B);  // checks it before packing
   const int64_t n_rows = (dy.size(1) + B - 1) / B, n_cols = (x.size(1) + B - 1) / B;
   const at::Tensor dy_p = packed_float(dy, n_rows, B), x_p = packed_float(x, n_cols, B);
-  dispatch(x.scalar_type(), B, [&]<typename T, int Bc>() {
-    at::parallel_for(0, row_slots.numel(), grain_for(M * Bc * Bc), [&](int64_t begin, int64_t end) {
-      sdd<T, Bc>(dy_p.data_ptr<float>(), x_p.data_ptr<float>(), M, row_slots.data_ptr<int32_t>(), block_row.data_ptr<int32_t>(), block_col.data_ptr<int32_t>(),
-                 out_ptr<T>(out), begin, end);
+  const int b = block_index(B);
+  with_dtype(x.scalar_type(), [&](const auto& k, auto tag) {
+    using T = decltype(tag);
+    at::parallel_for(0, row_slots.numel(), grain_for(M * B * B), [&](int64_t begin, int64_t end) {
+      k.sdd[b](dy_p.data_ptr<float>(), x_p.data_ptr<float>(), M, row_slots.data_ptr<int32_t>(),
+               block_row.data_ptr<int32_t>(), block_col.data_ptr<int32_t>(), out_ptr<T>(out), begin, end);
     });
   });
 }

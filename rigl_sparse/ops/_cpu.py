@@ -1,27 +1,74 @@
-"""Access to the native CPU extension ``rigl_sparse._C_cpu`` (built by setup.py from csrc/cpu)."""
+"""Access to the native CPU extension ``rigl_sparse._C_cpu`` (built by setup.py from csrc/cpu).
+
+The extension holds one build of the kernels per instruction set (``baseline``, and on x86-64
+``avx2`` and ``avx512``).  On first use the widest variant this CPU runs is chosen, unless the
+environment variable ``RIGL_SPARSE_CPU_ISA`` names one; a variant that is not built or that this
+CPU lacks is refused with an error rather than replaced.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib
+import os
+from pathlib import Path
 
 import torch
 
 CPU_DTYPES = (torch.float32, torch.bfloat16)
 CPU_BLOCK_SIZES = (4, 8, 16, 32, 64, 128)
+ISA_VARIABLE = "RIGL_SPARSE_CPU_ISA"
+BUILD_NOTE = Path(__file__).resolve().parent.parent / "_cpu_build_note.txt"
+
+
+@functools.cache
+def _module():
+    return importlib.import_module("rigl_sparse._C_cpu")
+
+
+_selected: list[str] = []  # the variant chosen from the environment, once
 
 
 def extension():
-    return importlib.import_module("rigl_sparse._C_cpu")
+    """The extension, its instruction-set variant chosen (ValueError for a bad ``RIGL_SPARSE_CPU_ISA``)."""
+    module = _module()
+    if not _selected:
+        select_isa_from_environment()
+    return module
+
+
+def select_isa_from_environment() -> str:
+    """(Re)choose the variant from ``RIGL_SPARSE_CPU_ISA`` (unset or empty: the widest this CPU runs)."""
+    requested = os.environ.get(ISA_VARIABLE, "").strip()
+    _selected.clear()
+    _selected.append(_module().select_isa(requested))
+    return _selected[0]
+
+
+def build_note() -> str | None:
+    """What the install said about the native build (a missing variant, no OpenMP), if anything."""
+    return BUILD_NOTE.read_text().strip() if BUILD_NOTE.exists() else None
 
 
 def unavailable_reason() -> str | None:
     """None when the extension imports, else why not."""
     try:
-        extension()
+        _module()
     except ImportError as err:
-        return (f"the native extension rigl_sparse._C_cpu is not built ({err}); reinstall with "
-                "`pip install --no-build-isolation -e .` on a machine with a C++ compiler")
+        note = build_note()
+        why = f"at install: {note}" if note else str(err)
+        return (f"the native extension rigl_sparse._C_cpu is not built ({why}); reinstall with "
+                "`pip install --no-build-isolation .` on a machine with a C++ compiler")
     return None
+
+
+def isa_status() -> dict:
+    """The variants built, those this CPU runs, the one in use and why, and the threading."""
+    module = extension()
+    requested = os.environ.get(ISA_VARIABLE, "").strip()
+    return {"built": list(module.isa_variants_built()), "runnable": list(module.isa_variants_runnable()),
+            "active": module.active_isa(), "forced_by": f"{ISA_VARIABLE}={requested}" if requested else None,
+            "tiles": module.tile_description(), "openmp": bool(module.openmp), "note": build_note()}
 
 
 def supports(dtype: torch.dtype, block_size: int) -> str | None:

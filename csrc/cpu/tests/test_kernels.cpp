@@ -1,4 +1,6 @@
-// C++ unit tests of the torch-free CPU kernels against naive loops (run by ctest).
+// C++ unit tests of the torch-free CPU kernels against naive loops (run by ctest, once per
+// instruction-set variant: compiled with -DRIGL_SPARSE_ISA=<variant> and its flags; a variant this
+// CPU cannot run exits with 77, which ctest reports as skipped).
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -6,9 +8,11 @@
 
 #include "../conv_kernels.h"
 #include "../kernels.h"
+#include "../top_k.h"
 
 namespace rigl_sparse {
 namespace cpu {
+namespace RIGL_SPARSE_ISA {
 namespace {
 
 int failures = 0;
@@ -151,7 +155,7 @@ void test_conv(int N, int C, int out_c, int H, int W, int KH, int KW, int S, int
                std::mt19937& rng) {
   const int64_t OH = (H - D * (KH - 1) - 1) / S + 1, OW = (W - D * (KW - 1) - 1) / S + 1;
   const ConvShape g{N, H, W, C, OH, OW, KH, KW, S, S, D, D, G, out_c / G};
-  const int64_t M = g.rows(), K = g.cols();
+  const int64_t M = patch_rows(g), K = patch_cols(g);
   const int R = (out_c + B - 1) / B, Cb = static_cast<int>((K + B - 1) / B);
   const int nnzb = std::max(1, static_cast<int>(density * R * Cb));
   const Topology t = make_topology(R, Cb, B, nnzb, rng);
@@ -171,7 +175,7 @@ void test_conv(int N, int C, int out_c, int H, int W, int KH, int KW, int S, int
   for (int grp = 0; grp < G; ++grp)
     for (int64_t m = 0; m < M; ++m)
       for (int64_t k = 0; k < K; ++k)
-        patches[(grp * M + m) * K + k] = x[g.origin(m) + g.column_offset(k, grp * g.group_channels())];
+        patches[(grp * M + m) * K + k] = x[origin(g, m) + column_offset(g, k, grp * group_channels(g))];
   for (int s = 0; s < nnzb; ++s)
     for (int i = 0; i < B; ++i)
       for (int j = 0; j < B; ++j) {
@@ -202,7 +206,7 @@ void test_conv(int N, int C, int out_c, int H, int W, int KH, int KW, int S, int
       for (int64_t k = 0; k < K; ++k) {
         float grad = 0.0f;
         for (int64_t o = grp * g.OG; o < (grp + 1) * g.OG; ++o) grad += dy[m * out_c + o] * weight[o * K + k];
-        dx_want[g.origin(m) + g.column_offset(k, grp * g.group_channels())] += grad;
+        dx_want[origin(g, m) + column_offset(g, k, grp * group_channels(g))] += grad;
       }
   for (size_t i = 0; i < dx.size(); ++i) expect_close(dx[i], dx_want[i], 1e-4f, "conv_input_grad", static_cast<long>(i));
   // Weight gradient on the active blocks.
@@ -245,15 +249,32 @@ int run_all() {
 }
 
 }  // namespace
+}  // namespace RIGL_SPARSE_ISA
 }  // namespace cpu
 }  // namespace rigl_sparse
 
+#define RIGL_SPARSE_STRINGIFY_(x) #x
+#define RIGL_SPARSE_STRINGIFY(x) RIGL_SPARSE_STRINGIFY_(x)
+
 int main() {
-  const int failures = rigl_sparse::cpu::run_all();
+  const char* isa = RIGL_SPARSE_STRINGIFY(RIGL_SPARSE_ISA);
+#if defined(__x86_64__) && defined(__AVX512F__)
+  const bool runs = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                    __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#elif defined(__x86_64__) && defined(__AVX2__)
+  const bool runs = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  const bool runs = true;
+#endif
+  if (!runs) {
+    std::printf("this CPU cannot run the %s kernels: skipped\n", isa);
+    return 77;
+  }
+  const int failures = rigl_sparse::cpu::RIGL_SPARSE_ISA::run_all();
   if (failures) {
     std::printf("%d failures\n", failures);
     return 1;
   }
-  std::printf("all CPU kernel tests passed\n");
+  std::printf("all CPU kernel tests passed (%s)\n", isa);
   return 0;
 }
