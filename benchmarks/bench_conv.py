@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, make_timer, plot, print_table, save, slug  # noqa: E402
+from common import (RESULTS, add_isa_argument, apply_isa, cpu_results_dir, environment, make_timer, plot,  # noqa: E402
+                    print_table, save, slug)
 
 import rigl_sparse as rs  # noqa: E402
 
@@ -85,8 +86,11 @@ def main(argv=None):
                    help="default: float32 on the CPU, bfloat16 on a GPU")
     p.add_argument("--layers", nargs="+", default=[f"{c}@{s}" for c, s in LAYERS],
                    help="layer shapes as CHANNELS@SIZE (default: ResNet-18's)")
-    p.add_argument("--out-dir", type=Path, default=None)
+    p.add_argument("--out-dir", type=Path, default=None,
+                   help="default: benchmarks/results/<gpu> or cpu-<instruction-set variant>")
+    add_isa_argument(p)
     args = p.parse_args(argv)
+    apply_isa(args)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda needs a CUDA GPU")
     torch.set_num_threads(args.threads)
@@ -105,8 +109,8 @@ def main(argv=None):
                 print(f"C={channels} {size}x{size} b={b} d={density}: fwd {row['speedup_fwd']:.2f}x  "
                       f"step {row['speedup_step']:.2f}x", flush=True)
     name = f"conv_{args.device}"
-    out_dir = save(name, rows, env, args.out_dir or RESULTS / (slug(env["device"]) if args.device == "cuda"
-                                                                  else "cpu"))
+    out_dir = save(name, rows, env, args.out_dir or (RESULTS / slug(env["device"]) if args.device == "cuda"
+                                                     else cpu_results_dir()))
     print(f"\n{env['device']}, torch {env['torch']}, {env['threads']} threads, git {env['git_sha'][:10]}")
     print_table(rows, ["channels", "size", "block_size", "density", "speedup_fwd", "speedup_step",
                        "dense_step_ms", "sparse_step_ms"])

@@ -14,7 +14,11 @@ and, once, the peak extra memory of ``block_scores`` (growth of the resident-set
 high-water mark in a fresh process, reset through /proc/self/clear_refs) against
 the size of the dense gradient.
 
-    python benchmarks/bench_cpu.py [--threads 2] [--rows 1024] [--features 4096]
+    python benchmarks/bench_cpu.py [--threads 2] [--rows 1024] [--features 4096] [--isa avx2]
+
+``--isa`` runs one instruction-set variant of our kernels and limits torch (MKL, oneDNN, ATen) to
+the same set, so that an AVX-512 machine measures what an AVX2 one would; results go to
+``benchmarks/results/cpu-<variant>/``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, plot, print_table, save, time_cpu  # noqa: E402
+from common import add_isa_argument, apply_isa, cpu_results_dir, environment, plot, print_table, save, time_cpu  # noqa: E402,E501
 
 import rigl_sparse as rs  # noqa: E402
 from rigl_sparse import backends, ops  # noqa: E402
@@ -83,8 +87,10 @@ def main(argv=None):
     p.add_argument("--densities", type=float, nargs="+", default=[0.5, 0.25, 0.1, 0.05])
     p.add_argument("--blocks", type=int, nargs="+", default=[16, 32, 64])
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    p.add_argument("--out-dir", type=Path, default=RESULTS / "cpu")
+    p.add_argument("--out-dir", type=Path, help="default: benchmarks/results/cpu-<instruction-set variant>")
+    add_isa_argument(p)
     args = p.parse_args(argv)
+    apply_isa(args)
     reason = backends.BACKENDS["cpu"].unavailable_reason()
     if reason:
         raise SystemExit(f"the cpu backend is unavailable: {reason}")
@@ -138,14 +144,15 @@ def main(argv=None):
               "dense_gradient_bytes": dense_grad, "band_bytes_per_thread": 2 << 20}
     env = environment("cpu")
     env["block_scores_memory"] = memory
-    print(f"\n{env['device']}, torch {env['torch']}, {args.threads} threads, git {env['git_sha'][:10]}, {args.dtype}, "
-          f"M={M}, N=K={n}")
+    print(f"\n{env['device']} ({' '.join(env['cpu_flags'])}), our kernels: {env['isa_variant']}, torch limited to "
+          f"{env['torch_isa_limits'] or 'nothing'}; torch {env['torch']}, {args.threads} threads, git {env['git_sha'][:10]}, "
+          f"{args.dtype}, M={M}, N=K={n}")
     print_table(rows, ["block_size", "density", "speedup_fwd_vs_dense", "speedup_dx_vs_dense", "speedup_dw_vs_dense",
                        "speedup_fwd_vs_bsr", "speedup_dx_vs_bsr", "scores_over_dense_matmul"])
     print(f"block_scores peak extra memory (b={b}, {n_blocks} blocks, fresh process): "
           f"{'n/a' if extra is None else f'{extra / 2**20:.1f} MiB'} vs {dense_grad / 2**20:.0f} MiB for one dense "
           "fp32 gradient")
-    out = save(f"cpu_{args.dtype}", rows, env, args.out_dir)
+    out = save(f"cpu_{args.dtype}", rows, env, args.out_dir or cpu_results_dir())
     plot(out / f"cpu_{args.dtype}.png", rows, x="density", y="speedup_fwd_vs_dense", series="block_size",
          title=f"CPU forward vs dense ({args.threads} threads, {args.dtype})", ylabel="speedup over torch dense (x)")
     print(f"results in {out}")

@@ -20,7 +20,8 @@ from pathlib import Path
 from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, make_timer, plot, print_table, save, slug  # noqa: E402
+from common import (RESULTS, add_isa_argument, apply_isa, cpu_results_dir, environment, make_timer, plot,  # noqa: E402
+                    print_table, save, slug)
 from workloads import MODELS, argument_parser, build  # noqa: E402
 
 DENSITIES = (0.2, 0.1, 0.05, 0.02)
@@ -50,7 +51,9 @@ def timed_steps(model: str, method: str, density: float, args, timer) -> tuple[f
 
 def main(argv=None) -> None:
     parser = argument_parser(__doc__, DENSITIES)
+    add_isa_argument(parser)
     args = parser.parse_args(argv)
+    apply_isa(args)
     timer = make_timer(args.device)
     pairs = 1 if args.device.startswith("cuda") else 3
     rows = []
@@ -81,7 +84,7 @@ def main(argv=None) -> None:
     env["size"] = args.size
     print_table(rows, ["model", "method", "density", "dense_ms", "step_ms", "update_step_ms", "amortised_ms",
                        "speedup_vs_dense", "update_vs_dense_step"])
-    out_dir = args.out_dir or RESULTS / slug(env["device"])
+    out_dir = args.out_dir or (RESULTS / slug(env["device"]) if args.device.startswith("cuda") else cpu_results_dir())
     name = "train_step_" + ("cuda" if args.device.startswith("cuda") else "cpu")
     name += "_small" if args.size != "full" else ""
     save(name, rows, env, out_dir)

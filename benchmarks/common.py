@@ -8,6 +8,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,8 +33,76 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+# What limits torch's own CPU libraries (MKL, oneDNN, ATen's kernels) to one instruction set, so that
+# on a wider CPU the dense baseline runs as it would on a CPU that has only that set.
+TORCH_ISA_LIMITS = {
+    "baseline": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"},
+    "avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+    "avx512": {},  # nothing to limit: torch picks AVX-512 where the CPU has it
+}
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16",
+             "amx_tile", "asimd", "sve")
+
+
+def add_isa_argument(parser) -> None:
+    parser.add_argument("--isa", choices=sorted(TORCH_ISA_LIMITS),
+                        help="run our kernels' variant for this instruction set (RIGL_SPARSE_CPU_ISA) and limit "
+                             "torch's dense and BSR baselines to the same set, as on a CPU that has no more; "
+                             "default: the widest this CPU runs, torch unlimited")
+
+
+def apply_isa(args) -> None:
+    """With ``--isa``: restart this program with the environment that selects it (MKL and oneDNN read
+    their limits when they load, so the variables must be there from the start)."""
+    if args.isa is None or os.environ.get("RIGL_SPARSE_CPU_ISA") == args.isa:
+        return
+    env = dict(os.environ, RIGL_SPARSE_CPU_ISA=args.isa, **TORCH_ISA_LIMITS[args.isa])
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def cpu_isa() -> str | None:
+    """The instruction-set variant our CPU kernels run, or None without the native backend."""
+    from rigl_sparse.ops import _cpu
+
+    try:
+        return _cpu.isa_status()["active"]
+    except ImportError:
+        return None
+
+
+def cpu_results_dir() -> Path:
+    """``results/cpu-<variant>/``: CPU results are filed by the instruction set our kernels ran."""
+    return RESULTS / f"cpu-{cpu_isa() or 'reference'}"
+
+
+def cpu_environment() -> dict:
+    """The CPU's instruction sets, our kernels' variant and the limits torch's libraries ran under."""
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    env = {"cpu_flags": [f for f in CPU_FLAGS if f in flags], "machine": platform.machine(),
+           "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "torch_isa_limits": {k: os.environ[k] for k in ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA",
+                                                           "ATEN_CPU_CAPABILITY") if k in os.environ}}
+    try:
+        from rigl_sparse.ops import _cpu
+
+        status = _cpu.isa_status()
+        env.update(isa_variant=status["active"], isa_variants_built=status["built"], isa_forced_by=status["forced_by"],
+                   register_tiles=status["tiles"], openmp=status["openmp"])
+    except ImportError as err:
+        env["isa_variant"] = f"none: {err}"
+    return env
+
+
 def environment(device: str) -> dict:
-    """Device, versions, threads and git SHA, saved beside every result."""
+    """Device, versions, threads and git SHA, saved beside every result (on CPU: the instruction sets)."""
     sha = os.environ.get("GIT_SHA")  # set by callers that run outside a git checkout
     try:
         sha = sha or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
@@ -51,21 +120,23 @@ def environment(device: str) -> dict:
         env["triton"] = None
     if device.startswith("cuda"):
         env["cuda"] = torch.version.cuda
+    else:
+        env.update(cpu_environment())
     return env
 
 
 def time_cpu(fn, *, warmup: int = 2, min_time: float = 1.0, max_reps: int = 50) -> float:
-    """Median wall time of ``fn()`` in seconds (CPU)."""
+    """Median wall time of ``fn()`` in seconds (CPU), by ``torch.utils.benchmark``'s blocked autorange.
+
+    ``max_reps`` is kept for callers; blocked_autorange decides the number of runs itself.
+    """
+    from torch.utils import benchmark
+
+    del max_reps
     for _ in range(warmup):
         fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < max_reps and (time.perf_counter() - start < min_time or len(times) < 3):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_time).median
 
 
 def make_timer(device: str):

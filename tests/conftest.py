@@ -37,3 +37,27 @@ def _fresh_compiler_caches():
 
     if "torch._dynamo" in sys.modules:
         torch._dynamo.reset()
+
+
+def _runnable_cpu_isas() -> list[str]:
+    from rigl_sparse import backends
+    from rigl_sparse.ops import _cpu
+
+    if backends.BACKENDS["cpu"].unavailable_reason() is not None:
+        return []
+    return list(_cpu._module().isa_variants_runnable())
+
+
+@pytest.fixture(params=_runnable_cpu_isas() or [pytest.param(None, marks=pytest.mark.skip(
+    reason="the native cpu backend is not built"))])
+def cpu_isa(request, monkeypatch):
+    """Each instruction-set variant of the CPU kernels this machine executes, forced as a user would:
+    through RIGL_SPARSE_CPU_ISA (an AVX2 machine tests baseline and avx2, an AVX-512 one all three)."""
+    from rigl_sparse.ops import _cpu
+
+    monkeypatch.setenv(_cpu.ISA_VARIABLE, request.param)
+    assert _cpu.select_isa_from_environment() == request.param
+    assert _cpu.isa_status()["active"] == request.param
+    yield request.param
+    monkeypatch.undo()
+    _cpu.select_isa_from_environment()

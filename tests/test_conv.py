@@ -51,9 +51,7 @@ def test_matches_conv2d_with_masked_dense_weight(geometry, b, density, in_channe
     _check_against_dense(layer, conv, x, torch.float32)
 
 
-def test_native_cpu_path_equals_the_reference_path():
-    if backends.BACKENDS["cpu"].unavailable_reason() is not None:
-        pytest.skip(backends.BACKENDS["cpu"].unavailable_reason())
+def test_native_cpu_path_equals_the_reference_path(cpu_isa):
     layer, _ = _pair(32, 48, 16, 0.3, kernel_size=3, padding=1, stride=(2, 1))
     x = torch.randn(4, 32, 9, 7)
     results = []
@@ -68,15 +66,31 @@ def test_native_cpu_path_equals_the_reference_path():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_backends_and_dtypes(backend, dtype):
-    if backends.BACKENDS[backend].unavailable_reason() is not None:
-        pytest.skip(backends.BACKENDS[backend].unavailable_reason())
+def test_reference_dtypes(dtype):
     layer, conv = _pair(16, 24, 8, 0.4, dtype=dtype, kernel_size=3, padding=1, stride=2)
     x = torch.randn(2, 16, 9, 10).to(dtype)
-    with rs.use_backend(backend):
+    with rs.use_backend("reference"):
         _check_against_dense(layer, conv, x, dtype)
+
+
+@pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[3]], ids=str)
+@pytest.mark.parametrize("b,in_channels", [(8, 16), (16, 32), (32, 64), (16, 6)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_implicit_gemm_on_every_isa(geometry, b, in_channels, dtype, cpu_isa):
+    layer, conv = _pair(in_channels, 2 * b + (0 if b > 8 else 3), b, 0.4, dtype=dtype, **geometry)
+    x = torch.randn(2, in_channels, 9, 10).to(dtype)
+    with rs.use_backend("cpu"):
+        _check_against_dense(layer, conv, x, dtype)
+
+
+@pytest.mark.parametrize("groups,b", [(2, 4), (4, 4), (2, 8)])
+def test_grouped_convolution_on_every_cpu_isa(groups, b, cpu_isa):
+    layer, conv = _pair(8, 16 * groups // 2 * (b // 4), b, 0.5, kernel_size=3, padding=1, stride=(1, 2),
+                        groups=groups)
+    x = torch.randn(3, 8, 7, 6)
+    with rs.use_backend("cpu"):
+        _check_against_dense(layer, conv, x, torch.float32)
 
 
 @pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[4]], ids=str)

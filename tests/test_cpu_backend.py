@@ -35,7 +35,7 @@ def _run_all(backend, layout, values, x, dy, bias, k):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("density", [0.2, 1.0])
 @pytest.mark.parametrize("M", [1, 13, 40])
-def test_cpu_kernels_match_reference(b, dtype, density, M):
+def test_cpu_kernels_match_reference(b, dtype, density, M, cpu_isa):
     # Ragged: out and K are not multiples of b; M is not a multiple of any row tile.
     layout, values, x, dy, bias = _case(2 * b + 3, 3 * b - 1, b, density, M, dtype)
     ref = _run_all("reference", layout, values, x, dy, bias, 7)
@@ -66,7 +66,7 @@ def test_cpu_is_chosen_and_unsupported_arguments_fall_back_with_a_warning():
         ops.dsd(x, values, None, *layout.topology(), 12)
 
 
-def test_cpu_block_scores_ties_and_nan_follow_the_reference():
+def test_cpu_block_scores_ties_and_nan_follow_the_reference(cpu_isa):
     layout, _, _, _, _ = _case(16, 16, 4, 0.25, 4, torch.float32)
     zeros = torch.zeros(4, 16)
     for backend in ("reference", "cpu"):
@@ -81,7 +81,7 @@ def test_cpu_block_scores_ties_and_nan_follow_the_reference():
     assert torch.isnan(scores[0])
 
 
-def test_rigl_training_on_the_cpu_backend_equals_the_reference_topology():
+def test_rigl_training_on_the_cpu_backend_equals_the_reference_topology(cpu_isa):
     def run(backend):
         torch.manual_seed(0)
         model = torch.nn.Sequential(rs.SparseLinear(64, 48, density=0.3, block_size=8), torch.nn.ReLU(),
@@ -103,3 +103,63 @@ def test_rigl_training_on_the_cpu_backend_equals_the_reference_topology():
     assert cpu_stats["blocks_moved"] > 0
     for a, b in zip(ref_topology, cpu_topology):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("M,out_f,in_f", [(1, 64, 96), (37, 160, 130), (96, 512, 320)])
+@pytest.mark.parametrize("b", [16, 32, 64])
+def test_larger_ragged_layers_cross_every_register_tile_edge(M, out_f, in_f, b, cpu_isa):
+    # Several row panels, column chunks and L-pieces per call; M and the features ragged.
+    layout, values, x, dy, bias = _case(out_f - out_f % b + (3 if out_f > b else 0), in_f, b, 0.3, M, torch.float32,
+                                        seed=M)
+    ref = _run_all("reference", layout, values, x, dy, bias, 5)
+    got = _run_all("cpu", layout, values, x, dy, bias, 5)
+    scale = max(1.0, math.sqrt(max(in_f, out_f, M) / 16))
+    for r, g in zip(ref[:3], got[:3]):
+        assert_close(g, r, torch.float32, scale=scale)
+
+
+def test_isa_variable_refuses_what_is_not_built_or_not_runnable(monkeypatch):
+    from rigl_sparse.ops import _cpu
+
+    status = _cpu.isa_status()
+    monkeypatch.setenv(_cpu.ISA_VARIABLE, "sse9")
+    with pytest.raises(ValueError, match=r"RIGL_SPARSE_CPU_ISA=sse9: not an instruction-set variant"):
+        _cpu.select_isa_from_environment()
+    assert _cpu.isa_status()["active"] == status["active"]  # a refused choice changes nothing
+    for name in ("baseline", "avx2", "avx512"):
+        monkeypatch.setenv(_cpu.ISA_VARIABLE, name)
+        if name in status["runnable"]:
+            assert _cpu.select_isa_from_environment() == name
+        elif name in status["built"]:
+            with pytest.raises(ValueError, match=f"{name}: this CPU lacks"):
+                _cpu.select_isa_from_environment()
+        else:
+            with pytest.raises(ValueError, match=f"this build has no {name} kernels"):
+                _cpu.select_isa_from_environment()
+    monkeypatch.undo()
+    _cpu.select_isa_from_environment()
+    assert _cpu.isa_status()["active"] == status["active"]
+
+
+def test_isa_variable_at_process_start_is_used_and_reported():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch, rigl_sparse as rs\n"
+            "from rigl_sparse import ops, info\n"
+            "from rigl_sparse.ops import _cpu\n"
+            "from rigl_sparse.testing import random_block_sparse\n"
+            "layout, values = random_block_sparse((32, 32), 16, 0.5)\n"
+            "with rs.use_backend('cpu'):\n"
+            "    ops.dsd(torch.randn(3, 32), values, None, *layout.topology(), 32)\n"
+            "print(_cpu.isa_status()['active'])\n"
+            "print(info.report())\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, RIGL_SPARSE_CPU_ISA="baseline"), check=True)
+    assert run.stdout.splitlines()[0] == "baseline"
+    assert "in use: baseline (forced by RIGL_SPARSE_CPU_ISA=baseline" in run.stdout
+    assert "kernel variants built: baseline" in run.stdout
+    bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, RIGL_SPARSE_CPU_ISA="avx1024"))
+    assert bad.returncode != 0 and "RIGL_SPARSE_CPU_ISA=avx1024: not an instruction-set variant" in bad.stderr

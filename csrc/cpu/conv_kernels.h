@@ -54,7 +54,7 @@ inline void gather_patch_block(const T* x, const ConvShape& g, const int64_t* or
       if constexpr (std::is_same_v<T, float>) {
         std::memcpy(out, src, B * sizeof(float));
       } else {
-        for (int e = 0; e < B; ++e) out[e] = to_float(src[e]);
+        widen(src, B, out);
       }
     }
     return;
@@ -145,12 +145,7 @@ void conv_input_grad(const T* dy, int64_t n_out, const ConvShape& g, const float
   const int64_t m_end = n_end * g.OH * g.OW;
   for (int64_t m0 = n_begin * g.OH * g.OW; m0 < m_end; m0 += MR) {
     const int rows = static_cast<int>(min64(MR, m_end - m0));
-    for (int64_t r = 0; r < R; ++r)
-      for (int i = 0; i < MR; ++i)
-        for (int e = 0; e < B; ++e) {
-          const int64_t col = r * B + e;
-          tile.get()[(r * MR + i) * B + e] = (i < rows && col < n_out) ? to_float(dy[(m0 + i) * n_out + col]) : 0.0f;
-        }
+    pack_row_panels(dy + m0 * n_out, rows, n_out, n_out, B, MR, R, 0, 1, tile.get());
     row_origins(g, m0, rows, origins);
     for (int64_t c = 0; c < n_cols; ++c) {
       // The column view lists a column's slots by block row, so each group's slots are consecutive:
@@ -196,8 +191,7 @@ void conv_weight_grad(const float* dy_cols, const T* x, const ConvShape& g, cons
   }
   for (int64_t p = p_begin; p < p_end; ++p) {
     const float* slot_acc = acc.get() + (p - p_begin) * B * B;
-    T* dst = out + static_cast<int64_t>(row_slots[p]) * B * B;
-    for (int e = 0; e < B * B; ++e) dst[e] = from_float<T>(slot_acc[e]);
+    narrow(slot_acc, static_cast<const float*>(nullptr), B * B, out + static_cast<int64_t>(row_slots[p]) * B * B);
   }
 }
 

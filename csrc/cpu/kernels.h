@@ -94,7 +94,9 @@ inline vec<N> broadcast(float s) {
 // wider than NV vectors is done in CHUNKS column chunks.
 template <int B>
 struct Tile {
-  static constexpr int LANES = B < kMaxLanes ? B : kMaxLanes;
+  // With 32 registers a block row of one full vector would leave one broadcast per multiply-add (the
+  // loads, not the FMAs, would set the pace): split it in two half-width vectors instead.
+  static constexpr int LANES = B < kMaxLanes ? B : (kRegisters >= 32 && B == kMaxLanes && B >= 16) ? B / 2 : kMaxLanes;
   static constexpr int V = B / LANES;  // vectors across one block row
   static constexpr int MAX_NV = kRegisters >= 32 ? 4 : 2;
   static constexpr int NV = V < MAX_NV ? V : MAX_NV;
@@ -147,12 +149,24 @@ inline float from_float<float>(float f) {
   return f;
 }
 template <>
-inline bf16 from_float<bf16>(float f) {
+inline bf16 from_float<bf16>(float f) {  // branch-free, so that loops of it vectorise
   uint32_t u;
   std::memcpy(&u, &f, sizeof u);
-  if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) return bf16{static_cast<uint16_t>((u >> 16) | 0x40)};
-  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
-  return bf16{static_cast<uint16_t>(u >> 16)};
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // round to nearest even
+  const uint32_t quiet_nan = (u >> 16) | 0x40u;
+  return bf16{static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded)};
+}
+
+// dst[0, n) = src[0, n) (+ add[0, n) where add is not null), rounded to T.
+template <typename T>
+inline void narrow(const float* src, const float* add, int64_t n, T* dst) {
+  if (add) {
+#pragma omp simd
+    for (int64_t e = 0; e < n; ++e) dst[e] = from_float<T>(src[e] + add[e]);
+  } else {
+#pragma omp simd
+    for (int64_t e = 0; e < n; ++e) dst[e] = from_float<T>(src[e]);
+  }
 }
 
 // dst[0, n) = src[0, n) as fp32.
@@ -176,14 +190,13 @@ inline void widen(const T* src, int64_t n, float* dst) {
 template <typename T>
 void pack_block_columns(const T* src, int64_t M, int64_t ld, int64_t n_real, int B, int64_t c_begin, int64_t c_end,
                         float* dst) {
-  for (int64_t c = c_begin; c < c_end; ++c) {
-    const int64_t width = max64(0, min64(B, n_real - c * B));
-    float* out = dst + c * M * B;
-    for (int64_t m = 0; m < M; ++m) {
-      widen(src + m * ld + c * B, width, out + m * B);
-      fill_zero(out + m * B + width, B - width);
+  for (int64_t m = 0; m < M; ++m)  // row by row: each source row is read once, front to back
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      const int64_t width = max64(0, min64(B, n_real - c * B));
+      float* out = dst + (c * M + m) * B;
+      widen(src + m * ld + c * B, width, out);
+      fill_zero(out + width, B - width);
     }
-  }
 }
 
 // Row panels for dsd/dds: dst[t][c][i][j] = src[(t * MR + i) * ld + c * B + j] as fp32 for panels t in
@@ -286,17 +299,22 @@ inline void matmul_tile(const float* panel, const int32_t* slots, int32_t n, con
                         const float* blocks, int col0, float* out) {
   using S = Tile<B>;
   constexpr int MR = S::MR, NV = S::NV, LANES = S::LANES;
+  constexpr int A_LINES = MR * B / 16;  // 64-byte lines of one A chunk
   vec<LANES> acc[MR][NV] = {};
   for (int32_t p = 0; p < n; ++p) {
     const int64_t s = slots[p];
     const float* a = panel + static_cast<int64_t>(coord[s]) * MR * B;
     const float* b = blocks + s * B * B + col0;
-    if (p + 1 < n) {  // the next block's first lines, while this one runs
-      __builtin_prefetch(blocks + static_cast<int64_t>(slots[p + 1]) * B * B + col0);
-      __builtin_prefetch(panel + static_cast<int64_t>(coord[slots[p + 1]]) * MR * B);
-    }
+    // The next slot's operands jump elsewhere in memory, where no hardware prefetcher looks: fetch
+    // them a line per step while this slot's products run.
+    const int64_t s_next = p + 1 < n ? slots[p + 1] : s;
+    const float* a_next = panel + static_cast<int64_t>(coord[s_next]) * MR * B;
+    const float* b_next = blocks + s_next * B * B + col0;
 #pragma GCC unroll 1
     for (int l = 0; l < B; ++l) {
+      __builtin_prefetch(b_next + l * B);
+      if constexpr (NV * LANES > 16) __builtin_prefetch(b_next + l * B + 16);
+      if (l < A_LINES) __builtin_prefetch(a_next + l * 16);
       vec<LANES> row[NV];
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) row[v] = load<LANES>(b + l * B + v * LANES);
@@ -317,15 +335,7 @@ inline void matmul_tile(const float* panel, const int32_t* slots, int32_t n, con
 // dst[i][0, cols) = tile[i][0, cols) (+ bias[0, cols)) for rows i < rows, row stride ld.
 template <typename T, int B>
 inline void store_tile(const float* tile, int64_t rows, int64_t cols, const float* bias, T* dst, int64_t ld) {
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* src = tile + i * B;
-    T* row = dst + i * ld;
-    if (bias) {
-      for (int64_t e = 0; e < cols; ++e) row[e] = from_float<T>(src[e] + bias[e]);
-    } else {
-      for (int64_t e = 0; e < cols; ++e) row[e] = from_float<T>(src[e]);
-    }
-  }
+  for (int64_t i = 0; i < rows; ++i) narrow(tile + i * B, bias, cols, dst + i * ld);
 }
 
 // tile[MR][B] = one row panel [C][MR][B] times the blocks of view entry j (all column chunks).
@@ -341,19 +351,30 @@ inline void panel_times_view(const float* panel, const float* blocks, const int3
 //   a: row panels of A (pack_row_panels with MR = rows_per_tile<B>()), C block columns;
 //   blocks: [nnzb, B, B] fp32, already oriented (W.T blocks for dsd, W for dds);
 //   ptr/slots/coord: the view; bias: [n_cols] fp32 or null; out: [M, n_cols].
+// For each output block column, the column chunks of its blocks (a few KiB each) stay in L1 while
+// a group of row panels, whose A chunks fit in L2, passes under them once per chunk.
 template <typename T, int B>
 void sparse_matmul(const float* a, int64_t M, int64_t C, const float* blocks, const int32_t* ptr,
                    const int32_t* slots, const int32_t* coord, const float* bias, T* out, int64_t n_cols,
                    int64_t j_begin, int64_t j_end) {
-  constexpr int MR = Tile<B>::MR;
+  using S = Tile<B>;
+  constexpr int MR = S::MR, WIDTH = S::NV * S::LANES;
+  constexpr int64_t kGroupBytes = 256 << 10;
   alignas(64) float tile[MR * B];
   const int64_t panels = (M + MR - 1) / MR;
   for (int64_t j = j_begin; j < j_end; ++j) {
+    const int32_t n = ptr[j + 1] - ptr[j];
     const int64_t col0 = j * B, cols = min64(B, n_cols - col0);
-    for (int64_t t = 0; t < panels; ++t) {
-      panel_times_view<B>(a + t * C * MR * B, blocks, ptr, slots, coord, j, tile);
-      store_tile<T, B>(tile, min64(MR, M - t * MR), cols, bias ? bias + col0 : nullptr, out + t * MR * n_cols + col0,
-                       n_cols);
+    const int64_t group = max64(1, kGroupBytes / (max64(n, 1) * MR * B * static_cast<int64_t>(sizeof(float))));
+    for (int64_t t0 = 0; t0 < panels; t0 += group) {
+      for (int h = 0; h < S::CHUNKS && h * WIDTH < cols; ++h) {
+        for (int64_t t = t0; t < min64(t0 + group, panels); ++t) {
+          matmul_tile<B>(a + t * C * MR * B, slots + ptr[j], n, coord, blocks, h * WIDTH, tile);
+          store_tile<T, B>(tile + h * WIDTH, min64(MR, M - t * MR), min64(WIDTH, cols - h * WIDTH),
+                           bias ? bias + col0 + h * WIDTH : nullptr, out + t * MR * n_cols + col0 + h * WIDTH,
+                           n_cols);
+        }
+      }
     }
   }
 }
@@ -370,8 +391,7 @@ void sdd(const float* dy, const float* x, int64_t M, const int32_t* row_slots, c
     const float* x_slab = x + static_cast<int64_t>(block_col[s]) * M * B;
     fill_zero(acc.get(), B * B);
     micro_kernel<B, B>(dy_slab, 1, B, x_slab, B, M, acc.get());
-    T* dst = out + s * B * B;
-    for (int e = 0; e < B * B; ++e) dst[e] = from_float<T>(acc.get()[e]);
+    narrow(acc.get(), static_cast<const float*>(nullptr), B * B, out + s * B * B);
   }
 }
 

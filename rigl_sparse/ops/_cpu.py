@@ -40,9 +40,9 @@ def extension():
 def select_isa_from_environment() -> str:
     """(Re)choose the variant from ``RIGL_SPARSE_CPU_ISA`` (unset or empty: the widest this CPU runs)."""
     requested = os.environ.get(ISA_VARIABLE, "").strip()
-    _selected.clear()
-    _selected.append(_module().select_isa(requested))
-    return _selected[0]
+    chosen = _module().select_isa(requested)  # raises, changing nothing, for a variant it cannot use
+    _selected[:] = [chosen]
+    return chosen
 
 
 def build_note() -> str | None:
