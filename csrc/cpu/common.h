@@ -56,29 +56,16 @@ const T* in_ptr(const at::Tensor& t) {
   return reinterpret_cast<const T*>(t.data_ptr());
 }
 
-// A dense [M, n] operand as row panels of MR rows (pack_row_panels), for dsd and dds.
-inline at::Tensor row_panels(const at::Tensor& t, int64_t n_blocks, int64_t B, int MR) {
-  const int64_t M = t.size(0), n = t.size(1), panels = (M + MR - 1) / MR;
-  at::Tensor out = at::empty({panels, n_blocks, MR, B}, t.options().dtype(at::kFloat));
-  float* dst = out.data_ptr<float>();
-  with_dtype(t.scalar_type(), [&](const auto& k, auto tag) {
-    using T = decltype(tag);
-    at::parallel_for(0, panels, std::max<int64_t>(16, grain_for(MR * n)), [&](int64_t begin, int64_t end) {
-      k.pack_row_panels(in_ptr<T>(t), M, n, n, static_cast<int>(B), MR, n_blocks, begin, end, dst);
-    });
-  });
-  return out;
-}
-
-// A dense [M, n] operand packed block-column-major as fp32: [n_blocks][M][B], zero past column n (sdd).
-inline at::Tensor packed_float(const at::Tensor& t, int64_t n_blocks, int64_t B) {
+// A dense [M, n] operand as fp32 block columns [n_blocks][rows_out][B] (pack_block_columns), zero
+// past column n and past row M: dsd and dds take rows_out = M rounded up to the register tile, sdd M.
+inline at::Tensor block_columns(const at::Tensor& t, int64_t n_blocks, int64_t B, int64_t rows_out) {
   const int64_t M = t.size(0), n = t.size(1);
-  at::Tensor out = at::empty({n_blocks, M, B}, t.options().dtype(at::kFloat));
+  at::Tensor out = at::empty({n_blocks, rows_out, B}, t.options().dtype(at::kFloat));
   float* dst = out.data_ptr<float>();
   with_dtype(t.scalar_type(), [&](const auto& k, auto tag) {
     using T = decltype(tag);
-    at::parallel_for(0, n_blocks, grain_for(M * B), [&](int64_t begin, int64_t end) {
-      k.pack_block_columns(in_ptr<T>(t), M, n, n, static_cast<int>(B), begin, end, dst);
+    at::parallel_for(0, n_blocks, std::max<int64_t>(1, grain_for(rows_out * B)), [&](int64_t begin, int64_t end) {
+      k.pack_block_columns(in_ptr<T>(t), M, rows_out, n, n, static_cast<int>(B), begin, end, dst);
     });
   });
   return out;
@@ -125,7 +112,7 @@ inline void view_matmul_out(const at::Tensor& a, const at::Tensor& values, bool 
               " blocks of ", B, "] to match ", names[1]);
   const at::Tensor blocks = float_blocks(values, transpose);  // oriented as [s][k][n]
   const int b = block_index(B), MR = rows_per_tile(B);
-  const at::Tensor panels = row_panels(a, a_blocks, B, MR);
+  const at::Tensor panels = block_columns(a, a_blocks, B, (M + MR - 1) / MR * MR);
   const int64_t per_block = M * B * B * std::max<int64_t>(1, values.size(0) / std::max<int64_t>(1, n_out_blocks));
   with_dtype(a.scalar_type(), [&](const auto& k, auto tag) {
     using T = decltype(tag);

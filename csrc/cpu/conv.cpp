@@ -114,7 +114,7 @@ void conv_weight_grad_out(const at::Tensor& dy, const at::Tensor& x_padded, cons
               "out must be [nnzb, b, b]");
   TORCH_CHECK(dy.dim() == 2 && dy.size(0) == patch_rows(g), "dy must be [N*OH*OW, out_channels]");
   const int64_t B = out.size(1);
-  const at::Tensor dy_cols = packed_float(dy, (dy.size(1) + B - 1) / B, B);
+  const at::Tensor dy_cols = block_columns(dy, (dy.size(1) + B - 1) / B, B, dy.size(0));
   const std::vector<int64_t> origins = row_origins(g);
   const int b = block_index(B);
   with_dtype(x_padded.scalar_type(), [&](const auto& k, auto tag) {

@@ -74,7 +74,7 @@ inline void row_origins(const ConvShape& g, int64_t m0, int rows, int64_t* origi
 
 // Forward: out[M, n_out] = patches @ W.T (+ bias) over the row view, for row panels [t_begin, t_end).
 // Each panel's MR patch rows are gathered at most once per group and block column, laid out as
-// pack_row_panels would, and multiplied with every block row of that group that reads them.
+// pack_block_columns would, and multiplied with every block row of that group that reads them.
 //   blocks: [nnzb, B, B] fp32 holding W.T blocks; out: [M, n_out].
 template <typename T, int B>
 void conv_forward(const T* x, const ConvShape& g, const float* blocks, const int32_t* row_ptr,
@@ -99,7 +99,7 @@ void conv_forward(const T* x, const ConvShape& g, const float* blocks, const int
         gather_patch_block<T, B>(x, g, origins, MR, c, base, panel.get() + c * MR * B);
         gathered.get()[c] = stamp;
       }
-      panel_times_view<B>(panel.get(), blocks, row_ptr, row_slots, block_col, j, tile);
+      panel_times_view<B>(panel.get(), MR * B, blocks, row_ptr, row_slots, block_col, j, tile);
       const int64_t col0 = j * B;
       store_tile<T, B>(tile, rows, min64(B, n_out - col0), bias ? bias + col0 : nullptr, out + t * MR * n_out + col0,
                        n_out);
@@ -145,7 +145,7 @@ void conv_input_grad(const T* dy, int64_t n_out, const ConvShape& g, const float
   const int64_t m_end = n_end * g.OH * g.OW;
   for (int64_t m0 = n_begin * g.OH * g.OW; m0 < m_end; m0 += MR) {
     const int rows = static_cast<int>(min64(MR, m_end - m0));
-    pack_row_panels(dy + m0 * n_out, rows, n_out, n_out, B, MR, R, 0, 1, tile.get());
+    pack_block_columns(dy + m0 * n_out, rows, MR, n_out, n_out, B, 0, R, tile.get());
     row_origins(g, m0, rows, origins);
     for (int64_t c = 0; c < n_cols; ++c) {
       // The column view lists a column's slots by block row, so each group's slots are consecutive:
@@ -156,7 +156,8 @@ void conv_input_grad(const T* dy, int64_t n_out, const ConvShape& g, const float
         int32_t run = p;
         while (run < col_ptr[c + 1] && base_of(run) == base) ++run;
         for (int h = 0; h < Tile<B>::CHUNKS; ++h)
-          matmul_tile<B>(tile.get(), col_slots + p, run - p, block_row, blocks, h * Tile<B>::NV * Tile<B>::LANES, acc);
+          matmul_tile<B>(tile.get(), MR * B, col_slots + p, run - p, block_row, blocks,
+                         h * Tile<B>::NV * Tile<B>::LANES, acc);
         p = run;
         scatter_columns<B>(acc, rows, origins, g, c, base, dx);
       }

@@ -18,7 +18,7 @@ namespace {
 template <typename T, int... Bs>
 TypedKernels<T> typed_kernels(std::integer_sequence<int, Bs...>) {
   return TypedKernels<T>{
-      &pack_row_panels<T>,          &pack_block_columns<T>,     &float_blocks<T>,
+      &pack_block_columns<T>,       &float_blocks<T>,
       {&sparse_matmul<T, Bs>...},   {&sdd<T, Bs>...},           {&conv_forward<T, Bs>...},
       {&conv_input_grad<T, Bs>...}, {&conv_weight_grad<T, Bs>...},
   };

@@ -36,12 +36,10 @@ struct ConvShape {
 // Every kernel works on a range [begin, end) of its parallel dimension; the caller threads it.
 template <typename T>
 struct TypedKernels {
-  // Row panels of a dense [M, n] operand for dsd/dds (pack_row_panels in kernels.h), panels [begin, end).
-  void (*pack_row_panels)(const T* src, int64_t M, int64_t ld, int64_t n_real, int B, int MR, int64_t C,
-                          int64_t begin, int64_t end, float* dst);
-  // Block columns [n_blocks][M][B] of a dense [M, n] operand for sdd, block columns [begin, end).
-  void (*pack_block_columns)(const T* src, int64_t M, int64_t ld, int64_t n_real, int B, int64_t begin,
-                             int64_t end, float* dst);
+  // Block columns [n_blocks][rows_out][B] of a dense [M, n] operand (pack_block_columns in kernels.h),
+  // block columns [begin, end); rows_out >= M, the padding rows zero.
+  void (*pack_block_columns)(const T* src, int64_t M, int64_t rows_out, int64_t ld, int64_t n_real, int B,
+                             int64_t begin, int64_t end, float* dst);
   // Blocks [nnzb, B, B] as fp32, transposed when asked, slots [begin, end).
   void (*float_blocks)(const T* values, int B, bool transpose, int64_t begin, int64_t end, float* dst);
   // out[:, j*B:(j+1)*B] = A @ blocks over the view, output block columns [begin, end).
@@ -69,7 +67,7 @@ struct TypedKernels {
 struct KernelTable {
   const char* isa;                      // "baseline", "avx2" or "avx512"
   const char* tile;                     // the register tiles, for info
-  int rows_per_tile[kNumBlockSizes];    // MR of the row panels dsd/dds/conv_forward read
+  int rows_per_tile[kNumBlockSizes];    // MR: dsd/dds pad their dense operand to a multiple of it
   TypedKernels<float> f32;
   TypedKernels<bf16> b16;
   // Block scores of a band of the dense gradient (see band_scores in kernels.h).

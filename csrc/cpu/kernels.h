@@ -107,7 +107,7 @@ struct Tile {
   static_assert(B % LANES == 0 && V % NV == 0, "block sizes are powers of two from 4");
 };
 
-// Rows of the row panels (pack_row_panels) that dsd, dds and the convolution forward read for block size B.
+// Rows of one register tile for block size B: dsd and dds pad their dense operand to a multiple of it.
 template <int B>
 constexpr int rows_per_tile() {
   return Tile<B>::MR;
@@ -185,38 +185,21 @@ inline void widen(const T* src, int64_t n, float* dst) {
 
 // ---- packing ----------------------------------------------------------------------------------------
 
-// Block columns for sdd: dst[c][m][j] = src[m * ld + c * B + j] as fp32 for block columns c in
-// [c_begin, c_end); zero where c * B + j >= n_real (the padding of the last block).
+// Block columns: dst[c][m][j] = src[m * ld + c * B + j] as fp32 for block columns c in [c_begin, c_end)
+// and rows m < rows_out; zero where m >= M (padding rows up to a whole register tile) or
+// c * B + j >= n_real (the padding of the last block).  Every kernel's dense operand has this layout:
+// the MR x B chunk of rows [t * MR, (t + 1) * MR) of block column c is contiguous, and the chunks of
+// consecutive row tiles follow each other, so walking the row tiles streams through memory.
 template <typename T>
-void pack_block_columns(const T* src, int64_t M, int64_t ld, int64_t n_real, int B, int64_t c_begin, int64_t c_end,
-                        float* dst) {
-  for (int64_t m = 0; m < M; ++m)  // row by row: each source row is read once, front to back
+void pack_block_columns(const T* src, int64_t M, int64_t rows_out, int64_t ld, int64_t n_real, int B, int64_t c_begin,
+                        int64_t c_end, float* dst) {
+  for (int64_t m = 0; m < rows_out; ++m)  // row by row: each source row is read once, front to back
     for (int64_t c = c_begin; c < c_end; ++c) {
-      const int64_t width = max64(0, min64(B, n_real - c * B));
-      float* out = dst + (c * M + m) * B;
+      const int64_t width = m < M ? max64(0, min64(B, n_real - c * B)) : 0;
+      float* out = dst + (c * rows_out + m) * B;
       widen(src + m * ld + c * B, width, out);
       fill_zero(out + width, B - width);
     }
-}
-
-// Row panels for dsd/dds: dst[t][c][i][j] = src[(t * MR + i) * ld + c * B + j] as fp32 for panels t in
-// [t_begin, t_end); zero past the real rows (M) and columns (n_real).  One panel holds MR rows of
-// every block column contiguously, so a micro-kernel's A operand is one contiguous MR x B chunk and
-// all the chunks a row panel needs sit next to each other.
-template <typename T>
-void pack_row_panels(const T* src, int64_t M, int64_t ld, int64_t n_real, int B, int MR, int64_t C, int64_t t_begin,
-                     int64_t t_end, float* dst) {
-  for (int64_t t = t_begin; t < t_end; ++t) {
-    for (int64_t c = 0; c < C; ++c) {
-      float* out = dst + (t * C + c) * MR * B;
-      const int64_t width = max64(0, min64(B, n_real - c * B));
-      for (int i = 0; i < MR; ++i) {
-        const int64_t m = t * MR + i, w = m < M ? width : 0;
-        widen(src + m * ld + c * B, w, out + i * B);
-        fill_zero(out + i * B + w, B - w);
-      }
-    }
-  }
 }
 
 // Blocks [nnzb, B, B] as fp32, transposed when asked (dsd multiplies by W.T), slots [s_begin, s_end).
@@ -292,10 +275,10 @@ inline void micro_kernel(const float* a, int64_t a_i, int64_t a_l, const float* 
 }
 
 // out[MR][NV * LANES] (row stride B) = sum over the n slots slots[p] of
-// panel_chunk(coord[s]) [MR][B] @ blocks[s][:, col0 : col0 + NV * LANES]: the accumulators stay in
-// registers across all the slots of one output block.
+// A chunk (panel + coord[s] * a_stride) [MR][B] @ blocks[s][:, col0 : col0 + NV * LANES]: the
+// accumulators stay in registers across all the slots of one output block.
 template <int B>
-inline void matmul_tile(const float* panel, const int32_t* slots, int32_t n, const int32_t* coord,
+inline void matmul_tile(const float* panel, int64_t a_stride, const int32_t* slots, int32_t n, const int32_t* coord,
                         const float* blocks, int col0, float* out) {
   using S = Tile<B>;
   constexpr int MR = S::MR, NV = S::NV, LANES = S::LANES;
@@ -303,12 +286,12 @@ inline void matmul_tile(const float* panel, const int32_t* slots, int32_t n, con
   vec<LANES> acc[MR][NV] = {};
   for (int32_t p = 0; p < n; ++p) {
     const int64_t s = slots[p];
-    const float* a = panel + static_cast<int64_t>(coord[s]) * MR * B;
+    const float* a = panel + coord[s] * a_stride;
     const float* b = blocks + s * B * B + col0;
     // The next slot's operands jump elsewhere in memory, where no hardware prefetcher looks: fetch
     // them a line per step while this slot's products run.
     const int64_t s_next = p + 1 < n ? slots[p + 1] : s;
-    const float* a_next = panel + static_cast<int64_t>(coord[s_next]) * MR * B;
+    const float* a_next = panel + coord[s_next] * a_stride;
     const float* b_next = blocks + s_next * B * B + col0;
 #pragma GCC unroll 1
     for (int l = 0; l < B; ++l) {
@@ -338,21 +321,23 @@ inline void store_tile(const float* tile, int64_t rows, int64_t cols, const floa
   for (int64_t i = 0; i < rows; ++i) narrow(tile + i * B, bias, cols, dst + i * ld);
 }
 
-// tile[MR][B] = one row panel [C][MR][B] times the blocks of view entry j (all column chunks).
+// tile[MR][B] = the MR rows of A at panel (block column c at panel + c * a_stride) times the blocks
+// of view entry j (all column chunks).
 template <int B>
-inline void panel_times_view(const float* panel, const float* blocks, const int32_t* ptr, const int32_t* slots,
-                             const int32_t* coord, int64_t j, float* tile) {
+inline void panel_times_view(const float* panel, int64_t a_stride, const float* blocks, const int32_t* ptr,
+                             const int32_t* slots, const int32_t* coord, int64_t j, float* tile) {
   using S = Tile<B>;
   for (int h = 0; h < S::CHUNKS; ++h)
-    matmul_tile<B>(panel, slots + ptr[j], ptr[j + 1] - ptr[j], coord, blocks, h * S::NV * S::LANES, tile);
+    matmul_tile<B>(panel, a_stride, slots + ptr[j], ptr[j + 1] - ptr[j], coord, blocks, h * S::NV * S::LANES, tile);
 }
 
 // out[:, j*B:(j+1)*B] = A @ blocks over the view, for output block columns j in [j_begin, j_end).
-//   a: row panels of A (pack_row_panels with MR = rows_per_tile<B>()), C block columns;
+//   a: A as block columns [C][Mp][B] (pack_block_columns with rows_out = Mp, M rounded up to a
+//      multiple of MR = rows_per_tile<B>());
 //   blocks: [nnzb, B, B] fp32, already oriented (W.T blocks for dsd, W for dds);
 //   ptr/slots/coord: the view; bias: [n_cols] fp32 or null; out: [M, n_cols].
 // For each output block column, the column chunks of its blocks (a few KiB each) stay in L1 while
-// a group of row panels, whose A chunks fit in L2, passes under them once per chunk.
+// a group of row tiles, whose A chunks fit in L2, passes under them once per chunk.
 template <typename T, int B>
 void sparse_matmul(const float* a, int64_t M, int64_t C, const float* blocks, const int32_t* ptr,
                    const int32_t* slots, const int32_t* coord, const float* bias, T* out, int64_t n_cols,
@@ -360,8 +345,9 @@ void sparse_matmul(const float* a, int64_t M, int64_t C, const float* blocks, co
   using S = Tile<B>;
   constexpr int MR = S::MR, WIDTH = S::NV * S::LANES;
   constexpr int64_t kGroupBytes = 256 << 10;
+  (void)C;
   alignas(64) float tile[MR * B];
-  const int64_t panels = (M + MR - 1) / MR;
+  const int64_t panels = (M + MR - 1) / MR, a_stride = panels * MR * B;
   for (int64_t j = j_begin; j < j_end; ++j) {
     const int32_t n = ptr[j + 1] - ptr[j];
     const int64_t col0 = j * B, cols = min64(B, n_cols - col0);
@@ -369,7 +355,7 @@ void sparse_matmul(const float* a, int64_t M, int64_t C, const float* blocks, co
     for (int64_t t0 = 0; t0 < panels; t0 += group) {
       for (int h = 0; h < S::CHUNKS && h * WIDTH < cols; ++h) {
         for (int64_t t = t0; t < min64(t0 + group, panels); ++t) {
-          matmul_tile<B>(a + t * C * MR * B, slots + ptr[j], n, coord, blocks, h * WIDTH, tile);
+          matmul_tile<B>(a + t * MR * B, a_stride, slots + ptr[j], n, coord, blocks, h * WIDTH, tile);
           store_tile<T, B>(tile + h * WIDTH, min64(MR, M - t * MR), min64(WIDTH, cols - h * WIDTH),
                            bias ? bias + col0 + h * WIDTH : nullptr, out + t * MR * n_cols + col0 + h * WIDTH,
                            n_cols);

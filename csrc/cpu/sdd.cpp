@@ -20,7 +20,7 @@ void sdd_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_sl
   const int64_t B = out.size(1), M = x.size(0);
   block_index(B);  // checks it before packing
   const int64_t n_rows = (dy.size(1) + B - 1) / B, n_cols = (x.size(1) + B - 1) / B;
-  const at::Tensor dy_p = packed_float(dy, n_rows, B), x_p = packed_float(x, n_cols, B);
+  const at::Tensor dy_p = block_columns(dy, n_rows, B, M), x_p = block_columns(x, n_cols, B, M);
   const int b = block_index(B);
   with_dtype(x.scalar_type(), [&](const auto& k, auto tag) {
     using T = decltype(tag);

@@ -82,11 +82,12 @@ void test_matmuls(int M, int out_f, int in_f, double density, std::mt19937& rng)
   auto W = [&](int r, int c) { return dense[r * C * B + c]; };
 
   // dsd: y = x @ W.T
-  std::vector<float> wt(values.size()), panels_x(((M + MR - 1) / MR) * C * MR * B), y(M * out_f);
+  const int Mp = (M + MR - 1) / MR * MR;
+  std::vector<float> wt(values.size()), panels_x(static_cast<size_t>(C) * Mp * B), y(M * out_f);
   for (int s = 0; s < nnzb; ++s)
     for (int i = 0; i < B; ++i)
       for (int j = 0; j < B; ++j) wt[(s * B + j) * B + i] = values[(s * B + i) * B + j];
-  pack_row_panels(x.data(), M, in_f, in_f, B, MR, C, 0, (M + MR - 1) / MR, panels_x.data());
+  pack_block_columns(x.data(), M, Mp, in_f, in_f, B, 0, C, panels_x.data());
   sparse_matmul<float, B>(panels_x.data(), M, C, wt.data(), t.row_ptr.data(), t.row_slots.data(), t.block_col.data(),
                           nullptr, y.data(), out_f, 0, R);
   for (int m = 0; m < M; ++m)
@@ -97,8 +98,8 @@ void test_matmuls(int M, int out_f, int in_f, double density, std::mt19937& rng)
     }
 
   // dds: dx = dy @ W
-  std::vector<float> panels_dy(((M + MR - 1) / MR) * R * MR * B), dx(M * in_f);
-  pack_row_panels(dy.data(), M, out_f, out_f, B, MR, R, 0, (M + MR - 1) / MR, panels_dy.data());
+  std::vector<float> panels_dy(static_cast<size_t>(R) * Mp * B), dx(M * in_f);
+  pack_block_columns(dy.data(), M, Mp, out_f, out_f, B, 0, R, panels_dy.data());
   sparse_matmul<float, B>(panels_dy.data(), M, R, values.data(), t.col_ptr.data(), t.col_slots.data(),
                           t.block_row.data(), nullptr, dx.data(), in_f, 0, C);
   for (int m = 0; m < M; ++m)
@@ -110,8 +111,8 @@ void test_matmuls(int M, int out_f, int in_f, double density, std::mt19937& rng)
 
   // sdd: dvalues[s] = dy[:, rows].T @ x[:, cols]
   std::vector<float> cols_dy(R * M * B), cols_x(C * M * B), dv(nnzb * B * B);
-  pack_block_columns(dy.data(), M, out_f, out_f, B, 0, R, cols_dy.data());
-  pack_block_columns(x.data(), M, in_f, in_f, B, 0, C, cols_x.data());
+  pack_block_columns(dy.data(), M, M, out_f, out_f, B, 0, R, cols_dy.data());
+  pack_block_columns(x.data(), M, M, in_f, in_f, B, 0, C, cols_x.data());
   sdd<float, B>(cols_dy.data(), cols_x.data(), M, t.row_slots.data(), t.block_row.data(), t.block_col.data(),
                 dv.data(), 0, nnzb);
   for (int s = 0; s < nnzb; ++s)
@@ -211,7 +212,7 @@ void test_conv(int N, int C, int out_c, int H, int W, int KH, int KW, int S, int
   for (size_t i = 0; i < dx.size(); ++i) expect_close(dx[i], dx_want[i], 1e-4f, "conv_input_grad", static_cast<long>(i));
   // Weight gradient on the active blocks.
   std::vector<float> dy_cols(static_cast<size_t>(R) * M * B), dvalues(values.size());
-  pack_block_columns(dy.data(), M, out_c, out_c, B, 0, R, dy_cols.data());
+  pack_block_columns(dy.data(), M, M, out_c, out_c, B, 0, R, dy_cols.data());
   std::vector<int64_t> origins(M);
   row_origins(g, 0, static_cast<int>(M), origins.data());
   conv_weight_grad<float, B>(dy_cols.data(), x.data(), g, origins.data(), t.row_slots.data(), t.block_row.data(),
