@@ -265,7 +265,7 @@ template <int B, int ROWS>
 inline void micro_kernel(const float* a, int64_t a_i, int64_t a_l, const float* b, int64_t ldb, int64_t L,
                          float* acc) {
   using S = Tile<B>;
-  constexpr int64_t kPiece = 8192 / B > 8 ? 8192 / B : 8;  // 32 KiB of B rows
+  constexpr int64_t kPiece = 4096 / B > 8 ? 4096 / B : 8;  // 16 KiB of each operand
   for (int64_t l0 = 0; l0 < L; l0 += kPiece) {
     const int64_t len = min64(kPiece, L - l0);
     for (int h = 0; h < S::CHUNKS; ++h)
