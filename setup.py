@@ -39,7 +39,7 @@ X86_ISAS = {
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
 }
-CXX_FLAGS = ["-O3", "-std=c++20"]
+CXX_FLAGS = ["-O3", "-std=c++20", "-g0"]  # -g0: no debug info (Python's own CFLAGS ask for -g)
 
 
 def host_is_x86_64() -> bool:
