@@ -81,8 +81,25 @@ def extensions():
     class Build(BuildExtension):
         """Both extensions are optional: a failure leaves a note and the package installs without it."""
 
+        def build_extensions(self):
+            if not self.compiles([], "int main() { return 0; }"):
+                for ext in self.extensions:
+                    self.write_note(self.note_path(ext), "no working C++ compiler was found at install")
+                warnings.warn("rigl_sparse: no working C++ compiler; installing without the native kernels")
+                return
+            try:
+                super().build_extensions()
+            except Exception as err:  # noqa: BLE001 - torch's compiler checks run before any extension
+                for ext in self.extensions:
+                    if not Path(self.get_ext_fullpath(ext.name)).exists():
+                        self.write_note(self.note_path(ext), f"its build failed: {err}")
+                warnings.warn(f"rigl_sparse: the native build failed ({err}); installing without it")
+
+        def note_path(self, ext) -> Path:
+            return Path(self.get_ext_fullpath(ext.name)).parent / NOTES[ext.name]
+
         def build_extension(self, ext):
-            note = Path(self.get_ext_fullpath(ext.name)).parent / NOTES[ext.name]
+            note = self.note_path(ext)
             try:
                 if ext.name == CPU_NAME:
                     problems = self.prepare_cpu(ext)
@@ -112,8 +129,11 @@ def extensions():
             with tempfile.TemporaryDirectory() as tmp:
                 src = Path(tmp) / "probe.cpp"
                 src.write_text(code)
-                result = subprocess.run([cxx, *flags, str(src), "-o", str(Path(tmp) / "probe")],
-                                        capture_output=True, text=True)
+                try:
+                    result = subprocess.run([cxx, *flags, str(src), "-o", str(Path(tmp) / "probe")],
+                                            capture_output=True, text=True)
+                except OSError:
+                    return False
             return result.returncode == 0
 
         def prepare_cpu(self, ext) -> list[str]:

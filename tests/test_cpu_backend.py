@@ -163,3 +163,32 @@ def test_isa_variable_at_process_start_is_used_and_reported():
     bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, RIGL_SPARSE_CPU_ISA="avx1024"))
     assert bad.returncode != 0 and "RIGL_SPARSE_CPU_ISA=avx1024: not an instruction-set variant" in bad.stderr
+
+
+def test_code_outside_the_wide_variants_runs_on_any_x86_64_cpu():
+    """The entry points and the baseline kernels use no AVX: a wheel built here runs on any x86-64 CPU
+    (the avx2/avx512 code is reached only after the CPU reported those instruction sets)."""
+    import platform
+    import re
+    import shutil
+    import subprocess
+
+    from rigl_sparse.ops import _cpu
+
+    if platform.machine() != "x86_64" or shutil.which("objdump") is None:
+        pytest.skip("needs x86-64 and objdump")
+    disassembly = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "-C", _cpu._module().__file__],
+                                 capture_output=True, text=True, check=True).stdout
+    function, wide, seen = "", [], 0
+    for line in disassembly.splitlines():
+        head = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+        if head:
+            function = head.group(1)
+            continue
+        if re.search(r"rigl_sparse::cpu::(avx2|avx512)::|kernel_table_avx(2|512)\(\)", function):
+            seen += 1
+            continue
+        if re.search(r"\t(v[a-z0-9]+\s|.*%[yz]mm)", line):  # VEX/EVEX-encoded or 256/512-bit
+            wide.append(f"{function}: {line.strip()}")
+    assert seen > 0, "found no avx2/avx512 kernels to leave out: the pattern no longer matches"
+    assert not wide, f"{len(wide)} AVX instructions outside the avx2/avx512 variants, e.g. {wide[:3]}"
