@@ -84,7 +84,7 @@ def extensions():
         def build_extensions(self):
             if not self.compiles([], "int main() { return 0; }"):
                 for ext in self.extensions:
-                    self.write_note(self.note_path(ext), "no working C++ compiler was found at install")
+                    self.write_note(self.note_path(ext), "no working C++ compiler was found")
                 warnings.warn("rigl_sparse: no working C++ compiler; installing without the native kernels")
                 return
             try:
