@@ -4,7 +4,7 @@
     python examples/gpt2_shakespeare.py --device cuda --steps 2000
 
 The model is Hugging Face's ``GPT2LMHeadModel`` built from a ``GPT2Config`` (nothing is
-downloaded).  ``rs.sparsify`` turns its attention and MLP projections (GPT-2's ``Conv1D``
+downloaded; needs ``transformers``, the ``hf`` extra).  ``rs.sparsify`` turns its attention and MLP projections (GPT-2's ``Conv1D``
 layers) into block-sparse ``SparseLinear`` layers, ERK at ``--density``; the token and
 position embeddings, the layer norms and the head (tied to the token embedding) stay dense.
 RigL then trains it with AdamW.
@@ -120,7 +120,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    import transformers
+    try:
+        import transformers
+    except ImportError:
+        raise SystemExit("this example needs Hugging Face transformers: pip install transformers "
+                         "(rigl_sparse's `hf` extra)") from None
 
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
