@@ -87,6 +87,9 @@ def main(argv=None):
     p.add_argument("--densities", type=float, nargs="+", default=[0.5, 0.25, 0.1, 0.05])
     p.add_argument("--blocks", type=int, nargs="+", default=[16, 32, 64])
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--baseline-dtype", choices=["same", "float32"], default="same",
+                   help="dtype of torch's dense and BSR baselines: 'same' as --dtype, or float32 (torch's bf16 "
+                        "matmul is very slow on CPUs without AVX512_BF16, where a user would train in fp32)")
     p.add_argument("--out-dir", type=Path, help="default: benchmarks/results/cpu-<instruction-set variant>")
     add_isa_argument(p)
     args = p.parse_args(argv)
@@ -99,8 +102,10 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype)
     M, n = args.rows, args.features
     x, dy, w = (torch.randn(M, n).to(dtype), torch.randn(M, n).to(dtype), torch.randn(n, n).to(dtype))
-    xt, dyt = x.t().contiguous(), dy.t().contiguous()
-    dense_fns = {"fwd": lambda: F.linear(x, w), "dx": lambda: dy @ w, "dw": lambda: dy.t() @ x}
+    base_dtype = dtype if args.baseline_dtype == "same" else torch.float32
+    xb, dyb, wb = x.to(base_dtype), dy.to(base_dtype), w.to(base_dtype)
+    xt, dyt = xb.t().contiguous(), dyb.t().contiguous()
+    dense_fns = {"fwd": lambda: F.linear(xb, wb), "dx": lambda: dyb @ wb, "dw": lambda: dyb.t() @ xb}
     dense_fns["scores"] = dense_fns["dw"]
     rows = []
     for b in args.blocks:
@@ -108,7 +113,7 @@ def main(argv=None):
             layout, values = random_block_sparse((n, n), b, d, dtype=dtype, seed=1)
             topo = layout.topology()
             k = max(1, int(0.3 * layout.nnzb))
-            w_sparse = layout.to_dense(values)
+            w_sparse = layout.to_dense(values).to(base_dtype)
             w_bsr = w_sparse.to_sparse_bsr((b, b))
             wt_bsr = w_sparse.t().contiguous().to_sparse_bsr((b, b))
             ours_fns = {"fwd": lambda: ops.dsd(x, values, None, *topo, n), "dx": lambda: ops.dds(dy, values, *topo, n),
@@ -120,6 +125,7 @@ def main(argv=None):
             except NotImplementedError:  # torch's CPU BSR matmul has no bf16 kernel
                 bsr_fns = {}
             row = {"block_size": b, "density": d, "rows": M, "features": n, "dtype": args.dtype,
+                   "baseline_dtype": str(base_dtype).removeprefix("torch."),
                    "threads": args.threads, "nnzb": layout.nnzb}
             with rs.use_backend("cpu"):
                 for op in ("fwd", "dx", "dw", "scores"):
@@ -157,8 +163,9 @@ def main(argv=None):
     print(f"block_scores peak extra memory (b={b}, {n_blocks} blocks, fresh process): "
           f"{'n/a' if extra is None else f'{extra / 2**20:.1f} MiB'} vs {dense_grad / 2**20:.0f} MiB for one dense "
           "fp32 gradient")
-    out = save(f"cpu_{args.dtype}", rows, env, args.out_dir or cpu_results_dir())
-    plot(out / f"cpu_{args.dtype}.png", rows, x="density", y="speedup_fwd_vs_dense", series="block_size",
+    name = f"cpu_{args.dtype}" + ("" if base_dtype == dtype else f"_vs_{str(base_dtype).removeprefix('torch.')}")
+    out = save(name, rows, env, args.out_dir or cpu_results_dir())
+    plot(out / f"{name}.png", rows, x="density", y="speedup_fwd_vs_dense", series="block_size",
          title=f"CPU forward vs dense ({args.threads} threads, {args.dtype})", ylabel="speedup over torch dense (x)")
     print(f"results in {out}")
 

@@ -1,9 +1,10 @@
 """Markdown tables of the CPU results, one per instruction-set variant, from the committed JSON.
 
     python benchmarks/report_cpu.py            # prints the tables of every benchmarks/results/cpu-*/
+    python benchmarks/report_cpu.py --summary  # tables across the variants: matmuls, convolution, training step
 
-For each ``cpu-<variant>/`` it reads ``cpu_float32.json`` and ``cpu_bfloat16.json``
-(bench_cpu.py), ``conv_cpu.json`` (bench_conv.py) and ``train_step_cpu.json``
+For each ``cpu-<variant>/`` it reads ``cpu_float32.json`` and ``cpu_bfloat16.json`` (or
+``cpu_bfloat16_vs_float32.json``, bf16 against torch's fp32; bench_cpu.py), ``conv_cpu.json`` (bench_conv.py) and ``train_step_cpu.json``
 (bench_train_step.py) where present, and prints the speed-ups over torch measured in the same
 runs, with the environment they were measured in; bf16 rows also give our bf16 time over our fp32
 time for the same op and case.
@@ -39,8 +40,9 @@ def matmul_table(fp32: dict, bf16: dict | None) -> list[str]:
             f"{r['speedup_dx_vs_bsr']:.2f}× | {r['scores_over_dense_matmul']:.2f} |")
     if bf16:
         ours = {(r["block_size"], r["density"]): r for r in fp32["rows"]}
-        lines += ["", "bf16 (torch's bf16 dense as the baseline; torch's CPU BSR has no bf16 matmul; last columns: our bf16 "
-                  "time / our fp32 time):",
+        base = bf16["rows"][0].get("baseline_dtype", "bfloat16")
+        lines += ["", f"bf16 (baseline: torch's {base} dense and BSR; torch's CPU BSR has no bf16 matmul; last columns: "
+                  "our bf16 time / our fp32 time):",
                   "", "| block | density | fwd | dX | dW | fwd vs BSR | bf16/fp32 fwd | dX | dW |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in bf16["rows"]:
@@ -69,10 +71,66 @@ def step_table(step: dict) -> list[str]:
     return lines
 
 
+def summary(results: Path = RESULTS, cases=((16, 0.1), (32, 0.1), (64, 0.1), (32, 0.5))) -> str:
+    """One table across the variants: fp32 and bf16 speed-ups at a few (block, density) cases."""
+    lines = ["| variant | block | density | fwd | dX | dW | fwd vs BSR | bf16 fwd | bf16 dX | bf16 dW | bf16 vs | "
+             "bf16 / fp32 time (fwd, dX, dW) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for folder in sorted(results.glob("cpu-*")):
+        fp32 = _load(folder / "cpu_float32.json")
+        bf16 = _load(folder / "cpu_bfloat16.json") or _load(folder / "cpu_bfloat16_vs_float32.json")
+        if not fp32:
+            continue
+        by_case = {(r["block_size"], r["density"]): r for r in fp32["rows"]}
+        bf_case = {(r["block_size"], r["density"]): r for r in (bf16["rows"] if bf16 else [])}
+        for case in cases:
+            r, q = by_case.get(case), bf_case.get(case)
+            if r is None:
+                continue
+            cells = [f"{r[f'speedup_{op}_vs_dense']:.2f}×" for op in OPS] + [f"{r['speedup_fwd_vs_bsr']:.2f}×"]
+            if q:
+                cells += [f"{q[f'speedup_{op}_vs_dense']:.2f}×" for op in OPS] + [
+                    f"torch {q.get('baseline_dtype', 'bfloat16')}",
+                    ", ".join(f"{q[f'ours_{op}_ms'] / r[f'ours_{op}_ms']:.2f}" for op in OPS)]
+            else:
+                cells += ["-"] * 5
+            lines.append(f"| {folder.name.removeprefix('cpu-')} | {case[0]} | {case[1]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def conv_summary(results: Path = RESULTS, block: int = 32, density: float = 0.1) -> str:
+    """The convolution at one (block, density) across the variants."""
+    lines = ["| variant | layer | fwd | step |", "|---|---|---|---|"]
+    for folder in sorted(results.glob("cpu-*")):
+        conv = _load(folder / "conv_cpu.json")
+        for r in (conv["rows"] if conv else []):
+            if r["block_size"] == block and r["density"] == density:
+                lines.append(f"| {folder.name.removeprefix('cpu-')} | {r['channels']}→{r['channels']} @ "
+                             f"{r['size']}×{r['size']} | {r['speedup_fwd']:.2f}× | {r['speedup_step']:.2f}× |")
+    return "\n".join(lines)
+
+
+def step_summary(results: Path = RESULTS) -> str:
+    """The training step across the variants (compressed and masked RigL against dense)."""
+    lines = ["| variant | workload | density | dense step | RigL step (amortised) | RigL vs dense | masked RigL vs dense "
+             "| RigL update step |", "|---|---|---|---|---|---|---|---|"]
+    for folder in sorted(results.glob("cpu-*")):
+        step = _load(folder / "train_step_cpu.json")
+        rows = step["rows"] if step else []
+        masked = {(r["model"], r["density"]): r for r in rows if r["method"] == "masked"}
+        for r in (r for r in rows if r["method"] == "rigl"):
+            m = masked.get((r["model"], r["density"]))
+            masked_ratio = f"{m['speedup_vs_dense']:.2f}×" if m else "-"
+            lines.append(f"| {folder.name.removeprefix('cpu-')} | {r['model']} | {r['density']} | {r['dense_ms']:.0f} ms | "
+                         f"{r['amortised_ms']:.0f} ms | {r['speedup_vs_dense']:.2f}× | "
+                         f"{masked_ratio} | {r['update_step_ms']:.0f} ms |")
+    return "\n".join(lines)
+
+
 def report(results: Path = RESULTS) -> str:
     out = []
     for folder in sorted(results.glob("cpu-*")):
-        fp32, bf16 = _load(folder / "cpu_float32.json"), _load(folder / "cpu_bfloat16.json")
+        fp32 = _load(folder / "cpu_float32.json")
+        bf16 = _load(folder / "cpu_bfloat16.json") or _load(folder / "cpu_bfloat16_vs_float32.json")
         conv, step = _load(folder / "conv_cpu.json"), _load(folder / "train_step_cpu.json")
         if not any((fp32, conv, step)):
             continue
@@ -89,4 +147,7 @@ def report(results: Path = RESULTS) -> str:
 
 
 if __name__ == "__main__":
-    sys.stdout.write(report() + "\n")
+    if sys.argv[1:] == ["--summary"]:
+        sys.stdout.write("\n\n".join((summary(), conv_summary(), step_summary())) + "\n")
+    else:
+        sys.stdout.write(report() + "\n")

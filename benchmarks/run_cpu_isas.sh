@@ -15,12 +15,15 @@ for isa in "${variants[@]}"; do
   echo "=== $isa"
   if [ "$isa" = baseline ]; then  # slow: one block size, two densities
     $PY benchmarks/bench_cpu.py --isa "$isa" --blocks 32 --densities 0.5 0.1
-    $PY benchmarks/bench_cpu.py --isa "$isa" --blocks 32 --densities 0.5 0.1 --dtype bfloat16
+    $PY benchmarks/bench_cpu.py --isa "$isa" --blocks 32 --densities 0.5 0.1 --dtype bfloat16 --baseline-dtype float32
     $PY benchmarks/bench_conv.py --isa "$isa" --blocks 32 --densities 0.1
     $PY benchmarks/bench_train_step.py --isa "$isa" --models transformer --densities 0.1
   else
     $PY benchmarks/bench_cpu.py --isa "$isa" --blocks 16 32 64 --densities 0.5 0.25 0.1 0.05
-    $PY benchmarks/bench_cpu.py --isa "$isa" --blocks 16 32 64 --densities 0.5 0.1 --dtype bfloat16
+    # Without AVX512_BF16 torch's own bf16 matmul is slower than its fp32 one: compare with fp32 there.
+    bf16_base=$(grep -q avx512_bf16 /proc/cpuinfo && [ "$isa" = avx512 ] && echo same || echo float32)
+    $PY benchmarks/bench_cpu.py --isa "$isa" --blocks 16 32 64 --densities 0.5 0.1 --dtype bfloat16 \
+      --baseline-dtype "$bf16_base"
     $PY benchmarks/bench_conv.py --isa "$isa" --blocks 16 32 --densities 0.2 0.1 0.05
     $PY benchmarks/bench_train_step.py --isa "$isa" --models transformer,mlp --densities 0.1,0.05
   fi

@@ -104,3 +104,26 @@ def test_larger_than_dense_example_trains_sparse_and_reports(tmp_path, capsys):
     assert f"{n_dense / 1e9:.2f} B parameters" in out
     assert "dense attempt" not in out
     assert example.try_dense(64, 1, torch.device("cpu")).startswith("the dense training state was allocated")
+
+
+def test_report_cpu_tables_come_from_the_committed_results(tmp_path):
+    import json
+
+    report_cpu = _load("benchmarks", "report_cpu")
+    folder = tmp_path / "cpu-avx2"
+    folder.mkdir()
+    env = {"device": "Some CPU", "cpu_flags": ["avx2", "fma"], "isa_variant": "avx2", "torch": "2.13.0",
+           "threads": 2, "git_sha": "0123456789", "torch_isa_limits": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+    row = {"block_size": 32, "density": 0.1, "rows": 1024, "features": 4096, "speedup_fwd_vs_bsr": 4.5,
+           "speedup_dx_vs_bsr": 4.0, "scores_over_dense_matmul": 1.05}
+    row.update({f"speedup_{op}_vs_dense": v for op, v in (("fwd", 8.25), ("dx", 9.0), ("dw", 7.5))})
+    row.update({f"ours_{op}_ms": 10.0 for op in ("fwd", "dx", "dw")})
+    bf16 = dict(row, baseline_dtype="float32", **{f"ours_{op}_ms": 12.0 for op in ("fwd", "dx", "dw")})
+    (folder / "cpu_float32.json").write_text(json.dumps({"environment": env, "rows": [row]}))
+    (folder / "cpu_bfloat16_vs_float32.json").write_text(json.dumps({"environment": env, "rows": [bf16]}))
+    summary = report_cpu.summary(tmp_path)
+    assert "| avx2 | 32 | 0.1 | 8.25× | 9.00× | 7.50× | 4.50× | 8.25× |" in summary
+    assert "torch float32 | 1.20, 1.20, 1.20 |" in summary
+    full = report_cpu.report(tmp_path)
+    assert "our kernels: `avx2`" in full and "MKL_ENABLE_INSTRUCTIONS=AVX2" in full
+    assert report_cpu.summary().count("\n") > 2  # the committed results of this repository tabulate
