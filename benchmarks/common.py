@@ -125,14 +125,10 @@ def environment(device: str) -> dict:
     return env
 
 
-def time_cpu(fn, *, warmup: int = 2, min_time: float = 1.0, max_reps: int = 50) -> float:
-    """Median wall time of ``fn()`` in seconds (CPU), by ``torch.utils.benchmark``'s blocked autorange.
-
-    ``max_reps`` is kept for callers; blocked_autorange decides the number of runs itself.
-    """
+def time_cpu(fn, *, warmup: int = 2, min_time: float = 1.0) -> float:
+    """Median wall time of ``fn()`` in seconds (CPU), by ``torch.utils.benchmark``'s blocked autorange."""
     from torch.utils import benchmark
 
-    del max_reps
     for _ in range(warmup):
         fn()
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())

@@ -79,7 +79,7 @@ void compare(int M, int N, double density, int reps) {
   auto ours = [&] {
 #pragma omp parallel for schedule(static)
     for (int j = 0; j < R; ++j)
-      k::sparse_matmul<float, B>(x_panels.data(), M, C, wt.data(), l.row_ptr.data(), l.row_slots.data(),
+      k::sparse_matmul<float, B>(x_panels.data(), M, wt.data(), l.row_ptr.data(), l.row_slots.data(),
                                  l.block_col.data(), nullptr, y_ours.data(), N, j, j + 1);
   };
   constexpr int kRows = 64;

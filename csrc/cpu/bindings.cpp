@@ -41,7 +41,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("active_isa", [] { return std::string(rigl_sparse::cpu::kernels().isa); }, "the variant in use");
   m.def("tile_description", [] { return std::string(rigl_sparse::cpu::kernels().tile); },
         "the register tiles of the variant in use");
-  m.def("rows_per_tile", &rigl_sparse::cpu::rows_per_tile, "rows of the row panels for a block size");
+  m.def("rows_per_tile", &rigl_sparse::cpu::rows_per_tile, "rows of one register tile for a block size");
   m.attr("openmp") =
 #if defined(_OPENMP)
       true;

@@ -48,7 +48,7 @@ inline int block_index(int64_t block_size) {
   return index;
 }
 
-// Rows of the row panels the kernels in use read for block size B.
+// Rows of one register tile of the kernels in use for block size B (dsd/dds pad M to a multiple).
 inline int rows_per_tile(int64_t block_size) { return kernels().rows_per_tile[block_index(block_size)]; }
 
 template <typename T>
@@ -117,7 +117,7 @@ inline void view_matmul_out(const at::Tensor& a, const at::Tensor& values, bool 
   with_dtype(a.scalar_type(), [&](const auto& k, auto tag) {
     using T = decltype(tag);
     at::parallel_for(0, n_out_blocks, grain_for(per_block), [&](int64_t begin, int64_t end) {
-      k.sparse_matmul[b](panels.data_ptr<float>(), M, a_blocks, blocks.data_ptr<float>(), ptr.data_ptr<int32_t>(),
+      k.sparse_matmul[b](panels.data_ptr<float>(), M, blocks.data_ptr<float>(), ptr.data_ptr<int32_t>(),
                          slots.data_ptr<int32_t>(), coord.data_ptr<int32_t>(), bias, out_ptr<T>(out), n_out, begin,
                          end);
     });

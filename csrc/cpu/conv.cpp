@@ -26,16 +26,6 @@ ConvShape conv_shape(const at::Tensor& x_padded, const std::vector<int64_t>& geo
 int64_t patch_rows(const ConvShape& g) { return g.N * g.OH * g.OW; }
 int64_t patch_cols(const ConvShape& g) { return g.KH * g.KW * (g.C / g.G); }
 
-// The origins of all patch rows (conv_kernels.h's origin, for the weight gradient).
-std::vector<int64_t> row_origins(const ConvShape& g) {
-  std::vector<int64_t> origins(patch_rows(g));
-  for (int64_t m = 0; m < patch_rows(g); ++m) {
-    const int64_t n = m / (g.OH * g.OW), r = m % (g.OH * g.OW), oh = r / g.OW, ow = r % g.OW;
-    origins[m] = ((n * g.Hp + oh * g.SH) * g.Wp + ow * g.SW) * g.C;
-  }
-  return origins;
-}
-
 }  // namespace
 
 void conv_forward_out(const at::Tensor& x_padded, const at::Tensor& values, const c10::optional<at::Tensor>& bias,
@@ -115,14 +105,13 @@ void conv_weight_grad_out(const at::Tensor& dy, const at::Tensor& x_padded, cons
   TORCH_CHECK(dy.dim() == 2 && dy.size(0) == patch_rows(g), "dy must be [N*OH*OW, out_channels]");
   const int64_t B = out.size(1);
   const at::Tensor dy_cols = block_columns(dy, (dy.size(1) + B - 1) / B, B, dy.size(0));
-  const std::vector<int64_t> origins = row_origins(g);
   const int b = block_index(B);
   with_dtype(x_padded.scalar_type(), [&](const auto& k, auto tag) {
     using T = decltype(tag);
     at::parallel_for(0, row_slots.numel(), grain_for(patch_rows(g) * B * B), [&](int64_t begin, int64_t end) {
-      k.conv_weight_grad[b](dy_cols.data_ptr<float>(), in_ptr<T>(x_padded), g, origins.data(),
-                            row_slots.data_ptr<int32_t>(), block_row.data_ptr<int32_t>(),
-                            block_col.data_ptr<int32_t>(), out_ptr<T>(out), begin, end);
+      k.conv_weight_grad[b](dy_cols.data_ptr<float>(), in_ptr<T>(x_padded), g, row_slots.data_ptr<int32_t>(),
+                            block_row.data_ptr<int32_t>(), block_col.data_ptr<int32_t>(), out_ptr<T>(out), begin,
+                            end);
     });
   });
 }

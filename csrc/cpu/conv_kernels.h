@@ -169,24 +169,24 @@ void conv_input_grad(const T* dy, int64_t n_out, const ConvShape& g, const float
 // out[s] = dy[:, rows(s)].T @ patches[:, cols(s)].  The rows are walked kChunkRows at a time in the
 // outer loop, so each chunk of dy and of the input is read once from memory for all the thread's
 // slots; each slot's patch rows are gathered into L1 right before use.
-//   dy_cols: dy packed block-column-major [R][M][B] fp32 (pack_block_columns);
-//   origins: row_origins of all M rows; out: [nnzb, B, B].
+//   dy_cols: dy packed block-column-major [R][M][B] fp32 (pack_block_columns); out: [nnzb, B, B].
 template <typename T, int B>
-void conv_weight_grad(const float* dy_cols, const T* x, const ConvShape& g, const int64_t* origins,
-                      const int32_t* row_slots, const int32_t* block_row, const int32_t* block_col, T* out,
+void conv_weight_grad(const float* dy_cols, const T* x, const ConvShape& g, const int32_t* row_slots, const int32_t* block_row, const int32_t* block_col, T* out,
                       int64_t p_begin, int64_t p_end) {
   constexpr int kChunkRows = B >= 64 ? 32 : 64;
   const int64_t n_slots = p_end - p_begin, M = patch_rows(g);
   Buffer<> acc(n_slots * B * B);
   fill_zero(acc.get(), n_slots * B * B);
   alignas(64) float patch[kChunkRows * B];
+  int64_t origins[kChunkRows];
   for (int64_t m0 = 0; m0 < M; m0 += kChunkRows) {
     const int rows = static_cast<int>(min64(kChunkRows, M - m0));
+    row_origins(g, m0, rows, origins);
     for (int64_t p = p_begin; p < p_end; ++p) {
       const int64_t s = row_slots[p];
       const float* dy_chunk = dy_cols + static_cast<int64_t>(block_row[s]) * M * B + m0 * B;
       const int64_t base = channel_base(g, static_cast<int64_t>(block_row[s]) * B);
-      gather_patch_block<T, B>(x, g, origins + m0, rows, block_col[s], base, patch);
+      gather_patch_block<T, B>(x, g, origins, rows, block_col[s], base, patch);
       micro_kernel<B, B>(dy_chunk, 1, B, patch, B, rows, acc.get() + (p - p_begin) * B * B);
     }
   }

@@ -43,7 +43,7 @@ struct TypedKernels {
   // Blocks [nnzb, B, B] as fp32, transposed when asked, slots [begin, end).
   void (*float_blocks)(const T* values, int B, bool transpose, int64_t begin, int64_t end, float* dst);
   // out[:, j*B:(j+1)*B] = A @ blocks over the view, output block columns [begin, end).
-  void (*sparse_matmul[kNumBlockSizes])(const float* panels, int64_t M, int64_t C, const float* blocks,
+  void (*sparse_matmul[kNumBlockSizes])(const float* panels, int64_t M, const float* blocks,
                                         const int32_t* ptr, const int32_t* slots, const int32_t* coord,
                                         const float* bias, T* out, int64_t n_cols, int64_t begin, int64_t end);
   // dvalues[s] = dy[:, rows(s)].T @ x[:, cols(s)] for the slots row_slots[begin, end).
@@ -59,8 +59,7 @@ struct TypedKernels {
                                           const int32_t* col_ptr, const int32_t* col_slots,
                                           const int32_t* block_row, float* dx, int64_t begin, int64_t end);
   void (*conv_weight_grad[kNumBlockSizes])(const float* dy_cols, const T* x, const ConvShape& g,
-                                           const int64_t* origins, const int32_t* row_slots,
-                                           const int32_t* block_row, const int32_t* block_col, T* out,
+                                           const int32_t* row_slots, const int32_t* block_row, const int32_t* block_col, T* out,
                                            int64_t begin, int64_t end);
 };
 

@@ -332,20 +332,19 @@ inline void panel_times_view(const float* panel, int64_t a_stride, const float* 
 }
 
 // out[:, j*B:(j+1)*B] = A @ blocks over the view, for output block columns j in [j_begin, j_end).
-//   a: A as block columns [C][Mp][B] (pack_block_columns with rows_out = Mp, M rounded up to a
+//   a: A as block columns [*][Mp][B] (pack_block_columns with rows_out = Mp, M rounded up to a
 //      multiple of MR = rows_per_tile<B>());
 //   blocks: [nnzb, B, B] fp32, already oriented (W.T blocks for dsd, W for dds);
 //   ptr/slots/coord: the view; bias: [n_cols] fp32 or null; out: [M, n_cols].
 // For each output block column, the column chunks of its blocks (a few KiB each) stay in L1 while
 // a group of row tiles, whose A chunks fit in L2, passes under them once per chunk.
 template <typename T, int B>
-void sparse_matmul(const float* a, int64_t M, int64_t C, const float* blocks, const int32_t* ptr,
+void sparse_matmul(const float* a, int64_t M, const float* blocks, const int32_t* ptr,
                    const int32_t* slots, const int32_t* coord, const float* bias, T* out, int64_t n_cols,
                    int64_t j_begin, int64_t j_end) {
   using S = Tile<B>;
   constexpr int MR = S::MR, WIDTH = S::NV * S::LANES;
   constexpr int64_t kGroupBytes = 256 << 10;
-  (void)C;
   alignas(64) float tile[MR * B];
   const int64_t panels = (M + MR - 1) / MR, a_stride = panels * MR * B;
   for (int64_t j = j_begin; j < j_end; ++j) {

@@ -18,10 +18,9 @@ void sdd_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_sl
               "out must be [nnzb, b, b]");
   TORCH_CHECK(dy.size(0) == x.size(0), "dy and x must have the same number of rows");
   const int64_t B = out.size(1), M = x.size(0);
-  block_index(B);  // checks it before packing
+  const int b = block_index(B);  // checked before packing
   const int64_t n_rows = (dy.size(1) + B - 1) / B, n_cols = (x.size(1) + B - 1) / B;
   const at::Tensor dy_p = block_columns(dy, n_rows, B, M), x_p = block_columns(x, n_cols, B, M);
-  const int b = block_index(B);
   with_dtype(x.scalar_type(), [&](const auto& k, auto tag) {
     using T = decltype(tag);
     at::parallel_for(0, row_slots.numel(), grain_for(M * B * B), [&](int64_t begin, int64_t end) {

@@ -88,7 +88,7 @@ void test_matmuls(int M, int out_f, int in_f, double density, std::mt19937& rng)
     for (int i = 0; i < B; ++i)
       for (int j = 0; j < B; ++j) wt[(s * B + j) * B + i] = values[(s * B + i) * B + j];
   pack_block_columns(x.data(), M, Mp, in_f, in_f, B, 0, C, panels_x.data());
-  sparse_matmul<float, B>(panels_x.data(), M, C, wt.data(), t.row_ptr.data(), t.row_slots.data(), t.block_col.data(),
+  sparse_matmul<float, B>(panels_x.data(), M, wt.data(), t.row_ptr.data(), t.row_slots.data(), t.block_col.data(),
                           nullptr, y.data(), out_f, 0, R);
   for (int m = 0; m < M; ++m)
     for (int n = 0; n < out_f; ++n) {
@@ -100,7 +100,7 @@ void test_matmuls(int M, int out_f, int in_f, double density, std::mt19937& rng)
   // dds: dx = dy @ W
   std::vector<float> panels_dy(static_cast<size_t>(R) * Mp * B), dx(M * in_f);
   pack_block_columns(dy.data(), M, Mp, out_f, out_f, B, 0, R, panels_dy.data());
-  sparse_matmul<float, B>(panels_dy.data(), M, R, values.data(), t.col_ptr.data(), t.col_slots.data(),
+  sparse_matmul<float, B>(panels_dy.data(), M, values.data(), t.col_ptr.data(), t.col_slots.data(),
                           t.block_row.data(), nullptr, dx.data(), in_f, 0, C);
   for (int m = 0; m < M; ++m)
     for (int k = 0; k < in_f; ++k) {
@@ -213,9 +213,7 @@ void test_conv(int N, int C, int out_c, int H, int W, int KH, int KW, int S, int
   // Weight gradient on the active blocks.
   std::vector<float> dy_cols(static_cast<size_t>(R) * M * B), dvalues(values.size());
   pack_block_columns(dy.data(), M, M, out_c, out_c, B, 0, R, dy_cols.data());
-  std::vector<int64_t> origins(M);
-  row_origins(g, 0, static_cast<int>(M), origins.data());
-  conv_weight_grad<float, B>(dy_cols.data(), x.data(), g, origins.data(), t.row_slots.data(), t.block_row.data(),
+  conv_weight_grad<float, B>(dy_cols.data(), x.data(), g, t.row_slots.data(), t.block_row.data(),
                              t.block_col.data(), dvalues.data(), 0, nnzb);
   for (int s = 0; s < nnzb; ++s)
     for (int i = 0; i < B; ++i)
