@@ -155,7 +155,7 @@ def main(argv=None):
               "dense_gradient_bytes": dense_grad, "band_bytes_per_thread": 2 << 20}
     env = environment("cpu")
     env["block_scores_memory"] = memory
-    print(f"\n{env['device']} ({' '.join(env['cpu_flags'])}), our kernels: {env['isa_variant']}, torch limited to "
+    print(f"\n{env['device']} ({' '.join(env['cpu_flags'])}), our kernels: {env['instruction_set']}, torch limited to "
           f"{env['torch_isa_limits'] or 'nothing'}; torch {env['torch']}, {args.threads} threads, git {env['git_sha'][:10]}, "
           f"{args.dtype}, M={M}, N=K={n}")
     print_table(rows, ["block_size", "density", "speedup_fwd_vs_dense", "speedup_dx_vs_dense", "speedup_dw_vs_dense",

@@ -94,10 +94,10 @@ def cpu_environment() -> dict:
         from rigl_sparse.ops import _cpu
 
         status = _cpu.isa_status()
-        env.update(isa_variant=status["active"], isa_variants_built=status["built"], isa_forced_by=status["forced_by"],
+        env.update(instruction_set=status["active"], isa_variants_built=status["built"], isa_forced_by=status["forced_by"],
                    register_tiles=status["tiles"], openmp=status["openmp"])
     except ImportError as err:
-        env["isa_variant"] = f"none: {err}"
+        env["instruction_set"] = f"none (no native CPU kernels: {err})"
     return env
 
 
@@ -158,7 +158,13 @@ def _fmt(v) -> str:
 
 
 def save(name: str, rows: list[dict], env: dict, out_dir: Path | None = None) -> Path:
-    """Write ``<name>.csv`` and ``<name>.json`` (rows + environment) under results/<device>/."""
+    """Write ``<name>.csv`` and ``<name>.json`` (rows + environment) under results/<device>/.
+
+    CPU results carry the instruction set our kernels ran (``instruction_set``) in every row as
+    well, so a row copied out of its file still says what it measured.
+    """
+    if "instruction_set" in env:
+        rows = [{"instruction_set": env["instruction_set"], **row} for row in rows]
     out_dir = out_dir or RESULTS / slug(env["device"])
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / f"{name}.csv", "w", newline="") as f:

@@ -27,7 +27,7 @@ def _load(path: Path) -> dict | None:
 def _env_line(env: dict) -> str:
     limits = env.get("torch_isa_limits") or {}
     torch_isa = ", ".join(f"{k}={v}" for k, v in limits.items()) or "unlimited"
-    return (f"{env['device']} ({' '.join(env.get('cpu_flags', []))}); our kernels: `{env.get('isa_variant')}`; "
+    return (f"{env['device']} ({' '.join(env.get('cpu_flags', []))}); our kernels: `{env.get('instruction_set')}`; "
             f"torch {env['torch']} limited by {torch_isa}; {env['threads']} threads; git {env['git_sha'][:7]}")
 
 

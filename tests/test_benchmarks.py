@@ -112,7 +112,7 @@ def test_report_cpu_tables_come_from_the_committed_results(tmp_path):
     report_cpu = _load("benchmarks", "report_cpu")
     folder = tmp_path / "cpu-avx2"
     folder.mkdir()
-    env = {"device": "Some CPU", "cpu_flags": ["avx2", "fma"], "isa_variant": "avx2", "torch": "2.13.0",
+    env = {"device": "Some CPU", "cpu_flags": ["avx2", "fma"], "instruction_set": "avx2", "torch": "2.13.0",
            "threads": 2, "git_sha": "0123456789", "torch_isa_limits": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
     row = {"block_size": 32, "density": 0.1, "rows": 1024, "features": 4096, "speedup_fwd_vs_bsr": 4.5,
            "speedup_dx_vs_bsr": 4.0, "scores_over_dense_matmul": 1.05}
@@ -127,3 +127,15 @@ def test_report_cpu_tables_come_from_the_committed_results(tmp_path):
     full = report_cpu.report(tmp_path)
     assert "our kernels: `avx2`" in full and "MKL_ENABLE_INSTRUCTIONS=AVX2" in full
     assert report_cpu.summary().count("\n") > 2  # the committed results of this repository tabulate
+
+
+def test_every_committed_cpu_result_names_its_instruction_set():
+    import json
+
+    files = sorted((ROOT / "benchmarks" / "results").glob("cpu-*/*.json"))
+    assert files, "no committed CPU results found"
+    for path in files:
+        data = json.loads(path.read_text())
+        isa = path.parent.name.removeprefix("cpu-")
+        assert data["environment"]["instruction_set"] == isa, path
+        assert all(row["instruction_set"] == isa for row in data["rows"]), path
