@@ -35,7 +35,7 @@ test: $(STAMP) ctest
 # the PATH (no GPU needed; the entry points against the venv's torch headers).
 ctest: $(STAMP)
 	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release -DRIGL_SPARSE_PYTHON=$(abspath $(PY))
-	cmake --build build/cmake --target cpu_kernel_tests test_cuda_keys -j 2
+	cmake --build build/cmake --target cpu_kernel_tests test_cuda_keys test_cuda_score_plan -j 2
 	@if command -v nvcc >/dev/null; then \
 		cmake --build build/cmake --target cuda_compile_check cuda_ops_compile_check -j 2 \
 		&& echo "CUDA sources compile for sm_80 and sm_90a"; \

@@ -7,7 +7,7 @@ is tested on the CPU in test_backends_and_info.py.
 
 import pytest
 import torch
-from op_cases import block_scores_extra_bytes, compare_with_reference, make_case, train_with_rigl
+from op_cases import block_scores_extra_bytes, check_backend, make_case, train_with_rigl
 
 import rigl_sparse as rs
 from rigl_sparse import backends, ops
@@ -31,14 +31,14 @@ def _case(out_f, in_f, b, density, M, dtype, seed=0):
 def test_cuda_ops_match_reference_ragged(b, dtype, density):
     # Neither dimension is a multiple of b (nor of 8: no 16-byte copies), M is not a multiple of any tile.
     layout, values, x, dy, bias = _case(2 * b + 5, 3 * b - 7, b, density, 37, dtype)
-    compare_with_reference("cuda", layout, values, x, dy, bias)
+    check_backend("cuda", layout, values, x, dy, bias)
 
 
 @pytest.mark.parametrize("b", BLOCKS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_ops_match_reference_large(b, dtype):
     layout, values, x, dy, bias = _case(2048 + b // 2, 1536, b, 0.1, 1000, dtype, seed=3)
-    compare_with_reference("cuda", layout, values, x, dy, bias, k=64)
+    check_backend("cuda", layout, values, x, dy, bias, k=64)
 
 
 @pytest.mark.parametrize("b", BLOCKS)
@@ -69,7 +69,7 @@ def test_cuda_block_scores_puts_nan_first():
 def test_cuda_empty_rows_and_no_active_blocks():
     b = 64
     layout, values, x, dy, bias = _case(3 * b, 2 * b, b, 1 / 6, 130, torch.bfloat16, seed=7)
-    compare_with_reference("cuda", layout, values, x, dy, bias)
+    check_backend("cuda", layout, values, x, dy, bias)
 
 
 def test_cuda_rejects_float32_when_forced_and_other_backends_take_it():

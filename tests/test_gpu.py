@@ -1,39 +1,20 @@
 """The reference path on a CUDA device (run on a GPU machine with `pytest -m gpu`)."""
 
-import copy
-
 import pytest
 import torch
+from op_cases import check_backend, make_case
 from torch import nn
 
 import rigl_sparse as rs
-from rigl_sparse import ops
-from rigl_sparse.testing import assert_close, random_block_sparse
 
 pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape,b,density", [((256, 512), 32, 0.1), ((300, 200), 16, 0.3), ((1024, 1024), 64, 0.05)])
-def test_reference_ops_on_cuda_match_cpu(dtype, shape, b, density):
-    with rs.use_backend("reference"):
-        _compare_reference_devices(dtype, shape, b, density)
-
-
-def _compare_reference_devices(dtype, shape, b, density):
-    layout, values = random_block_sparse(shape, b, density, dtype=dtype)
-    x = torch.randn(77, shape[1]).to(dtype)
-    dy = torch.randn(77, shape[0]).to(dtype)
-    cuda_layout = copy.deepcopy(layout).to("cuda")
-    topo_cpu, topo_gpu = layout.topology(), cuda_layout.topology()
-    v_gpu, x_gpu, dy_gpu = values.cuda(), x.cuda(), dy.cuda()
-    assert_close(ops.dsd(x_gpu, v_gpu, None, *topo_gpu, shape[0]).cpu(), ops.dsd(x, values, None, *topo_cpu, shape[0]),
-                 dtype)
-    assert_close(ops.dds(dy_gpu, v_gpu, *topo_gpu, shape[1]).cpu(), ops.dds(dy, values, *topo_cpu, shape[1]), dtype)
-    assert_close(ops.sdd(dy_gpu, x_gpu, *topo_gpu, b).cpu(), ops.sdd(dy, x, *topo_cpu, b), dtype, scale=4)
-    s_gpu, i_gpu = ops.block_scores(dy_gpu, x_gpu, cuda_layout.block_row, cuda_layout.block_col, b, 8)
-    s_cpu, i_cpu = ops.block_scores(dy, x, layout.block_row, layout.block_col, b, 8)
-    assert_close(s_gpu.cpu(), s_cpu, dtype, scale=4)
+def test_reference_ops_on_cuda_meet_the_tolerance_rule(dtype, shape, b, density):
+    layout, values, x, dy, bias = make_case(*shape, b, density, 77, dtype, "cuda")
+    check_backend("reference", layout, values, x, dy, bias, k=8)
 
 
 def test_rigl_training_on_cuda_keeps_invariants():

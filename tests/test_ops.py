@@ -10,7 +10,7 @@ import torch
 import rigl_sparse as rs
 from rigl_sparse import ops
 from rigl_sparse.ops.block_scores import reference as block_scores_reference
-from rigl_sparse.testing import TOLERANCES, assert_close, random_block_sparse
+from rigl_sparse.testing import assert_matches_dense, assert_top_k_matches, random_block_sparse
 
 SHAPES = [(16, 32), (30, 50), (64, 48), (7, 13)]  # (out, K), incl. ragged and non-square
 BLOCKS = [1, 4, 16, 32]
@@ -40,25 +40,19 @@ def _inputs(shape, b, density, M, dtype, seed=0):
     return layout, values, x, dy, bias
 
 
-def _scale(K):
-    """Tolerance grows with the reduction length for half types."""
-    return max(1.0, math.sqrt(K / 16))
-
-
 @pytest.mark.parametrize("shape,b,density", GRID)
 @pytest.mark.parametrize("M", ROWS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dsd_matches_masked_dense(shape, b, density, M, backend):
     for dtype in DTYPES:
         layout, values, x, _, bias = _inputs(shape, b, density, M, dtype)
-        w = layout.to_dense(values).double()
-        expected = x.double() @ w.T + bias.double()
         with _on(backend):
             y = ops.dsd(x, values, bias, *layout.topology(), shape[0])
             y_nobias = ops.dsd(x, values, None, *layout.topology(), shape[0])
         assert y.dtype == dtype and y.shape == (M, shape[0])
-        assert_close(y, expected, scale=_scale(shape[1]))
-        assert_close(y_nobias, x.double() @ w.T, scale=_scale(shape[1]))
+        linear = lambda x, v, bias=None: torch.nn.functional.linear(x, layout.to_dense(v), bias)  # noqa: E731
+        assert_matches_dense(y, linear, x, values, bias, name=f"dsd {dtype}")
+        assert_matches_dense(y_nobias, linear, x, values, name=f"dsd {dtype} without bias")
 
 
 @pytest.mark.parametrize("shape,b,density", GRID)
@@ -67,11 +61,10 @@ def test_dsd_matches_masked_dense(shape, b, density, M, backend):
 def test_dds_matches_masked_dense(shape, b, density, M, backend):
     for dtype in DTYPES:
         layout, values, _, dy, _ = _inputs(shape, b, density, M, dtype)
-        w = layout.to_dense(values).double()
         with _on(backend):
             dx = ops.dds(dy, values, *layout.topology(), shape[1])
         assert dx.dtype == dtype and dx.shape == (M, shape[1])
-        assert_close(dx, dy.double() @ w, scale=_scale(shape[0]))
+        assert_matches_dense(dx, lambda dy, v: dy @ layout.to_dense(v), dy, values, name=f"dds {dtype}")
 
 
 @pytest.mark.parametrize("shape,b,density", GRID)
@@ -80,12 +73,10 @@ def test_dds_matches_masked_dense(shape, b, density, M, backend):
 def test_sdd_matches_masked_dense(shape, b, density, M, backend):
     for dtype in DTYPES:
         layout, values, x, dy, _ = _inputs(shape, b, density, M, dtype)
-        dense_grad = dy.double().T @ x.double()
-        expected = layout.gather(dense_grad)
         with _on(backend):
             dv = ops.sdd(dy, x, *layout.topology(), b)
         assert dv.dtype == dtype and dv.shape == values.shape
-        assert_close(dv, expected, scale=_scale(M))
+        assert_matches_dense(dv, lambda dy, x: layout.gather(dy.T @ x), dy, x, name=f"sdd {dtype}")
         pad = layout.padding_mask()
         if pad is not None:
             assert torch.all(dv[~pad] == 0)
@@ -106,17 +97,15 @@ def _dense_top_k(dy, x, layout, k):
 @pytest.mark.parametrize("k", [1, 5, 1000])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_block_scores_top_k_of_inactive_blocks(shape, b, density, k, backend):
-    layout, values, x, dy, _ = _inputs(shape, b, density, 17, torch.float32)
-    with _on(backend):
-        scores, index = ops.block_scores(dy, x, layout.block_row, layout.block_col, b, k)
-    assert scores.shape == (k,) and index.shape == (k,)
-    assert scores.dtype == torch.float32 and index.dtype == torch.int64
-    exp_scores, exp_index = _dense_top_k(dy, x, layout, k)
-    n = exp_index.numel()
-    assert n == min(k, layout.n_blocks - layout.nnzb)
-    assert torch.equal(index[:n], exp_index)
-    torch.testing.assert_close(scores[:n].double(), exp_scores.double(), atol=1e-4, rtol=1e-4)
-    assert torch.all(index[n:] == -1) and torch.all(scores[n:] == -math.inf)
+    for dtype in DTYPES:
+        layout, values, x, dy, _ = _inputs(shape, b, density, 17, dtype)
+        with _on(backend):
+            scores, index = ops.block_scores(dy, x, layout.block_row, layout.block_col, b, k)
+        assert_top_k_matches(scores, index, dy, x, layout.block_row, layout.block_col, b, k)
+        if dtype == torch.float32:  # fp32 ties resolve as in fp64 at these sizes: the very same blocks
+            exp_index = _dense_top_k(dy, x, layout, k)[1]
+            assert exp_index.numel() == min(k, layout.n_blocks - layout.nnzb)
+            assert torch.equal(index[: exp_index.numel()], exp_index)
 
 
 def test_block_scores_streams_in_bands(monkeypatch):
@@ -269,7 +258,3 @@ def test_ops_reject_bad_input_with_named_arguments():
         ops.block_scores(dy, x, layout.block_row, layout.block_col, 8, -1)
     with pytest.raises(ValueError, match="one device"):
         ops.dsd(x.to("meta"), values, bias, *topo, 30)
-
-
-def test_tolerances_cover_every_dtype():
-    assert set(TOLERANCES) == {torch.float64, torch.float32, torch.bfloat16, torch.float16}

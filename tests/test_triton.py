@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from op_cases import block_scores_extra_bytes, compare_with_reference, make_case, train_with_rigl
+from op_cases import block_scores_extra_bytes, check_backend, make_case, train_with_rigl
 
 import rigl_sparse as rs
 from rigl_sparse import backends, ops
@@ -21,7 +21,7 @@ def _case(out_f, in_f, b, density, M, dtype, seed=0):
 
 
 def _compare_all(layout, values, x, dy, bias, k=5):
-    compare_with_reference("triton", layout, values, x, dy, bias, k,
+    check_backend("triton", layout, values, x, dy, bias, k,
                            exact_top_k=x.dtype == torch.float32 and DEVICE == "cpu")
 
 
@@ -78,3 +78,20 @@ def test_block_scores_adds_only_o_blocks_memory():
     blocks = (n // b) ** 2
     assert extra <= 64 * blocks + (1 << 20), f"{extra} bytes for {blocks} blocks"
     assert extra < n * n * 2 / 50  # far below one dense bf16 gradient
+
+
+def test_triton_ops_are_right_when_autotuned(monkeypatch):
+    # Every configuration of every matmul kernel is tried (and the best one then runs) on a small case.
+    from rigl_sparse.ops import _triton
+
+    monkeypatch.setenv(_triton.AUTOTUNE_VARIABLE, "always")
+    layout, values, x, dy, bias = _case(2 * 32 + 5, 3 * 32 - 7, 32, 0.5, 37, torch.float32, seed=9)
+    _compare_all(layout, values, x, dy, bias)
+
+
+def test_autotune_variable_refuses_other_values(monkeypatch):
+    from rigl_sparse.ops import _triton
+
+    monkeypatch.setenv(_triton.AUTOTUNE_VARIABLE, "sometimes")
+    with pytest.raises(ValueError, match="RIGL_SPARSE_TRITON_AUTOTUNE='sometimes'"):
+        _triton.autotune_forced()

@@ -18,6 +18,8 @@ void block_scores_out(const at::Tensor& dy, const at::Tensor& x, const at::Tenso
   TORCH_CHECK(b == 32 || b == 64 || b == 128, "the cuda kernels take block sizes 32, 64, 128, got ", b);
   const int64_t R = (N + b - 1) / b, C = (K + b - 1) / b;
   TORCH_CHECK(R * C < INT32_MAX, "block_scores: ", R, " x ", C, " blocks exceed 32-bit block indices");
+  TORCH_CHECK((N + kScoreTile - 1) / kScoreTile <= kMaxGridY, "block_scores: dy's ", N, " columns exceed the CUDA ",
+              "grid limit of ", kMaxGridY, " bands of ", kScoreTile);
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = current_stream();
   int num_sms = 0;

@@ -9,6 +9,7 @@
 
 #include "gemm.cuh"
 #include "keys.h"
+#include "score_plan.h"
 
 namespace rigl_sparse {
 namespace cuda {
@@ -23,9 +24,6 @@ namespace cuda {
 // memory, sorts them (bitonic) and writes its best min(k, count) to global memory.  A device radix
 // sort over those candidates (at most one per block) then yields the layer's top k.  Extra memory:
 // the active-block mask and the candidates, O(blocks); G never leaves registers.
-constexpr int kScoreTile = 128;
-constexpr int kMaxTilesPerCta = 8;
-
 template <typename T>
 using ScoreGemm = Gemm<T, kScoreTile, kScoreTile, 2, 4, true, false, 3>;
 
@@ -129,11 +127,9 @@ __global__ void __launch_bounds__(kThreads) decode_top_k(const uint64_t* __restr
   index[i] = key_index(key);
 }
 
-// How block_scores splits the work: CTAs, tiles per CTA and candidates kept per CTA.
-struct ScorePlan {
-  int bands, ctas_per_band, tiles_per_cta, keep;
-  int64_t n_candidates;
-  size_t sort_bytes;  // CUB's temporary storage
+// The work split (score_plan.h) and CUB's temporary storage for its candidates.
+struct ScorePlan : ScoreSplit {
+  size_t sort_bytes;
 };
 
 inline size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
@@ -141,18 +137,11 @@ inline size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 template <int B>
 ScorePlan plan_block_scores(int N, int K, int64_t k, int num_sms) {
   ScorePlan p{};
-  p.bands = (N + kScoreTile - 1) / kScoreTile;
-  const int tiles_k = (K + kScoreTile - 1) / kScoreTile;
-  // Enough CTAs to fill the GPU twice over, each with as many tiles (at most 8) as that allows.
-  const int64_t want_ctas = 2 * static_cast<int64_t>(num_sms > 0 ? num_sms : 1);
-  const int64_t per_band = (want_ctas + p.bands - 1) / p.bands;
-  p.tiles_per_cta = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kMaxTilesPerCta, tiles_k / per_band)));
-  p.ctas_per_band = (tiles_k + p.tiles_per_cta - 1) / p.tiles_per_cta;
-  p.keep = static_cast<int>(std::min<int64_t>(k, static_cast<int64_t>(p.tiles_per_cta) * ScoreGeometry<B>::kBlocksPerTile));
-  p.n_candidates = static_cast<int64_t>(p.bands) * p.ctas_per_band * p.keep;
+  static_cast<ScoreSplit&>(p) = split_score_work(N, K, k, num_sms, ScoreGeometry<B>::kBlocksPerTile);
   p.sort_bytes = 0;
-  cub::DeviceRadixSort::SortKeysDescending(nullptr, p.sort_bytes, static_cast<const uint64_t*>(nullptr),
-                                           static_cast<uint64_t*>(nullptr), p.n_candidates);
+  if (p.n_candidates > 0)
+    cub::DeviceRadixSort::SortKeysDescending(nullptr, p.sort_bytes, static_cast<const uint64_t*>(nullptr),
+                                             static_cast<uint64_t*>(nullptr), p.n_candidates);
   return p;
 }
 
@@ -176,6 +165,7 @@ cudaError_t block_scores(const T* dy, const T* x, const uint8_t* active, int M, 
   auto* sorted = reinterpret_cast<uint64_t*>(static_cast<char*>(workspace) + array_bytes);
   void* sort_storage = static_cast<char*>(workspace) + 2 * array_bytes;
   const int R = (N + B - 1) / B, C = (K + B - 1) / B;
+  if (p.bands > kMaxGridY) return cudaErrorInvalidConfiguration;
   if (p.n_candidates > 0) {
     if (cudaError_t err = allow_shared_memory(block_scores_kernel<T, B>, G::kSmemBytes); err != cudaSuccess)
       return err;

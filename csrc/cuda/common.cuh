@@ -50,7 +50,8 @@ inline int64_t check_values(const at::Tensor& values, const at::Device& device) 
 
 // The operands of dsd / dds: a dense [M, n_in] input, the blocks, one view of the topology (ptr over
 // the output's block columns, slots, and the other coordinate of each slot), and out [M, n_out].
-// Returns the block size.
+// Returns the block size.  Sizes are checked here; the entries of ptr, slots and coord are checked by
+// the kernels as they read them (a device-side assertion), so no call waits for the device.
 inline int64_t check_block_matmul(const at::Tensor& in, const char* in_name, const at::Tensor& values,
                                   const at::Tensor& view_ptr, const char* ptr_name, const at::Tensor& view_slots,
                                   const char* slots_name, const at::Tensor& coord, const char* coord_name,
@@ -68,6 +69,14 @@ inline int64_t check_block_matmul(const at::Tensor& in, const char* in_name, con
   const int64_t blocks_out = (out.size(1) + b - 1) / b;
   TORCH_CHECK(view_ptr.numel() == blocks_out + 1, ptr_name, " must have ceil(", n_out_name, " / b) + 1 = ",
               blocks_out + 1, " entries, got ", view_ptr.numel());
+  const int64_t nnzb = values.size(0);
+  TORCH_CHECK(nnzb < INT32_MAX, "values has ", nnzb, " blocks; the cuda kernels index at most 2^31 - 1");
+  TORCH_CHECK(view_slots.numel() == nnzb, slots_name, " must have one entry per block of values (", nnzb, "), got ",
+              view_slots.numel());
+  TORCH_CHECK(coord.numel() == nnzb, coord_name, " must have one entry per block of values (", nnzb, "), got ",
+              coord.numel());
+  TORCH_CHECK(blocks_out <= kMaxGridY, "ceil(", n_out_name, " / b) = ", blocks_out,
+              " block columns exceed the CUDA grid limit of ", kMaxGridY, " for the cuda kernels");
   return b;
 }
 

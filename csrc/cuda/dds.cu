@@ -14,7 +14,8 @@ void dds_out(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& c
   const cudaStream_t stream = current_stream();
   dispatch(dy.scalar_type(), b, [&]<typename T, int B>() {
     check_launch(dds<T, B>(ptr<T>(dy), ptr<T>(values), col_ptr.data_ptr<int32_t>(), col_slots.data_ptr<int32_t>(),
-                           block_row.data_ptr<int32_t>(), M, N, K, mut_ptr<T>(out), stream),
+                           block_row.data_ptr<int32_t>(), static_cast<int>(values.size(0)), M, N, K, mut_ptr<T>(out),
+                           stream),
                  "dds");
   });
 }

@@ -21,8 +21,8 @@ void dsd_out(const at::Tensor& x, const at::Tensor& values, const c10::optional<
   dispatch(x.scalar_type(), b, [&]<typename T, int B>() {
     const T* bias_ptr = bias.has_value() ? ptr<T>(*bias) : nullptr;
     check_launch(dsd<T, B>(ptr<T>(x), ptr<T>(values), bias_ptr, row_ptr.data_ptr<int32_t>(),
-                           row_slots.data_ptr<int32_t>(), block_col.data_ptr<int32_t>(), M, K, N, mut_ptr<T>(out),
-                           stream),
+                           row_slots.data_ptr<int32_t>(), block_col.data_ptr<int32_t>(),
+                           static_cast<int>(values.size(0)), M, K, N, mut_ptr<T>(out), stream),
                  "dsd");
   });
 }

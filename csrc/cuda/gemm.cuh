@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include <cassert>
 #include <cstdint>
 #include <type_traits>
 
@@ -208,6 +209,16 @@ struct Gemm {
       }
   }
 };
+
+// A topology entry outside its range stops the kernel with a device-side assertion, reported by the next
+// CUDA call as torch reports an index out of range, instead of a read out of bounds.  Independent of NDEBUG.
+#define RS_DEVICE_REQUIRE(cond)                                                                 \
+  do {                                                                                          \
+    if (!(cond)) __assert_fail(#cond, __FILE__, static_cast<unsigned>(__LINE__), __func__);     \
+  } while (0)
+
+// The largest y (and z) extent of a CUDA grid.
+constexpr int kMaxGridY = 65535;
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 

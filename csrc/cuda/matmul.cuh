@@ -28,16 +28,20 @@ template <typename T, int B>
 __global__ void __launch_bounds__(Shapes<T, B>::MatmulTransposedB::kThreads)
     dsd_kernel(const T* __restrict__ x, const T* __restrict__ values, const T* __restrict__ bias,
                const int32_t* __restrict__ row_ptr, const int32_t* __restrict__ row_slots,
-               const int32_t* __restrict__ block_col, int M, int K, int N, T* __restrict__ out, bool x_vec,
-               bool values_vec, bool out_vec) {
+               const int32_t* __restrict__ block_col, int nnzb, int M, int K, int N, T* __restrict__ out,
+               bool x_vec, bool values_vec, bool out_vec) {
   using G = typename Shapes<T, B>::MatmulTransposedB;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* smem = reinterpret_cast<T*>(smem_raw);
   const int m0 = blockIdx.x * Shapes<T, B>::kRows, r = blockIdx.y;
-  const int first = row_ptr[r], n_steps = (row_ptr[r + 1] - first) * (B / kChunk);
+  const int first = row_ptr[r], last = row_ptr[r + 1], in_blocks = (K + B - 1) / B;
+  RS_DEVICE_REQUIRE(0 <= first && first <= last && last <= nnzb);
+  const int n_steps = (last - first) * (B / kChunk);
   G gemm;
   gemm.run(smem, n_steps, [&](int step, int stage) {
     const int slot = row_slots[first + step / (B / kChunk)], kc = (step % (B / kChunk)) * kChunk;
+    RS_DEVICE_REQUIRE(0 <= slot && slot < nnzb);
+    RS_DEVICE_REQUIRE(0 <= block_col[slot] && block_col[slot] < in_blocks);
     const int col = block_col[slot] * B + kc;
     G::load_a(smem, stage, x + static_cast<int64_t>(m0) * K + col, K, M - m0, K - col, x_vec);
     // B(j, i) = W[r*B + i][col + j] = values[slot][i][kc + j]: stored [TN = i][KC = j].
@@ -49,13 +53,14 @@ __global__ void __launch_bounds__(Shapes<T, B>::MatmulTransposedB::kThreads)
 
 template <typename T, int B>
 cudaError_t dsd(const T* x, const T* values, const T* bias, const int32_t* row_ptr, const int32_t* row_slots,
-                const int32_t* block_col, int M, int K, int N, T* out, cudaStream_t stream) {
+                const int32_t* block_col, int nnzb, int M, int K, int N, T* out, cudaStream_t stream) {
   using G = typename Shapes<T, B>::MatmulTransposedB;
   if (M == 0 || N == 0) return cudaSuccess;
+  if ((N + B - 1) / B > kMaxGridY) return cudaErrorInvalidConfiguration;
   const dim3 grid((M + Shapes<T, B>::kRows - 1) / Shapes<T, B>::kRows, (N + B - 1) / B);
   if (cudaError_t err = allow_shared_memory(dsd_kernel<T, B>, G::kSmemBytes); err != cudaSuccess) return err;
-  dsd_kernel<T, B><<<grid, G::kThreads, G::kSmemBytes, stream>>>(x, values, bias, row_ptr, row_slots, block_col, M,
-                                                                  K, N, out, aligned16(x) && K % kVec == 0,
+  dsd_kernel<T, B><<<grid, G::kThreads, G::kSmemBytes, stream>>>(x, values, bias, row_ptr, row_slots, block_col,
+                                                                  nnzb, M, K, N, out, aligned16(x) && K % kVec == 0,
                                                                   aligned16(values), aligned16(out) && N % kVec == 0);
   return cudaGetLastError();
 }
@@ -65,16 +70,20 @@ cudaError_t dsd(const T* x, const T* values, const T* bias, const int32_t* row_p
 template <typename T, int B>
 __global__ void __launch_bounds__(Shapes<T, B>::Matmul::kThreads)
     dds_kernel(const T* __restrict__ dy, const T* __restrict__ values, const int32_t* __restrict__ col_ptr,
-               const int32_t* __restrict__ col_slots, const int32_t* __restrict__ block_row, int M, int N, int K,
-               T* __restrict__ out, bool dy_vec, bool values_vec, bool out_vec) {
+               const int32_t* __restrict__ col_slots, const int32_t* __restrict__ block_row, int nnzb, int M, int N,
+               int K, T* __restrict__ out, bool dy_vec, bool values_vec, bool out_vec) {
   using G = typename Shapes<T, B>::Matmul;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* smem = reinterpret_cast<T*>(smem_raw);
   const int m0 = blockIdx.x * Shapes<T, B>::kRows, c = blockIdx.y;
-  const int first = col_ptr[c], n_steps = (col_ptr[c + 1] - first) * (B / kChunk);
+  const int first = col_ptr[c], last = col_ptr[c + 1], in_blocks = (N + B - 1) / B;
+  RS_DEVICE_REQUIRE(0 <= first && first <= last && last <= nnzb);
+  const int n_steps = (last - first) * (B / kChunk);
   G gemm;
   gemm.run(smem, n_steps, [&](int step, int stage) {
     const int slot = col_slots[first + step / (B / kChunk)], kc = (step % (B / kChunk)) * kChunk;
+    RS_DEVICE_REQUIRE(0 <= slot && slot < nnzb);
+    RS_DEVICE_REQUIRE(0 <= block_row[slot] && block_row[slot] < in_blocks);
     const int row = block_row[slot] * B + kc;
     G::load_a(smem, stage, dy + static_cast<int64_t>(m0) * N + row, N, M - m0, N - row, dy_vec);
     // B(i, j) = W[row + i][c*B + j] = values[slot][kc + i][j]: stored [KC = i][TN = j].
@@ -85,13 +94,14 @@ __global__ void __launch_bounds__(Shapes<T, B>::Matmul::kThreads)
 
 template <typename T, int B>
 cudaError_t dds(const T* dy, const T* values, const int32_t* col_ptr, const int32_t* col_slots,
-                const int32_t* block_row, int M, int N, int K, T* out, cudaStream_t stream) {
+                const int32_t* block_row, int nnzb, int M, int N, int K, T* out, cudaStream_t stream) {
   using G = typename Shapes<T, B>::Matmul;
   if (M == 0 || K == 0) return cudaSuccess;
+  if ((K + B - 1) / B > kMaxGridY) return cudaErrorInvalidConfiguration;
   const dim3 grid((M + Shapes<T, B>::kRows - 1) / Shapes<T, B>::kRows, (K + B - 1) / B);
   if (cudaError_t err = allow_shared_memory(dds_kernel<T, B>, G::kSmemBytes); err != cudaSuccess) return err;
-  dds_kernel<T, B><<<grid, G::kThreads, G::kSmemBytes, stream>>>(dy, values, col_ptr, col_slots, block_row, M, N, K,
-                                                                  out, aligned16(dy) && N % kVec == 0,
+  dds_kernel<T, B><<<grid, G::kThreads, G::kSmemBytes, stream>>>(dy, values, col_ptr, col_slots, block_row, nnzb, M,
+                                                                  N, K, out, aligned16(dy) && N % kVec == 0,
                                                                   aligned16(values), aligned16(out) && K % kVec == 0);
   return cudaGetLastError();
 }
@@ -107,6 +117,8 @@ __global__ void __launch_bounds__(Shapes<T, B>::Weight::kThreads)
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* smem = reinterpret_cast<T*>(smem_raw);
   const int64_t slot = blockIdx.x;
+  RS_DEVICE_REQUIRE(0 <= block_row[slot] && block_row[slot] < (N + B - 1) / B);
+  RS_DEVICE_REQUIRE(0 <= block_col[slot] && block_col[slot] < (K + B - 1) / B);
   const int row = block_row[slot] * B, col = block_col[slot] * B;
   G gemm;
   gemm.run(smem, (M + kChunk - 1) / kChunk, [&](int step, int stage) {

@@ -10,8 +10,8 @@ void instantiate() {
   const T* c = nullptr;
   T* o = nullptr;
   const int32_t* i = nullptr;
-  dsd<T, B>(c, c, c, i, i, i, 0, 0, 0, o, nullptr);
-  dds<T, B>(c, c, i, i, i, 0, 0, 0, o, nullptr);
+  dsd<T, B>(c, c, c, i, i, i, 0, 0, 0, 0, o, nullptr);
+  dds<T, B>(c, c, i, i, i, 0, 0, 0, 0, o, nullptr);
   sdd<T, B>(c, c, i, i, 0, 0, 0, 0, o, nullptr);
   (void)block_scores_workspace_bytes<B>(0, 0, 0, 1);
   block_scores<T, B>(c, c, nullptr, 0, 0, 0, 0, nullptr, 0, 1, nullptr, nullptr, nullptr);

@@ -84,9 +84,10 @@ def patches(x_padded: torch.Tensor, geometry: ConvGeometry, out_h: int, out_w: i
 
 def fold_patches(grad_patches: torch.Tensor, geometry: ConvGeometry, padded_shape, out_h: int,
                  out_w: int) -> torch.Tensor:
-    """The adjoint of ``patches``: [n * out_h * out_w, kh * kw * C] -> padded NHWC gradient [n, H', W', C]."""
+    """The adjoint of ``patches``: [n * out_h * out_w, kh * kw * C] -> padded NHWC gradient [n, H', W', C],
+    summed over the taps in fp32 (fp64 for fp64)."""
     n, _, _, c = padded_shape
-    grad = grad_patches.new_zeros(padded_shape)
+    grad = grad_patches.new_zeros(padded_shape, dtype=_common.accumulation_dtype(grad_patches.dtype))
     per_tap = grad_patches.view(n, out_h, out_w, -1, c)
     for t, (rows, cols) in enumerate(_tap_slices(geometry, out_h, out_w)):
         grad[:, rows, cols, :] += per_tap[:, :, :, t, :]
@@ -295,8 +296,9 @@ def _backward_by_patches(dy, padded, values, topology, geometry, out_h, out_w, n
     n, b = padded.shape[0], values.shape[1]
     k = _patch_cols(geometry, padded.shape[3])
     groups = _groups(geometry, padded.shape[3], dy.shape[1])
-    grad_values = torch.zeros_like(values) if need_values else None
-    grad_padded = padded.new_empty(padded.shape) if need_x else None
+    acc = _common.accumulation_dtype(values.dtype)
+    grad_values = torch.zeros_like(values, dtype=acc) if need_values else None
+    grad_padded = padded.new_empty(padded.shape, dtype=acc) if need_x else None
     per_image = out_h * out_w
     for start, stop in _chunks(n, per_image, k, padded.element_size()):
         dy_chunk = dy[start * per_image:stop * per_image]
@@ -313,4 +315,4 @@ def _backward_by_patches(dy, padded, values, topology, geometry, out_h, out_w, n
                 grad_cols = _run("dds", dy_group, values, *topology, k)
                 shape = (stop - start,) + tuple(padded.shape[1:3]) + (channels.stop - channels.start,)
                 grad_padded[start:stop, :, :, channels] = fold_patches(grad_cols, geometry, shape, out_h, out_w)
-    return grad_padded, grad_values
+    return grad_padded, (grad_values.to(values.dtype) if need_values else None)

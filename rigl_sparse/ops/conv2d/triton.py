@@ -132,8 +132,9 @@ def _weight_configs():
 _KEY = ["M", "K", "C", "B"]
 _forward = tuned(_conv_forward_kernel, _matmul_configs(), key=_KEY + ["OUT_COLS"],
                  fixed={"BLOCK_M": 32, "num_warps": 4})
+# Its output accumulates atomic adds: zeroed again before every autotuning trial.
 _input_grad = tuned(_conv_input_grad_kernel, _matmul_configs(), key=_KEY + ["DY_COLS"],
-                    fixed={"BLOCK_M": 32, "num_warps": 4})
+                    fixed={"BLOCK_M": 32, "num_warps": 4}, reset_to_zero=["dx_ptr"])
 _weight_grad = tuned(_conv_weight_grad_kernel, _weight_configs(), key=_KEY + ["DY_COLS"],
                      fixed={"BLOCK_M": 16, "num_warps": 4})
 
