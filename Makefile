@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test ctest test-gpu gpu-check gpu-data info venv clean
+.PHONY: demo test ctest test-gpu gpu-check gpu-quick gpu-wheels gpu-data info venv clean
 
 NATIVE_SOURCES := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h)
 
@@ -44,6 +44,20 @@ ctest: $(STAMP)
 
 info: $(STAMP)
 	$(PY) -m rigl_sparse.info
+
+# Every GPU path verified in one run of at most 8 minutes on one GPU, with the machine's own python3 and
+# torch (benchmarks/gpu_quick/run.py says what each step does and what it may take): the CUDA extension
+# built for sm_90a alone, info, the GPU tests, a full-size correctness probe of every GPU backend,
+# compute-sanitizer on every CUDA kernel and the speed table, packed as one archive in OUT (the device
+# tool's output folder; build/gpu-quick elsewhere).  GPU_QUICK_DRY=1 runs the same plan without a GPU.
+gpu-quick:
+	$(PYTHON) benchmarks/gpu_quick/run.py $(if $(filter 1,$(GPU_QUICK_DRY)),--dry-run,)
+
+# stanford-stk (a baseline of the speed table) for a GPU machine without a package index: unpacked into
+# .whl/site (git-ignored), which gpu-quick puts on the PYTHONPATH when it is carried there.
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download --quiet --no-deps -d .whl stanford-stk==0.7.1
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation --target .whl/site .whl/stanford_stk-0.7.1.tar.gz
 
 # On a machine with a CUDA GPU and torch + triton preinstalled: one command builds the extensions (the
 # CUDA one where nvcc is found), runs the whole suite there (GPU tests included), the GPU benchmark of

@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import op_checks  # noqa: E402
 from common import RESULTS, environment, print_table, save, slug  # noqa: E402
 
 import rigl_sparse as rs  # noqa: E402
-from rigl_sparse import ops  # noqa: E402
 from rigl_sparse.testing import random_block_sparse  # noqa: E402
 
 
@@ -44,11 +44,14 @@ def bench(fn) -> float:
     return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
 
 
-def try_bench(make):
-    """Time ``make()``'s function; None and the reason when the library cannot run the case."""
+def try_bench(make, check=None):
+    """Time ``make()``'s function; None and the reason when the library cannot run the case, or when
+    ``check(result)`` (the function's first result) finds it wrong: a wrong result is never timed."""
     try:
         fn = make()
-        fn()
+        result = fn()
+        if check is not None and (verdict := check(result)) is not None:
+            return None, f"wrong result: {verdict}"
         return bench(fn), None
     except Exception as err:  # noqa: BLE001 - a baseline that cannot run is recorded, not fatal
         return None, f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
@@ -74,11 +77,14 @@ def available_backends():
     return [name for name in KERNEL_BACKENDS if rs.backends.BACKENDS[name].unavailable_reason() is None]
 
 
-def time_backend(backend, n, b, density, layout, values, x, dy, k):
-    """Every op and a SparseLinear step forced onto ``backend``: {op: ms or None}, {op: error}."""
-    topo = layout.topology()
-    layer = rs.SparseLinear(n, n, bias=False, density=density, block_size=b, device="cuda", dtype=torch.bfloat16)
-    xs = x.detach().clone().requires_grad_()
+def time_backend(backend, case, references):
+    """Every op and a SparseLinear step forced onto ``backend``, each result checked before it is timed:
+    {op: ms or None}, {op: error}."""
+    layout = case.layout
+    n, b = layout.shape[0], layout.block_size
+    layer = rs.SparseLinear(n, n, bias=False, density=layout.nnzb / layout.n_blocks, block_size=b, device="cuda",
+                            dtype=torch.bfloat16)
+    xs = case.x.detach().clone().requires_grad_()
 
     def forced(fn):
         def call():
@@ -86,17 +92,33 @@ def time_backend(backend, n, b, density, layout, values, x, dy, k):
                 return fn()
         return call
 
-    makers = {
-        "fwd": lambda: forced(lambda: ops.dsd(x, values, None, *topo, n)),
-        "dx": lambda: forced(lambda: ops.dds(dy, values, *topo, n)),
-        "dw": lambda: forced(lambda: ops.sdd(dy, x, *topo, b)),
-        "scores": lambda: forced(lambda: ops.block_scores(dy, x, topo[0], topo[1], b, k)),
-        "step": lambda: forced(lambda: (layer(xs).backward(dy), setattr(layer.values, "grad", None),
-                                        setattr(xs, "grad", None))),
-    }
+    def verdict(op):
+        def check(result):
+            got = op_checks.check(op, case, result, references.get(op))
+            return None if got["ok"] else got["error"]
+        return check
+
+    def step():
+        y = layer(xs)
+        y.backward(case.dy)
+        grads = (y.detach(), xs.grad, layer.values.grad)
+        layer.values.grad = xs.grad = None
+        return grads
+
+    def check_step(grads):
+        step_case = op_checks.Case(layer.layout, layer.values.detach(), case.x, case.dy, None, case.k)
+        for op, got in zip(("dsd", "dds", "sdd"), grads):
+            result = op_checks.check(op, step_case, got)
+            if not result["ok"]:
+                return f"step {op}: {result['error']}"
+        return None
+
+    makers = {column: (lambda op=op: forced(lambda: op_checks.run(op, case))) for column, op in OPS.items()}
+    makers["step"] = lambda: forced(step)
+    checks = {column: verdict(op) for column, op in OPS.items()} | {"step": check_step}
     times, errors = {}, {}
     for op, make in makers.items():
-        times[op], error = try_bench(make)
+        times[op], error = try_bench(make, checks[op])
         if error is not None:
             errors[op] = error
     return times, errors
@@ -106,19 +128,23 @@ def run_case(n, b, density, x, dy, dense_w, dense_times, backends_to_time, k_fra
     layout, values = random_block_sparse((n, n), b, density, dtype=torch.bfloat16, device="cuda", seed=1)
     row = {"size": n, "block_size": b, "density": density, "nnzb": layout.nnzb}
     k = max(1, int(k_frac * layout.nnzb))
+    case = op_checks.Case(layout, values, x, dy, None, k)
+    references = {op: op_checks.dense_reference(op, case) for op in ("dsd", "dds", "sdd")}
     per_backend = {}
     for backend in backends_to_time:
-        times, errors = time_backend(backend, n, b, density, layout, values, x, dy, k)
+        times, errors = time_backend(backend, case, references)
         per_backend[backend] = times
         for op, t in times.items():
             row[f"{backend}_{op}_ms"] = t
         for op, error in errors.items():
             row[f"{backend}_{op}_error"] = error
+    baseline_checks = _baseline_checks(case, references)
+    del references
     ours = {}
     for op in ("fwd", "dx", "dw", "scores", "step"):
         measured = {name: t[op] for name, t in per_backend.items() if t[op] is not None}
         if not measured:
-            raise RuntimeError(f"no rigl_sparse backend ran {op} at n={n} b={b} d={density}: {row}")
+            raise RuntimeError(f"no rigl_sparse backend ran {op} right at n={n} b={b} d={density}: {row}")
         row[f"ours_{op}_backend"] = min(measured, key=measured.get)
         ours[op] = min(measured.values())
     if {"triton", "cuda"} <= per_backend.keys():
@@ -139,8 +165,10 @@ def run_case(n, b, density, x, dy, dense_w, dense_times, backends_to_time, k_fra
     w_bsr = torch_bsr(layout, values, transpose=False)
     wt_bsr = torch_bsr(layout, values, transpose=True)
     xt, dyt = x.t(), dy.t()
-    row["bsr_fwd_ms"], row["bsr_fwd_error"] = try_bench(lambda: (lambda: bsr_dense_mm(w_bsr, xt)))
-    row["bsr_dx_ms"], row["bsr_dx_error"] = try_bench(lambda: (lambda: bsr_dense_mm(wt_bsr, dyt)))
+    row["bsr_fwd_ms"], row["bsr_fwd_error"] = try_bench(lambda: (lambda: bsr_dense_mm(w_bsr, xt)),
+                                                        baseline_checks["fwd_t"])
+    row["bsr_dx_ms"], row["bsr_dx_error"] = try_bench(lambda: (lambda: bsr_dense_mm(wt_bsr, dyt)),
+                                                      baseline_checks["dx_t"])
     for op in ("fwd", "dx"):
         t = row[f"bsr_{op}_ms"]
         row[f"speedup_{op}_vs_bsr"] = None if t is None else t / ours[op]
@@ -150,15 +178,32 @@ def run_case(n, b, density, x, dy, dense_w, dense_times, backends_to_time, k_fra
             import stk
 
             w_stk = stk_matrix(layout, values)
-            row["stk_fwd_ms"], row["stk_fwd_error"] = try_bench(lambda: (lambda: stk.ops.dds(x, w_stk.t())))
-            row["stk_dx_ms"], row["stk_dx_error"] = try_bench(lambda: (lambda: stk.ops.dds(dy, w_stk)))
-            row["stk_dw_ms"], row["stk_dw_error"] = try_bench(lambda: (lambda: stk.ops.sdd(dyt, x, w_stk)))
+            row["stk_fwd_ms"], row["stk_fwd_error"] = try_bench(lambda: (lambda: stk.ops.dds(x, w_stk.t())),
+                                                                baseline_checks["fwd"])
+            row["stk_dx_ms"], row["stk_dx_error"] = try_bench(lambda: (lambda: stk.ops.dds(dy, w_stk)),
+                                                              baseline_checks["dx"])
+            row["stk_dw_ms"], row["stk_dw_error"] = try_bench(lambda: (lambda: stk.ops.sdd(dyt, x, w_stk)),
+                                                              lambda m: baseline_checks["dw_dense"](stk.ops.to_dense(m)))
         except ImportError as err:
             row["stk_fwd_error"] = f"stk not importable: {err}"
     for op in ("fwd", "dx", "dw"):
         t = row.get(f"stk_{op}_ms")
         row[f"speedup_{op}_vs_stk"] = None if t is None else t / ours[op]
     return row
+
+
+def _baseline_checks(case, references):
+    """Checks of the baselines' results by the same rule: dense [M, N] forward and input gradient (or their
+    transposes, as torch's BSR returns them) and a dense weight gradient masked to the layout."""
+    def rule(op, transform):
+        def check(result):
+            verdict = op_checks.check(op, case, transform(result), references[op])
+            return None if verdict["ok"] else verdict["error"]
+        return check
+
+    return {"fwd": rule("dsd", lambda r: r), "fwd_t": rule("dsd", lambda r: r.t()),
+            "dx": rule("dds", lambda r: r), "dx_t": rule("dds", lambda r: r.t()),
+            "dw_dense": rule("sdd", lambda r: case.layout.gather(r))}
 
 
 def dense_baseline(n, x, dy, w):
@@ -197,7 +242,9 @@ def record_choice(rows, env, out_dir: Path, density=0.1) -> Path:
             if ms:
                 choices.setdefault(op, {})[str(r["block_size"])] = {"backend": min(ms, key=ms.get), "ms": ms}
     record = {"device": env["device"], "git_sha": env["git_sha"], "torch": env["torch"], "triton": env["triton"],
-              "dtype": "bfloat16", "shape": [size, size, size], "density": density, "choices": choices}
+              "dtype": "bfloat16", "shape": [size, size, size], "density": density,
+              rs.backends.CHECKED_FIELD: "every timed output met the tolerance rule of rigl_sparse.testing",
+              "choices": choices}
     text = json.dumps(record, indent=1) + "\n"
     (out_dir / "backend_choice.json").write_text(text)
     path = rs.backends.MEASUREMENTS_DIR / f"{rs.backends.device_slug(env['device'])}.json"
@@ -237,7 +284,7 @@ def plot_results(rows, out_dir: Path, name: str = "gpu_matmul") -> None:
     plt.close(fig)
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192])
     p.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128])
@@ -248,8 +295,13 @@ def main(argv=None):
     p.add_argument("--backends", nargs="+", choices=KERNEL_BACKENDS, default=None,
                    help="rigl_sparse backends to time (default: every available one)")
     p.add_argument("--record-choice", action="store_true",
-                   help="write the faster backend per op and block size to rigl_sparse/measurements/")
-    args = p.parse_args(argv)
+                   help="write the faster backend per op and block size to rigl_sparse/measurements/ (only "
+                        "backends whose results passed the check are timed, so only they can be chosen)")
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     if args.replot:
         plot_results(json.loads(args.replot.read_text())["rows"], args.replot.parent, args.replot.stem)
         return

@@ -108,8 +108,9 @@ LIMITS = {
            "next backend with a warning; update_topology uses torch's ops",
     "triton": "block sizes 16, 32, 64, 128; float16, bfloat16, float32 (as TF32); other arguments run on the "
               "next backend with a warning; update_topology uses torch's device ops",
-    "cuda": "block sizes 32, 64, 128; float16, bfloat16; runs before triton for an op and block size where a "
-            "measurement on this GPU model found it faster; update_topology uses torch's device ops",
+    "cuda": "block sizes 32, 64, 128; float16, bfloat16; runs before triton only for an op and block size where "
+            "a measurement on this GPU model, its outputs checked first, found it faster (otherwise only when "
+            "forced); update_topology uses torch's device ops",
 }
 
 
@@ -152,13 +153,22 @@ def device_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+# A measurement counts only where the benchmark checked every timed backend's outputs (by the tolerance
+# rule of rigl_sparse.testing) before it timed them: a backend is never chosen for speed on a GPU model
+# where its results were not seen to be right.
+CHECKED_FIELD = "outputs_checked"
+
+
 @functools.cache
 def measured_choices(device_name: str) -> dict[str, dict[int, dict]]:
-    """``{op: {block_size: {"backend": name, "ms": {backend: ms}}}}`` measured on this GPU model, or {}."""
+    """``{op: {block_size: {"backend": name, "ms": {backend: ms}}}}`` measured on this GPU model, or {}
+    (also when the record does not say that the timed outputs were checked)."""
     path = MEASUREMENTS_DIR / f"{device_slug(device_name)}.json"
     if not path.exists():
         return {}
     data = json.loads(path.read_text())
+    if not data.get(CHECKED_FIELD):
+        return {}
     return {op: {int(b): entry for b, entry in per_block.items()} for op, per_block in data["choices"].items()}
 
 

@@ -72,8 +72,11 @@ def _measured_lines(device_name: str) -> list[str]:
     choices = backends.measured_choices(device_name)
     path = backends.MEASUREMENTS_DIR / f"{backends.device_slug(device_name)}.json"
     if not choices:
-        return ["", f"measured choices: none recorded for {device_name} ({path.name} is absent), so the priority "
-                    "order above applies; record them with benchmarks/bench_gpu_matmul.py --record-choice"]
+        why = "is absent" if not path.exists() else "does not say that the timed outputs were checked"
+        return ["", f"measured choices: none recorded for {device_name} ({path.name} {why}), so the priority "
+                    "order above applies and the cuda backend is never chosen by default: it runs first only "
+                    "for an op and block size where benchmarks/bench_gpu_matmul.py --record-choice, which checks "
+                    "every backend's outputs before timing them, found it faster on this GPU model"]
     lines = ["", f"measured choices on {device_name} ({path.name}), tried first for that op and block size:"]
     for op, per_block in sorted(choices.items()):
         for block_size, entry in sorted(per_block.items()):

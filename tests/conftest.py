@@ -11,6 +11,8 @@ if not torch.cuda.is_available():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
+    config.addinivalue_line("markers", "triton: runs Triton kernels, on the GPU where there is one, else on Triton's "
+                                       "CPU interpreter (never skipped for want of a GPU)")
     config.addinivalue_line("markers", "slow: long-running; excluded from the default run")
 
 

@@ -53,7 +53,7 @@ def test_measured_choice_runs_the_faster_backend_first(tmp_path, monkeypatch):
     import json
     from types import SimpleNamespace
 
-    record = {"device": "Test GPU 9", "choices": {
+    record = {"device": "Test GPU 9", backends.CHECKED_FIELD: "yes", "choices": {
         "dsd": {"64": {"backend": "cuda", "ms": {"triton": 2.0, "cuda": 1.5}}},
         "sdd": {"64": {"backend": "triton", "ms": {"triton": 1.0, "cuda": 1.25}}}}}
     (tmp_path / "test-gpu-9.json").write_text(json.dumps(record))
@@ -70,6 +70,12 @@ def test_measured_choice_runs_the_faster_backend_first(tmp_path, monkeypatch):
         lines = "\n".join(info._measured_lines("Test GPU 9"))
         assert "dsd" in lines and "b=64" in lines and "cuda 1.500 ms, triton 2.000 ms" in lines
         assert "none recorded for Other GPU" in "\n".join(info._measured_lines("Other GPU"))
+        # A record that does not say its timed outputs were checked chooses nothing.
+        del record[backends.CHECKED_FIELD]
+        (tmp_path / "test-gpu-9.json").write_text(json.dumps(record))
+        backends.measured_choices.cache_clear()
+        assert backends._measured_order("dsd", (x, torch.empty(1, 64, 64)))[0].name == priority[0] == "triton"
+        assert "cuda backend is never chosen by default" in "\n".join(info._measured_lines("Test GPU 9"))
     finally:
         backends.measured_choices.cache_clear()
 

@@ -103,6 +103,7 @@ def test_grouped_convolution_on_every_cpu_isa(groups, b, cpu_isa):
         _check_against_dense(layer, conv, x, torch.float32)
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[4]], ids=str)
 @pytest.mark.parametrize("in_channels,dtype", [(16, torch.float32), (6, torch.float32), (16, torch.bfloat16)])
 def test_triton_implicit_gemm(geometry, in_channels, dtype):
@@ -117,6 +118,7 @@ def test_triton_implicit_gemm(geometry, in_channels, dtype):
         _check_against_dense(layer, conv, x, dtype)
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("backend", ["cpu", "reference", "triton"])
 @pytest.mark.parametrize("groups,b", [(2, 4), (4, 4), (2, 8)])
 def test_grouped_convolution(backend, groups, b):
@@ -127,6 +129,8 @@ def test_grouped_convolution(backend, groups, b):
     layer, conv = _pair(8, 16 * groups // 2 * (b // 4), b, 0.5, kernel_size=3, padding=1, stride=(1, 2),
                         groups=groups)
     x = torch.randn(3, 8, 7, 6)
+    if backend == "triton" and torch.cuda.is_available():  # the interpreter takes CPU tensors, a GPU its own
+        layer, conv, x = layer.cuda(), conv.cuda(), x.cuda()
     with rs.use_backend(backend):
         _check_against_dense(layer, conv, x, torch.float32)
 
@@ -325,6 +329,7 @@ def test_double_backward_is_refused_not_wrong():
         grad_x.sum().backward()
 
 
+@pytest.mark.triton
 def test_triton_input_gradient_is_right_when_autotuned(monkeypatch):
     """The input gradient accumulates into a zeroed buffer with atomic adds: every autotuning trial must
     start from zero again, or the first call per shape returns a multiple of the gradient."""

@@ -165,3 +165,32 @@ def test_code_outside_the_wide_variants_runs_on_any_x86_64_cpu():
             wide.append(f"{function}: {line.strip()}")
     assert seen > 0, "found no avx2/avx512 kernels to leave out: the pattern no longer matches"
     assert not wide, f"{len(wide)} AVX instructions outside the avx2/avx512 variants, e.g. {wide[:3]}"
+
+
+def test_cpu_bindings_refuse_a_topology_that_points_outside_the_blocks():
+    # A direct call of the extension with bad slots or coordinates is refused, never read out of bounds.
+    from rigl_sparse.ops._cpu import extension
+
+    layout, values, x, dy, _ = _case(64, 64, 16, 0.5, 8, torch.float32)
+    out = torch.empty(8, 64)
+    ptr, slots, col = layout.row_ptr, layout.row_slots, layout.block_col
+    bad_slots = slots.clone()
+    bad_slots[0] = layout.nnzb
+    bad_col = col.clone()
+    bad_col[1] = 4
+    bad_ptr = ptr.clone()
+    bad_ptr[-1] += 1
+    for args, message in (((ptr, bad_slots, col), r"row_slots\[0\] = \d+ lies outside"),
+                          ((ptr, slots, bad_col), r"block_col\[1\] = 4 lies outside \[0, 4\)"),
+                          ((bad_ptr, slots, col), "row_ptr must run from 0 to nnzb"),
+                          ((ptr, slots[:-1], col), "one entry per block")):
+        with pytest.raises(RuntimeError, match=message):
+            extension().dsd_out(x, values, None, *args, out)
+    dv = torch.empty_like(values)
+    bad_row = layout.block_row.clone()
+    bad_row[2] = -1
+    with pytest.raises(RuntimeError, match=r"block_row\[2\] = -1 lies outside"):
+        extension().sdd_out(dy, x, layout.row_slots, bad_row, layout.block_col, dv)
+    scores, index = torch.empty(3), torch.empty(3, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match="outside the 4 x 4 grid"):
+        extension().block_scores_out(dy, x, bad_row, layout.block_col, 16, scores, index)

@@ -107,3 +107,35 @@ def test_cuda_block_scores_adds_only_o_blocks_memory():
     extra = block_scores_extra_bytes("cuda", layout, x, dy, 100)
     blocks = (n // b) ** 2
     assert extra <= 64 * blocks + (1 << 20), f"{extra} bytes for {blocks} blocks"
+
+
+@pytest.mark.parametrize("b", BLOCKS)
+def test_cuda_block_scores_with_no_blocks_returns_the_empty_tail(b):
+    # dy without columns: no block rows, no candidates (this once divided by zero on the host).
+    x = torch.randn(16, 2 * b, device="cuda", dtype=torch.bfloat16)
+    none = torch.zeros(0, dtype=torch.int32, device="cuda")
+    with rs.use_backend("cuda"):
+        scores, index = ops.block_scores(torch.zeros(16, 0, device="cuda", dtype=torch.bfloat16), x, none, none, b, 3)
+    assert index.tolist() == [-1] * 3 and torch.all(scores == float("-inf"))
+
+
+def test_cuda_binding_checks_slot_counts_and_grid_limits():
+    from rigl_sparse.ops._cuda import extension
+
+    layout, values, x, _, _ = _case(64, 64, 32, 0.5, 8, torch.bfloat16)
+    out = torch.empty(8, 64, dtype=torch.bfloat16, device="cuda")
+    with pytest.raises(RuntimeError, match="row_slots must have one entry per block"):
+        extension().dsd_out(x, values, None, layout.row_ptr, layout.row_slots[:-1], layout.block_col, out)
+    with pytest.raises(RuntimeError, match="block_col must have one entry per block"):
+        extension().dsd_out(x, values, None, layout.row_ptr, layout.row_slots, layout.block_col[:-1], out)
+    wide = torch.empty(1, 32 * 65536, dtype=torch.bfloat16, device="cuda")
+    ptr = torch.zeros(65537, dtype=torch.int32, device="cuda")
+    with pytest.raises(RuntimeError, match="grid limit"):
+        extension().dsd_out(x[:1], values[:0], None, ptr, layout.row_slots[:0], layout.block_col[:0], wide)
+
+
+@pytest.mark.parametrize("b", BLOCKS)
+def test_cuda_ops_meet_the_rule_above_the_autotune_size(b):
+    # The size the triton backend autotunes at (2^30 multiply-adds), for the same cases on both GPU backends.
+    layout, values, x, dy, bias = _case(4096 + b // 2, 4096, b, 0.25, 4096, torch.bfloat16, seed=11)
+    check_backend("cuda", layout, values, x, dy, bias, k=256)

@@ -108,6 +108,15 @@ def test_block_scores_top_k_of_inactive_blocks(shape, b, density, k, backend):
             assert torch.equal(index[: exp_index.numel()], exp_index)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_block_scores_with_no_blocks_returns_the_empty_tail(backend):
+    none = torch.zeros(0, dtype=torch.int32)
+    for dy, x in ((torch.zeros(9, 0), torch.randn(9, 32)), (torch.randn(9, 32), torch.zeros(9, 0))):
+        with _on(backend):
+            scores, index = ops.block_scores(dy, x, none, none, 16, 3)
+        assert index.tolist() == [-1] * 3 and torch.all(scores == -math.inf)
+
+
 def test_block_scores_streams_in_bands(monkeypatch):
     layout, _, x, dy, _ = _inputs((64, 48), 4, 0.3, 11, torch.float32)
     whole = ops.block_scores(dy, x, layout.block_row, layout.block_col, 4, 20)

@@ -7,10 +7,10 @@ from op_cases import block_scores_extra_bytes, check_backend, make_case, train_w
 import rigl_sparse as rs
 from rigl_sparse import backends, ops
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.triton, pytest.mark.skipif(
     backends.BACKENDS["triton"].unavailable_reason() is not None,
     reason=f"triton backend unavailable: {backends.BACKENDS['triton'].unavailable_reason()}",
-)
+)]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BLOCKS = [16, 32, 64, 128]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -95,3 +95,13 @@ def test_autotune_variable_refuses_other_values(monkeypatch):
     monkeypatch.setenv(_triton.AUTOTUNE_VARIABLE, "sometimes")
     with pytest.raises(ValueError, match="RIGL_SPARSE_TRITON_AUTOTUNE='sometimes'"):
         _triton.autotune_forced()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b", [32, 64, 128])
+def test_triton_ops_match_reference_above_the_autotune_size(b):
+    from rigl_sparse.ops import _triton
+
+    layout, values, x, dy, bias = _case(4096 + b // 2, 4096, b, 0.25, 4096, torch.bfloat16, seed=11)
+    assert 4096 * layout.row_slots.numel() * b * b >= _triton.AUTOTUNE_MIN_MACS  # dsd, dds and sdd autotune
+    _compare_all(layout, values, x, dy, bias, k=256)

@@ -32,11 +32,16 @@ void block_scores_out(const at::Tensor& dy, const at::Tensor& x, const at::Tenso
   std::vector<uint8_t> active(R * C, 0);
   const int32_t* br = block_row.data_ptr<int32_t>();
   const int32_t* bc = block_col.data_ptr<int32_t>();
-  for (int64_t s = 0; s < block_row.numel(); ++s) active[static_cast<int64_t>(br[s]) * C + bc[s]] = 1;
+  for (int64_t s = 0; s < block_row.numel(); ++s) {
+    TORCH_CHECK(0 <= br[s] && br[s] < R && 0 <= bc[s] && bc[s] < C, "block ", s, " at (", br[s], ", ", bc[s],
+                ") lies outside the ", R, " x ", C, " grid of blocks");
+    active[static_cast<int64_t>(br[s]) * C + bc[s]] = 1;
+  }
   std::vector<float> scores(R * C);
   // Bands run in parallel, one whole band per thread (its matmul single-threaded inside the parallel
   // region): small matmuls keep their efficiency without a fork/join per band.
-  const int64_t band = std::max<int64_t>(1, kBandBytes / (B * C * B * static_cast<int64_t>(sizeof(float))));
+  const int64_t band =
+      std::max<int64_t>(1, kBandBytes / (B * std::max<int64_t>(C, 1) * B * static_cast<int64_t>(sizeof(float))));
   const int64_t n_bands = (R + band - 1) / band;
   const KernelTable& table = kernels();
   at::parallel_for(0, n_bands, 1, [&](int64_t begin, int64_t end) {

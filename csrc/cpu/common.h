@@ -19,6 +19,28 @@ inline void check_index(const at::Tensor& t, const char* name) {
               " of dim ", t.dim());
 }
 
+// Every entry of the int32 tensor t lies in [0, bound).  The topology checks below cost O(nnzb) on the
+// host, so a bad direct call of a binding is refused instead of reading out of bounds.
+inline void check_range(const at::Tensor& t, int64_t bound, const char* name) {
+  const int32_t* p = t.data_ptr<int32_t>();
+  for (int64_t i = 0; i < t.numel(); ++i)
+    TORCH_CHECK(0 <= p[i] && p[i] < bound, name, "[", i, "] = ", p[i], " lies outside [0, ", bound, ")");
+}
+
+// One view of the topology: ptr rises from 0 to nnzb, slots lists every slot once per entry (nnzb of
+// them, each in [0, nnzb)), and coord gives each slot's other block coordinate, in [0, coord_blocks).
+inline void check_view(const at::Tensor& ptr, const at::Tensor& slots, const at::Tensor& coord, int64_t nnzb,
+                       int64_t coord_blocks, const char* ptr_name, const char* slots_name, const char* coord_name) {
+  const int32_t* p = ptr.data_ptr<int32_t>();
+  const int64_t n = ptr.numel();
+  TORCH_CHECK(n >= 1 && p[0] == 0 && p[n - 1] == nnzb, ptr_name, " must run from 0 to nnzb = ", nnzb);
+  for (int64_t i = 1; i < n; ++i) TORCH_CHECK(p[i - 1] <= p[i], ptr_name, " must not decrease (at entry ", i, ")");
+  TORCH_CHECK(slots.numel() == nnzb && coord.numel() == nnzb, slots_name, " and ", coord_name,
+              " must have one entry per block (", nnzb, ")");
+  check_range(slots, nnzb, slots_name);
+  check_range(coord, coord_blocks, coord_name);
+}
+
 inline void check_float_or_bf16(const at::Tensor& t, const char* name) {
   check_cpu_contiguous(t, name);
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, name,
@@ -110,6 +132,7 @@ inline void view_matmul_out(const at::Tensor& a, const at::Tensor& values, bool 
   const int64_t a_blocks = (a.size(1) + B - 1) / B, n_out = out.size(1);
   TORCH_CHECK(out.size(0) == M && (n_out + B - 1) / B == n_out_blocks, "out must be [M, ", n_out_blocks,
               " blocks of ", B, "] to match ", names[1]);
+  check_view(ptr, slots, coord, values.size(0), a_blocks, names[1], names[2], names[3]);
   const at::Tensor blocks = float_blocks(values, transpose);  // oriented as [s][k][n]
   const int b = block_index(B), MR = rows_per_tile(B);
   const at::Tensor panels = block_columns(a, a_blocks, B, (M + MR - 1) / MR * MR);

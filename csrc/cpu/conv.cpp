@@ -42,6 +42,8 @@ void conv_forward_out(const at::Tensor& x_padded, const at::Tensor& values, cons
   const int64_t B = values.size(1);
   TORCH_CHECK(out.dim() == 2 && out.size(0) == patch_rows(g) && (out.size(1) + B - 1) / B == row_ptr.numel() - 1,
               "out must be [N*OH*OW, out_channels] matching row_ptr");
+  check_view(row_ptr, row_slots, block_col, values.size(0), (patch_cols(g) + B - 1) / B, "row_ptr", "row_slots",
+             "block_col");
   at::Tensor bias_f;
   if (bias.has_value()) {
     check_float_or_bf16(*bias, "bias");
@@ -76,6 +78,8 @@ void conv_input_grad_out(const at::Tensor& dy, const at::Tensor& values, const a
   const int64_t B = values.size(1);
   TORCH_CHECK(dy.dim() == 2 && dy.size(0) == patch_rows(g), "dy must be [N*OH*OW, out_channels]");
   TORCH_CHECK(col_ptr.numel() == (patch_cols(g) + B - 1) / B + 1, "col_ptr must have ceil(KH*KW*C / b) + 1 entries");
+  check_view(col_ptr, col_slots, block_row, values.size(0), (dy.size(1) + B - 1) / B, "col_ptr", "col_slots",
+             "block_row");
   const at::Tensor blocks = float_blocks(values, /*transpose=*/false);
   const int b = block_index(B);
   const int64_t image_work = patch_rows(g) / std::max<int64_t>(1, g.N) * values.size(0) * B * B;
@@ -104,6 +108,11 @@ void conv_weight_grad_out(const at::Tensor& dy, const at::Tensor& x_padded, cons
               "out must be [nnzb, b, b]");
   TORCH_CHECK(dy.dim() == 2 && dy.size(0) == patch_rows(g), "dy must be [N*OH*OW, out_channels]");
   const int64_t B = out.size(1);
+  TORCH_CHECK(row_slots.numel() == block_row.numel() && block_col.numel() == block_row.numel(),
+              "row_slots, block_row and block_col must have one entry per block (", block_row.numel(), ")");
+  check_range(row_slots, block_row.numel(), "row_slots");
+  check_range(block_row, (dy.size(1) + B - 1) / B, "block_row");
+  check_range(block_col, (patch_cols(g) + B - 1) / B, "block_col");
   const at::Tensor dy_cols = block_columns(dy, (dy.size(1) + B - 1) / B, B, dy.size(0));
   const int b = block_index(B);
   with_dtype(x_padded.scalar_type(), [&](const auto& k, auto tag) {

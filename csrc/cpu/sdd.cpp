@@ -20,6 +20,11 @@ void sdd_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_sl
   const int64_t B = out.size(1), M = x.size(0);
   const int b = block_index(B);  // checked before packing
   const int64_t n_rows = (dy.size(1) + B - 1) / B, n_cols = (x.size(1) + B - 1) / B;
+  TORCH_CHECK(row_slots.numel() == block_row.numel() && block_col.numel() == block_row.numel(),
+              "row_slots, block_row and block_col must have one entry per block (", block_row.numel(), ")");
+  check_range(row_slots, block_row.numel(), "row_slots");
+  check_range(block_row, n_rows, "block_row");
+  check_range(block_col, n_cols, "block_col");
   const at::Tensor dy_p = block_columns(dy, n_rows, B, M), x_p = block_columns(x, n_cols, B, M);
   with_dtype(x.scalar_type(), [&](const auto& k, auto tag) {
     using T = decltype(tag);

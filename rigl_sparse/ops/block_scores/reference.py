@@ -59,7 +59,7 @@ def scores_by_bands(gradient_band, n_rows: int, n_cols: int, block_size: int, ac
     device = active.device
     best_scores = torch.empty(0, dtype=torch.float32, device=device)
     best_index = torch.empty(0, dtype=torch.int64, device=device)
-    band = max(1, _BAND_ELEMENTS // (b * b * n_cols))
+    band = max(1, _BAND_ELEMENTS // (b * b * max(1, n_cols)))
     for r0 in range(0, n_rows, band):
         r1 = min(n_rows, r0 + band)
         grad = gradient_band(r0, r1)

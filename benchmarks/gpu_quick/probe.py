@@ -1,0 +1,115 @@
+"""Correctness probe of every GPU backend at full size, against an fp64 masked-dense reference.
+
+For each backend, block size and case (square ``size``³, and a ragged ``size/2 + b/2`` in every dimension
+that leaves partial tiles everywhere), on fresh random data: ``dsd``, ``dds``, ``sdd`` and
+``block_scores`` are each called twice, their output memory poisoned with NaN before each call (so a
+kernel that leaves an entry unwritten shows it); the two results must be the same bits, and the first
+must meet the tolerance rule of ``rigl_sparse.testing`` (``block_scores``: by index, against the exact
+score grid).  Writes ``probe.json`` and prints one line per check.
+
+    python benchmarks/gpu_quick/probe.py --out-dir DIR [--size 8192] [--blocks 32 64 128] [--backends ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from op_checks import OPS, bitwise_equal, check, dense_reference, make_case, run  # noqa: E402
+
+import rigl_sparse as rs  # noqa: E402
+
+GPU_BACKENDS = ("triton", "cuda")
+
+
+def poison(like) -> None:
+    """Fill freed memory of the result's size with NaN, so that the next allocation of that size (the op's
+    output, through torch's caching allocator) starts as NaN instead of an earlier call's correct bits."""
+    for t in like if isinstance(like, tuple) else (like,):
+        if t.is_floating_point():
+            torch.full_like(t, float("nan"))
+        else:
+            torch.full_like(t, -7)
+
+
+def probe_case(backends, case, label: str, rows: list) -> None:
+    for op in OPS:
+        reference = None if op == "block_scores" else dense_reference(op, case)
+        for backend in backends:
+            row = {"backend": backend, "op": op, "case": label, "block_size": case.layout.block_size,
+                   "shape": [case.x.shape[0], *case.layout.shape], "density": round(case.layout.nnzb / case.layout.n_blocks, 4),
+                   "dtype": str(case.x.dtype).removeprefix("torch.")}
+            start = time.perf_counter()
+            try:
+                with rs.use_backend(backend):
+                    first = run(op, case)
+                    poison(first)
+                    first = tuple(t.clone() for t in first) if isinstance(first, tuple) else first.clone()
+                    poison(first)
+                    second = run(op, case)
+                if case.x.is_cuda:
+                    torch.cuda.synchronize()
+            except Exception as err:  # noqa: BLE001 - a failing backend is a result, recorded
+                row.update(ok=False, error=f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
+            else:
+                row["seconds"] = round(time.perf_counter() - start, 3)
+                row.update(check(op, case, first, reference))
+                row["deterministic"] = bitwise_equal(first, second)
+                if not row["deterministic"]:
+                    row["ok"] = False
+                    row["error"] = (row["error"] + "; " if row["error"] else "") + "two calls differ in their bits"
+            rows.append(row)
+            ratio = (f" err {row['max_error']:.3g} <= {row['bound']:.3g} (torch {row['torch_error']:.3g})"
+                     if "max_error" in row else "")
+            print(f"{'ok  ' if row['ok'] else 'FAIL'} {backend:7s} {op:12s} b={row['block_size']:<3d} {label:6s} "
+                  f"{'x'.join(map(str, row['shape']))}{ratio}" + ("" if row["ok"] else f": {row['error']}"), flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", type=int, default=8192)
+    p.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128])
+    p.add_argument("--density", type=float, default=0.1)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--backends", nargs="+", default=None,
+                   help=f"backends to probe (default: every available one of {', '.join(GPU_BACKENDS)})")
+    p.add_argument("--out-dir", type=Path, required=True)
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("probe: skipped: no CUDA GPU is visible to torch")
+        return 0
+    backends = args.backends or [b for b in GPU_BACKENDS if rs.backends.BACKENDS[b].unavailable_reason() is None]
+    for name in GPU_BACKENDS:
+        if name not in backends and args.backends is None:
+            print(f"probe: not probing {name}: {rs.backends.BACKENDS[name].unavailable_reason()}")
+    dtype = getattr(torch, args.dtype)
+    rows: list[dict] = []
+    for b in args.blocks:
+        ragged = args.size // 2 + b // 2
+        for label, (n, m) in (("square", (args.size, args.size)), ("ragged", (ragged, ragged))):
+            case = make_case(n, n, m, b, args.density, dtype, args.device, seed=1000 * b + n)
+            probe_case(backends, case, label, rows)
+            del case
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    failed = [r for r in rows if not r["ok"]]
+    (args.out_dir / "probe.json").write_text(json.dumps(
+        {"backends": backends, "size": args.size, "density": args.density, "dtype": args.dtype,
+         "device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
+         "passed": {b: sorted({r["op"] for r in rows if r["backend"] == b and r["ok"]} -
+                              {r["op"] for r in rows if r["backend"] == b and not r["ok"]}) for b in backends},
+         "rows": rows}, indent=1) + "\n")
+    print(f"probe: {len(rows) - len(failed)} of {len(rows)} checks passed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
