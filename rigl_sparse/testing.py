@@ -1,13 +1,13 @@
 """Test helpers shared by the test suite and by users checking a backend: the tolerance rule and dense twins.
 
-The tolerance rule (one for every op and backend): a result's error against the exact result, computed in
-float64, may be at most a few times the error that torch's own dense op makes in the same dtype (the
-rounding a correct kernel cannot avoid): its largest absolute error at most ``ERROR_FACTOR`` times
-torch's largest, and its mean absolute error at most ``MEAN_ERROR_FACTOR`` times torch's mean, each plus a
-floor of ``FLOOR_ULPS`` units in the last place of the accumulator (fp32; fp64 for fp64 inputs) times the
-exact values' largest (or mean) magnitude, which allows for another order of summation.  The
-first catches a kernel wrong on a few entries, the second one slightly wrong on all of them.  fp32 inputs on a CUDA device are
-compared with torch's TF32 result, because the GPU kernels run fp32 as TF32.
+The tolerance rule, one for every op and backend: a result's error against the exact result (computed in
+float64) may be at most a few times the error that torch's own dense op makes in the same dtype, the
+rounding a correct kernel cannot avoid.  Its largest absolute error may be at most ``ERROR_FACTOR`` times
+torch's largest, and its mean absolute error at most ``MEAN_ERROR_FACTOR`` times torch's mean; each bound
+adds a floor of ``FLOOR_ULPS`` units in the last place of the accumulator (fp32; fp64 for fp64 inputs)
+times the exact values' largest (or mean) magnitude, which allows for another order of summation.  The
+first bound catches a kernel wrong on a few entries, the second one slightly wrong on all of them.  fp32
+inputs on a CUDA device are compared with torch's TF32 result, because the GPU kernels run fp32 as TF32.
 """
 
 from __future__ import annotations
@@ -163,7 +163,8 @@ def assert_top_k_matches(scores: torch.Tensor, index: torch.Tensor, dy: torch.Te
                              f"{exact[got[worst]].item():.6g} (error {err.max().item():.3g} > bound {bound:.3g})")
     if n:
         kth = exact[inactive].sort(descending=True).values[n - 1].item()
-        missed = [i for i in torch.nonzero(inactive & (exact > kth + 2 * bound)).flatten().tolist() if i not in set(got)]
+        returned = set(got)
+        missed = [i for i in torch.nonzero(inactive & (exact > kth + 2 * bound)).flatten().tolist() if i not in returned]
         if missed or exact[index[:n]].min().item() < kth - 2 * bound:
             raise AssertionError(f"the returned blocks are not the top {k}: missed {missed[:8]}, lowest returned exact "
                                  f"score {exact[index[:n]].min().item():.6g} against the k-th {kth:.6g} "

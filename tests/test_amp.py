@@ -2,9 +2,11 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import rigl_sparse as rs
+from rigl_sparse.testing import assert_close_to_exact
 
 
 @pytest.mark.filterwarnings("ignore:.*does not support these arguments.*:RuntimeWarning")  # fp16: reference
@@ -18,7 +20,9 @@ def test_sparse_linear_under_cpu_autocast_matches_nn_linear(dtype):
         y = layer(x)
         expected = dense(x)
     assert y.dtype == expected.dtype == dtype
-    torch.testing.assert_close(y, expected, rtol=2e-2, atol=2e-2)
+    # Exact: the same autocast inputs (x and the weight rounded to dtype) in float64.
+    exact = F.linear(x.to(dtype).double(), dense.weight.to(dtype).double(), dense.bias.to(dtype).double())
+    assert_close_to_exact(y, exact, expected)
     y.float().square().sum().backward()
     assert layer.values.grad.dtype == torch.float32 and layer.bias.grad.dtype == torch.float32
 
@@ -34,7 +38,8 @@ def test_sparse_conv_under_cpu_autocast_matches_nn_conv(dtype):
         y = layer(x)
         expected = dense(x)
     assert y.dtype == dtype
-    torch.testing.assert_close(y, expected.to(y.dtype), rtol=3e-2, atol=3e-2)
+    exact = F.conv2d(x.to(dtype).double(), dense.weight.to(dtype).double(), dense.bias.to(dtype).double(), padding=1)
+    assert_close_to_exact(y, exact, expected.to(y.dtype))
     y.float().sum().backward()
     assert layer.values.grad.dtype == torch.float32
 

@@ -111,3 +111,33 @@ def test_sanitizer_cases_say_why_they_skip_without_the_cuda_backend(capsys):
         pytest.skip("the cuda backend is available: the cases run under test_cuda instead")
     assert sanitize_cases.main([]) == 0
     assert "skipped: the cuda backend is unavailable" in capsys.readouterr().out
+
+
+def test_readme_gpu_section_is_what_report_gpu_generates():
+    import report_gpu
+
+    text = (ROOT / "README.md").read_text()
+    committed = report_gpu.BEGIN + text.split(report_gpu.BEGIN, 1)[1].split(report_gpu.END, 1)[0] + report_gpu.END
+    assert committed == report_gpu.section(), "run `python benchmarks/report_gpu.py --write`"
+
+
+def test_gpu_matrix_reads_a_gpu_quick_run(tmp_path):
+    import report_gpu
+
+    quick = tmp_path / "nvidia-test" / "gpu-quick"
+    quick.mkdir(parents=True)
+    (quick / "summary.json").write_text(json.dumps({"git_sha": "0123456789abcdef"}))
+    rows = [{"backend": "triton", "op": "dsd", "ok": True}, {"backend": "cuda", "op": "dsd", "ok": True},
+            {"backend": "cuda", "op": "sdd", "ok": False}]
+    (quick / "probe.json").write_text(json.dumps({"device": "NVIDIA Test", "rows": rows}))
+    (quick / "tests.xml").write_text(
+        '<testsuites><testsuite><testcase classname="tests.test_conv" name="test_triton_implicit_gemm[a]"/>'
+        '<testcase classname="tests.test_gpu" name="test_compiled_autocast_rigl_on_cuda[x]"><failure/></testcase>'
+        '</testsuite></testsuites>')
+    cells = report_gpu.evidence(tmp_path / "nvidia-test")
+    assert cells["Triton ops"] == "passed at `0123456` (probe)"
+    assert cells["CUDA ops"] == "failed at `0123456` (probe)"
+    assert cells["Triton conv"] == "passed at `0123456` (tests)"
+    assert cells["compile + AMP"] == "failed at `0123456` (tests)"
+    assert cells["memory"] == cells["larger-than-dense"] == "never run"
+    assert "| NVIDIA Test | passed at" in "\n".join(report_gpu.matrix(tmp_path))

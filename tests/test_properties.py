@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from op_cases import check_results, run_all
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
@@ -43,19 +44,9 @@ def _ops_match_reference(layout, values):
     g = torch.Generator().manual_seed(0)
     out, K = layout.shape
     x, dy = torch.randn(5, K, generator=g), torch.randn(5, out, generator=g)
-    topology = layout.topology()
-    results = {}
-    for backend in ("reference", None):
-        with rs.use_backend(backend) if backend else torch.no_grad():
-            results[backend] = (rs.ops.dsd(x, values, None, *topology, out), rs.ops.dds(dy, values, *topology, K),
-                                rs.ops.sdd(dy, x, *topology, layout.block_size),
-                                rs.ops.block_scores(dy, x, layout.block_row, layout.block_col, layout.block_size, 2))
-    for ref, got in zip(results["reference"], results[None]):
-        if isinstance(ref, tuple):
-            torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
-            assert torch.equal(got[1], ref[1])
-        else:
-            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    for backend in ("reference", "selected"):
+        results = run_all(backend, layout, values, x, dy, None, 2)
+        check_results(results, layout, values, x, dy, None, 2)
 
 
 @settings(max_examples=40, deadline=None)
