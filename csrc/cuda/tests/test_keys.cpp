@@ -8,20 +8,12 @@
 #include <vector>
 
 #include "../keys.h"
+#include "expect.h"
 
 using rigl_sparse::cuda::candidate_key;
 using rigl_sparse::cuda::key_index;
 using rigl_sparse::cuda::key_score;
 using rigl_sparse::cuda::kNoCandidate;
-
-static int failures = 0;
-#define EXPECT(cond)                                               \
-  do {                                                             \
-    if (!(cond)) {                                                 \
-      std::printf("%s:%d: expected %s\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                  \
-    }                                                              \
-  } while (0)
 
 struct Candidate {
   float score;

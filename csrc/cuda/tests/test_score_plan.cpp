@@ -4,20 +4,12 @@
 #include <cstdio>
 
 #include "../score_plan.h"
+#include "expect.h"
 
 using rigl_sparse::cuda::kMaxTilesPerCta;
 using rigl_sparse::cuda::kScoreTile;
 using rigl_sparse::cuda::ScoreSplit;
 using rigl_sparse::cuda::split_score_work;
-
-static int failures = 0;
-#define EXPECT(cond)                                                  \
-  do {                                                                \
-    if (!(cond)) {                                                    \
-      std::printf("%s:%d: expected %s\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                     \
-    }                                                                 \
-  } while (0)
 
 int main() {
   for (int64_t n : {0, 1, 100, 4096, 8192 + 16})
