@@ -54,7 +54,7 @@ def try_bench(make, check=None):
             return None, f"wrong result: {verdict}"
         return bench(fn), None
     except Exception as err:  # noqa: BLE001 - a baseline that cannot run is recorded, not fatal
-        return None, f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+        return None, f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}"
 
 
 def torch_bsr(layout, values, transpose: bool):
@@ -77,9 +77,9 @@ def available_backends():
     return [name for name in KERNEL_BACKENDS if rs.backends.BACKENDS[name].unavailable_reason() is None]
 
 
-def time_backend(backend, case, references):
+def time_backend(backend, case, references, untimed=()):
     """Every op and a SparseLinear step forced onto ``backend``, each result checked before it is timed:
-    {op: ms or None}, {op: error}."""
+    {op: ms or None}, {op: error}.  The ops in ``untimed`` (benchmark columns) are not run at all."""
     layout = case.layout
     n, b = layout.shape[0], layout.block_size
     layer = rs.SparseLinear(n, n, bias=False, density=layout.nnzb / layout.n_blocks, block_size=b, device="cuda",
@@ -118,13 +118,27 @@ def time_backend(backend, case, references):
     checks = {column: verdict(op) for column, op in OPS.items()} | {"step": check_step}
     times, errors = {}, {}
     for op, make in makers.items():
+        if op in untimed:
+            times[op], errors[op] = None, "not run: it did not pass the probe on this GPU"
+            continue
         times[op], error = try_bench(make, checks[op])
         if error is not None:
             errors[op] = error
     return times, errors
 
 
-def run_case(n, b, density, x, dy, dense_w, dense_times, backends_to_time, k_frac=0.3):
+def untimed_columns(backend, probed) -> set[str]:
+    """The benchmark columns not to run on ``backend``: ops it did not pass in the probe (a kernel that
+    faulted there could leave the device unusable for every later measurement); the step needs all three
+    matmuls."""
+    if probed is None:
+        return set()
+    passed = probed.get(backend, set())
+    skip = {column for column, op in OPS.items() if op not in passed}
+    return skip | ({"step"} if {"fwd", "dx", "dw"} & skip else set())
+
+
+def run_case(n, b, density, x, dy, dense_w, dense_times, backends_to_time, k_frac=0.3, probed=None):
     layout, values = random_block_sparse((n, n), b, density, dtype=torch.bfloat16, device="cuda", seed=1)
     row = {"size": n, "block_size": b, "density": density, "nnzb": layout.nnzb}
     k = max(1, int(k_frac * layout.nnzb))
@@ -132,7 +146,7 @@ def run_case(n, b, density, x, dy, dense_w, dense_times, backends_to_time, k_fra
     references = {op: op_checks.dense_reference(op, case) for op in ("dsd", "dds", "sdd")}
     per_backend = {}
     for backend in backends_to_time:
-        times, errors = time_backend(backend, case, references)
+        times, errors = time_backend(backend, case, references, untimed_columns(backend, probed))
         per_backend[backend] = times
         for op, t in times.items():
             row[f"{backend}_{op}_ms"] = t
@@ -143,10 +157,9 @@ def run_case(n, b, density, x, dy, dense_w, dense_times, backends_to_time, k_fra
     ours = {}
     for op in ("fwd", "dx", "dw", "scores", "step"):
         measured = {name: t[op] for name, t in per_backend.items() if t[op] is not None}
-        if not measured:
-            raise RuntimeError(f"no rigl_sparse backend ran {op} right at n={n} b={b} d={density}: {row}")
-        row[f"ours_{op}_backend"] = min(measured, key=measured.get)
-        ours[op] = min(measured.values())
+        # No backend ran it right: recorded as None (the errors say why), the other columns still measured.
+        row[f"ours_{op}_backend"] = min(measured, key=measured.get) if measured else None
+        ours[op] = min(measured.values()) if measured else None
     if {"triton", "cuda"} <= per_backend.keys():
         for op in ("fwd", "dx", "dw", "scores", "step"):
             t_triton, t_cuda = per_backend["triton"][op], per_backend["cuda"][op]
@@ -154,11 +167,12 @@ def run_case(n, b, density, x, dy, dense_w, dense_times, backends_to_time, k_fra
     for op, t in ours.items():
         row[f"ours_{op}_ms"] = t
         row[f"dense_{op}_ms"] = dense_times[op]
-        row[f"speedup_{op}_vs_dense"] = dense_times[op] / t
-    row["ours_fwd_dx_dw_ms"] = ours["fwd"] + ours["dx"] + ours["dw"]
-    row["speedup_fwd_dx_dw_vs_dense"] = (dense_times["fwd"] + dense_times["dx"] + dense_times["dw"]) / \
-        row["ours_fwd_dx_dw_ms"]
-    row["scores_over_dense_gemm"] = ours["scores"] / dense_times["dw"]
+        row[f"speedup_{op}_vs_dense"] = None if t is None else dense_times[op] / t
+    three = (ours["fwd"], ours["dx"], ours["dw"])
+    row["ours_fwd_dx_dw_ms"] = None if None in three else sum(three)
+    row["speedup_fwd_dx_dw_vs_dense"] = None if None in three else \
+        (dense_times["fwd"] + dense_times["dx"] + dense_times["dw"]) / row["ours_fwd_dx_dw_ms"]
+    row["scores_over_dense_gemm"] = None if ours["scores"] is None else ours["scores"] / dense_times["dw"]
 
     from torch.sparse._triton_ops import bsr_dense_mm
 
@@ -171,7 +185,7 @@ def run_case(n, b, density, x, dy, dense_w, dense_times, backends_to_time, k_fra
                                                       baseline_checks["dx_t"])
     for op in ("fwd", "dx"):
         t = row[f"bsr_{op}_ms"]
-        row[f"speedup_{op}_vs_bsr"] = None if t is None else t / ours[op]
+        row[f"speedup_{op}_vs_bsr"] = None if t is None or ours[op] is None else t / ours[op]
 
     if b == 128 and n % 128 == 0:
         try:
@@ -186,9 +200,11 @@ def run_case(n, b, density, x, dy, dense_w, dense_times, backends_to_time, k_fra
                                                               lambda m: baseline_checks["dw_dense"](stk.ops.to_dense(m)))
         except ImportError as err:
             row["stk_fwd_error"] = f"stk not importable: {err}"
+        except Exception as err:  # noqa: BLE001 - a baseline that cannot run is recorded, not fatal
+            row["stk_fwd_error"] = f"stk failed: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}"
     for op in ("fwd", "dx", "dw"):
         t = row.get(f"stk_{op}_ms")
-        row[f"speedup_{op}_vs_stk"] = None if t is None else t / ours[op]
+        row[f"speedup_{op}_vs_stk"] = None if t is None or ours[op] is None else t / ours[op]
     return row
 
 
@@ -226,9 +242,22 @@ COLUMNS = ["size", "block_size", "density", "ours_fwd_backend", "speedup_fwd_vs_
            "speedup_scores_cuda_vs_triton"]
 
 
-def record_choice(rows, env, out_dir: Path, density=0.1) -> Path:
+def probe_passes(paths) -> dict[str, set[str]] | None:
+    """``{backend: ops it passed in every case}`` from ``probe.py`` records, or None without any."""
+    passes: dict[str, set[str]] = {}
+    for path in paths or ():
+        if Path(path).exists():
+            for backend, ops_passed in json.loads(Path(path).read_text())["passed"].items():
+                # Several records of one backend (say one per block size): it must pass an op in each.
+                passes[backend] = passes[backend] & set(ops_passed) if backend in passes else set(ops_passed)
+    return passes or None
+
+
+def record_choice(rows, env, out_dir: Path, density=0.1, probed: dict[str, set[str]] | None = None) -> Path:
     """Write the faster backend per op and block size (largest size, ``density``) for this GPU model.
 
+    Only backends whose outputs passed the benchmark's check are timed; with ``probed`` (``probe_passes``)
+    a backend is also left out for an op it did not pass in the full-size probe (or was not probed for).
     The record goes to ``rigl_sparse/measurements/`` (read by the registry) and beside the results.
     """
     size = max(r["size"] for r in rows)
@@ -238,7 +267,7 @@ def record_choice(rows, env, out_dir: Path, density=0.1) -> Path:
             continue
         for column, op in OPS.items():
             ms = {name: r[f"{name}_{column}_ms"] for name in KERNEL_BACKENDS
-                  if r.get(f"{name}_{column}_ms") is not None}
+                  if r.get(f"{name}_{column}_ms") is not None and (probed is None or op in probed.get(name, ()))}
             if ms:
                 choices.setdefault(op, {})[str(r["block_size"])] = {"backend": min(ms, key=ms.get), "ms": ms}
     record = {"device": env["device"], "git_sha": env["git_sha"], "torch": env["torch"], "triton": env["triton"],
@@ -294,6 +323,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--replot", type=Path, default=None, help="redraw the plot from a saved JSON")
     p.add_argument("--backends", nargs="+", choices=KERNEL_BACKENDS, default=None,
                    help="rigl_sparse backends to time (default: every available one)")
+    p.add_argument("--probe", nargs="+", type=Path, default=None,
+                   help="probe.py records: with --record-choice, a backend is chosen for an op only if it passed "
+                        "that op there (records that do not exist are ignored)")
     p.add_argument("--record-choice", action="store_true",
                    help="write the faster backend per op and block size to rigl_sparse/measurements/ (only "
                         "backends whose results passed the check are timed, so only they can be chosen)")
@@ -313,6 +345,9 @@ def main(argv=None):
     env["outputs_checked"] = "every timed output met the tolerance rule of rigl_sparse.testing (fp64 reference)"
     backends_to_time = args.backends or available_backends()
     env["backends_timed"] = backends_to_time
+    probed = probe_passes(args.probe)
+    if probed is not None:
+        env["probe_passed"] = {name: sorted(ops_passed) for name, ops_passed in probed.items()}
     for name in KERNEL_BACKENDS:
         if name not in backends_to_time:
             print(f"not timing {name}: {rs.backends.BACKENDS[name].unavailable_reason() or 'not asked for'}")
@@ -325,11 +360,16 @@ def main(argv=None):
         print(f"dense cuBLAS at {n}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in dense_times.items()), flush=True)
         for b in args.blocks:
             for d in args.densities:
-                row = run_case(n, b, d, x, dy, w, dense_times, backends_to_time)
+                row = run_case(n, b, d, x, dy, w, dense_times, backends_to_time, probed=probed)
                 rows.append(row)
-                print(f"  b={b} d={d}: fwd {row['speedup_fwd_vs_dense']:.2f}x  fwd+dX+dW "
-                      f"{row['speedup_fwd_dx_dw_vs_dense']:.2f}x  step {row['speedup_step_vs_dense']:.2f}x  "
-                      f"scores/GEMM {row['scores_over_dense_gemm']:.2f}", flush=True)
+                save(args.name, rows, env, args.out_dir or RESULTS / slug(env["device"]))  # keep what is measured
+                print(f"  b={b} d={d}: " + "  ".join(
+                    f"{label} {'–' if row[key] is None else f'{row[key]:.2f}'}" for label, key in (
+                        ("fwd", "speedup_fwd_vs_dense"), ("fwd+dX+dW", "speedup_fwd_dx_dw_vs_dense"),
+                        ("step", "speedup_step_vs_dense"), ("scores/GEMM", "scores_over_dense_gemm"))), flush=True)
+                errors = {k: v for k, v in row.items() if k.endswith("_error") and v}
+                if errors:
+                    print(f"    errors: {errors}", flush=True)
         del x, dy, w
         torch.cuda.empty_cache()
         save(args.name, rows, env, args.out_dir or RESULTS / slug(env["device"]))  # keep what is measured
@@ -339,7 +379,8 @@ def main(argv=None):
     plot_results(rows, out_dir, args.name)
     print(f"results in {out_dir}")
     if args.record_choice:
-        print(f"backend choices for {env['device']} written to {record_choice(rows, env, out_dir)}")
+        path = record_choice(rows, env, out_dir, probed=probed)
+        print(f"backend choices for {env['device']} written to {path}")
 
 
 if __name__ == "__main__":

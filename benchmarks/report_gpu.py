@@ -6,7 +6,7 @@ which git SHA, and every row of the speed tables.
 
 A GPU's folder is ``benchmarks/results/<gpu>/``.  Evidence, newest first:
 
-* ``gpu-quick/`` (the unpacked archive of ``make gpu-quick``): ``probe.json`` for the Triton and CUDA ops
+* ``gpu-quick/`` (the unpacked archive of ``make gpu-quick``): ``probe-*.json`` for the Triton and CUDA ops
   (checked against fp64), ``tests.xml`` for the Triton convolution and compile + AMP tests;
 * ``gpu_matmul*.json`` (``bench_gpu_matmul.py``): the backends it timed; results before the benchmark
   checked its outputs count as "ran, unchecked";
@@ -64,8 +64,9 @@ def evidence(folder: Path) -> dict[str, str]:
     quick = folder / "gpu-quick"
     if (quick / "summary.json").exists():
         sha = _sha(json.loads((quick / "summary.json").read_text())["git_sha"])
-        if (quick / "probe.json").exists():
-            rows = json.loads((quick / "probe.json").read_text())["rows"]
+        probes = sorted(quick.glob("probe*.json"))
+        if probes:
+            rows = [r for probe in probes for r in json.loads(probe.read_text())["rows"]]
             for backend, path in (("triton", "Triton ops"), ("cuda", "CUDA ops")):
                 verdict = _verdict(["passed" if r["ok"] else "failed" for r in rows if r["backend"] == backend])
                 if verdict:
@@ -98,8 +99,9 @@ def evidence(folder: Path) -> dict[str, str]:
 def _gpu_name(folder: Path) -> str:
     for path in sorted(folder.glob("gpu_matmul*.json")):
         return json.loads(path.read_text())["environment"]["device"]
-    probe = folder / "gpu-quick" / "probe.json"
-    return json.loads(probe.read_text())["device"] if probe.exists() else folder.name
+    for probe in sorted((folder / "gpu-quick").glob("probe*.json")):
+        return json.loads(probe.read_text())["device"]
+    return folder.name
 
 
 def matrix(results: Path = RESULTS) -> list[str]:
@@ -108,6 +110,10 @@ def matrix(results: Path = RESULTS) -> list[str]:
         cells = evidence(folder)
         lines.append(f"| {_gpu_name(folder)} | " + " | ".join(cells[p] for p in PATHS) + " |")
     return lines
+
+
+def _n(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def _x(value) -> str:
@@ -123,11 +129,11 @@ def speed_table(path: Path) -> list[str]:
              "| fwd vs stk | dW vs stk |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     slower = 0
     for r in sorted(rows, key=lambda r: (r["size"], r["block_size"], -r["density"])):
-        slower += r["speedup_fwd_dx_dw_vs_dense"] < 1
+        slower += (r["speedup_fwd_dx_dw_vs_dense"] or 0) < 1
         lines.append(f"| {r['size']} | {r['block_size']} | {r['density']} | {_x(r['speedup_fwd_vs_dense'])} | "
                      f"{_x(r['speedup_dx_vs_dense'])} | {_x(r['speedup_dw_vs_dense'])} | "
                      f"{_x(r['speedup_fwd_dx_dw_vs_dense'])} | {_x(r.get('speedup_step_vs_dense'))} | "
-                     f"{r['scores_over_dense_gemm']:.2f} | {_x(r.get('speedup_fwd_vs_bsr'))} | "
+                     f"{_n(r['scores_over_dense_gemm'])} | {_x(r.get('speedup_fwd_vs_bsr'))} | "
                      f"{_x(r.get('speedup_fwd_vs_stk'))} | {_x(r.get('speedup_dw_vs_stk'))} |")
     lines += ["", f"{slower} of {len(rows)} rows are slower than cuBLAS in fwd+dX+dW."]
     return lines

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 __all__ = ["Backend", "BACKENDS", "register_impl", "register_block_size", "select", "use_backend", "forced_backend",
-           "backend_status", "measured_choices"]
+           "remember_forced", "forced_again", "backend_status", "measured_choices"]
 
 
 @dataclass(frozen=True)
@@ -207,6 +207,26 @@ def lazy(module: str, name: str) -> Callable:
 def forced_backend() -> str | None:
     """The backend forced by the innermost ``use_backend``, or None."""
     return _FORCED.get()
+
+
+def remember_forced(ctx) -> None:
+    """Save on an autograd ``ctx`` the backend forced while its forward runs (see ``forced_again``)."""
+    ctx.rigl_sparse_backend = _FORCED.get()
+
+
+@contextlib.contextmanager
+def forced_again(ctx):
+    """Force again, for a backward, the backend that was forced when ``ctx``'s forward ran: autograd may run
+    a CUDA graph's backward on a thread of its own, which does not see the caller's ``use_backend``."""
+    name = getattr(ctx, "rigl_sparse_backend", None)
+    if name is None or _FORCED.get() == name:
+        yield
+        return
+    token = _FORCED.set(name)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
 
 
 @contextlib.contextmanager

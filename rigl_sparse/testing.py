@@ -7,12 +7,12 @@ torch's largest, and its mean absolute error at most ``MEAN_ERROR_FACTOR`` times
 adds a floor of ``FLOOR_ULPS`` units in the last place of the accumulator (fp32; fp64 for fp64 inputs)
 times the exact values' largest (or mean) magnitude, which allows for another order of summation.  The
 first bound catches a kernel wrong on a few entries, the second one slightly wrong on all of them.  fp32
-inputs on a CUDA device are compared with torch's TF32 result, because the GPU kernels run fp32 as TF32.
+inputs on a CUDA device are compared with the product of TF32-truncated inputs, because the GPU kernels
+run fp32 as TF32.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -28,15 +28,14 @@ def _floating(t) -> bool:
     return isinstance(t, torch.Tensor) and t.is_floating_point()
 
 
-@contextlib.contextmanager
-def _tf32(enabled: bool):
-    matmul = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=enabled):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
+def tf32_inputs(t: torch.Tensor) -> torch.Tensor:
+    """fp32 ``t`` with the 13 low mantissa bits cleared (TF32 by truncation), in float64.
+
+    A TF32 matmul rounds or truncates its fp32 operands to 10 mantissa bits and accumulates in fp32; the
+    product of truncated operands, computed in float64 and rounded to fp32, errs at least as much as either
+    (Triton truncates on Hopper, cuBLAS rounds), so it is the baseline of the GPU kernels' fp32 results.
+    """
+    return (t.float().contiguous().view(torch.int32) & -8192).view(torch.float32).double()
 
 
 def round_toward_zero(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -50,16 +49,18 @@ def dense_results(fn, *inputs, tf32: bool | None = None, toward_zero: bool = Fal
     """``(exact, baseline)``: ``fn(*inputs)`` with every floating tensor in float64, and as given.
 
     ``fn`` computes the op with torch's dense ops (a masked dense weight in place of the sparse one);
-    the baseline is what torch makes of it in the inputs' own dtype, on TF32 for fp32 CUDA tensors
-    unless ``tf32`` says otherwise.  ``toward_zero``: the baseline is computed in fp32 and rounded to
+    the baseline is what torch makes of it in the inputs' own dtype; for fp32 CUDA tensors (unless ``tf32``
+    says otherwise) the product of TF32-truncated inputs (``tf32_inputs``).  ``toward_zero``: the baseline is computed in fp32 and rounded to
     bf16 by truncation, the rounding of Triton's CPU interpreter (a GPU rounds to nearest).
     """
     exact = fn(*(t.double() if _floating(t) else t for t in inputs))
     first = next(t for t in inputs if _floating(t))
     if tf32 is None:
         tf32 = first.dtype == torch.float32 and first.device.type == "cuda"
-    with torch.no_grad(), _tf32(tf32):
-        if toward_zero and first.dtype == torch.bfloat16:
+    with torch.no_grad():
+        if tf32:
+            baseline = fn(*(tf32_inputs(t) if _floating(t) else t for t in inputs)).float()
+        elif toward_zero and first.dtype == torch.bfloat16:
             baseline = round_toward_zero(fn(*(t.float() if _floating(t) else t for t in inputs)), first.dtype)
         else:
             baseline = fn(*inputs)
@@ -88,6 +89,9 @@ def assert_close_to_exact(actual: torch.Tensor, exact: torch.Tensor, baseline: t
     if not torch.equal(torch.isfinite(actual), finite):
         raise AssertionError(f"{name}: {int((torch.isfinite(actual) != finite).sum())} entries are non-finite "
                              "where the exact result is finite, or finite where it is not")
+    if not torch.isfinite(baseline[finite]).all():
+        raise AssertionError(f"{name}: torch's own {baseline.dtype} result is not finite where the exact one is: "
+                             "the case leaves the dtype's range, so it cannot bound the error")
     actual, exact, baseline = actual[finite], exact[finite], baseline[finite]
     max_bound, mean_bound = error_bound(exact, baseline, actual.dtype)
     err = (actual.double() - exact.double()).abs()
@@ -118,8 +122,8 @@ def block_score_grid(dy: torch.Tensor, x: torch.Tensor, block_size: int, dtype: 
         grad = dy.double().T @ x.double()
     else:
         tf32 = (dtype == torch.float32 and dy.device.type == "cuda") if tf32 is None else tf32
-        with torch.no_grad(), _tf32(tf32):
-            grad = (dy.to(dtype).T @ x.to(dtype)).float()
+        with torch.no_grad():
+            grad = (tf32_inputs(dy).T @ tf32_inputs(x)).float() if tf32 else (dy.to(dtype).T @ x.to(dtype)).float()
     b = block_size
     rows, cols = math.ceil(grad.shape[0] / b), math.ceil(grad.shape[1] / b)
     padded = grad.new_zeros(rows * b, cols * b)
@@ -129,22 +133,32 @@ def block_score_grid(dy: torch.Tensor, x: torch.Tensor, block_size: int, dtype: 
 
 def assert_top_k_matches(scores: torch.Tensor, index: torch.Tensor, dy: torch.Tensor, x: torch.Tensor,
                          block_row: torch.Tensor, block_col: torch.Tensor, block_size: int, k: int):
-    """``block_scores``'s result is the top ``k`` of the inactive blocks, within the tolerance rule.
+    """``block_scores``'s result is the top ``k`` of the inactive blocks, within the tolerance rule
+    (``assert_top_k_of_grid`` against the score grids of ``dy.T @ x``)."""
+    exact = block_score_grid(dy, x, block_size).cpu()
+    cols = math.ceil(x.shape[1] / block_size)
+    active = (block_row.long() * cols + block_col.long()).cpu()
+    assert_top_k_of_grid(scores, index, exact, block_score_grid(dy, x, block_size, dy.dtype).cpu(), active, k,
+                         dy.dtype)
 
-    Each returned index names an inactive block once, its score meets the rule against the exact score
-    grid at that index, the scores descend, the tail past the inactive blocks is ``-inf`` / ``-1``, and the
-    returned set is the exact top ``k`` except among blocks whose exact scores lie within the error bound
-    of the ``k``-th (near-ties may swap).
+
+def assert_top_k_of_grid(scores: torch.Tensor, index: torch.Tensor, exact: torch.Tensor, baseline: torch.Tensor,
+                         active: torch.Tensor, k: int, dtype: torch.dtype):
+    """Top-``k`` grow candidates against a flat score grid: ``exact`` (float64) and torch's ``baseline``.
+
+    Each returned index names an inactive block (not in ``active``, flat indices) once, its score meets the
+    rule against the exact score at that index, the scores descend, the tail past the inactive blocks is
+    ``-inf`` / ``-1``, and the returned set is the exact top ``k`` except among blocks whose exact scores lie
+    within the error bound of the ``k``-th (near-ties may swap).
     """
     if scores.shape != (k,) or index.shape != (k,):
         raise AssertionError(f"scores {tuple(scores.shape)} and index {tuple(index.shape)} must both be ({k},)")
     if scores.dtype != torch.float32 or index.dtype != torch.int64:
         raise AssertionError(f"scores must be float32 and index int64, got {scores.dtype} and {index.dtype}")
-    exact = block_score_grid(dy, x, block_size).cpu()
-    bound, _ = error_bound(exact, block_score_grid(dy, x, block_size, dy.dtype).cpu(), dy.dtype)
-    cols = math.ceil(x.shape[1] / block_size)
+    exact, baseline = exact.double().cpu(), baseline.double().cpu()
+    bound, _ = error_bound(exact, baseline, dtype)
     inactive = torch.ones(exact.numel(), dtype=torch.bool)
-    inactive[(block_row.long() * cols + block_col.long()).cpu()] = False
+    inactive[active.long().cpu()] = False
     n = min(k, int(inactive.sum()))
     scores, index = scores.cpu(), index.cpu()
     got = index[:n].tolist()

@@ -82,3 +82,31 @@ def test_measured_choice_runs_the_faster_backend_first(tmp_path, monkeypatch):
 
 def test_device_slug_names_the_measurement_file():
     assert backends.device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+def test_a_backward_on_another_thread_runs_on_the_backend_forced_for_its_forward():
+    # Autograd may run a CUDA graph's backward on a thread of its own, which does not see use_backend's
+    # context variable; the ops force again, for their backward, the backend that was forced in forward.
+    import threading
+
+    import rigl_sparse as rs
+
+    layer = rs.SparseLinear(32, 32, density=0.5, block_size=8)
+    seen = []
+    real = backends.select
+
+    def spy(op, device_type, args=None):
+        seen.append((op, backends.forced_backend()))
+        return real(op, device_type, args)
+
+    with rs.use_backend("reference"):
+        y = layer(torch.randn(4, 32, requires_grad=True))
+    backends.select = spy
+    try:
+        worker = threading.Thread(target=lambda: y.sum().backward())
+        worker.start()
+        worker.join()
+    finally:
+        backends.select = real
+    assert {op for op, _ in seen} >= {"dds", "sdd"}
+    assert all(forced == "reference" for _, forced in seen), seen

@@ -25,15 +25,31 @@ def test_dry_run_plans_every_step_within_the_budget_and_says_why_each_is_skipped
         assert "gpu-quick/summary.txt" in tar.getnames()
     steps = summary["steps"]
     assert list(steps) == [s.name for s in gpu_quick.plan(sys.executable, tmp_path)]
-    assert {"build", "info", "tests", "probe", "memcheck", "racecheck", "speed"} <= steps.keys()
+    assert {"build", "info", "tests", "probe-cuda", "probe-triton", "memcheck", "racecheck", "speed"} <= steps.keys()
     assert summary["dry_run"] and summary["planned_s"] <= summary["budget_s"] == 480
     assert steps["info"]["status"] == "passed"
     for name, step in steps.items():
         if name != "info":
             assert step["status"] == "skipped" and step["reason"], (name, step)
     if not torch.cuda.is_available():
-        assert steps["probe"]["reason"] == "no CUDA GPU is visible to torch"
+        assert steps["probe-triton"]["reason"] == "no CUDA GPU is visible to torch"
     assert all(step["limit_s"] >= step["estimate_s"] for step in steps.values())
+    # A rerun of some steps keeps the others' results.
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_quick" / "run.py"), "--dry-run",
+                          "--out-dir", str(tmp_path), "--steps", "info"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    with tarfile.open(tmp_path / "gpu_quick.tar.gz") as tar:
+        assert json.load(tar.extractfile("gpu-quick/summary.json"))["steps"].keys() == steps.keys()
+
+
+def test_every_step_runs_this_checkout_in_place():
+    import run as gpu_quick
+
+    env = gpu_quick.step_env({"X": "1"})
+    assert env["PYTHONPATH"].split(":")[0] == str(ROOT) and env["PYTHONUNBUFFERED"] == "1" and env["X"] == "1"
+    out = subprocess.run([sys.executable, "-c", "import rigl_sparse, sys; print(rigl_sparse.__file__)"],
+                         cwd="/", env=env | {"PYTHONNOUSERSITE": "1"}, capture_output=True, text=True, check=True)
+    assert out.stdout.startswith(str(ROOT))
 
 
 def test_planned_benchmark_arguments_parse():
@@ -41,9 +57,19 @@ def test_planned_benchmark_arguments_parse():
     import run as gpu_quick
 
     speed = next(s for s in gpu_quick.plan(sys.executable, Path("/tmp")) if s.name == "speed")
-    args = bench_gpu_matmul.parser().parse_args(speed.command[2:])
+    args = bench_gpu_matmul.parser().parse_args(speed.commands[0][2:])
+    args_probe = args.probe
     assert args.sizes == [8192] and args.densities == [0.1, 0.5] and args.blocks == [32, 64, 128]
-    assert args.record_choice
+    assert args.record_choice and [p.name for p in args.probe] == ["probe-cuda.json", "probe-triton-b32.json",
+                                                                   "probe-triton-b64.json", "probe-triton-b128.json"]
+    import probe
+
+    steps = {s.name: s for s in gpu_quick.plan(sys.executable, Path("/tmp"))}
+    args = probe.parser().parse_args(steps["probe-cuda"].commands[0][2:])
+    assert args.backends == ["cuda"] and args.size == 8192 and args.blocks == [32, 64, 128]
+    parts = [probe.parser().parse_args(c[2:]) for c in steps["probe-triton"].commands]
+    assert [a.blocks for a in parts] == [[32], [64], [128]] and all(a.backends == ["triton"] for a in parts)
+    assert [a.name for a in parts] == [p.name for p in args_probe[1:]]
 
 
 def test_probe_runs_on_cpu_backends_and_records_every_check(tmp_path):
@@ -76,7 +102,7 @@ def test_probe_fails_a_wrong_kernel(tmp_path, monkeypatch):
     monkeypatch.setattr(probe, "run", off_by_one_block)
     assert probe.main(["--device", "cpu", "--backends", "cpu", "--size", "128", "--blocks", "32",
                        "--out-dir", str(tmp_path)]) == 1
-    data = json.loads((tmp_path / "probe.json").read_text())
+    data = json.loads((tmp_path / "probe-cpu.json").read_text())
     assert {r["op"] for r in data["rows"] if not r["ok"]} == {"sdd"}
     assert data["passed"]["cpu"] == ["block_scores", "dds", "dsd"]
 
@@ -100,6 +126,17 @@ def test_benchmark_never_times_or_records_a_wrong_result(tmp_path, monkeypatch):
     choices = json.loads((tmp_path / "test-gpu.json").read_text())["choices"]
     assert choices["dsd"]["64"] == {"backend": "triton", "ms": {"triton": 1.2}}
     assert choices["dds"]["64"]["backend"] == "cuda"
+    # A backend that did not pass an op in the full-size probe is neither run nor chosen for it.
+    probe = tmp_path / "probe-cuda.json"
+    probe.write_text(json.dumps({"passed": {"cuda": ["dsd", "sdd", "block_scores"]}}))
+    probed = bench_gpu_matmul.probe_passes([probe, tmp_path / "absent.json"])
+    assert probed == {"cuda": {"dsd", "sdd", "block_scores"}}
+    bench_gpu_matmul.record_choice([row], env, tmp_path, probed=probed | {"triton": {"dsd", "dds"}})
+    choices = json.loads((tmp_path / "test-gpu.json").read_text())["choices"]
+    assert choices["dds"]["64"] == {"backend": "triton", "ms": {"triton": 1.0}}
+    assert bench_gpu_matmul.untimed_columns("cuda", probed) == {"dx", "step"}
+    assert bench_gpu_matmul.untimed_columns("triton", probed) == {"fwd", "dx", "dw", "scores", "step"}
+    assert bench_gpu_matmul.untimed_columns("cuda", None) == set()
 
 
 def test_sanitizer_cases_say_why_they_skip_without_the_cuda_backend(capsys):
@@ -129,7 +166,8 @@ def test_gpu_matrix_reads_a_gpu_quick_run(tmp_path):
     (quick / "summary.json").write_text(json.dumps({"git_sha": "0123456789abcdef"}))
     rows = [{"backend": "triton", "op": "dsd", "ok": True}, {"backend": "cuda", "op": "dsd", "ok": True},
             {"backend": "cuda", "op": "sdd", "ok": False}]
-    (quick / "probe.json").write_text(json.dumps({"device": "NVIDIA Test", "rows": rows}))
+    (quick / "probe-triton.json").write_text(json.dumps({"device": "NVIDIA Test", "rows": rows[:1]}))
+    (quick / "probe-cuda.json").write_text(json.dumps({"device": "NVIDIA Test", "rows": rows[1:]}))
     (quick / "tests.xml").write_text(
         '<testsuites><testsuite><testcase classname="tests.test_conv" name="test_triton_implicit_gemm[a]"/>'
         '<testcase classname="tests.test_gpu" name="test_compiled_autocast_rigl_on_cuda[x]"><failure/></testcase>'
@@ -141,3 +179,24 @@ def test_gpu_matrix_reads_a_gpu_quick_run(tmp_path):
     assert cells["compile + AMP"] == "failed at `0123456` (tests)"
     assert cells["memory"] == cells["larger-than-dense"] == "never run"
     assert "| NVIDIA Test | passed at" in "\n".join(report_gpu.matrix(tmp_path))
+
+
+def test_a_step_reports_failure_time_out_and_parallel_parts(tmp_path):
+    import run as gpu_quick
+
+    py = sys.executable
+
+    def step(commands, parallel=False):
+        return gpu_quick.run_step(gpu_quick.Step("s", commands, 1, 5, parallel=parallel), tmp_path, 5)
+
+    assert step([[py, "-c", "print('one')"], [py, "-c", "print('two')"]])["status"] == "passed"
+    assert "two" in (tmp_path / "s.log").read_text()
+    failed = step([[py, "-c", "raise SystemExit('broken here')"], [py, "-c", "print('never')"]])
+    assert failed["status"] == "failed" and "broken here" in failed["reason"]
+    assert "never" not in (tmp_path / "s.log").read_text()
+    both = step([[py, "-c", "print('a')"], [py, "-c", "raise SystemExit(3)"]], parallel=True)
+    assert both["status"] == "failed" and both["rc"] == 3
+    log = (tmp_path / "s.log").read_text()
+    assert "print('a')" in log and "SystemExit(3)" in log
+    slow = gpu_quick.run_step(gpu_quick.Step("slow", [[py, "-c", "import time; time.sleep(30)"]], 1, 2), tmp_path, 2)
+    assert slow["status"] == "timed out" and slow["seconds"] < 20

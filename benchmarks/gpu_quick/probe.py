@@ -5,7 +5,8 @@ that leaves partial tiles everywhere), on fresh random data: ``dsd``, ``dds``, `
 ``block_scores`` are each called twice, their output memory poisoned with NaN before each call (so a
 kernel that leaves an entry unwritten shows it); the two results must be the same bits, and the first
 must meet the tolerance rule of ``rigl_sparse.testing`` (``block_scores``: by index, against the exact
-score grid).  Writes ``probe.json`` and prints one line per check.
+score grid).  Writes ``probe-<backend>.json`` (``probe.json`` for several) after every check, and prints
+one line per check.
 
     python benchmarks/gpu_quick/probe.py --out-dir DIR [--size 8192] [--blocks 32 64 128] [--backends ...]
 """
@@ -38,25 +39,33 @@ def poison(like) -> None:
             torch.full_like(t, -7)
 
 
-def probe_case(backends, case, label: str, rows: list) -> None:
+def _clone(result):
+    return tuple(t.clone() for t in result) if isinstance(result, tuple) else result.clone()
+
+
+def _first_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
+
+
+def probe_case(backends, case, label: str, rows: list, save) -> None:
     for op in OPS:
-        reference = None if op == "block_scores" else dense_reference(op, case)
         for backend in backends:
             row = {"backend": backend, "op": op, "case": label, "block_size": case.layout.block_size,
-                   "shape": [case.x.shape[0], *case.layout.shape], "density": round(case.layout.nnzb / case.layout.n_blocks, 4),
+                   "shape": [case.x.shape[0], *case.layout.shape],
+                   "density": round(case.layout.nnzb / case.layout.n_blocks, 4),
                    "dtype": str(case.x.dtype).removeprefix("torch.")}
             start = time.perf_counter()
             try:
+                reference = None if op == "block_scores" else dense_reference(op, case)
                 with rs.use_backend(backend):
-                    first = run(op, case)
-                    poison(first)
-                    first = tuple(t.clone() for t in first) if isinstance(first, tuple) else first.clone()
+                    poison(run(op, case))  # compiles, autotunes; its memory, freed, is poisoned for the next call
+                    first = _clone(run(op, case))
                     poison(first)
                     second = run(op, case)
                 if case.x.is_cuda:
                     torch.cuda.synchronize()
             except Exception as err:  # noqa: BLE001 - a failing backend is a result, recorded
-                row.update(ok=False, error=f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
+                row.update(ok=False, error=_first_line(err))
             else:
                 row["seconds"] = round(time.perf_counter() - start, 3)
                 row.update(check(op, case, first, reference))
@@ -65,13 +74,14 @@ def probe_case(backends, case, label: str, rows: list) -> None:
                     row["ok"] = False
                     row["error"] = (row["error"] + "; " if row["error"] else "") + "two calls differ in their bits"
             rows.append(row)
+            save()
             ratio = (f" err {row['max_error']:.3g} <= {row['bound']:.3g} (torch {row['torch_error']:.3g})"
                      if "max_error" in row else "")
             print(f"{'ok  ' if row['ok'] else 'FAIL'} {backend:7s} {op:12s} b={row['block_size']:<3d} {label:6s} "
                   f"{'x'.join(map(str, row['shape']))}{ratio}" + ("" if row["ok"] else f": {row['error']}"), flush=True)
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", type=int, default=8192)
     p.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128])
@@ -81,7 +91,13 @@ def main(argv=None) -> int:
     p.add_argument("--backends", nargs="+", default=None,
                    help=f"backends to probe (default: every available one of {', '.join(GPU_BACKENDS)})")
     p.add_argument("--out-dir", type=Path, required=True)
-    args = p.parse_args(argv)
+    p.add_argument("--name", help="file name of the record (default: probe-<backend>.json for one backend, "
+                                  "else probe.json)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("probe: skipped: no CUDA GPU is visible to torch")
         return 0
@@ -91,24 +107,39 @@ def main(argv=None) -> int:
             print(f"probe: not probing {name}: {rs.backends.BACKENDS[name].unavailable_reason()}")
     dtype = getattr(torch, args.dtype)
     rows: list[dict] = []
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / (args.name or ("probe.json" if len(backends) != 1 else f"probe-{backends[0]}.json"))
+    device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
+
+    def save():  # after every check: a fault or a time-out later keeps what was found
+        out.write_text(json.dumps(
+            {"backends": backends, "size": args.size, "density": args.density, "dtype": args.dtype,
+             "device": device, "passed": passed(rows, backends), "rows": rows}, indent=1) + "\n")
+
+    save()
     for b in args.blocks:
         ragged = args.size // 2 + b // 2
         for label, (n, m) in (("square", (args.size, args.size)), ("ragged", (ragged, ragged))):
-            case = make_case(n, n, m, b, args.density, dtype, args.device, seed=1000 * b + n)
-            probe_case(backends, case, label, rows)
+            try:
+                case = make_case(n, n, m, b, args.density, dtype, args.device, seed=1000 * b + n)
+            except Exception as err:  # noqa: BLE001 - e.g. a device left unusable by an earlier fault
+                rows.extend({"backend": backend, "op": op, "case": label, "block_size": b, "ok": False,
+                             "error": f"case not built: {_first_line(err)}"} for backend in backends for op in OPS)
+                save()
+                continue
+            probe_case(backends, case, label, rows, save)
             del case
             if args.device == "cuda":
                 torch.cuda.empty_cache()
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     failed = [r for r in rows if not r["ok"]]
-    (args.out_dir / "probe.json").write_text(json.dumps(
-        {"backends": backends, "size": args.size, "density": args.density, "dtype": args.dtype,
-         "device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
-         "passed": {b: sorted({r["op"] for r in rows if r["backend"] == b and r["ok"]} -
-                              {r["op"] for r in rows if r["backend"] == b and not r["ok"]}) for b in backends},
-         "rows": rows}, indent=1) + "\n")
-    print(f"probe: {len(rows) - len(failed)} of {len(rows)} checks passed")
+    print(f"probe: {len(rows) - len(failed)} of {len(rows)} checks passed; written to {out}")
     return 1 if failed else 0
+
+
+def passed(rows: list[dict], backends) -> dict[str, list[str]]:
+    """The ops each backend passed in every case."""
+    return {b: sorted({r["op"] for r in rows if r["backend"] == b and r["ok"]} -
+                      {r["op"] for r in rows if r["backend"] == b and not r["ok"]}) for b in backends}
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import functools
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
+from rigl_sparse import backends
 from rigl_sparse.ops import _common
 from rigl_sparse.ops.dsd import _check as _check_dsd
 from rigl_sparse.ops.dsd import gradients as dsd_gradients
@@ -47,6 +48,7 @@ class _EagerLinear(torch.autograd.Function):
     def forward(ctx, x, values, bias, topology, out_features):
         ctx.save_for_backward(x, values, *topology)
         ctx.has_bias = bias is not None
+        backends.remember_forced(ctx)
         return _run("dsd", x, values, bias, *topology, out_features)
 
     @staticmethod
@@ -56,5 +58,7 @@ class _EagerLinear(torch.autograd.Function):
             dds, sdd = torch.ops.rigl_sparse.dds, torch.ops.rigl_sparse.sdd
         else:
             dds, sdd = functools.partial(_run, "dds"), functools.partial(_run, "sdd")
-        grads = dsd_gradients(grad_y.contiguous(), x, values, topology, ctx.needs_input_grad, ctx.has_bias, dds, sdd)
+        with backends.forced_again(ctx):
+            grads = dsd_gradients(grad_y.contiguous(), x, values, topology, ctx.needs_input_grad, ctx.has_bias, dds,
+                                  sdd)
         return grads + (None, None)

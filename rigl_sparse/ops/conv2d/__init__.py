@@ -188,11 +188,17 @@ class _SparseConv2d(torch.autograd.Function):
         ctx.save_for_backward(x, values, *topology)
         ctx.geometry, ctx.out_channels, ctx.has_bias, ctx.grow_request = geometry, out_channels, bias is not None, \
             grow_request
+        backends.remember_forced(ctx)
         return y.view(n, out_h, out_w, out_channels).permute(0, 3, 1, 2)
 
     @staticmethod
     @once_differentiable  # double backward of a convolution is not provided: say so instead of a wrong zero
     def backward(ctx, grad_y):
+        with backends.forced_again(ctx):
+            return _SparseConv2d._backward(ctx, grad_y)
+
+    @staticmethod
+    def _backward(ctx, grad_y):
         x, values, *topology = ctx.saved_tensors
         geometry = ctx.geometry
         b = values.shape[1]

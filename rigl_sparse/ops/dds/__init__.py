@@ -45,15 +45,17 @@ def _(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, 
 def _setup_context(ctx, inputs, output):
     dy, values, *topology, _ = inputs
     ctx.save_for_backward(dy, values, *topology)
+    backends.remember_forced(ctx)
 
 
 def _backward(ctx, grad_dx):
     dy, values, *topology = ctx.saved_tensors
     grad_dy = grad_values = None
-    if ctx.needs_input_grad[0]:
-        grad_dy = torch.ops.rigl_sparse.dsd(grad_dx, values, None, *topology, dy.shape[1])
-    if ctx.needs_input_grad[1]:
-        grad_values = torch.ops.rigl_sparse.sdd(dy, grad_dx, *topology, values.shape[1])
+    with backends.forced_again(ctx):
+        if ctx.needs_input_grad[0]:
+            grad_dy = torch.ops.rigl_sparse.dsd(grad_dx, values, None, *topology, dy.shape[1])
+        if ctx.needs_input_grad[1]:
+            grad_values = torch.ops.rigl_sparse.sdd(dy, grad_dx, *topology, values.shape[1])
     return (grad_dy, grad_values) + (None,) * 7
 
 

@@ -53,6 +53,7 @@ def _setup_context(ctx, inputs, output):
     x, values, bias, *topology, out_features = inputs
     ctx.save_for_backward(x, values, *topology)
     ctx.has_bias = bias is not None
+    backends.remember_forced(ctx)
 
 
 def gradients(grad_y, x, values, topology, needs_input_grad, has_bias, dds, sdd):
@@ -69,8 +70,9 @@ def gradients(grad_y, x, values, topology, needs_input_grad, has_bias, dds, sdd)
 
 def _backward(ctx, grad_y):
     x, values, *topology = ctx.saved_tensors
-    grads = gradients(grad_y, x, values, topology, ctx.needs_input_grad, ctx.has_bias,
-                      torch.ops.rigl_sparse.dds, torch.ops.rigl_sparse.sdd)
+    with backends.forced_again(ctx):
+        grads = gradients(grad_y, x, values, topology, ctx.needs_input_grad, ctx.has_bias,
+                          torch.ops.rigl_sparse.dds, torch.ops.rigl_sparse.sdd)
     return grads + (None,) * 7
 
 
