@@ -139,11 +139,15 @@ def test_benchmark_never_times_or_records_a_wrong_result(tmp_path, monkeypatch):
     assert bench_gpu_matmul.untimed_columns("cuda", None) == set()
 
 
-def test_sanitizer_cases_say_why_they_skip_without_the_cuda_backend(capsys):
+def test_sanitizer_cases_run_on_a_cpu_backend_and_say_why_they_skip_without_the_cuda_one(capsys):
     import sanitize_cases
 
     from rigl_sparse import backends
 
+    if backends.BACKENDS["cpu"].unavailable_reason() is None:
+        assert sanitize_cases.main(["--backend", "cpu", "--device", "cpu", "--dtypes", "bfloat16"]) == 0
+        out = capsys.readouterr().out
+        assert out.count("ok   cpu") == 3 * (2 * 4 + 1) and "0 failures" in out
     if backends.BACKENDS["cuda"].unavailable_reason() is None:
         pytest.skip("the cuda backend is available: the cases run under test_cuda instead")
     assert sanitize_cases.main([]) == 0
