@@ -196,8 +196,9 @@ def run_case(n, b, density, x, dy, dense_w, dense_times, backends_to_time, k_fra
                                                                 baseline_checks["fwd"])
             row["stk_dx_ms"], row["stk_dx_error"] = try_bench(lambda: (lambda: stk.ops.dds(dy, w_stk)),
                                                               baseline_checks["dx"])
+            dw_check = baseline_checks["dw_dense"]
             row["stk_dw_ms"], row["stk_dw_error"] = try_bench(lambda: (lambda: stk.ops.sdd(dyt, x, w_stk)),
-                                                              lambda m: baseline_checks["dw_dense"](stk.ops.to_dense(m)))
+                                                              lambda m: dw_check(stk.ops.to_dense(m)))
         except ImportError as err:
             row["stk_fwd_error"] = f"stk not importable: {err}"
         except Exception as err:  # noqa: BLE001 - a baseline that cannot run is recorded, not fatal

@@ -50,8 +50,9 @@ def dense_results(fn, *inputs, tf32: bool | None = None, toward_zero: bool = Fal
 
     ``fn`` computes the op with torch's dense ops (a masked dense weight in place of the sparse one);
     the baseline is what torch makes of it in the inputs' own dtype; for fp32 CUDA tensors (unless ``tf32``
-    says otherwise) the product of TF32-truncated inputs (``tf32_inputs``).  ``toward_zero``: the baseline is computed in fp32 and rounded to
-    bf16 by truncation, the rounding of Triton's CPU interpreter (a GPU rounds to nearest).
+    says otherwise) the product of TF32-truncated inputs (``tf32_inputs``).  ``toward_zero``: the baseline
+    is computed in fp32 and rounded to bf16 by truncation, the rounding of Triton's CPU interpreter (a GPU
+    rounds to nearest).
     """
     exact = fn(*(t.double() if _floating(t) else t for t in inputs))
     first = next(t for t in inputs if _floating(t))
@@ -178,7 +179,8 @@ def assert_top_k_of_grid(scores: torch.Tensor, index: torch.Tensor, exact: torch
     if n:
         kth = exact[inactive].sort(descending=True).values[n - 1].item()
         returned = set(got)
-        missed = [i for i in torch.nonzero(inactive & (exact > kth + 2 * bound)).flatten().tolist() if i not in returned]
+        above = torch.nonzero(inactive & (exact > kth + 2 * bound)).flatten().tolist()
+        missed = [i for i in above if i not in returned]
         if missed or exact[index[:n]].min().item() < kth - 2 * bound:
             raise AssertionError(f"the returned blocks are not the top {k}: missed {missed[:8]}, lowest returned exact "
                                  f"score {exact[index[:n]].min().item():.6g} against the k-th {kth:.6g} "

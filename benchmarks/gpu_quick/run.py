@@ -81,6 +81,7 @@ def plan(python: str, work: Path) -> list[Step]:
     uncached = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
     verify = [python, "-c", "from rigl_sparse.ops import _cuda; r = _cuda.unavailable_reason(); "
                             "print(r or 'rigl_sparse._C_cuda imports'); raise SystemExit(r is not None)"]
+    probes = [str(work / "probe-cuda.json")] + [str(work / f"probe-triton-b{b}.json") for b in (32, 64, 128)]
     pytest = [python, "-m", "pytest", "-x", "-q", "-rs", "-p", "no:cacheprovider"]
     if importlib.util.find_spec("xdist") is not None:
         pytest += ["-n", "8"]  # Triton compiles in parallel processes
@@ -99,9 +100,8 @@ def plan(python: str, work: Path) -> list[Step]:
         Step("tests", [pytest + ["-m", "gpu or triton", f"--junitxml={work / 'tests.xml'}", "tests/test_cuda.py",
                                  "tests"]], 90, 120, ("gpu",), env={"CUDA_LAUNCH_BLOCKING": "1"}),
         Step("speed", [[python, str(ROOT / "benchmarks" / "bench_gpu_matmul.py"), "--sizes", "8192", "--densities",
-                        "0.1", "0.5", "--out-dir", str(work), "--record-choice", "--probe",
-                        str(work / "probe-cuda.json"), *(str(work / f"probe-triton-b{b}.json") for b in (32, 64, 128))]],
-             90, 120, ("gpu",)),
+                        "0.1", "0.5", "--out-dir", str(work), "--record-choice", "--probe", *probes]], 90, 120,
+             ("gpu",)),
         Step("memcheck", [sanitizer + ["--tool", "memcheck"] + cases], 25, 45, ("gpu", "sanitizer", "extension"),
              env=uncached, sanitizer=True),
         Step("racecheck", [sanitizer + ["--tool", "racecheck"] + cases + ["--dtypes", "bfloat16", "--blocks", "32",

@@ -52,7 +52,8 @@ def main(argv=None) -> int:
                     result = tuple(t.cpu() for t in result) if isinstance(result, tuple) else result.cpu()
                     verdict = check(op, case, result)
                     failures += not verdict["ok"]
-                    print(f"{'ok  ' if verdict['ok'] else 'FAIL'} {backend} {op:12s} {str(dtype)[6:]:8s} b={b:<3d} {label}"
+                    name = str(dtype).removeprefix("torch.")
+                    print(f"{'ok  ' if verdict['ok'] else 'FAIL'} {backend} {op:12s} {name:8s} b={b:<3d} {label}"
                           + ("" if verdict["ok"] else f": {verdict['error']}"), flush=True)
             empty_dy = torch.zeros(16, 0, dtype=dtype, device=device)
             x = torch.randn(16, 2 * b, device=device).to(dtype)
