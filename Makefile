@@ -50,6 +50,8 @@ info: $(STAMP)
 # built for sm_90a alone, info, the GPU tests, a full-size correctness probe of every GPU backend,
 # compute-sanitizer on every CUDA kernel and the speed table, packed as one archive in OUT (the device
 # tool's output folder; build/gpu-quick elsewhere).  GPU_QUICK_DRY=1 runs the same plan without a GPU.
+# A copy of the checkout without git metadata says which commit it is with GIT_SHA=<sha>.
+gpu-quick: export GIT_SHA ?= $(shell git rev-parse HEAD 2>/dev/null)
 gpu-quick:
 	$(PYTHON) benchmarks/gpu_quick/run.py $(if $(filter 1,$(GPU_QUICK_DRY)),--dry-run,)
 

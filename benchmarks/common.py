@@ -172,8 +172,10 @@ def save(name: str, rows: list[dict], env: dict, out_dir: Path | None = None) ->
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    with open(out_dir / f"{name}.json", "w") as f:
+    part = out_dir / f"{name}.json.part"  # whole or not at all: a run stopped while writing keeps the last
+    with open(part, "w") as f:
         json.dump({"environment": env, "rows": rows}, f, indent=2)
+    os.replace(part, out_dir / f"{name}.json")
     return out_dir
 
 

@@ -99,6 +99,7 @@ def test_a_backward_on_another_thread_runs_on_the_backend_forced_for_its_forward
         seen.append((op, backends.forced_backend()))
         return real(op, device_type, args)
 
+    layer.request_grow_scores(3)  # the grow-score tap's backward too
     with rs.use_backend("reference"):
         y = layer(torch.randn(4, 32, requires_grad=True))
     backends.select = spy
@@ -108,5 +109,5 @@ def test_a_backward_on_another_thread_runs_on_the_backend_forced_for_its_forward
         worker.join()
     finally:
         backends.select = real
-    assert {op for op, _ in seen} >= {"dds", "sdd"}
+    assert {op for op, _ in seen} >= {"dds", "sdd", "block_scores"}
     assert all(forced == "reference" for _, forced in seen), seen

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,14 +30,11 @@ import rigl_sparse as rs  # noqa: E402
 GPU_BACKENDS = ("triton", "cuda")
 
 
-def poison(like) -> None:
-    """Fill freed memory of the result's size with NaN, so that the next allocation of that size (the op's
-    output, through torch's caching allocator) starts as NaN instead of an earlier call's correct bits."""
-    for t in like if isinstance(like, tuple) else (like,):
-        if t.is_floating_point():
-            torch.full_like(t, float("nan"))
-        else:
-            torch.full_like(t, -7)
+def poison(result) -> None:
+    """Overwrite a result that is about to be freed with NaN (-7 for indices), so that the next call, whose
+    output torch's caching allocator places in that memory, starts from garbage instead of correct bits."""
+    for t in result if isinstance(result, tuple) else (result,):
+        t.fill_(float("nan") if t.is_floating_point() else -7)
 
 
 def _clone(result):
@@ -58,9 +56,13 @@ def probe_case(backends, case, label: str, rows: list, save) -> None:
             try:
                 reference = None if op == "block_scores" else dense_reference(op, case)
                 with rs.use_backend(backend):
-                    poison(run(op, case))  # compiles, autotunes; its memory, freed, is poisoned for the next call
-                    first = _clone(run(op, case))
-                    poison(first)
+                    result = run(op, case)  # compiles and autotunes
+                    poison(result)
+                    del result
+                    result = run(op, case)
+                    first = _clone(result)
+                    poison(result)
+                    del result
                     second = run(op, case)
                 if case.x.is_cuda:
                     torch.cuda.synchronize()
@@ -111,10 +113,12 @@ def main(argv=None) -> int:
     out = args.out_dir / (args.name or ("probe.json" if len(backends) != 1 else f"probe-{backends[0]}.json"))
     device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
 
-    def save():  # after every check: a fault or a time-out later keeps what was found
-        out.write_text(json.dumps(
+    def save():  # after every check, whole or not at all: a fault or a time-out later keeps what was found
+        part = out.with_suffix(".part")
+        part.write_text(json.dumps(
             {"backends": backends, "size": args.size, "density": args.density, "dtype": args.dtype,
              "device": device, "passed": passed(rows, backends), "rows": rows}, indent=1) + "\n")
+        os.replace(part, out)
 
     save()
     for b in args.blocks:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from rigl_sparse import ops
+from rigl_sparse import backends, ops
 from rigl_sparse.layout import BlockSparseLayout, _check_density, _check_positive_int
 from rigl_sparse.ops.grow_tap import keep_tap, sum_by_block, take_kept
 
@@ -236,6 +236,7 @@ class _GrowScoreTap(torch.autograd.Function):
     def forward(ctx, y, x, module):
         ctx.save_for_backward(x)
         ctx.module = module
+        backends.remember_forced(ctx)
         return y.clone()  # not a view: wrappers such as FSDP2 hook the output
 
     @staticmethod
@@ -247,7 +248,7 @@ class _GrowScoreTap(torch.autograd.Function):
             module._grow_inputs.append((grad_y.detach().to(x.dtype), x.detach()))
         elif k is not None:
             layout = module.layout
-            with torch.no_grad():
+            with torch.no_grad(), backends.forced_again(ctx):
                 module._record_grow_candidates(ops.block_scores(
                     grad_y.detach().to(x.dtype), x.detach(), layout.block_row, layout.block_col, layout.block_size, k
                 ))

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rigl_sparse import backends
+
 from rigl_sparse.ops.block_scores import block_scores
 
 
@@ -68,11 +70,14 @@ def _setup(ctx, inputs, output):
     _, x, block_row, block_col, block_size, scores, index, passes = inputs
     ctx.save_for_backward(x, block_row, block_col, scores, index, passes)
     ctx.block_size = block_size
+    backends.remember_forced(ctx)
 
 
 def _backward(ctx, grad):
     x, block_row, block_col, scores, index, passes = ctx.saved_tensors
-    torch.ops.rigl_sparse.record_grow_scores(grad, x, block_row, block_col, ctx.block_size, scores, index, passes)
+    with backends.forced_again(ctx):
+        torch.ops.rigl_sparse.record_grow_scores(grad, x, block_row, block_col, ctx.block_size, scores, index,
+                                                 passes)
     return grad, None, None, None, None, None, None, None
 
 
