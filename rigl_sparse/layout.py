@@ -26,29 +26,14 @@ import math
 import torch
 from torch import nn
 
+from rigl_sparse._checks import TOPOLOGY, check_density, check_positive_int, check_topology
+
 __all__ = ["BlockSparseLayout", "block_count", "build_views", "check_topology", "rebuild_views"]
-
-_TOPOLOGY = ("block_row", "block_col", "row_ptr", "row_slots", "col_ptr", "col_slots")
-
 
 def block_count(density: float, n_blocks: int) -> int:
     """Number of active blocks for ``density`` of a grid of ``n_blocks`` (at least one)."""
-    _check_density(density)
+    check_density(density)
     return min(n_blocks, max(1, round(density * n_blocks)))
-
-
-def _check_density(density) -> None:
-    if isinstance(density, bool) or not isinstance(density, (int, float)):
-        raise TypeError(f"density must be a float in (0, 1], got {type(density).__name__} {density!r}")
-    if not (0.0 < float(density) <= 1.0):  # also rejects NaN
-        raise ValueError(f"density must be in (0, 1], got {density!r}")
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
 
 
 class BlockSparseLayout(nn.Module):
@@ -71,9 +56,9 @@ class BlockSparseLayout(nn.Module):
         super().__init__()
         if len(shape) != 2:
             raise ValueError(f"shape must be (out, K), got {tuple(shape)}")
-        _check_positive_int("shape[0] (out)", shape[0])
-        _check_positive_int("shape[1] (K)", shape[1])
-        _check_positive_int("block_size", block_size)
+        check_positive_int("shape[0] (out)", shape[0])
+        check_positive_int("shape[1] (K)", shape[1])
+        check_positive_int("block_size", block_size)
         self.shape = (int(shape[0]), int(shape[1]))
         self.block_size = int(block_size)
         if block_row.shape != block_col.shape or block_row.dim() != 1:
@@ -122,7 +107,7 @@ class BlockSparseLayout(nn.Module):
         The draw is made with ``generator`` on its own device (torch's default CPU
         generator if None), so a CPU seed gives the same topology on every device.
         """
-        _check_positive_int("block_size", block_size)
+        check_positive_int("block_size", block_size)
         R, C = math.ceil(shape[0] / block_size), math.ceil(shape[1] / block_size)
         nnzb = block_count(density, R * C)
         draw_device = generator.device if generator is not None else "cpu"
@@ -198,7 +183,7 @@ class BlockSparseLayout(nn.Module):
 
     def topology(self) -> tuple[torch.Tensor, ...]:
         """The six topology tensors in the order the ops take them."""
-        return tuple(getattr(self, name) for name in _TOPOLOGY)
+        return tuple(getattr(self, name) for name in TOPOLOGY)
 
     # ----------------------------------------------------------------- views
     @torch.no_grad()
@@ -253,7 +238,7 @@ class BlockSparseLayout(nn.Module):
         """
         if weight.dim() != 2:
             raise ValueError(f"weight must be 2-D [out, K], got shape {tuple(weight.shape)}")
-        _check_positive_int("block_size", block_size)
+        check_positive_int("block_size", block_size)
         norms = cls.block_norms(weight.detach(), block_size).flatten()
         nnzb = block_count(density, norms.numel())
         order = torch.sort(norms, descending=True, stable=True).indices[:nnzb]
@@ -275,7 +260,7 @@ class BlockSparseLayout(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # Check the incoming topology as a whole before anything is copied, so a bad
         # checkpoint leaves this layout untouched.
-        keys = [prefix + name for name in _TOPOLOGY]
+        keys = [prefix + name for name in TOPOLOGY]
         if all(key in state_dict for key in keys):
             incoming = [state_dict[key] for key in keys]
             for key, tensor, own in zip(keys, incoming, self.topology()):
@@ -311,52 +296,6 @@ def rebuild_views(block_row, block_col, row_ptr, row_slots, col_ptr, col_slots) 
     views = build_views(block_row, block_col, row_ptr.numel() - 1, col_ptr.numel() - 1)
     for dst, src in zip((row_ptr, row_slots, col_ptr, col_slots), views):
         dst.copy_(src)
-
-
-@torch.no_grad()
-def check_topology(shape, block_size, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots) -> None:
-    """Raise ``ValueError`` naming the first broken invariant of a topology."""
-    R, C = math.ceil(shape[0] / block_size), math.ceil(shape[1] / block_size)
-    tensors = dict(zip(_TOPOLOGY, (block_row, block_col, row_ptr, row_slots, col_ptr, col_slots)))
-    device = block_row.device
-    nnzb = block_row.numel()
-    for name, t in tensors.items():
-        if t.dtype != torch.int32:
-            raise ValueError(f"layout.{name} must be int32, got {t.dtype}")
-        if t.device != device:
-            raise ValueError(f"layout.{name} is on {t.device}, block_row on {device}")
-        if t.dim() != 1:
-            raise ValueError(f"layout.{name} must be 1-D, got shape {tuple(t.shape)}")
-    expected = {"block_col": nnzb, "row_slots": nnzb, "col_slots": nnzb, "row_ptr": R + 1, "col_ptr": C + 1}
-    for name, n in expected.items():
-        if tensors[name].numel() != n:
-            raise ValueError(f"layout.{name} has {tensors[name].numel()} entries, expected {n}")
-    if nnzb == 0:
-        raise ValueError("layout has no active block (nnzb == 0)")
-    row, col = block_row.long(), block_col.long()
-    if int(row.min()) < 0 or int(row.max()) >= R:
-        raise ValueError(f"layout.block_row out of range [0, {R}): min {int(row.min())}, max {int(row.max())}")
-    if int(col.min()) < 0 or int(col.max()) >= C:
-        raise ValueError(f"layout.block_col out of range [0, {C}): min {int(col.min())}, max {int(col.max())}")
-    if torch.unique(row * C + col).numel() != nnzb:
-        raise ValueError("layout holds duplicate blocks (two slots with the same (block_row, block_col))")
-    _check_view("row", row_ptr, row_slots, row, row * C + col, R)
-    _check_view("col", col_ptr, col_slots, col, col * R + row, C)
-
-
-def _check_view(kind, ptr, slots, major, order_key, n_major) -> None:
-    nnzb = slots.numel()
-    ptr = ptr.long()
-    if int(ptr[0]) != 0 or int(ptr[-1]) != nnzb or bool((ptr[1:] < ptr[:-1]).any()):
-        raise ValueError(f"layout.{kind}_ptr must rise from 0 to nnzb={nnzb}")
-    s = slots.long()
-    if int(s.min()) < 0 or int(s.max()) >= nnzb or torch.unique(s).numel() != nnzb:
-        raise ValueError(f"layout.{kind}_slots must be a permutation of the {nnzb} slots")
-    if not torch.equal(torch.bincount(major, minlength=n_major), ptr[1:] - ptr[:-1]):
-        raise ValueError(f"layout.{kind}_ptr does not match the block coordinates")
-    key = order_key[s]
-    if bool((key[1:] <= key[:-1]).any()):
-        raise ValueError(f"layout.{kind}_slots is not sorted by block coordinates")
 
 
 def _blocked(dense: torch.Tensor, b: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ from rigl_sparse.models import TransformerLM
 
 
 def _model():
-    sparse = rs.SparseLinear._assemble(
+    sparse = rs.SparseLinear.from_parts(
         BlockSparseLayout.from_flat((10, 12), 4, torch.tensor([0, 4, 5])),  # blocks (0,0), (1,1), (1,2)
         torch.ones(3, 4, 4), torch.zeros(10))
     sparse._zero_padding_()
@@ -29,7 +29,7 @@ def test_flops_by_hand():
 
 
 def test_flops_counts_only_real_weights_of_edge_blocks():
-    sparse = rs.SparseLinear._assemble(BlockSparseLayout.from_flat((10, 12), 4, torch.tensor([8])),  # (2,2): 2 rows
+    sparse = rs.SparseLinear.from_parts(BlockSparseLayout.from_flat((10, 12), 4, torch.tensor([8])),  # (2,2): 2 rows
                                        torch.ones(1, 4, 4), None)
     assert rs.flops(sparse, (3, 12)).forward == 2 * (2 * 4) * 3
 

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from rigl_sparse import backends, ops
-from rigl_sparse.layout import BlockSparseLayout, _check_density, _check_positive_int
+from rigl_sparse._checks import check_density, check_positive_int
+from rigl_sparse.layout import BlockSparseLayout
 from rigl_sparse.ops.grow_tap import keep_tap, sum_by_block, take_kept
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -175,8 +176,8 @@ class SparseModule(nn.Module):
                 generator: torch.Generator | None) -> None:
         """Check ``dtype``/``device``, draw a random ``layout`` of the ``[out, K]`` weight, allocate
         ``values`` and ``bias``, and initialise them with ``reset_parameters``."""
-        _check_positive_int("block_size", block_size)
-        _check_density(density)
+        check_positive_int("block_size", block_size)
+        check_density(density)
         dtype = torch.get_default_dtype() if dtype is None else dtype
         if dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"dtype must be one of float16, bfloat16, float32, float64, got {dtype}")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rigl_sparse.layout import BlockSparseLayout, _check_positive_int
+from rigl_sparse._checks import check_positive_int
+from rigl_sparse.layout import BlockSparseLayout
 from rigl_sparse.nn.base import SparseModule, average_over
 from rigl_sparse.ops.block_scores.reference import scores_by_bands
 from rigl_sparse.ops.conv2d import ConvGeometry, conv2d
@@ -46,8 +47,8 @@ class SparseConv2d(SparseModule):
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, density: float,
                  block_size: int = 32, device=None, dtype=None, generator: torch.Generator | None = None):
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("out_channels", out_channels)
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("out_channels", out_channels)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = _pair("kernel_size", kernel_size)
         self.stride = _pair("stride", stride)
@@ -156,10 +157,10 @@ class SparseConv2d(SparseModule):
             raise ValueError("conv has meta weights; use rs.sparsify(model, ..., device=...) for meta models")
         layout, values = BlockSparseLayout.from_dense(weight_matrix(conv.weight.detach()), density=density,
                                                       block_size=block_size)
-        return cls._assemble(conv, layout, values, conv.bias)
+        return cls.from_parts(conv, layout, values, conv.bias)
 
     @classmethod
-    def _assemble(cls, conv: nn.Conv2d, layout: BlockSparseLayout, values: torch.Tensor,
+    def from_parts(cls, conv: nn.Conv2d, layout: BlockSparseLayout, values: torch.Tensor,
                   bias: torch.Tensor | None) -> "SparseConv2d":
         """A layer with ``conv``'s configuration and the given layout, values and bias (copied)."""
         if conv.padding_mode != "zeros":

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from rigl_sparse import ops
-from rigl_sparse.layout import BlockSparseLayout, _check_positive_int
+from rigl_sparse._checks import check_positive_int
+from rigl_sparse.layout import BlockSparseLayout
 from rigl_sparse.nn.base import SparseModule
 
 
@@ -34,8 +35,8 @@ class SparseLinear(SparseModule):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, density: float,
                  block_size: int = 32, device=None, dtype=None, generator: torch.Generator | None = None):
         super().__init__()
-        _check_positive_int("in_features", in_features)
-        _check_positive_int("out_features", out_features)
+        check_positive_int("in_features", in_features)
+        check_positive_int("out_features", out_features)
         self.in_features = in_features
         self.out_features = out_features
         self._create((out_features, in_features), block_size=block_size, density=density, bias=bias, device=device,
@@ -68,10 +69,10 @@ class SparseLinear(SparseModule):
         if weight.is_meta:
             raise ValueError("linear has meta weights; use rs.sparsify(model, ..., device=...) for meta models")
         layout, values = BlockSparseLayout.from_dense(weight.detach(), density=density, block_size=block_size)
-        return cls._assemble(layout, values, linear.bias)
+        return cls.from_parts(layout, values, linear.bias)
 
     @classmethod
-    def _assemble(cls, layout: BlockSparseLayout, values: torch.Tensor, bias: torch.Tensor | None) -> "SparseLinear":
+    def from_parts(cls, layout: BlockSparseLayout, values: torch.Tensor, bias: torch.Tensor | None) -> "SparseLinear":
         """A layer with the given layout, values ``[nnzb, b, b]`` and bias (all copied)."""
         layer = cls.__new__(cls)
         SparseModule.__init__(layer)

@@ -18,21 +18,21 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 from rigl_sparse import backends
 from rigl_sparse.ops import _common
-from rigl_sparse.ops.dsd import _check as _check_dsd
+from rigl_sparse.ops.dsd import check_arguments as check_dsd_arguments
 from rigl_sparse.ops.dsd import gradients as dsd_gradients
 
 
 def linear(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features: int):
     """x: [M, K]; values: [nnzb, b, b]; bias: [out] or None; topology int32 -> y: [M, out]."""
-    if _needs_custom_op(x, values):
+    if needs_custom_op(x, values):
         return torch.ops.rigl_sparse.dsd(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr,
                                          col_slots, out_features)
-    _check_dsd(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features)
+    check_dsd_arguments(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features)
     return _EagerLinear.apply(x, values, bias, (block_row, block_col, row_ptr, row_slots, col_ptr, col_slots),
                               out_features)
 
 
-def _needs_custom_op(*tensors) -> bool:
+def needs_custom_op(*tensors) -> bool:
     if torch.compiler.is_compiling():
         return True
     return any(isinstance(t, FakeTensor) or t.device.type == "meta"

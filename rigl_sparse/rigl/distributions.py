@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-from rigl_sparse.layout import _check_density
+from rigl_sparse._checks import check_density
 
 METHODS = ("uniform", "er", "erk")
 
@@ -40,7 +40,7 @@ def layer_densities(
 
     Returns name -> density, in the order of ``shapes``.
     """
-    _check_density(density)
+    check_density(density)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not shapes:
@@ -56,7 +56,7 @@ def layer_densities(
             raise ValueError(f"shapes[{name!r}] must be a non-empty tuple of positive dims, got {shape}")
     fixed = {name: 1.0 for name in dense}
     for name, value in (custom or {}).items():
-        _check_density(value)
+        check_density(value)
         if name in fixed:
             raise ValueError(f"layer {name!r} is named in both dense and custom")
         fixed[name] = float(value)

@@ -26,7 +26,8 @@ import math
 import torch
 from torch import nn
 
-from rigl_sparse.layout import BlockSparseLayout, _check_positive_int
+from rigl_sparse._checks import check_positive_int
+from rigl_sparse.layout import BlockSparseLayout
 from rigl_sparse.nn.conv import weight_matrix
 from rigl_sparse.rigl.sparsify import densities_of, select_layers
 
@@ -49,7 +50,7 @@ class BlockMask(nn.Module):
     def __init__(self, weight_shape: tuple[int, ...], block_size: int, active: torch.Tensor,
                  target_density: float):
         super().__init__()
-        _check_positive_int("block_size", block_size)
+        check_positive_int("block_size", block_size)
         if len(weight_shape) not in (2, 4):
             raise ValueError(f"weight_shape must be (out, in) or (out, in/groups, kh, kw), got {weight_shape}")
         self.weight_shape = tuple(int(d) for d in weight_shape)
@@ -123,7 +124,7 @@ def apply_masks(model: nn.Module, *, density: float, method: str = "erk", block_
     every block active and records the density as the target of gradual pruning
     (``PruningScheduler``).  Returns ``model``.
     """
-    _check_positive_int("block_size", block_size)
+    check_positive_int("block_size", block_size)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if start not in STARTS:

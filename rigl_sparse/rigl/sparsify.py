@@ -7,7 +7,8 @@ import fnmatch
 import torch
 from torch import nn
 
-from rigl_sparse.layout import BlockSparseLayout, _check_positive_int
+from rigl_sparse._checks import check_positive_int
+from rigl_sparse.layout import BlockSparseLayout
 from rigl_sparse.nn import SparseConv2d, SparseLinear
 from rigl_sparse.nn.conv import weight_matrix
 from rigl_sparse.rigl.distributions import layer_densities
@@ -46,7 +47,7 @@ def sparsify(model: nn.Module, *, density: float, method: str = "erk", block_siz
     rest of the model with ``reset_parameters()``, so no dense weight of a
     converted layer ever exists.  Returns ``model``.
     """
-    _check_positive_int("block_size", block_size)
+    check_positive_int("block_size", block_size)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     layers = select_layers(model, lambda m: type(m) is nn.Linear or is_conv1d(m) or _convertible_conv(m, block_size),
@@ -150,7 +151,7 @@ def _sparse_layer(layer: nn.Module, density: float, block_size: int, target, gen
         layout = BlockSparseLayout.random(tuple(matrix.shape), block_size, density=density, generator=generator,
                                           device=layer_device)
         bias = layer.bias.detach().to(layer_device) if has_bias else None
-        return SparseLinear._assemble(layout, layout.gather(matrix), bias)
+        return SparseLinear.from_parts(layout, layout.gather(matrix), bias)
     if on_meta:
         if isinstance(layer, nn.Linear):
             return SparseLinear(layer.in_features, layer.out_features, bias=has_bias, density=density,
@@ -165,8 +166,8 @@ def _sparse_layer(layer: nn.Module, density: float, block_size: int, target, gen
                                       device=layer_device)
     bias = layer.bias.detach().to(layer_device) if has_bias else None
     if isinstance(layer, nn.Linear):
-        return SparseLinear._assemble(layout, layout.gather(matrix), bias)
-    return SparseConv2d._assemble(layer, layout, layout.gather(matrix), bias)
+        return SparseLinear.from_parts(layout, layout.gather(matrix), bias)
+    return SparseConv2d.from_parts(layer, layout, layout.gather(matrix), bias)
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -9,19 +9,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rigl_sparse import backends
+from rigl_sparse import _checks, backends
 from rigl_sparse.ops import _common, _cpu, _cuda
 from rigl_sparse.ops.block_scores import reference
 
 
 def _check(dy, x, block_row, block_col, block_size, k):
-    _common.check_gradient_pair(dy, x, block_size)
+    _checks.check_gradient_pair(dy, x, block_size)
     if k < 0:
         raise ValueError(f"k must be non-negative, got {k}")
     for name, t in (("block_row", block_row), ("block_col", block_col)):
         if t.dtype != torch.int32 or t.dim() != 1:
             raise TypeError(f"{name} must be a 1-D int32 tensor, got {t.dtype} of shape {tuple(t.shape)}")
-    _common.check_same_device(dy=dy, x=x, block_row=block_row, block_col=block_col)
+    _checks.check_same_device(dy=dy, x=x, block_row=block_row, block_col=block_col)
 
 
 @torch.library.custom_op("rigl_sparse::block_scores", mutates_args=())

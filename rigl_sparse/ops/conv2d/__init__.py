@@ -28,7 +28,7 @@ from torch.autograd.function import once_differentiable
 
 from rigl_sparse import backends
 from rigl_sparse.ops import _common, _cpu
-from rigl_sparse.ops.linear import _needs_custom_op
+from rigl_sparse.ops.linear import needs_custom_op
 
 PATCH_BYTES = 32 << 20  # patch buffer per chunk of images
 
@@ -135,7 +135,7 @@ def conv2d(x, values, bias, topology, out_channels: int, geometry: ConvGeometry,
     ``dY`` zeroed outside that group's outputs, so ``dY^T P`` of the stack is
     the weight gradient (the stack exists only in graphs traced for an update step).
     """
-    if _needs_custom_op(x, values):
+    if needs_custom_op(x, values):
         n, _, height, width = x.shape
         out_h, out_w = geometry.output_size(height, width)
         padded = _padded_nhwc(x, geometry)

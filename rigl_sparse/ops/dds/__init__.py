@@ -9,21 +9,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rigl_sparse import backends
+from rigl_sparse import _checks, backends
 from rigl_sparse.ops import _common, _cpu, _cuda
 from rigl_sparse.ops.dds import reference
 
 
 def _check(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, in_features):
-    _common.check_matrix("dy", dy)
-    _common.check_topology_args(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots,
+    _checks.check_matrix("dy", dy)
+    _checks.check_topology_args(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots,
                                 values.shape[-1] if values.dim() == 3 else -1)
     if values.dtype != dy.dtype:
         raise TypeError(f"values ({values.dtype}) and dy ({dy.dtype}) must have the same dtype")
     b = values.shape[1]
-    _common.check_dim_matches_grid("dy.shape[1] (out_features)", dy.shape[1], row_ptr.shape[0] - 1, b)
-    _common.check_dim_matches_grid("in_features", in_features, col_ptr.shape[0] - 1, b)
-    _common.check_same_device(dy=dy, values=values, block_row=block_row, block_col=block_col, row_ptr=row_ptr,
+    _checks.check_dim_matches_grid("dy.shape[1] (out_features)", dy.shape[1], row_ptr.shape[0] - 1, b)
+    _checks.check_dim_matches_grid("in_features", in_features, col_ptr.shape[0] - 1, b)
+    _checks.check_same_device(dy=dy, values=values, block_row=block_row, block_col=block_col, row_ptr=row_ptr,
                               row_slots=row_slots, col_ptr=col_ptr, col_slots=col_slots)
 
 

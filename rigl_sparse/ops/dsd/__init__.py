@@ -11,26 +11,26 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from rigl_sparse import backends
+from rigl_sparse import _checks, backends
 from rigl_sparse.ops import _common, _cpu, _cuda
 from rigl_sparse.ops.dsd import reference
 
 
-def _check(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features):
-    _common.check_matrix("x", x)
-    _common.check_topology_args(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots,
+def check_arguments(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features):
+    _checks.check_matrix("x", x)
+    _checks.check_topology_args(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots,
                                 values.shape[-1] if values.dim() == 3 else -1)
     if values.dtype != x.dtype:
         raise TypeError(f"values ({values.dtype}) and x ({x.dtype}) must have the same dtype")
     b = values.shape[1]
-    _common.check_dim_matches_grid("out_features", out_features, row_ptr.shape[0] - 1, b)
-    _common.check_dim_matches_grid("x.shape[1] (in_features)", x.shape[1], col_ptr.shape[0] - 1, b)
+    _checks.check_dim_matches_grid("out_features", out_features, row_ptr.shape[0] - 1, b)
+    _checks.check_dim_matches_grid("x.shape[1] (in_features)", x.shape[1], col_ptr.shape[0] - 1, b)
     if bias is not None:
         if bias.dtype != x.dtype:
             raise TypeError(f"bias ({bias.dtype}) and x ({x.dtype}) must have the same dtype")
         if bias.shape != (out_features,):
             raise ValueError(f"bias must have shape [{out_features}], got {tuple(bias.shape)}")
-    _common.check_same_device(x=x, values=values, bias=bias, block_row=block_row, block_col=block_col,
+    _checks.check_same_device(x=x, values=values, bias=bias, block_row=block_row, block_col=block_col,
                               row_ptr=row_ptr, row_slots=row_slots, col_ptr=col_ptr, col_slots=col_slots)
 
 
@@ -38,14 +38,14 @@ def _check(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, c
 def dsd(x: Tensor, values: Tensor, bias: Optional[Tensor], block_row: Tensor, block_col: Tensor, row_ptr: Tensor,
         row_slots: Tensor, col_ptr: Tensor, col_slots: Tensor, out_features: int) -> Tensor:
     """x: [M, K]; values: [nnzb, b, b] (x's dtype); bias: [out] or None; topology int32 -> y: [M, out]."""
-    _check(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features)
+    check_arguments(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features)
     args = (x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features)
     return _common.dispatch("dsd", x.device, args)(*args).contiguous()
 
 
 @dsd.register_fake
 def _(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features):
-    _check(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features)
+    check_arguments(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features)
     return x.new_empty(x.shape[0], out_features)
 
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rigl_sparse import backends
+from rigl_sparse import _checks, backends
 from rigl_sparse.ops import _common, _cpu, _cuda
 from rigl_sparse.ops.sdd import reference
 
 
 def _check(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size):
-    _common.check_gradient_pair(dy, x, block_size)
-    _common.check_topology_args(None, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size)
-    _common.check_dim_matches_grid("dy.shape[1] (out_features)", dy.shape[1], row_ptr.shape[0] - 1, block_size)
-    _common.check_dim_matches_grid("x.shape[1] (in_features)", x.shape[1], col_ptr.shape[0] - 1, block_size)
-    _common.check_same_device(dy=dy, x=x, block_row=block_row, block_col=block_col, row_ptr=row_ptr,
+    _checks.check_gradient_pair(dy, x, block_size)
+    _checks.check_topology_args(None, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size)
+    _checks.check_dim_matches_grid("dy.shape[1] (out_features)", dy.shape[1], row_ptr.shape[0] - 1, block_size)
+    _checks.check_dim_matches_grid("x.shape[1] (in_features)", x.shape[1], col_ptr.shape[0] - 1, block_size)
+    _checks.check_same_device(dy=dy, x=x, block_row=block_row, block_col=block_col, row_ptr=row_ptr,
                               row_slots=row_slots, col_ptr=col_ptr, col_slots=col_slots)
 
 

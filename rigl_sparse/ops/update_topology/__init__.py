@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rigl_sparse import backends
+from rigl_sparse import _checks, backends
 from rigl_sparse.ops import _common
 from rigl_sparse.ops.update_topology import reference
 
 
 def _check(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, slots, new_row, new_col):
-    _common.check_topology_args(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots,
+    _checks.check_topology_args(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots,
                                 values.shape[-1] if values.dim() == 3 else -1)
     for name, t in (("slots", slots), ("new_row", new_row), ("new_col", new_col)):
         if t.dtype not in (torch.int32, torch.int64) or t.dim() != 1:
@@ -24,7 +24,7 @@ def _check(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots,
     if not (slots.shape == new_row.shape == new_col.shape):
         raise ValueError(f"slots, new_row and new_col must have one length, got {tuple(slots.shape)}, "
                          f"{tuple(new_row.shape)}, {tuple(new_col.shape)}")
-    _common.check_same_device(values=values, block_row=block_row, slots=slots, new_row=new_row, new_col=new_col)
+    _checks.check_same_device(values=values, block_row=block_row, slots=slots, new_row=new_row, new_col=new_col)
 
 
 @torch.library.custom_op(
