@@ -162,7 +162,7 @@ def test_just_dropped_block_can_regrow_and_keeps_its_value_and_state():
     opt.state[layer.values]["momentum_buffer"] = torch.ones_like(layer.values)
     # Make the dropped block's gradient dominate every inactive block's score.
     layer.values.grad[0] = 1e6
-    layer._grow_scores = (torch.tensor([1.0]), torch.tensor([_first_inactive(layer)]))
+    layer.grow._scores = (torch.tensor([1.0]), torch.tensor([_first_inactive(layer)]))
     flat_before = layer.layout.flat_index().clone()
     assert sched.step_count == 1 and sched.is_update_step(1)
     assert sched.step() is False
@@ -187,7 +187,7 @@ def test_dropped_block_with_small_gradient_is_replaced():
     layer(torch.randn(4, 8)).sum().backward()
     layer.values.grad.zero_()
     target = _first_inactive(layer)
-    layer._grow_scores = (torch.tensor([5.0]), torch.tensor([target]))
+    layer.grow._scores = (torch.tensor([5.0]), torch.tensor([target]))
     assert sched.step() is False
     assert int(layer.layout.flat_index()[0]) == target and torch.all(layer.values[0] == 0)
 

@@ -8,8 +8,7 @@ from torch import nn
 
 from rigl_sparse._checks import check_positive_int
 from rigl_sparse.layout import BlockSparseLayout
-from rigl_sparse.nn.base import SparseModule, average_over
-from rigl_sparse.ops.block_scores.reference import scores_by_bands
+from rigl_sparse.nn.base import SparseModule
 from rigl_sparse.ops.conv2d import ConvGeometry, conv2d
 
 
@@ -102,50 +101,42 @@ class SparseConv2d(SparseModule):
         if out_h <= 0 or out_w <= 0:
             raise ValueError(f"input of spatial size {tuple(x.shape[2:])} is smaller than the kernel "
                              f"{self.kernel_size} (dilation {self.dilation}, padding {self.padding})")
-        if self._grow_armed and self._grow_exact and torch.is_grad_enabled():
+        recorder = self.grow
+        if recorder.armed and recorder.exact and torch.is_grad_enabled():
             y = conv2d(x, values, bias, self.layout.topology(), self.out_channels, self._geometry)
-            return self._tap_grow_scores(y, x)  # keeps dY and x for step()
+            return recorder.tap(y, x, self.layout)  # keeps dY and x for the scheduler
         grow = tap = None
-        if self._grow_armed and torch.is_grad_enabled():
-            tap = self._tap_grow_scores  # used where the op forms the whole batch's patches (compiled, fake)
+        if recorder.armed and torch.is_grad_enabled():
+            # where the op forms the whole batch's patches (compiled, fake tensors) it taps them
+            tap = lambda y, cols: recorder.tap(y, cols, self.layout)  # noqa: E731
             if not torch.compiler.is_compiling():
-                grow = (lambda: self._grow_request, self._deliver_grow_scores)
+                grow = (lambda: recorder.k, recorder.record)
         return conv2d(x, values, bias, self.layout.topology(), self.out_channels, self._geometry, grow, tap=tap)
-
-    def _deliver_grow_scores(self, scores) -> None:
-        self._record_grow_candidates(scores)
 
     def _supports_exact_grow_scores(self) -> bool:
         return True
 
-    def _exact_grow_scores(self, inputs, process_group):
-        """Grow candidates of the accumulated weight gradient, formed one band of block rows (output
-        channels, within one group at a time) from the kept inputs and output gradients with
-        ``torch.nn.grad.conv2d_weight``, averaged over ``process_group`` when given."""
+    def gradient_band(self, inputs, r0: int, r1: int) -> torch.Tensor:
+        """Rows of the accumulated weight gradient for output channels ``r0 * b : r1 * b`` (within one group
+        at a time), from the kept inputs and output gradients with ``torch.nn.grad.conv2d_weight``."""
         layout = self.layout
         b = layout.block_size
-        n_rows, n_cols = layout.grid
-        geometry = self._geometry
-        top, bottom, left, right = geometry.padding
-        groups = geometry.groups
-        out_per_group = self.out_channels // groups
-        in_per_group = self.in_channels // groups
+        n_cols = layout.grid[1]
+        top, bottom, left, right = self._geometry.padding
+        out_per_group = self.out_channels // self.groups
+        in_per_group = self.in_channels // self.groups
         kh, kw = self.kernel_size
-        padded = [(dy, nn.functional.pad(x, (left, right, top, bottom))) for dy, x in inputs]
-
-        def band(r0, r1):
-            o0, o1 = r0 * b, min(r1 * b, self.out_channels)
-            grad = torch.zeros((r1 - r0) * b, n_cols * b, dtype=torch.float32, device=layout.block_row.device)
-            for dy, x in padded:
-                for g in range(o0 // out_per_group, (o1 - 1) // out_per_group + 1):
-                    lo, hi = max(o0, g * out_per_group), min(o1, (g + 1) * out_per_group)
-                    part = torch.nn.grad.conv2d_weight(
-                        x[:, g * in_per_group:(g + 1) * in_per_group].float(), (hi - lo, in_per_group, kh, kw),
-                        dy[:, lo:hi].float(), stride=self.stride, padding=0, dilation=self.dilation)
-                    grad[lo - o0:hi - o0, :self.fan_in] += weight_matrix(part)
-            return average_over(grad, process_group)
-
-        return scores_by_bands(band, n_rows, n_cols, b, layout.active_mask().flatten(), self._grow_request)
+        o0, o1 = r0 * b, min(r1 * b, self.out_channels)
+        grad = torch.zeros((r1 - r0) * b, n_cols * b, dtype=torch.float32, device=layout.block_row.device)
+        for dy, x in inputs:  # a rank with no micro-batch contributes zeros
+            x = nn.functional.pad(x, (left, right, top, bottom))
+            for g in range(o0 // out_per_group, (o1 - 1) // out_per_group + 1):
+                lo, hi = max(o0, g * out_per_group), min(o1, (g + 1) * out_per_group)
+                part = torch.nn.grad.conv2d_weight(
+                    x[:, g * in_per_group:(g + 1) * in_per_group].float(), (hi - lo, in_per_group, kh, kw),
+                    dy[:, lo:hi].float(), stride=self.stride, padding=0, dilation=self.dilation)
+                grad[lo - o0:hi - o0, :self.fan_in] += weight_matrix(part)
+        return grad
 
     # -------------------------------------------------------------- conversion
     @classmethod

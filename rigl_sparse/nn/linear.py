@@ -53,11 +53,27 @@ class SparseLinear(SparseModule):
         x, values, bias = self._operands(x)
         x2 = x.reshape(-1, self.in_features)
         y = ops.linear(x2, values, bias, *self.layout.topology(), self.out_features)
-        y = self._tap_grow_scores(y, x2)
+        y = self.grow.tap(y, x2, self.layout)
         return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
 
     def _supports_exact_grow_scores(self) -> bool:
         return True
+
+    def exact_grow_scores(self, inputs, reduce=None):
+        if reduce is None:  # one block_scores over the concatenated micro-batches
+            layout = self.layout
+            return ops.block_scores(torch.cat([d for d, _ in inputs]), torch.cat([x for _, x in inputs]),
+                                    layout.block_row, layout.block_col, layout.block_size, self.grow.k)
+        return super().exact_grow_scores(inputs, reduce)
+
+    def gradient_band(self, inputs, r0: int, r1: int) -> torch.Tensor:
+        b = self.layout.block_size
+        n_rows, n_cols = self.layout.grid
+        grad = torch.zeros((r1 - r0) * b, n_cols * b, dtype=torch.float32, device=self.layout.block_row.device)
+        rows = slice(r0 * b, min(r1 * b, self.out_features))
+        for dy, x in inputs:  # a rank with no micro-batch contributes zeros
+            grad[: rows.stop - rows.start, : self.in_features].addmm_(dy[:, rows].float().T, x.float())
+        return grad
 
     # -------------------------------------------------------------- conversion
     @classmethod

@@ -5,6 +5,7 @@ registration in ``__init__.py``; other backends register beside it.
 """
 
 from rigl_sparse.ops.block_scores import block_scores
+from rigl_sparse.ops.block_scores.reference import scores_by_bands
 from rigl_sparse.ops.dds import dds
 from rigl_sparse.ops.dsd import dsd
 from rigl_sparse.ops.grow_tap import grow_tap, record_grow_scores
@@ -15,4 +16,4 @@ from rigl_sparse.ops.update_topology import update_topology
 OP_NAMES = ("dsd", "dds", "sdd", "block_scores", "update_topology")
 
 __all__ = ["dsd", "dds", "sdd", "block_scores", "update_topology", "linear", "grow_tap", "record_grow_scores",
-           "OP_NAMES"]
+           "scores_by_bands", "OP_NAMES"]

@@ -198,21 +198,3 @@ def set_active_blocks(layer: nn.Module, optimizer: torch.optim.Optimizer, active
     grown = int((active & ~old).sum())
     mask.active.copy_(active.view(mask.grid))
     return grown
-
-
-def uncompiled(model: nn.Module) -> nn.Module:
-    """The module ``torch.compile`` wrapped (``OptimizedModule._orig_mod``), else ``model``: schedulers
-    name layers and detect DDP on it."""
-    while type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
-        model = model._orig_mod
-    return model
-
-
-def check_optimizer_holds(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    """Raise unless every tensor of ``tensors`` (name -> parameter) is in ``optimizer``."""
-    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    missing = [name for name, p in tensors.items() if id(p) not in in_optimizer]
-    if missing:
-        raise ValueError(f"optimizer does not hold the weights of sparse layers {missing}; create the optimizer "
-                         "from model.parameters() after sparsifying or masking")
-

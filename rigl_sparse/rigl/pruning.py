@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 
 from rigl_sparse.layout import block_count
-from rigl_sparse.rigl.masked import (check_optimizer_holds, mask_gradients, masked_layers, register_mask_hook,
-                                     set_active_blocks, uncompiled)
+from rigl_sparse.rigl.masked import mask_gradients, masked_layers, register_mask_hook, set_active_blocks
+from rigl_sparse.rigl.targets import check_optimizer_holds, uncompiled
 from rigl_sparse.rigl.schedule import check_delta_t, check_t_end
 
 

@@ -2,10 +2,10 @@
 compiled graph.
 
 Eager layers record their grow candidates with an ``autograd.Function`` that writes to the
-module.  A compiled graph cannot write Python state, so under ``torch.compile`` a layer routes
+layer's recorder.  A compiled graph cannot write Python state, so under ``torch.compile`` a layer routes
 its output through ``grow_tap``: the identity in the forward, whose backward passes ``dY`` on
 and calls ``record_grow_scores``, an op that writes the top candidates of ``dY.T @ X`` (the
-streaming ``block_scores``) into buffers the layer owns.  The buffers hold ``nnzb`` candidates,
+streaming ``block_scores``) into buffers the layer's recorder owns.  The buffers hold ``nnzb`` candidates,
 a size that does not change with the drop count, so the graph never recompiles across topology
 updates; the scheduler reads the first ``k``.  Several backward passes before the scheduler
 reads the buffers sum their scores block by block and keep the best ``nnzb``.
@@ -17,7 +17,6 @@ import torch
 from torch import Tensor
 
 from rigl_sparse import backends
-
 from rigl_sparse.ops.block_scores import block_scores
 
 
@@ -83,55 +82,4 @@ def _backward(ctx, grad):
 
 torch.library.register_autograd("rigl_sparse::grow_tap", _backward, setup_context=_setup)
 
-# ---------------------------------------------------------------- exact mode
-# ``grow_scores="exact"`` keeps every backward pass's ``dY`` and ``X`` and scores their sum at the
-# update.  A compiled graph cannot append to a module's list, so ``keep_tap``'s backward calls
-# ``keep_grow_inputs``, an opaque op that copies them into ``_KEPT[owner]`` (copies: a compiled
-# graph may reuse the memory of its intermediates); the layer takes them with ``take_kept``.
-
-_KEPT: dict[int, list[tuple[Tensor, Tensor]]] = {}
-
-
-def take_kept(owner: int) -> list[tuple[Tensor, Tensor]]:
-    """The ``(dY, X)`` pairs compiled graphs kept for ``owner`` since the last call; forgets them."""
-    return _KEPT.pop(owner, [])
-
-
-@torch.library.custom_op("rigl_sparse::keep_grow_inputs", mutates_args=("passes",))
-def keep_grow_inputs(dy: Tensor, x: Tensor, owner: int, passes: Tensor) -> None:
-    """Append copies of ``(dy, x)`` to the pairs kept for ``owner``; ``passes += 1``."""
-    _KEPT.setdefault(owner, []).append((dy.detach().to(x.dtype, copy=True), x.detach().clone()))
-    passes.add_(1)
-
-
-@keep_grow_inputs.register_fake
-def _(dy, x, owner, passes):
-    return None
-
-
-@torch.library.custom_op("rigl_sparse::keep_tap", mutates_args=())
-def keep_tap(y: Tensor, x: Tensor, owner: int, passes: Tensor) -> Tensor:
-    """The identity on ``y`` (a copy); its backward keeps ``dY`` and ``x`` (``keep_grow_inputs``)."""
-    return y.clone()
-
-
-@keep_tap.register_fake
-def _(y, x, owner, passes):
-    return torch.empty_like(y)
-
-
-def _setup_keep(ctx, inputs, output):
-    _, x, owner, passes = inputs
-    ctx.save_for_backward(x, passes)
-    ctx.owner = owner
-
-
-def _backward_keep(ctx, grad):
-    x, passes = ctx.saved_tensors
-    torch.ops.rigl_sparse.keep_grow_inputs(grad, x, ctx.owner, passes)
-    return grad, None, None, None
-
-
-torch.library.register_autograd("rigl_sparse::keep_tap", _backward_keep, setup_context=_setup_keep)
-
-__all__ = ["grow_tap", "record_grow_scores", "keep_tap", "keep_grow_inputs", "take_kept"]
+__all__ = ["grow_tap", "record_grow_scores", "sum_by_block"]

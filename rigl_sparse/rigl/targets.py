@@ -1,0 +1,146 @@
+"""The sparse layers as the schedulers see them: one adapter per layer kind, one update path for all.
+
+A target exposes its active blocks and their magnitudes, the pool a grow criterion ranks (inactive
+blocks and the just-dropped ones, with their gradient scores) and ``move(dropped, grown, optimizer)``.
+``CompressedTarget`` adapts a ``SparseModule`` (compressed values, scores from the backward's grow
+candidates), ``MaskedTarget`` a dense layer under a ``BlockMask`` (scores from its dense gradient).
+Blocks are named by their row-major flat index; ``dropped`` are positions into ``active()``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import nn
+
+from rigl_sparse import ops
+from rigl_sparse.nn import SparseModule
+from rigl_sparse.rigl.distributed import full, is_dtensor, zero_slots
+from rigl_sparse.rigl.masked import masked_layers, set_active_blocks
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module ``torch.compile`` wrapped, else ``model``: schedulers name layers and find DDP on it."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # loaded wherever a compiled module exists
+    while eval_frame is not None and isinstance(model, eval_frame.OptimizedModule):
+        model = model._orig_mod
+    return model
+
+
+def check_optimizer_holds(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    """Raise unless every tensor of ``tensors`` (name -> parameter) is in ``optimizer``."""
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [name for name, p in tensors.items() if id(p) not in in_optimizer]
+    if missing:
+        raise ValueError(f"optimizer does not hold the weights of sparse layers {missing}; create the optimizer "
+                         "from model.parameters() after sparsifying or masking")
+
+
+def smallest(norms: torch.Tensor, flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Positions of the ``k`` smallest ``norms``; ties to the lower block index ``flat``."""
+    order = torch.argsort(flat)
+    return order[torch.sort(norms[order], stable=True).indices[:k]]
+
+
+class CompressedTarget:
+    """A ``SparseModule``: its active blocks are its slots, in slot order."""
+
+    def __init__(self, name: str, layer: SparseModule):
+        self.name, self.layer = name, layer
+        self._whole = None
+
+    @property
+    def parameter(self) -> torch.Tensor:
+        return self.layer.values
+
+    @property
+    def n_blocks(self) -> int:
+        return self.layer.layout.n_blocks
+
+    def active(self) -> torch.Tensor:
+        return self.layer.layout.flat_index()
+
+    def magnitudes(self) -> torch.Tensor:
+        self._whole = full(self.layer.values.detach())  # FSDP2: gathered once for the norms and the move
+        return self._whole.float().flatten(1).norm(dim=1)
+
+    def gradient_pool(self, dropped, candidates, score_scale: float):
+        """(scores, blocks) of the grow candidates and the dropped slots' own gradient norms, or None
+        without a gradient."""
+        grad = self.layer.values.grad
+        if candidates is None or grad is None:
+            return None
+        scores, index = candidates
+        valid = index >= 0
+        flat = self.active()
+        return (torch.cat([scores[valid] * score_scale, full(grad)[dropped].float().flatten(1).norm(dim=1)]),
+                torch.cat([index[valid], flat[dropped]]))
+
+    def move(self, dropped, grown, optimizer) -> int:
+        """Grown blocks into the freed slots (value, gradient and optimizer state zero); a regrown block
+        keeps its slot.  Returns the number of slots moved."""
+        layout, values = self.layer.layout, self.layer.values
+        flat = layout.flat_index()
+        dropped_flat = flat[dropped]
+        slots = dropped[~torch.isin(dropped_flat, grown)].sort().values
+        new_flat = grown[~torch.isin(grown, dropped_flat)].sort().values
+        n_cols = layout.grid[1]
+        whole = self._whole if self._whole is not None else full(values.detach())
+        # under FSDP2 the op moves the topology on the gathered copy, and each rank zeroes its own shard
+        ops.update_topology(whole if is_dtensor(values) else values, *layout.topology(), slots, new_flat // n_cols,
+                            new_flat % n_cols)
+        self._whole = None
+        if is_dtensor(values):
+            zero_slots(values.data, slots)
+        if values.grad is not None:
+            zero_slots(values.grad, slots)
+        for state in optimizer.state.get(values, {}).values():
+            if torch.is_tensor(state) and state.shape == values.shape:
+                zero_slots(state, slots)
+        return slots.numel()
+
+
+class MaskedTarget:
+    """A dense layer under a ``BlockMask``: its active blocks in ascending order."""
+
+    def __init__(self, name: str, layer: nn.Module):
+        self.name, self.layer = name, layer
+
+    @property
+    def parameter(self) -> torch.Tensor:
+        return self.layer.weight
+
+    @property
+    def n_blocks(self) -> int:
+        return self.layer.block_mask.active.numel()
+
+    def active(self) -> torch.Tensor:
+        return torch.nonzero(self.layer.block_mask.active.flatten()).flatten()
+
+    def magnitudes(self) -> torch.Tensor:
+        return self.layer.block_mask.block_norms(self.layer.weight.detach())[self.active()]
+
+    def gradient_pool(self, dropped, source, score_scale: float = 1.0):
+        """(scores, blocks) of every inactive and dropped block by the block norms of ``source`` (the dense
+        gradient, or its moving average), or None without one."""
+        if source is None:
+            return None
+        mask = self.layer.block_mask
+        pool = ~mask.active.flatten()
+        pool[self.active()[dropped]] = True
+        index = torch.nonzero(pool).flatten()
+        return mask.block_norms(source)[index], index
+
+    def move(self, dropped, grown, optimizer) -> int:
+        active = self.layer.block_mask.active.flatten()
+        new_active = active.clone()
+        new_active[self.active()[dropped]] = False
+        new_active[grown] = True
+        return set_active_blocks(self.layer, optimizer, new_active)
+
+
+def find_targets(model: nn.Module) -> list:
+    """Every sparse layer of ``model``: compressed ones first, then masked ones, each in module order."""
+    return ([CompressedTarget(name, m) for name, m in model.named_modules() if isinstance(m, SparseModule)]
+            + [MaskedTarget(name, m) for name, m in masked_layers(model)])
