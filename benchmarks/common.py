@@ -63,7 +63,7 @@ def apply_isa(args) -> None:
 
 def cpu_isa() -> str | None:
     """The instruction-set variant our CPU kernels run, or None without the native backend."""
-    from rigl_sparse.ops import _cpu
+    from rigl_sparse.ops import cpu_extension as _cpu
 
     try:
         return _cpu.isa_status()["active"]
@@ -91,7 +91,7 @@ def cpu_environment() -> dict:
            "torch_isa_limits": {k: os.environ[k] for k in ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA",
                                                            "ATEN_CPU_CAPABILITY") if k in os.environ}}
     try:
-        from rigl_sparse.ops import _cpu
+        from rigl_sparse.ops import cpu_extension as _cpu
 
         status = _cpu.isa_status()
         env.update(instruction_set=status["active"], isa_variants_built=status["built"], isa_forced_by=status["forced_by"],

@@ -62,13 +62,13 @@ def _always() -> str | None:
 
 
 def _probe_cpu() -> str | None:
-    from rigl_sparse.ops._cpu import unavailable_reason
+    from rigl_sparse.ops.cpu_extension import unavailable_reason
 
     return unavailable_reason()
 
 
 def _probe_cuda() -> str | None:
-    from rigl_sparse.ops._cuda import unavailable_reason
+    from rigl_sparse.ops.cuda_extension import unavailable_reason
 
     return unavailable_reason()
 

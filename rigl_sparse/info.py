@@ -49,7 +49,7 @@ def report() -> str:
 
 def _cpu_lines() -> list[str]:
     """The instruction-set variants of the CPU kernels: built, runnable here, in use and why."""
-    from rigl_sparse.ops import _cpu
+    from rigl_sparse.ops import cpu_extension as _cpu
 
     try:
         status = _cpu.isa_status()

@@ -43,7 +43,7 @@ def _fresh_compiler_caches():
 
 def _runnable_cpu_isas() -> list[str]:
     from rigl_sparse import backends
-    from rigl_sparse.ops import _cpu
+    from rigl_sparse.ops import cpu_extension as _cpu
 
     if backends.BACKENDS["cpu"].unavailable_reason() is not None:
         return []
@@ -55,7 +55,7 @@ def _runnable_cpu_isas() -> list[str]:
 def cpu_isa(request, monkeypatch):
     """Each instruction-set variant of the CPU kernels this machine executes, forced as a user would:
     through RIGL_SPARSE_CPU_ISA (an AVX2 machine tests baseline and avx2, an AVX-512 one all three)."""
-    from rigl_sparse.ops import _cpu
+    from rigl_sparse.ops import cpu_extension as _cpu
 
     monkeypatch.setenv(_cpu.ISA_VARIABLE, request.param)
     assert _cpu.select_isa_from_environment() == request.param

@@ -92,7 +92,7 @@ def test_larger_ragged_layers_cross_every_register_tile_edge(M, out_f, in_f, b, 
 
 
 def test_isa_variable_refuses_what_is_not_built_or_not_runnable(monkeypatch):
-    from rigl_sparse.ops import _cpu
+    from rigl_sparse.ops import cpu_extension as _cpu
 
     status = _cpu.isa_status()
     monkeypatch.setenv(_cpu.ISA_VARIABLE, "sse9")
@@ -121,7 +121,7 @@ def test_isa_variable_at_process_start_is_used_and_reported():
 
     code = ("import torch, rigl_sparse as rs\n"
             "from rigl_sparse import ops, info\n"
-            "from rigl_sparse.ops import _cpu\n"
+            "from rigl_sparse.ops import cpu_extension as _cpu\n"
             "from rigl_sparse.testing import assert_matches_dense, random_block_sparse\n"
             "layout, values = random_block_sparse((32, 32), 16, 0.5)\n"
             "with rs.use_backend('cpu'):\n"
@@ -146,7 +146,7 @@ def test_code_outside_the_wide_variants_runs_on_any_x86_64_cpu():
     import shutil
     import subprocess
 
-    from rigl_sparse.ops import _cpu
+    from rigl_sparse.ops import cpu_extension as _cpu
 
     if platform.machine() != "x86_64" or shutil.which("objdump") is None:
         pytest.skip("needs x86-64 and objdump")
@@ -169,7 +169,7 @@ def test_code_outside_the_wide_variants_runs_on_any_x86_64_cpu():
 
 def test_cpu_bindings_refuse_a_topology_that_points_outside_the_blocks():
     # A direct call of the extension with bad slots or coordinates is refused, never read out of bounds.
-    from rigl_sparse.ops._cpu import extension
+    from rigl_sparse.ops.cpu_extension import extension
 
     layout, values, x, dy, _ = _case(64, 64, 16, 0.5, 8, torch.float32)
     out = torch.empty(8, 64)

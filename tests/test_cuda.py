@@ -80,7 +80,7 @@ def test_cuda_rejects_float32_when_forced_and_other_backends_take_it():
 
 
 def test_cuda_binding_checks_arguments():
-    from rigl_sparse.ops._cuda import extension
+    from rigl_sparse.ops.cuda_extension import extension
 
     layout, values, x, _, _ = _case(64, 64, 32, 0.5, 8, torch.bfloat16)
     out = torch.empty(8, 64, dtype=torch.bfloat16, device="cuda")
@@ -120,7 +120,7 @@ def test_cuda_block_scores_with_no_blocks_returns_the_empty_tail(b):
 
 
 def test_cuda_binding_checks_slot_counts_and_grid_limits():
-    from rigl_sparse.ops._cuda import extension
+    from rigl_sparse.ops.cuda_extension import extension
 
     layout, values, x, _, _ = _case(64, 64, 32, 0.5, 8, torch.bfloat16)
     out = torch.empty(8, 64, dtype=torch.bfloat16, device="cuda")

@@ -90,7 +90,7 @@ def plan(python: str, work: Path) -> list[Step]:
     # Every sanitized allocation its own: torch's caching allocator would hide small out-of-bounds accesses
     # inside its segments.
     uncached = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
-    verify = [python, "-c", "from rigl_sparse.ops import _cuda; r = _cuda.unavailable_reason(); "
+    verify = [python, "-c", "from rigl_sparse.ops import cuda_extension as c; r = c.unavailable_reason(); "
                             "print(r or 'rigl_sparse._C_cuda imports'); raise SystemExit(r is not None)"]
     probes = [str(work / "probe-cuda.json")] + [str(work / f"probe-triton-b{b}.json") for b in (32, 64, 128)]
     pytest = [python, "-m", "pytest", "-x", "-q", "-rs", "-p", "no:cacheprovider"]
@@ -138,8 +138,8 @@ def missing(needs: tuple[str, ...], dry_run: bool) -> str | None:
         if need == "sanitizer" and sanitizer_path() is None:
             return "compute-sanitizer is neither on the PATH nor in $CUDA_HOME/bin"
         if need == "extension" and not dry_run:
-            reason = subprocess.run([sys.executable, "-c", "from rigl_sparse.ops import _cuda; "
-                                     "print(_cuda.unavailable_reason() or '')"], cwd=ROOT, env=step_env({}),
+            reason = subprocess.run([sys.executable, "-c", "from rigl_sparse.ops import cuda_extension as c; "
+                                     "print(c.unavailable_reason() or '')"], cwd=ROOT, env=step_env({}),
                                     capture_output=True, text=True).stdout.strip()
             if reason:
                 return f"the cuda backend is unavailable: {reason}"

@@ -27,9 +27,9 @@ norms of ``values.grad``, so "top-k inactive ∪ dropped" holds every block that
 can win, and no dense gradient is ever stored.
 
 The scheduler drives compressed layers (``SparseModule``) and masked dense
-layers (``apply_masks``) alike, with the same decisions for the same topology,
-weights and gradients.  A masked layer's score is the block norm of its
-``weight.grad``, which is the dense gradient because inactive weights are zero.
+layers (``apply_masks``) alike through one update path (``targets.py``: drop,
+grow, move), with the same decisions for the same topology, weights and
+gradients; a masked layer's scores are the block norms of its dense ``weight.grad``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from rigl_sparse.rigl.distributed import data_parallel_group, gradients_finite, 
 from rigl_sparse.rigl.masked import mask_gradients, register_mask_hook
 from rigl_sparse.rigl.schedule import check_alpha, check_delta_t, check_t_end, drop_fraction
 from rigl_sparse.rigl.state import DROP, GROW, STATS, load_scheduler_state, scheduler_state
-from rigl_sparse.rigl.targets import CompressedTarget, check_optimizer_holds, find_targets, smallest, uncompiled
+from rigl_sparse.rigl.targets import (CompressedTarget, accumulate_average, best, check_optimizer_holds, find_targets,
+                                      random_pick, smallest, uncompiled)
 
 GROW_SCORES = ("backward", "exact")
 
@@ -187,7 +188,7 @@ class RigLScheduler:
         updated = self.is_update_step(t)
         with torch.no_grad():
             if self.grow == "momentum":
-                self._accumulate_gradient_average()
+                accumulate_average(self.masked, self.gradient_average, self.momentum)
             if updated:
                 for target in self.targets:
                     self._update(target, t)
@@ -210,7 +211,7 @@ class RigLScheduler:
             else None
         dropped = smallest(target.magnitudes(), flat, k)
         if self.grow == "random":
-            grown = self._random_pick(target.n_blocks, flat, flat[dropped], k)
+            grown = random_pick(self.generator, target.n_blocks, flat, flat[dropped], k)
         else:
             source = candidates if compressed else (target.layer.weight.grad if self.grow == "gradient"
                                                     else self.gradient_average.get(target.name))
@@ -226,42 +227,17 @@ class RigLScheduler:
             self.stats["blocks_moved"] += target.move(dropped, grown, self.optimizer)
 
     def _best(self, name, pool_scores, pool_index, k):
-        """The ``k`` pool blocks of largest score, ties to the lower index; None (and a warning) on NaN/Inf
-        or when every score is zero (a layer without gradient keeps its topology)."""
-        if not bool(torch.isfinite(pool_scores).all()):
-            warnings.warn(f"RigL update at step {self.step_count} skipped for layer {name!r}: grow scores hold "
-                          "NaN or Inf", RuntimeWarning, stacklevel=4)
-            self.stats["skipped_nonfinite"] += 1
-            return None
-        if pool_scores.numel() and not bool((pool_scores != 0).any()):
-            warnings.warn(f"RigL update at step {self.step_count} skipped for layer {name!r}: its gradient is zero "
-                          "(nothing to rank the blocks by), so the topology is kept", RuntimeWarning, stacklevel=4)
-            self.stats["skipped_zero_gradient"] += 1
-            return None
-        order = torch.argsort(pool_index)
-        pool_scores, pool_index = pool_scores[order], pool_index[order]
-        return pool_index[torch.sort(pool_scores, descending=True, stable=True).indices[:k]]
+        """The ``k`` best of the pool, or None (counted, and said in a warning) when it cannot be ranked."""
+        grown, why = best(pool_scores, pool_index, k)
+        if grown is None:
+            message = {"skipped_nonfinite": "grow scores hold NaN or Inf",
+                       "skipped_zero_gradient": "its gradient is zero (nothing to rank the blocks by), so the "
+                                                "topology is kept"}[why]
+            warnings.warn(f"RigL update at step {self.step_count} skipped for layer {name!r}: {message}",
+                          RuntimeWarning, stacklevel=4)
+            self.stats[why] += 1
+        return grown
 
-    def _random_pick(self, n_blocks, flat, dropped_flat, k):
-        """``k`` blocks drawn uniformly among the inactive and the just-dropped ones."""
-        kept = torch.ones(n_blocks, dtype=torch.bool, device=flat.device)
-        kept[flat] = False  # now True where inactive
-        kept[dropped_flat] = True  # dropped blocks may come back
-        pool = torch.nonzero(kept).flatten()
-        pick = torch.randperm(pool.numel(), generator=self.generator)[:k].to(pool.device)
-        return pool[pick]
-
-    def _accumulate_gradient_average(self) -> None:
-        for name, layer in self.masked:
-            grad = layer.weight.grad
-            if grad is None:
-                continue
-            average = self.gradient_average.get(name)
-            if average is None:
-                average = self.gradient_average[name] = torch.zeros_like(grad, dtype=torch.float32)
-            average.mul_(self.momentum).add_(grad.float(), alpha=1.0 - self.momentum)
-
-    # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
         return scheduler_state(self)
 
@@ -270,6 +246,5 @@ class RigLScheduler:
         self._arm()
 
     def __repr__(self) -> str:
-        return (f"RigLScheduler(layers={len(self.layers) + len(self.masked)}, step={self.step_count}, "
-                f"delta_t={self.delta_t}, "
+        return (f"RigLScheduler(layers={len(self.targets)}, step={self.step_count}, delta_t={self.delta_t}, "
                 f"t_end={self.t_end}, alpha={self.alpha}, grow={self.grow!r}, drop={self.drop!r})")

@@ -43,6 +43,41 @@ def smallest(norms: torch.Tensor, flat: torch.Tensor, k: int) -> torch.Tensor:
     return order[torch.sort(norms[order], stable=True).indices[:k]]
 
 
+def best(pool_scores: torch.Tensor, pool_index: torch.Tensor, k: int):
+    """``(the k pool blocks of largest score, ties to the lower index, None)``, or ``(None, why)``: the
+    scores hold NaN/Inf (``"skipped_nonfinite"``) or are all zero (``"skipped_zero_gradient"``; a layer
+    without gradient keeps its topology)."""
+    if not bool(torch.isfinite(pool_scores).all()):
+        return None, "skipped_nonfinite"
+    if pool_scores.numel() and not bool((pool_scores != 0).any()):
+        return None, "skipped_zero_gradient"
+    order = torch.argsort(pool_index)
+    pool_scores, pool_index = pool_scores[order], pool_index[order]
+    return pool_index[torch.sort(pool_scores, descending=True, stable=True).indices[:k]], None
+
+
+def random_pick(generator: torch.Generator, n_blocks: int, flat, dropped_flat, k: int) -> torch.Tensor:
+    """``k`` blocks drawn uniformly among the inactive and the just-dropped ones (SET)."""
+    kept = torch.ones(n_blocks, dtype=torch.bool, device=flat.device)
+    kept[flat] = False  # now True where inactive
+    kept[dropped_flat] = True  # dropped blocks may come back
+    pool = torch.nonzero(kept).flatten()
+    pick = torch.randperm(pool.numel(), generator=generator)[:k].to(pool.device)
+    return pool[pick]
+
+
+def accumulate_average(masked, averages: dict[str, torch.Tensor], momentum: float) -> None:
+    """SNFS: each masked layer's exponential moving average of its dense gradient, in ``averages``."""
+    for name, layer in masked:
+        grad = layer.weight.grad
+        if grad is None:
+            continue
+        average = averages.get(name)
+        if average is None:
+            average = averages[name] = torch.zeros_like(grad, dtype=torch.float32)
+        average.mul_(momentum).add_(grad.float(), alpha=1.0 - momentum)
+
+
 class CompressedTarget:
     """A ``SparseModule``: its active blocks are its slots, in slot order."""
 

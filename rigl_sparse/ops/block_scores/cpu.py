@@ -2,7 +2,7 @@
 
 import torch
 
-from rigl_sparse.ops._cpu import extension
+from rigl_sparse.ops.cpu_extension import extension
 
 
 def block_scores(dy, x, block_row, block_col, block_size, k):

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from rigl_sparse import backends
-from rigl_sparse.ops import _common, _cpu
+from rigl_sparse.ops import _common, cpu_extension as _cpu
 from rigl_sparse.ops.linear import needs_custom_op
 
 PATCH_BYTES = 32 << 20  # patch buffer per chunk of images

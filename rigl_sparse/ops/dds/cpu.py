@@ -2,7 +2,7 @@
 
 import torch
 
-from rigl_sparse.ops._cpu import extension
+from rigl_sparse.ops.cpu_extension import extension
 
 
 def dds(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, in_features):

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from rigl_sparse import _checks, backends
-from rigl_sparse.ops import _common, _cpu, _cuda
+from rigl_sparse.ops import _common, cpu_extension as _cpu, cuda_extension as _cuda
 from rigl_sparse.ops.sdd import reference
 
 

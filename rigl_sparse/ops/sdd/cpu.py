@@ -2,7 +2,7 @@
 
 import torch
 
-from rigl_sparse.ops._cpu import extension
+from rigl_sparse.ops.cpu_extension import extension
 
 
 def sdd(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size):
