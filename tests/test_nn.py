@@ -167,3 +167,20 @@ def test_sparse_linear_model_compiles_fullgraph_and_matches_eager():
     torch.testing.assert_close(compiled_loss, eager_loss)
     for p, g in zip(model.parameters(), eager_grads):
         torch.testing.assert_close(p.grad, g)
+
+
+def test_grow_recorders_of_copies_are_their_own_and_freed_ones_keep_nothing():
+    import copy
+    import gc
+
+    from rigl_sparse.nn import grow
+
+    layer = rs.SparseLinear(16, 8, density=0.5, block_size=4)
+    twin = copy.deepcopy(layer)
+    assert twin.grow.token != layer.grow.token and twin.grow.token in grow._KEPT
+    token = twin.grow.token
+    del twin
+    gc.collect()
+    assert token not in grow._KEPT  # dropped with its recorder, and no token is ever reused
+    grow.keep_grow_inputs(torch.zeros(2, 8), torch.zeros(2, 16), token, torch.zeros((), dtype=torch.int64))
+    assert token not in grow._KEPT
