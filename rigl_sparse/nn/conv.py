@@ -105,13 +105,8 @@ class SparseConv2d(SparseModule):
         if recorder.armed and recorder.exact and torch.is_grad_enabled():
             y = conv2d(x, values, bias, self.layout.topology(), self.out_channels, self._geometry)
             return recorder.tap(y, x, self.layout)  # keeps dY and x for the scheduler
-        grow = tap = None
-        if recorder.armed and torch.is_grad_enabled():
-            # where the op forms the whole batch's patches (compiled, fake tensors) it taps them
-            tap = lambda y, cols: recorder.tap(y, cols, self.layout)  # noqa: E731
-            if not torch.compiler.is_compiling():
-                grow = (lambda: recorder.k, recorder.record)
-        return conv2d(x, values, bias, self.layout.topology(), self.out_channels, self._geometry, grow, tap=tap)
+        buffers = recorder.buffers if recorder.armed and torch.is_grad_enabled() else None
+        return conv2d(x, values, bias, self.layout.topology(), self.out_channels, self._geometry, buffers)
 
     def _supports_exact_grow_scores(self) -> bool:
         return True

@@ -130,6 +130,11 @@ class GrowRecorder:
             return ops.grow_tap(y, x, layout.block_row, layout.block_col, layout.block_size, scores, index, passes)
         return _GrowScoreTap.apply(y, x, self, layout)
 
+    @property
+    def buffers(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """``(scores [nnzb], index [nnzb], passes [])`` that an op records candidates into (grow_tap, conv2d)."""
+        return self._buffers
+
     # ------------------------------------------------------------ taking
     def take_candidates(self) -> tuple[Tensor, Tensor] | None:
         """Streaming mode: the candidates of the passes since the request (eager and compiled passes merged
@@ -160,7 +165,7 @@ class GrowRecorder:
 
     def _take_buffers(self) -> tuple[Tensor, Tensor] | None:
         """The first ``k`` candidates a compiled graph recorded since the request, or None; empties them."""
-        if self._buffers is None or int(self._buffers[2]) == 0:
+        if self.k is None or self._buffers is None or int(self._buffers[2]) == 0:
             return None
         scores, index, passes = self._buffers
         passes.zero_()

@@ -28,6 +28,7 @@ from torch.autograd.function import once_differentiable
 
 from rigl_sparse import backends
 from rigl_sparse.ops import _common, cpu_extension as _cpu
+from rigl_sparse.ops.grow_tap import merge_candidates
 from rigl_sparse.ops.linear import needs_custom_op
 
 PATCH_BYTES = 32 << 20  # patch buffer per chunk of images
@@ -119,48 +120,49 @@ def _run(op: str, *args):
     return _common.dispatch(op, args[0].device, args)(*args)
 
 
-def conv2d(x, values, bias, topology, out_channels: int, geometry: ConvGeometry, grow_request=None, tap=None):
+def conv2d(x, values, bias, topology, out_channels: int, geometry: ConvGeometry, grow_buffers=None):
     """x: [N, C, H, W]; values: [nnzb, b, b]; bias: [out] or None; topology: the layout's six int32
     tensors -> y: [N, out, OH, OW] (channels-last memory).
 
-    ``grow_request`` (optional) is a pair: a callable returning the ``k`` of a
-    pending grow-score request (or None) and a callable receiving the result of
-    ``block_scores`` computed from the backward's ``dY`` and the patches.
+    ``grow_buffers`` (optional): ``(scores [n], index [n], passes [])``, into which the backward pass
+    writes the best ``n`` inactive blocks of the weight gradient ``dY^T P`` (``merge_candidates``:
+    several passes are summed block by block), as ``rigl_sparse::grow_tap`` does for a linear layer.
 
-    Under ``torch.compile``, fake tensors or ``torch.func`` the whole batch's
-    patches are formed and multiplied with the ``rigl_sparse::dsd`` custom op
-    (its registered autograd gives the gradients); ``tap(y, patches)`` then
-    attaches the grow-score request.  With groups, the tap sees every group's
-    outputs and patches stacked by rows; the backward gives each group's rows
-    ``dY`` zeroed outside that group's outputs, so ``dY^T P`` of the stack is
-    the weight gradient (the stack exists only in graphs traced for an update step).
+    Under ``torch.compile``, fake tensors or ``torch.func`` the whole batch's patches are formed and
+    multiplied with the ``rigl_sparse::dsd`` custom op (its registered autograd gives the gradients),
+    and the grow scores come from ``grow_tap`` on the patches.  With groups, the tap sees every group's
+    outputs and patches stacked by rows; the backward gives each group's rows ``dY`` zeroed outside
+    that group's outputs, so ``dY^T P`` of the stack is the weight gradient (the stack exists only in
+    graphs traced for an update step).
     """
     if needs_custom_op(x, values):
         n, _, height, width = x.shape
         out_h, out_w = geometry.output_size(height, width)
         padded = _padded_nhwc(x, geometry)
+        b = values.shape[1]
+
+        def tap(y, cols):
+            if grow_buffers is None:
+                return y
+            return torch.ops.rigl_sparse.grow_tap(y, cols, topology[0], topology[1], b, *grow_buffers)
+
         if geometry.groups == 1:
             cols = patches(padded, geometry, out_h, out_w)
-            y = torch.ops.rigl_sparse.dsd(cols, values, bias, *topology, out_channels)
-            if tap is not None:
-                y = tap(y, cols)
+            y = tap(torch.ops.rigl_sparse.dsd(cols, values, bias, *topology, out_channels), cols)
         else:
-            if tap is None and grow_request is not None and grow_request[0]() is not None:
-                raise NotImplementedError("grow scores of a grouped convolution under torch.compile / fake tensors "
-                                          "need a tap; run the RigL update steps eagerly")
             groups = _groups(geometry, x.shape[1], out_channels)
             cols = [patches(padded[..., channels], geometry, out_h, out_w) for channels, _ in groups]
             y_all = [torch.ops.rigl_sparse.dsd(c, values, bias, *topology, out_channels) for c in cols]
-            if tap is not None:  # one tap over the groups stacked by rows (see the docstring)
+            if grow_buffers is not None:  # one tap over the groups stacked by rows (see the docstring)
                 y_all = tap(torch.cat(y_all), torch.cat(cols)).chunk(len(groups))
             y = torch.cat([y_g[:, outputs] for y_g, (_, outputs) in zip(y_all, groups)], dim=1)
         return y.view(n, out_h, out_w, out_channels).permute(0, 3, 1, 2)
-    return _SparseConv2d.apply(x, values, bias, tuple(topology), out_channels, geometry, grow_request)
+    return _SparseConv2d.apply(x, values, bias, tuple(topology), out_channels, geometry, grow_buffers)
 
 
 class _SparseConv2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, values, bias, topology, out_channels, geometry, grow_request):
+    def forward(ctx, x, values, bias, topology, out_channels, geometry, grow_buffers):
         n, _, height, width = x.shape
         out_h, out_w = geometry.output_size(height, width)
         padded = _padded_nhwc(x, geometry)
@@ -186,8 +188,8 @@ class _SparseConv2d(torch.autograd.Function):
                     y_all = _run("dsd", cols, values, bias, *topology, out_channels)
                     y[chunk, outputs] = y_all[:, outputs]  # the other groups' rows see other channels
         ctx.save_for_backward(x, values, *topology)
-        ctx.geometry, ctx.out_channels, ctx.has_bias, ctx.grow_request = geometry, out_channels, bias is not None, \
-            grow_request
+        ctx.geometry, ctx.out_channels, ctx.has_bias, ctx.grow_buffers = geometry, out_channels, bias is not None, \
+            grow_buffers
         backends.remember_forced(ctx)
         return y.view(n, out_h, out_w, out_channels).permute(0, 3, 1, 2)
 
@@ -218,11 +220,10 @@ class _SparseConv2d(torch.autograd.Function):
             top, _, left, _ = geometry.padding
             grad_x = grad_padded[:, top:top + height, left:left + width, :].to(x.dtype).permute(0, 3, 1, 2)
         grad_bias = dy.sum(dim=0, dtype=torch.float32).to(dy.dtype) if (ctx.has_bias and need_bias) else None
-        if ctx.grow_request is not None:
-            pending, deliver = ctx.grow_request
-            k_grow = pending()
-            if k_grow is not None:
-                deliver(_grow_scores(dy, padded, topology, b, k_grow, geometry, out_h, out_w))
+        if ctx.grow_buffers is not None:
+            scores, index, passes = ctx.grow_buffers
+            merge_candidates(scores, index, passes,
+                             *_grow_scores(dy, padded, topology, b, scores.numel(), geometry, out_h, out_w))
         return grad_x, grad_values, grad_bias, None, None, None, None
 
 

@@ -34,8 +34,15 @@ def record_grow_scores(dy: Tensor, x: Tensor, block_row: Tensor, block_col: Tens
                        scores: Tensor, index: Tensor, passes: Tensor) -> None:
     """Write the best ``scores.numel()`` inactive blocks of ``dy.T @ x`` into ``scores``/``index``
     (merged by summed score with what earlier passes wrote, when ``passes > 0``); ``passes += 1``."""
+    merge_candidates(scores, index, passes,
+                     *block_scores(dy.to(x.dtype), x, block_row, block_col, block_size, scores.numel()))
+
+
+def merge_candidates(scores: Tensor, index: Tensor, passes: Tensor, new_scores: Tensor, new_index: Tensor) -> None:
+    """Write one pass's candidates (best first, ``scores.numel()`` of them at most) into the buffers
+    ``scores``/``index``: as they are while ``passes`` is 0, else merged by summed score with what the
+    earlier passes wrote, the best ``scores.numel()`` kept; ``passes += 1``."""
     k = scores.numel()
-    new_scores, new_index = block_scores(dy.to(x.dtype), x, block_row, block_col, block_size, k)
     if int(passes) > 0:
         summed, blocks = sum_by_block(torch.cat([scores, new_scores]), torch.cat([index, new_index]))
         best = torch.sort(summed, descending=True, stable=True).indices[:k]  # blocks ascend: ties to the lower
@@ -43,8 +50,8 @@ def record_grow_scores(dy: Tensor, x: Tensor, block_row: Tensor, block_col: Tens
         new_index = torch.full_like(index, -1)
         new_scores[:best.numel()] = summed[best]
         new_index[:best.numel()] = blocks[best]
-    scores.copy_(new_scores)
-    index.copy_(new_index)
+    scores.copy_(new_scores[:k])
+    index.copy_(new_index[:k])
     passes.add_(1)
 
 
@@ -82,4 +89,4 @@ def _backward(ctx, grad):
 
 torch.library.register_autograd("rigl_sparse::grow_tap", _backward, setup_context=_setup)
 
-__all__ = ["grow_tap", "record_grow_scores", "sum_by_block"]
+__all__ = ["grow_tap", "record_grow_scores", "merge_candidates", "sum_by_block"]
