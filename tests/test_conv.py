@@ -178,7 +178,7 @@ def test_chunked_patches_equal_one_chunk(monkeypatch):
     y.sum().backward()
     whole = (y.detach(), x.grad.clone(), layer.values.grad.clone())
     x.grad, layer.values.grad = None, None
-    monkeypatch.setattr(conv_op, "PATCH_BYTES", 1)  # one image per chunk
+    monkeypatch.setattr(conv_op.compute, "PATCH_BYTES", 1)  # one image per chunk
     y = layer(x)
     y.sum().backward()
     torch.testing.assert_close(y.detach(), whole[0])

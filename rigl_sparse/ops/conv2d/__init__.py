@@ -1,325 +1,119 @@
-"""``conv2d``: a block-sparse 2-D convolution as block-sparse matmuls over input patches.
+"""``rigl_sparse::conv2d``: a block-sparse 2-D convolution, one custom op in eager mode, under
+``torch.compile`` and on fake tensors alike.
 
-The weight is the ``[out, K]`` matrix with ``K = kh * kw * in_channels`` in
-tap-major, channel-inner order: column ``(i * kw + j) * C + c`` holds
-``weight[:, c, i, j]``.  A ``b``-wide block of columns is then ``b`` consecutive
-input channels at one kernel tap (when ``b`` divides ``C``), which is contiguous
-in a channels-last input.
-
-Where the backend registry picks the native ``cpu`` backend for ``dsd``, the
-convolution runs as implicit GEMM (``csrc/cpu/conv_kernels.h``): the kernels
-gather each micro-tile's patch rows from the padded input right before use
-and scatter the input gradient straight back, so no patch matrix exists at
-all.  Elsewhere (another backend, or the input gradient when ``b`` does not
-divide the channels) the patches (``[N*OH*OW, K]``, im2col) are built for a
-chunk of images at a time (at most about ``PATCH_BYTES``), multiplied with the
-selected backend's ``dsd``/``sdd``/``dds``, and dropped; the input gradient's
-patches are folded back onto the input.  Either way the weight is never dense
-and never more than one chunk's patches exist.
+The op's registered autograd calls ``rigl_sparse::conv2d_backward``; both run the computation of
+``compute.py`` (implicit GEMM on the native ``cpu`` and the ``triton`` backends, per-chunk patches through
+the selected backend's matmuls elsewhere).  A convolution's geometry crosses the op boundary as eleven
+ints: kernel (2), stride (2), dilation (2), padding (top, bottom, left, right) and groups.  Grow scores:
+given the buffers ``(scores, index, passes)``, the backward merges the best ``scores.numel()`` inactive
+blocks of the weight gradient into them (``merge_candidates``), as ``rigl_sparse::grow_tap`` does for a
+linear layer; the op never calls back into anything.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
+from torch import Tensor
 
 from rigl_sparse import backends
-from rigl_sparse.ops import _common, cpu_extension as _cpu
-from rigl_sparse.ops.grow_tap import merge_candidates
-from rigl_sparse.ops.linear import needs_custom_op
-
-PATCH_BYTES = 32 << 20  # patch buffer per chunk of images
+from rigl_sparse.ops.conv2d import compute
+from rigl_sparse.ops.conv2d.compute import PATCH_BYTES, ConvGeometry, patches  # noqa: F401 - the package's API
 
 
-@dataclass(frozen=True)
-class ConvGeometry:
-    """Kernel, stride, dilation, explicit padding (top, bottom, left, right) and groups of a convolution.
-
-    With ``groups`` G, output channels ``[g*out/G, (g+1)*out/G)`` see input
-    channels ``[g*C/G, (g+1)*C/G)`` only; the weight matrix is ``[out, KH*KW*C/G]``
-    and the block size divides ``out/G``, so every block row lies in one group.
-    """
-
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    padding: tuple[int, int, int, int]
-    groups: int = 1
-
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        (kh, kw), (sh, sw), (dh, dw), (top, bottom, left, right) = (self.kernel, self.stride, self.dilation,
-                                                                     self.padding)
-        out_h = (height + top + bottom - dh * (kh - 1) - 1) // sh + 1
-        out_w = (width + left + right - dw * (kw - 1) - 1) // sw + 1
-        return out_h, out_w
+def geometry_list(geometry: ConvGeometry) -> list[int]:
+    return [*geometry.kernel, *geometry.stride, *geometry.dilation, *geometry.padding, geometry.groups]
 
 
-def _padded_nhwc(x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
-    """x: [N, C, H, W] -> zero-padded [N, H', W', C] (a view where no padding is needed)."""
-    nhwc = x.permute(0, 2, 3, 1)
-    top, bottom, left, right = geometry.padding
-    if top or bottom or left or right:
-        nhwc = F.pad(nhwc, (0, 0, left, right, top, bottom))
-    return nhwc
-
-
-def _tap_slices(geometry: ConvGeometry, out_h: int, out_w: int):
-    """For every kernel tap (i, j): the rows and columns of the padded input it reads."""
-    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.stride, geometry.dilation
-    for i in range(kh):
-        for j in range(kw):
-            rows = slice(i * dh, i * dh + (out_h - 1) * sh + 1, sh)
-            cols = slice(j * dw, j * dw + (out_w - 1) * sw + 1, sw)
-            yield rows, cols
-
-
-def patches(x_padded: torch.Tensor, geometry: ConvGeometry, out_h: int, out_w: int) -> torch.Tensor:
-    """Padded NHWC input [n, H', W', C] -> patches [n * out_h * out_w, kh * kw * C] (tap-major)."""
-    n, c = x_padded.shape[0], x_padded.shape[3]
-    taps = [x_padded[:, rows, cols, :] for rows, cols in _tap_slices(geometry, out_h, out_w)]
-    return torch.cat(taps, dim=3).reshape(n * out_h * out_w, len(taps) * c)
-
-
-def fold_patches(grad_patches: torch.Tensor, geometry: ConvGeometry, padded_shape, out_h: int,
-                 out_w: int) -> torch.Tensor:
-    """The adjoint of ``patches``: [n * out_h * out_w, kh * kw * C] -> padded NHWC gradient [n, H', W', C],
-    summed over the taps in fp32 (fp64 for fp64)."""
-    n, _, _, c = padded_shape
-    grad = grad_patches.new_zeros(padded_shape, dtype=_common.accumulation_dtype(grad_patches.dtype))
-    per_tap = grad_patches.view(n, out_h, out_w, -1, c)
-    for t, (rows, cols) in enumerate(_tap_slices(geometry, out_h, out_w)):
-        grad[:, rows, cols, :] += per_tap[:, :, :, t, :]
-    return grad
-
-
-def _chunks(n_images: int, rows_per_image: int, k: int, element_size: int):
-    per_chunk = max(1, PATCH_BYTES // max(1, rows_per_image * k * element_size))
-    for start in range(0, n_images, per_chunk):
-        yield start, min(n_images, start + per_chunk)
-
-
-def _path(x: torch.Tensor, values: torch.Tensor) -> str:
-    """How the convolution runs: the backend the registry picks for ``dsd`` on these tensors decides.
-
-    ``"cpu"``: native implicit GEMM; ``"triton"``: Triton implicit GEMM; ``"patches"``: per-chunk
-    patches through the selected backend's ``dsd``/``dds``/``sdd`` (the reference, or anything else).
-    """
-    backend = backends.select("dsd", x.device.type, (x, values))[0]
-    return backend if backend in ("cpu", "triton") else "patches"
-
-
-def _geometry_list(geometry: ConvGeometry, out_h: int, out_w: int, out_channels: int) -> list[int]:
-    return [out_h, out_w, *geometry.kernel, *geometry.stride, *geometry.dilation, geometry.groups,
-            out_channels // geometry.groups]
-
-
-def _run(op: str, *args):
-    return _common.dispatch(op, args[0].device, args)(*args)
+def geometry_of(values: list[int]) -> ConvGeometry:
+    kh, kw, sh, sw, dh, dw, top, bottom, left, right, groups = values
+    return ConvGeometry((kh, kw), (sh, sw), (dh, dw), (top, bottom, left, right), groups)
 
 
 def conv2d(x, values, bias, topology, out_channels: int, geometry: ConvGeometry, grow_buffers=None):
-    """x: [N, C, H, W]; values: [nnzb, b, b]; bias: [out] or None; topology: the layout's six int32
-    tensors -> y: [N, out, OH, OW] (channels-last memory).
-
-    ``grow_buffers`` (optional): ``(scores [n], index [n], passes [])``, into which the backward pass
-    writes the best ``n`` inactive blocks of the weight gradient ``dY^T P`` (``merge_candidates``:
-    several passes are summed block by block), as ``rigl_sparse::grow_tap`` does for a linear layer.
-
-    Under ``torch.compile``, fake tensors or ``torch.func`` the whole batch's patches are formed and
-    multiplied with the ``rigl_sparse::dsd`` custom op (its registered autograd gives the gradients),
-    and the grow scores come from ``grow_tap`` on the patches.  With groups, the tap sees every group's
-    outputs and patches stacked by rows; the backward gives each group's rows ``dY`` zeroed outside
-    that group's outputs, so ``dY^T P`` of the stack is the weight gradient (the stack exists only in
-    graphs traced for an update step).
-    """
-    if needs_custom_op(x, values):
-        n, _, height, width = x.shape
-        out_h, out_w = geometry.output_size(height, width)
-        padded = _padded_nhwc(x, geometry)
-        b = values.shape[1]
-
-        def tap(y, cols):
-            if grow_buffers is None:
-                return y
-            return torch.ops.rigl_sparse.grow_tap(y, cols, topology[0], topology[1], b, *grow_buffers)
-
-        if geometry.groups == 1:
-            cols = patches(padded, geometry, out_h, out_w)
-            y = tap(torch.ops.rigl_sparse.dsd(cols, values, bias, *topology, out_channels), cols)
-        else:
-            groups = _groups(geometry, x.shape[1], out_channels)
-            cols = [patches(padded[..., channels], geometry, out_h, out_w) for channels, _ in groups]
-            y_all = [torch.ops.rigl_sparse.dsd(c, values, bias, *topology, out_channels) for c in cols]
-            if grow_buffers is not None:  # one tap over the groups stacked by rows (see the docstring)
-                y_all = tap(torch.cat(y_all), torch.cat(cols)).chunk(len(groups))
-            y = torch.cat([y_g[:, outputs] for y_g, (_, outputs) in zip(y_all, groups)], dim=1)
-        return y.view(n, out_h, out_w, out_channels).permute(0, 3, 1, 2)
-    return _SparseConv2d.apply(x, values, bias, tuple(topology), out_channels, geometry, grow_buffers)
+    """x: [N, C, H, W]; values: [nnzb, b, b]; bias: [out] or None; topology: the layout's six int32 tensors
+    -> y: [N, out, OH, OW] (channels-last memory).  ``grow_buffers``: see the module's docstring."""
+    scores, index, passes = grow_buffers if grow_buffers is not None else (None, None, None)
+    return torch.ops.rigl_sparse.conv2d(x, values, bias, *topology, out_channels, geometry_list(geometry), scores,
+                                        index, passes)
 
 
-class _SparseConv2d(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, values, bias, topology, out_channels, geometry, grow_buffers):
-        n, _, height, width = x.shape
-        out_h, out_w = geometry.output_size(height, width)
-        padded = _padded_nhwc(x, geometry)
-        rows = n * out_h * out_w
-        ctx.path = _path(x, values)
-        if ctx.path == "cpu":
-            y = x.new_empty(rows, out_channels)
-            _cpu.extension().conv_forward_out(padded.contiguous(), values.contiguous(), bias, topology[2],
-                                              topology[3], topology[1],
-                                              _geometry_list(geometry, out_h, out_w, out_channels), y)
-        elif ctx.path == "triton":
-            from rigl_sparse.ops.conv2d import triton as conv_triton
+@torch.library.custom_op("rigl_sparse::conv2d", mutates_args=())
+def _conv2d(x: Tensor, values: Tensor, bias: Optional[Tensor], block_row: Tensor, block_col: Tensor,
+            row_ptr: Tensor, row_slots: Tensor, col_ptr: Tensor, col_slots: Tensor, out_channels: int,
+            geometry: list[int], scores: Optional[Tensor], index: Optional[Tensor], passes: Optional[Tensor]) -> Tensor:
+    topology = (block_row, block_col, row_ptr, row_slots, col_ptr, col_slots)
+    return compute.forward(x, values, bias, topology, out_channels, geometry_of(geometry))
 
-            y = conv_triton.forward(padded.contiguous(), values.contiguous(), bias, topology[2], topology[3],
-                                    topology[1], out_channels, geometry, out_h, out_w)
-        else:
-            y = x.new_empty(rows, out_channels)
-            per_image = out_h * out_w
-            for start, stop in _chunks(n, per_image, _patch_cols(geometry, x.shape[1]), x.element_size()):
-                chunk = slice(start * per_image, stop * per_image)
-                for channels, outputs in _groups(geometry, x.shape[1], out_channels):
-                    cols = patches(padded[start:stop, :, :, channels], geometry, out_h, out_w)
-                    y_all = _run("dsd", cols, values, bias, *topology, out_channels)
-                    y[chunk, outputs] = y_all[:, outputs]  # the other groups' rows see other channels
-        ctx.save_for_backward(x, values, *topology)
-        ctx.geometry, ctx.out_channels, ctx.has_bias, ctx.grow_buffers = geometry, out_channels, bias is not None, \
-            grow_buffers
-        backends.remember_forced(ctx)
-        return y.view(n, out_h, out_w, out_channels).permute(0, 3, 1, 2)
 
-    @staticmethod
-    @once_differentiable  # double backward of a convolution is not provided: say so instead of a wrong zero
-    def backward(ctx, grad_y):
-        with backends.forced_again(ctx):
-            return _SparseConv2d._backward(ctx, grad_y)
+@_conv2d.register_fake
+def _(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_channels, geometry, scores,
+      index, passes):
+    out_h, out_w = geometry_of(geometry).output_size(x.shape[2], x.shape[3])
+    return x.new_empty(x.shape[0], out_h, out_w, out_channels).permute(0, 3, 1, 2)
+
+
+@torch.library.custom_op("rigl_sparse::conv2d_backward", mutates_args=("scores", "index", "passes"))
+def _conv2d_backward(grad_y: Tensor, x: Tensor, values: Tensor, block_row: Tensor, block_col: Tensor,
+                     row_ptr: Tensor, row_slots: Tensor, col_ptr: Tensor, col_slots: Tensor, out_channels: int,
+                     geometry: list[int], has_bias: bool, need_x: bool, need_values: bool, need_bias: bool,
+                     scores: Optional[Tensor], index: Optional[Tensor],
+                     passes: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """``(grad_x, grad_values, grad_bias)``; a gradient that is not needed is an empty tensor."""
+    topology = (block_row, block_col, row_ptr, row_slots, col_ptr, col_slots)
+    grow = (scores, index, passes) if scores is not None else None
+    grad_x, grad_values, grad_bias = compute.backward(grad_y, x, values, topology, out_channels, geometry_of(geometry),
+                                                      has_bias, need_x, need_values, need_bias, grow)
+    if grad_x is not None:  # in x's own memory format, as the fake says
+        grad_x = torch.empty_like(x).copy_(grad_x)
+    return tuple(x.new_empty(0) if g is None else g for g in (grad_x, grad_values, grad_bias))
+
+
+@_conv2d_backward.register_fake
+def _(grad_y, x, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_channels, geometry,
+      has_bias, need_x, need_values, need_bias, scores, index, passes):
+    return (torch.empty_like(x) if need_x else x.new_empty(0), torch.empty_like(values) if need_values else
+            values.new_empty(0), x.new_empty(out_channels) if (has_bias and need_bias) else x.new_empty(0))
+
+
+def _setup_context(ctx, inputs, output):
+    x, values, bias, *rest = inputs
+    topology, (out_channels, geometry, scores, index, passes) = rest[:6], rest[6:]
+    ctx.save_for_backward(x, values, *topology)
+    ctx.out_channels, ctx.geometry, ctx.has_bias = out_channels, geometry, bias is not None
+    ctx.grow = (scores, index, passes)
+    backends.remember_forced(ctx)
+
+
+def _backward(ctx, grad_y):
+    x, values, *topology = ctx.saved_tensors
+    need_x, need_values, need_bias = ctx.needs_input_grad[:3]
+    with backends.forced_again(ctx):
+        grad_x, grad_values, grad_bias = torch.ops.rigl_sparse.conv2d_backward(
+            grad_y, x, values, *topology, ctx.out_channels, ctx.geometry, ctx.has_bias, need_x, need_values,
+            need_bias, *ctx.grow)
+    grads = (grad_x if need_x else None, grad_values if need_values else None,
+             grad_bias if (ctx.has_bias and need_bias) else None)
+    if torch.is_grad_enabled():  # create_graph=True
+        grads = tuple(None if g is None else _NoDoubleBackward.apply(g) for g in grads)
+    return grads + (None,) * 11
+
+
+_conv2d.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """The identity on a gradient computed with ``create_graph=True``; differentiating it raises (double
+    backward of a sparse convolution is not provided: an error, never a silent zero)."""
 
     @staticmethod
-    def _backward(ctx, grad_y):
-        x, values, *topology = ctx.saved_tensors
-        geometry = ctx.geometry
-        b = values.shape[1]
-        n, _, height, width = x.shape
-        out_h, out_w = geometry.output_size(height, width)
-        dy = grad_y.permute(0, 2, 3, 1).contiguous().view(n * out_h * out_w, ctx.out_channels)
-        padded = _padded_nhwc(x, geometry)
-        need_x, need_values, need_bias = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        if ctx.path == "patches":
-            grad_padded, grad_values = _backward_by_patches(dy, padded, values, topology, geometry, out_h, out_w,
-                                                            need_x, need_values)
-        else:
-            grad_padded, grad_values = _backward_implicit(ctx.path, dy, padded.contiguous(), values.contiguous(),
-                                                          topology, geometry, out_h, out_w, need_x, need_values)
-        grad_x = None
-        if need_x:
-            top, _, left, _ = geometry.padding
-            grad_x = grad_padded[:, top:top + height, left:left + width, :].to(x.dtype).permute(0, 3, 1, 2)
-        grad_bias = dy.sum(dim=0, dtype=torch.float32).to(dy.dtype) if (ctx.has_bias and need_bias) else None
-        if ctx.grow_buffers is not None:
-            scores, index, passes = ctx.grow_buffers
-            merge_candidates(scores, index, passes,
-                             *_grow_scores(dy, padded, topology, b, scores.numel(), geometry, out_h, out_w))
-        return grad_x, grad_values, grad_bias, None, None, None, None
+    def forward(ctx, grad):
+        return grad.view_as(grad)
 
+    @staticmethod
+    def backward(ctx, _):
+        raise RuntimeError("rigl_sparse::conv2d cannot be differentiated twice: double backward of a sparse "
+                           "convolution is not provided")
 
-def _patch_cols(geometry: ConvGeometry, channels: int) -> int:
-    return geometry.kernel[0] * geometry.kernel[1] * channels // geometry.groups
-
-
-def _groups(geometry: ConvGeometry, channels: int, out_channels: int):
-    """(input channel slice, output channel slice) of every group."""
-    cg, og = channels // geometry.groups, out_channels // geometry.groups
-    return [(slice(g * cg, (g + 1) * cg), slice(g * og, (g + 1) * og)) for g in range(geometry.groups)]
-
-
-def _grow_scores(dy, padded, topology, b, k, geometry, out_h, out_w):
-    """The layer's top-``k`` grow candidates from ``dY`` and the whole batch's patches, group by group.
-
-    The criterion needs ``dY^T P`` over every row at once, so the batch's patches exist for this call
-    (RigL update steps only); the dense weight gradient never does.
-    """
-    block_row, block_col = topology[0], topology[1]
-    groups = _groups(geometry, padded.shape[3], dy.shape[1])
-    if len(groups) == 1:
-        return _run("block_scores", dy, patches(padded, geometry, out_h, out_w), block_row, block_col, b, k)
-    n_cols = -(-_patch_cols(geometry, padded.shape[3]) // b)
-    found_scores, found_index = [], []
-    for channels, outputs in groups:
-        dy_group = torch.zeros_like(dy)
-        dy_group[:, outputs] = dy[:, outputs]
-        scores, index = _run("block_scores", dy_group, patches(padded[..., channels], geometry, out_h, out_w),
-                             block_row, block_col, b, k)
-        rows = index // n_cols  # keep this group's block rows: the others scored zero here
-        mine = (index >= 0) & (rows * b >= outputs.start) & (rows * b < outputs.stop)
-        found_scores.append(scores[mine])
-        found_index.append(index[mine])
-    scores, index = torch.cat(found_scores), torch.cat(found_index)
-    order = torch.argsort(index, stable=True)  # lower index first among equal scores, as the reference
-    scores, index = scores[order], index[order]
-    order = torch.sort(scores, descending=True, stable=True).indices[:k]
-    scores, index = scores[order], index[order]
-    missing = k - scores.numel()
-    return (torch.cat([scores, scores.new_full((missing,), float("-inf"))]),
-            torch.cat([index, index.new_full((missing,), -1)]))
-
-
-def _backward_implicit(path, dy, padded, values, topology, geometry, out_h, out_w, need_x, need_values):
-    """(gradient of the padded input, of the values) by the cpu or triton implicit-GEMM kernels."""
-    block_row, block_col, row_ptr, row_slots, col_ptr, col_slots = topology
-    grad_padded = grad_values = None
-    if path == "cpu":
-        geometry_list = _geometry_list(geometry, out_h, out_w, dy.shape[1])
-        if need_values:
-            grad_values = torch.empty_like(values)
-            _cpu.extension().conv_weight_grad_out(dy, padded, row_slots, block_row, block_col, geometry_list,
-                                                  grad_values)
-        if need_x:
-            grad_padded = torch.zeros(padded.shape, dtype=torch.float32)
-            _cpu.extension().conv_input_grad_out(dy, values, col_ptr, col_slots, block_row, geometry_list,
-                                                 grad_padded)
-        return grad_padded, grad_values
-    from rigl_sparse.ops.conv2d import triton as conv_triton
-
-    if need_values:
-        grad_values = conv_triton.weight_grad(dy, padded, row_slots, block_row, block_col, values.shape[1], geometry,
-                                              out_h, out_w)
-    if need_x:
-        grad_padded = conv_triton.input_grad(dy, values, col_ptr, col_slots, block_row, padded.shape, geometry, out_h,
-                                             out_w)
-    return grad_padded, grad_values
-
-
-def _backward_by_patches(dy, padded, values, topology, geometry, out_h, out_w, need_x, need_values):
-    """(gradient of the padded input, of the values) from per-chunk patches and the selected backend's ops.
-
-    With groups, each group's patches meet ``dY`` with the other groups' columns zeroed, so they add
-    nothing to the other groups' blocks or input channels.
-    """
-    n, b = padded.shape[0], values.shape[1]
-    k = _patch_cols(geometry, padded.shape[3])
-    groups = _groups(geometry, padded.shape[3], dy.shape[1])
-    acc = _common.accumulation_dtype(values.dtype)
-    grad_values = torch.zeros_like(values, dtype=acc) if need_values else None
-    grad_padded = padded.new_empty(padded.shape, dtype=acc) if need_x else None
-    per_image = out_h * out_w
-    for start, stop in _chunks(n, per_image, k, padded.element_size()):
-        dy_chunk = dy[start * per_image:stop * per_image]
-        for channels, outputs in groups:
-            if len(groups) > 1:
-                dy_group = torch.zeros_like(dy_chunk)
-                dy_group[:, outputs] = dy_chunk[:, outputs]
-            else:
-                dy_group = dy_chunk
-            if need_values:
-                cols = patches(padded[start:stop, :, :, channels], geometry, out_h, out_w)
-                grad_values += _run("sdd", dy_group, cols, *topology, b)
-            if need_x:
-                grad_cols = _run("dds", dy_group, values, *topology, k)
-                shape = (stop - start,) + tuple(padded.shape[1:3]) + (channels.stop - channels.start,)
-                grad_padded[start:stop, :, :, channels] = fold_patches(grad_cols, geometry, shape, out_h, out_w)
-    return grad_padded, (grad_values.to(values.dtype) if need_values else None)
+__all__ = ["ConvGeometry", "conv2d", "geometry_list", "geometry_of", "patches"]
