@@ -1,8 +1,9 @@
 """Per-call time of ``SparseLinear`` forward + backward, for one or several checkouts in one run.
 
-Two layers: a small one (64 -> 32 features, b=4, density 0.25, 16 rows), where the time is the Python
-and dispatch overhead of the ops, and a 4096 x 4096 one (b=32, density 0.1, 256 rows), where it is mostly
-the kernels.  Each checkout is timed in its own process (its package first on ``PYTHONPATH``, built in
+Layers: a small ``SparseLinear`` (64 -> 32 features, b=4, density 0.25, 16 rows), where the time is the
+Python and dispatch overhead of the ops; a 4096 x 4096 one (b=32, density 0.1, 256 rows), where it is
+mostly the kernels; and a small ``SparseConv2d`` (16 -> 32 channels, 3x3, b=8, density 0.25, 4 images of
+8x8), whose op the same overhead reaches.  Each checkout is timed in its own process (its package first on ``PYTHONPATH``, built in
 place); the checkouts alternate over ``--rounds`` rounds and each reports the median of its rounds, so
 that a drift in the machine's speed falls on all of them alike.
 
@@ -23,7 +24,8 @@ from statistics import median
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CASES = {"small": dict(in_f=64, out_f=32, b=4, density=0.25, rows=16),
-         "4096": dict(in_f=4096, out_f=4096, b=32, density=0.1, rows=256)}
+         "4096": dict(in_f=4096, out_f=4096, b=32, density=0.1, rows=256),
+         "conv-small": dict(in_f=16, out_f=32, b=8, density=0.25, rows=4, conv=True)}
 
 CHILD = """
 import json, sys, torch
@@ -33,9 +35,14 @@ cases = json.loads(sys.argv[1])
 out = {}
 for name, c in cases.items():
     torch.manual_seed(0)
-    layer = rs.SparseLinear(c["in_f"], c["out_f"], density=c["density"], block_size=c["b"])
-    x = torch.randn(c["rows"], c["in_f"], requires_grad=True)
-    g = torch.randn(c["rows"], c["out_f"])
+    if c.get("conv"):  # 3x3, padding 1, on [rows, in, 8, 8]
+        layer = rs.SparseConv2d(c["in_f"], c["out_f"], 3, padding=1, density=c["density"], block_size=c["b"])
+        x = torch.randn(c["rows"], c["in_f"], 8, 8, requires_grad=True)
+        g = torch.randn(c["rows"], c["out_f"], 8, 8)
+    else:
+        layer = rs.SparseLinear(c["in_f"], c["out_f"], density=c["density"], block_size=c["b"])
+        x = torch.randn(c["rows"], c["in_f"], requires_grad=True)
+        g = torch.randn(c["rows"], c["out_f"])
     def step():
         layer(x).backward(g)
         layer.values.grad = layer.bias.grad = x.grad = None
