@@ -1,5 +1,6 @@
-"""``rigl_sparse::conv2d``: a block-sparse 2-D convolution, one custom op in eager mode, under
-``torch.compile`` and on fake tensors alike.
+"""``rigl_sparse::conv2d``: a block-sparse 2-D convolution as a custom op (under ``torch.compile``, fake
+tensors and ``torch.func``; in plain eager mode the same computation through an ``autograd.Function``,
+which costs half as much per call on small layers).
 
 The op's registered autograd calls ``rigl_sparse::conv2d_backward``; both run the computation of
 ``compute.py`` (implicit GEMM on the native ``cpu`` and the ``triton`` backends, per-chunk patches through
@@ -16,9 +17,11 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from rigl_sparse import backends
 from rigl_sparse.ops.conv2d import compute
+from rigl_sparse.ops.linear import needs_custom_op
 from rigl_sparse.ops.conv2d.compute import PATCH_BYTES, ConvGeometry, patches  # noqa: F401 - the package's API
 
 
@@ -34,9 +37,32 @@ def geometry_of(values: list[int]) -> ConvGeometry:
 def conv2d(x, values, bias, topology, out_channels: int, geometry: ConvGeometry, grow_buffers=None):
     """x: [N, C, H, W]; values: [nnzb, b, b]; bias: [out] or None; topology: the layout's six int32 tensors
     -> y: [N, out, OH, OW] (channels-last memory).  ``grow_buffers``: see the module's docstring."""
+    if not needs_custom_op(x, values):  # eager: the same computation without the custom op's Python overhead
+        return _EagerConv2d.apply(x, values, bias, tuple(topology), out_channels, geometry, grow_buffers)
     scores, index, passes = grow_buffers if grow_buffers is not None else (None, None, None)
     return torch.ops.rigl_sparse.conv2d(x, values, bias, *topology, out_channels, geometry_list(geometry), scores,
                                         index, passes)
+
+
+class _EagerConv2d(torch.autograd.Function):
+    """``rigl_sparse::conv2d`` in plain eager mode: ``compute.forward``/``backward`` called directly (the
+    custom op's Python dispatch costs twice a small layer's step; ``bench_overhead.py`` measures it)."""
+
+    @staticmethod
+    def forward(ctx, x, values, bias, topology, out_channels, geometry, grow_buffers):
+        ctx.save_for_backward(x, values, *topology)
+        ctx.out_channels, ctx.geometry, ctx.has_bias, ctx.grow = out_channels, geometry, bias is not None, grow_buffers
+        backends.remember_forced(ctx)
+        return compute.forward(x, values, bias, topology, out_channels, geometry)
+
+    @staticmethod
+    @once_differentiable  # double backward of a convolution is not provided: say so instead of a wrong zero
+    def backward(ctx, grad_y):
+        x, values, *topology = ctx.saved_tensors
+        with backends.forced_again(ctx):
+            grads = compute.backward(grad_y, x, values, topology, ctx.out_channels, ctx.geometry, ctx.has_bias,
+                                     *ctx.needs_input_grad[:3], ctx.grow)
+        return grads + (None,) * 4
 
 
 @torch.library.custom_op("rigl_sparse::conv2d", mutates_args=())
