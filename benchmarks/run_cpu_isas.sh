@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 variants=("$@")
 if [ ${#variants[@]} -eq 0 ]; then
-  read -r -a variants <<< "$($PY -c 'from rigl_sparse.ops import _cpu; print(*_cpu.isa_status()["runnable"])')"
+  read -r -a variants <<< "$($PY -c 'from rigl_sparse.ops import cpu_extension as c; print(*c.isa_status()["runnable"])')"
 fi
 for isa in "${variants[@]}"; do
   echo "=== $isa"

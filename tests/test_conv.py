@@ -350,3 +350,39 @@ def test_triton_input_gradient_is_right_when_autotuned(monkeypatch):
         layer, conv, x = layer.cuda(), conv.cuda(), x.cuda()
     with rs.use_backend("triton"):
         _check_against_dense(layer, conv, x, torch.float32)
+
+
+def test_eager_grow_scores_sum_each_passes_own_top_k():
+    """With gradient accumulation a block's score is the sum over the passes in whose top k it was, as for a
+    linear layer: passes scored (10, 9, .5) then (.5, 9, 10) with k = 1 keep block 0 (10 + 0) against block 2."""
+    from rigl_sparse.nn.grow import GrowRecorder
+
+    recorder = GrowRecorder()
+    recorder.request(1, False, 3, torch.device("cpu"))
+    for scores in ([10.0, 9.0, 0.5], [0.5, 9.0, 10.0]):
+        order = torch.tensor(scores).argsort(descending=True)[:1]
+        recorder.record((torch.tensor(scores)[order], order))
+    scores, index = recorder.take_candidates()
+    assert dict(zip(index.tolist(), scores.tolist())) == {0: 10.0, 2: 10.0}
+
+
+def test_eager_conv_grow_scores_over_two_passes_sum_their_own_top_k():
+    layer, conv = _pair(8, 16, 4, 0.3, kernel_size=3, padding=1)
+    k = 3
+    xs = [torch.randn(2, 8, 6, 5) for _ in range(2)]
+    per_pass = []
+    for x in xs:  # each pass alone
+        layer.request_grow_scores(k)
+        layer(x).square().sum().backward()
+        per_pass.append(layer.take_grow_scores())
+    layer.request_grow_scores(k)
+    for x in xs:
+        layer(x).square().sum().backward()
+    scores, index = layer.take_grow_scores()
+    expected = {}
+    for s, i in per_pass:
+        for score, block in zip(s.tolist(), i.tolist()):
+            expected[block] = expected.get(block, 0.0) + score
+    assert set(index.tolist()) == set(expected)
+    for score, block in zip(scores.tolist(), index.tolist()):
+        assert abs(score - expected[block]) < 1e-4 * max(1.0, expected[block])

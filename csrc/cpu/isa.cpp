@@ -1,5 +1,5 @@
 // Which kernel table the CPU ops run: the widest variant built that this CPU executes, unless
-// RIGL_SPARSE_CPU_ISA (read by rigl_sparse/ops/_cpu.py and passed to select_isa) names another.
+// RIGL_SPARSE_CPU_ISA (read by rigl_sparse/ops/cpu_extension.py and passed to select_isa) names another.
 // setup.py defines RIGL_SPARSE_HAVE_AVX2 / RIGL_SPARSE_HAVE_AVX512 for the variants it compiled.
 #include "isa.h"
 

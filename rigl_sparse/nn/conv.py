@@ -105,8 +105,9 @@ class SparseConv2d(SparseModule):
         if recorder.armed and recorder.exact and torch.is_grad_enabled():
             y = conv2d(x, values, bias, self.layout.topology(), self.out_channels, self._geometry)
             return recorder.tap(y, x, self.layout)  # keeps dY and x for the scheduler
-        buffers = recorder.buffers if recorder.armed and torch.is_grad_enabled() else None
-        return conv2d(x, values, bias, self.layout.topology(), self.out_channels, self._geometry, buffers)
+        grow = recorder.armed and torch.is_grad_enabled()
+        return conv2d(x, values, bias, self.layout.topology(), self.out_channels, self._geometry,
+                      recorder.buffers if grow else None, recorder if grow else None)
 
     def _supports_exact_grow_scores(self) -> bool:
         return True

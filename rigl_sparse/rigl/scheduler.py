@@ -126,15 +126,11 @@ class RigLScheduler:
             raise ValueError("grow='momentum' (SNFS) needs the dense gradient of every layer at every step, which "
                              "compressed layers never form; use masked layers (rs.apply_masks) for SNFS")
         check_optimizer_holds(optimizer, {t.name: t.parameter for t in self.targets})
-        self.optimizer = optimizer
-        self.delta_t, self.t_end, self.alpha = delta_t, t_end, float(alpha)
-        self.grow, self.drop = grow, drop
-        self.step_count = 0
-        self.momentum = float(momentum)
+        self.optimizer, self.grow, self.drop, self.step_count, self.stats = optimizer, grow, drop, 0, dict(STATS)
+        self.delta_t, self.t_end, self.alpha, self.momentum = delta_t, t_end, float(alpha), float(momentum)
         self.gradient_average: dict[str, torch.Tensor] = {}  # grow="momentum": layer name -> dense moving average
         self.generator = torch.Generator().manual_seed(seed)
         self._mask_hook = register_mask_hook(optimizer, self.masked) if self.masked else None
-        self.stats = dict(STATS)
         self._score_scale = 1.0
         self._arm()
 
@@ -210,21 +206,24 @@ class RigLScheduler:
         candidates = take_grow_scores(target.layer, self.process_group) if compressed and self.grow == "gradient" \
             else None
         dropped = smallest(target.magnitudes(), flat, k)
-        if self.grow == "random":
-            grown = random_pick(self.generator, target.n_blocks, flat, flat[dropped], k)
-        else:
-            source = candidates if compressed else (target.layer.weight.grad if self.grow == "gradient"
-                                                    else self.gradient_average.get(target.name))
-            pool = target.gradient_pool(dropped, source, self._score_scale)
-            if pool is None:
-                warnings.warn(f"RigL update at step {self.step_count} skipped for layer {target.name!r}: no gradient "
-                              "was recorded for it (call loss.backward() through the layer before scheduler.step())",
-                              RuntimeWarning, stacklevel=3)
-                self.stats["skipped_no_gradient"] += 1
-                return
-            grown = self._best(target.name, *pool, k)
+        grown = self._grow(target, compressed, flat, dropped, k, candidates)
         if grown is not None:
             self.stats["blocks_moved"] += target.move(dropped, grown, self.optimizer)
+        target.release()  # FSDP2: the gathered copy of the values, whatever the outcome
+
+    def _grow(self, target, compressed, flat, dropped, k, candidates):
+        if self.grow == "random":
+            return random_pick(self.generator, target.n_blocks, flat, flat[dropped], k)
+        source = candidates if compressed else (target.layer.weight.grad if self.grow == "gradient"
+                                                else self.gradient_average.get(target.name))
+        pool = target.gradient_pool(dropped, source, self._score_scale)
+        if pool is None:
+            warnings.warn(f"RigL update at step {self.step_count} skipped for layer {target.name!r}: no gradient was "
+                          "recorded for it (call loss.backward() through the layer before scheduler.step())",
+                          RuntimeWarning, stacklevel=4)
+            self.stats["skipped_no_gradient"] += 1
+            return None
+        return self._best(target.name, *pool, k)
 
     def _best(self, name, pool_scores, pool_index, k):
         """The ``k`` best of the pool, or None (counted, and said in a warning) when it cannot be ranked."""
@@ -234,7 +233,7 @@ class RigLScheduler:
                        "skipped_zero_gradient": "its gradient is zero (nothing to rank the blocks by), so the "
                                                 "topology is kept"}[why]
             warnings.warn(f"RigL update at step {self.step_count} skipped for layer {name!r}: {message}",
-                          RuntimeWarning, stacklevel=4)
+                          RuntimeWarning, stacklevel=5)
             self.stats[why] += 1
         return grown
 

@@ -100,6 +100,9 @@ class CompressedTarget:
         self._whole = full(self.layer.values.detach())  # FSDP2: gathered once for the norms and the move
         return self._whole.float().flatten(1).norm(dim=1)
 
+    def release(self) -> None:
+        self._whole = None
+
     def gradient_pool(self, dropped, candidates, score_scale: float):
         """(scores, blocks) of the grow candidates and the dropped slots' own gradient norms, or None
         without a gradient."""
@@ -125,7 +128,6 @@ class CompressedTarget:
         # under FSDP2 the op moves the topology on the gathered copy, and each rank zeroes its own shard
         ops.update_topology(whole if is_dtensor(values) else values, *layout.topology(), slots, new_flat // n_cols,
                             new_flat % n_cols)
-        self._whole = None
         if is_dtensor(values):
             zero_slots(values.data, slots)
         if values.grad is not None:
@@ -155,6 +157,9 @@ class MaskedTarget:
 
     def magnitudes(self) -> torch.Tensor:
         return self.layer.block_mask.block_norms(self.layer.weight.detach())[self.active()]
+
+    def release(self) -> None:
+        pass
 
     def gradient_pool(self, dropped, source, score_scale: float = 1.0):
         """(scores, blocks) of every inactive and dropped block by the block norms of ``source`` (the dense

@@ -34,11 +34,13 @@ def geometry_of(values: list[int]) -> ConvGeometry:
     return ConvGeometry((kh, kw), (sh, sw), (dh, dw), (top, bottom, left, right), groups)
 
 
-def conv2d(x, values, bias, topology, out_channels: int, geometry: ConvGeometry, grow_buffers=None):
+def conv2d(x, values, bias, topology, out_channels: int, geometry: ConvGeometry, grow_buffers=None, recorder=None):
     """x: [N, C, H, W]; values: [nnzb, b, b]; bias: [out] or None; topology: the layout's six int32 tensors
-    -> y: [N, out, OH, OW] (channels-last memory).  ``grow_buffers``: see the module's docstring."""
+    -> y: [N, out, OH, OW] (channels-last memory).  Grow scores, when asked for: the custom op merges them
+    into ``grow_buffers`` (see the module's docstring); in plain eager mode ``recorder`` gets each pass's
+    top ``k`` (``compute.backward``)."""
     if not needs_custom_op(x, values):  # eager: the same computation without the custom op's Python overhead
-        return _EagerConv2d.apply(x, values, bias, tuple(topology), out_channels, geometry, grow_buffers)
+        return _EagerConv2d.apply(x, values, bias, tuple(topology), out_channels, geometry, recorder)
     scores, index, passes = grow_buffers if grow_buffers is not None else (None, None, None)
     return torch.ops.rigl_sparse.conv2d(x, values, bias, *topology, out_channels, geometry_list(geometry), scores,
                                         index, passes)
@@ -49,9 +51,9 @@ class _EagerConv2d(torch.autograd.Function):
     custom op's Python dispatch costs twice a small layer's step; ``bench_overhead.py`` measures it)."""
 
     @staticmethod
-    def forward(ctx, x, values, bias, topology, out_channels, geometry, grow_buffers):
+    def forward(ctx, x, values, bias, topology, out_channels, geometry, recorder):
         ctx.save_for_backward(x, values, *topology)
-        ctx.out_channels, ctx.geometry, ctx.has_bias, ctx.grow = out_channels, geometry, bias is not None, grow_buffers
+        ctx.out_channels, ctx.geometry, ctx.has_bias, ctx.recorder = out_channels, geometry, bias is not None, recorder
         backends.remember_forced(ctx)
         return compute.forward(x, values, bias, topology, out_channels, geometry)
 
@@ -61,7 +63,7 @@ class _EagerConv2d(torch.autograd.Function):
         x, values, *topology = ctx.saved_tensors
         with backends.forced_again(ctx):
             grads = compute.backward(grad_y, x, values, topology, ctx.out_channels, ctx.geometry, ctx.has_bias,
-                                     *ctx.needs_input_grad[:3], ctx.grow)
+                                     *ctx.needs_input_grad[:3], recorder=ctx.recorder)
         return grads + (None,) * 4
 
 

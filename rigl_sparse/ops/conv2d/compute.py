@@ -147,9 +147,11 @@ def forward(x, values, bias, topology, out_channels: int, geometry: ConvGeometry
 
 
 def backward(grad_y, x, values, topology, out_channels: int, geometry: ConvGeometry, has_bias: bool, need_x: bool,
-             need_values: bool, need_bias: bool, grow_buffers=None):
-    """``(grad_x, grad_values, grad_bias)`` (None where not needed); with ``grow_buffers``
-    (``scores, index, passes``) the best ``scores.numel()`` inactive blocks of ``dY^T P`` are merged into them."""
+             need_values: bool, need_bias: bool, grow_buffers=None, recorder=None):
+    """``(grad_x, grad_values, grad_bias)`` (None where not needed).  Grow candidates of ``dY^T P``: with
+    ``grow_buffers`` (``scores, index, passes``) the best ``scores.numel()`` are merged into them; with a
+    ``recorder`` (eager mode: anything with ``k`` and ``record(candidates)``) its ``k`` best are handed to
+    ``record``, so that several passes sum each pass's own top ``k``, as a linear layer's do."""
     b = values.shape[1]
     n, _, height, width = x.shape
     out_h, out_w = geometry.output_size(height, width)
@@ -171,6 +173,8 @@ def backward(grad_y, x, values, topology, out_channels: int, geometry: ConvGeome
         scores, index, passes = grow_buffers
         merge_candidates(scores, index, passes,
                          *_grow_scores(dy, padded, topology, b, scores.numel(), geometry, out_h, out_w))
+    if recorder is not None and recorder.k is not None:
+        recorder.record(_grow_scores(dy, padded, topology, b, recorder.k, geometry, out_h, out_w))
     return grad_x, grad_values, grad_bias
 
 
