@@ -4,8 +4,8 @@ Layers: a small ``SparseLinear`` (64 -> 32 features, b=4, density 0.25, 16 rows)
 Python and dispatch overhead of the ops; a 4096 x 4096 one (b=32, density 0.1, 256 rows), where it is
 mostly the kernels; and a small ``SparseConv2d`` (16 -> 32 channels, 3x3, b=8, density 0.25, 4 images of
 8x8), whose op the same overhead reaches.  Each checkout is timed in its own process (its package first on ``PYTHONPATH``, built in
-place); the checkouts alternate over ``--rounds`` rounds and each reports the median of its rounds, so
-that a drift in the machine's speed falls on all of them alike.
+place); the checkouts alternate over ``--rounds`` rounds, in reversed order every other round, and each
+reports the median of its rounds, so that a drift in the machine's speed falls on all of them alike.
 
     python benchmarks/bench_overhead.py                                  # this checkout
     python benchmarks/bench_overhead.py --trees before=/tmp/before after=.   # compare two checkouts
@@ -87,8 +87,9 @@ def main(argv=None) -> None:
 
     times = {label: {name: [] for name in CASES} for label in trees}
     packages = {}
-    for _ in range(args.rounds):
-        for label, tree in trees.items():
+    for round_ in range(args.rounds):
+        order = list(trees.items())
+        for label, tree in (order if round_ % 2 == 0 else order[::-1]):  # ABBA: no checkout always goes first
             result = time_tree(tree, CASES, args.min_time)
             packages[label] = result["package"]
             for name, seconds in result["times"].items():
@@ -102,7 +103,8 @@ def main(argv=None) -> None:
                          "us_per_call": t * 1e6, f"time_over_{first}": t / median(times[first][name]),
                          "rounds_us": [round(s * 1e6, 2) for s in times[label][name]]})
     env = environment("cpu")
-    env["method"] = f"median of {args.rounds} alternating rounds, each torch.utils.benchmark blocked_autorange"
+    env["method"] = (f"median of {args.rounds} rounds, checkouts alternating (ABBA), each torch.utils.benchmark "
+                     "blocked_autorange")
     print_table(rows, ["tree", "git_sha", "case", "us_per_call", f"time_over_{first}"])
     out_dir = save("overhead", rows, env, args.out_dir or cpu_results_dir())
     print(f"results in {out_dir}")
