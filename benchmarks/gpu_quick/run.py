@@ -90,6 +90,8 @@ def plan(python: str, work: Path) -> list[Step]:
     # Every sanitized allocation its own: torch's caching allocator would hide small out-of-bounds accesses
     # inside its segments.
     uncached = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
+    versions = [python, "-c", "import setuptools, torch, triton; print('setuptools', setuptools.__version__, 'torch', "
+                              "torch.__version__, 'triton', triton.__version__)"]
     verify = [python, "-c", "from rigl_sparse.ops import cuda_extension as c; r = c.unavailable_reason(); "
                             "print(r or 'rigl_sparse._C_cuda imports'); raise SystemExit(r is not None)"]
     probes = [str(work / "probe-cuda.json")] + [str(work / f"probe-triton-b{b}.json") for b in (32, 64, 128)]
@@ -100,7 +102,8 @@ def plan(python: str, work: Path) -> list[Step]:
             pytest += ["--dist", "worksteal"]  # an idle worker takes over a queued slow test
     pytest += ["--durations=25"]
     return [
-        Step("build", [[python, "setup.py", "build_ext", "--inplace"], verify], 75, 150, ("cuda_torch", "nvcc"),
+        Step("build", [versions, [python, "setup.py", "build_ext", "--inplace"], verify], 75, 150,
+             ("cuda_torch", "nvcc"),
              env={"RIGL_SPARSE_NO_NATIVE": "1", "RIGL_SPARSE_CUDA_ARCH": "90a", "MAX_JOBS": str(os.cpu_count() or 1)}),
         Step("info", [[python, "-m", "rigl_sparse.info"]], 5, 30),
         # One process per backend: a fault of one (a device-side assertion leaves the CUDA context unusable)
