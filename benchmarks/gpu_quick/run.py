@@ -90,8 +90,8 @@ def plan(python: str, work: Path) -> list[Step]:
     # Every sanitized allocation its own: torch's caching allocator would hide small out-of-bounds accesses
     # inside its segments.
     uncached = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
-    versions = [python, "-c", "import setuptools, torch, triton; print('setuptools', setuptools.__version__, 'torch', "
-                              "torch.__version__, 'triton', triton.__version__)"]
+    versions = [python, "-c", "import setuptools, torch; print('setuptools', setuptools.__version__, 'torch', "
+                              "torch.__version__, 'cuda', torch.version.cuda)"]
     verify = [python, "-c", "from rigl_sparse.ops import cuda_extension as c; r = c.unavailable_reason(); "
                             "print(r or 'rigl_sparse._C_cuda imports'); raise SystemExit(r is not None)"]
     probes = [str(work / "probe-cuda.json")] + [str(work / f"probe-triton-b{b}.json") for b in (32, 64, 128)]
