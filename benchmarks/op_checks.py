@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from rigl_sparse import ops
-from rigl_sparse.testing import assert_close_to_exact, assert_top_k_matches, dense_results, error_bound, \
-    random_block_sparse
+from rigl_sparse.testing import (assert_close_to_exact, assert_top_k_matches, dense_results, error_bound,
+                                 masked_dense_op, random_block_sparse)
 
 OPS = ("dsd", "dds", "sdd", "block_scores")
 
@@ -55,14 +54,10 @@ def run(op: str, case: Case):
 
 def dense_reference(op: str, case: Case):
     """(exact float64, torch's own result in the case's dtype) of a matmul op; computed once per case."""
-    layout = case.layout
-    if op == "dsd":
-        return dense_results(lambda x, v, bias: F.linear(x, layout.to_dense(v), bias), case.x, case.values, case.bias)
-    if op == "dds":
-        return dense_results(lambda dy, v: dy @ layout.to_dense(v), case.dy, case.values)
-    if op == "sdd":
-        return dense_results(lambda dy, x: layout.gather(dy.T @ x), case.dy, case.x)
-    raise ValueError(f"{op} has no dense reference of one tensor")
+    inputs = {"dsd": (case.x, case.values, case.bias), "dds": (case.dy, case.values), "sdd": (case.dy, case.x)}
+    if op not in inputs:
+        raise ValueError(f"{op} has no dense reference of one tensor")
+    return dense_results(masked_dense_op(op, case.layout), *inputs[op])
 
 
 def check(op: str, case: Case, result, reference=None) -> dict:

@@ -198,6 +198,19 @@ def random_block_sparse(shape, block_size, density, *, dtype=torch.float32, devi
     return layout, values
 
 
+def masked_dense_op(op: str, layout: BlockSparseLayout):
+    """torch's dense computation of ``dsd``, ``dds`` or ``sdd`` over ``layout``'s masked weight, as a function of
+    the op's floating inputs: ``(x, values, bias)``, ``(dy, values)`` and ``(dy, x)`` (for ``dense_results``)."""
+    import torch.nn.functional as F
+
+    ops = {"dsd": lambda x, v, bias=None: F.linear(x, layout.to_dense(v), bias),
+           "dds": lambda dy, v: dy @ layout.to_dense(v),
+           "sdd": lambda dy, x: layout.gather(dy.T @ x)}
+    if op not in ops:
+        raise ValueError(f"op must be one of {sorted(ops)}, got {op!r}")
+    return ops[op]
+
+
 def masked_dense_weight(layout: BlockSparseLayout, values: torch.Tensor) -> torch.Tensor:
     """The dense ``[out, K]`` weight equal to the sparse one (zeros off the active blocks)."""
     return layout.to_dense(values)

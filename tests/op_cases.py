@@ -3,11 +3,10 @@
 import contextlib
 
 import torch
-import torch.nn.functional as F
 
 import rigl_sparse as rs
 from rigl_sparse import ops
-from rigl_sparse.testing import assert_matches_dense, assert_top_k_matches, random_block_sparse
+from rigl_sparse.testing import assert_matches_dense, assert_top_k_matches, masked_dense_op, random_block_sparse
 
 
 def make_case(out_f, in_f, b, density, M, dtype, device, seed=0):
@@ -36,10 +35,9 @@ def check_results(results, layout, values, x, dy, bias, k, toward_zero=False):
     y, dx, dv, (scores, index) = results
     assert y.dtype == dx.dtype == dv.dtype == x.dtype
     rounding = dict(toward_zero=toward_zero)
-    assert_matches_dense(y, lambda x, v, bias: F.linear(x, layout.to_dense(v), bias), x, values, bias, name="dsd",
-                         **rounding)
-    assert_matches_dense(dx, lambda dy, v: dy @ layout.to_dense(v), dy, values, name="dds", **rounding)
-    assert_matches_dense(dv, lambda dy, x: layout.gather(dy.T @ x), dy, x, name="sdd", **rounding)
+    assert_matches_dense(y, masked_dense_op("dsd", layout), x, values, bias, name="dsd", **rounding)
+    assert_matches_dense(dx, masked_dense_op("dds", layout), dy, values, name="dds", **rounding)
+    assert_matches_dense(dv, masked_dense_op("sdd", layout), dy, x, name="sdd", **rounding)
     pad = layout.padding_mask()
     if pad is not None:
         assert torch.all(dv[~pad] == 0), "sdd wrote into the padding of a ragged block"

@@ -163,40 +163,6 @@ def test_compiled_exact_conv_grow_scores_are_the_accumulated_gradient(groups):
     torch.testing.assert_close(scores, norms[inactive][order], rtol=1e-4, atol=1e-5)
 
 
-def _cnn():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2, groups=2),
-                          nn.ReLU(), nn.Flatten(), nn.Linear(16 * 3 * 3, 4))
-    return rs.sparsify(model, density=0.4, block_size=4, method="uniform", first_dense=False, dense=("5",),
-                       generator=torch.Generator().manual_seed(0))
-
-
-def test_compiled_cnn_rigl_matches_eager_through_the_conv_custom_op():
-    """The convolution is one custom op (rigl_sparse::conv2d) in both modes: a compiled CNN makes the same
-    decisions and reaches the same weights as eager training, its grow scores recorded by the op's backward."""
-    def train(model, step_fn):
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        scheduler = rs.RigLScheduler(model, optimizer, delta_t=2, t_end=10, alpha=0.5)
-        g = torch.Generator().manual_seed(2)
-        for _ in range(12):
-            x, y = torch.randn(4, 8, 8, 8, generator=g), torch.randint(4, (4,), generator=g)
-            nn.functional.cross_entropy(step_fn(x), y).backward()
-            if scheduler.step():
-                optimizer.step()
-            optimizer.zero_grad()
-        return scheduler
-
-    eager, compiled = _cnn(), _cnn()
-    s1 = train(eager, eager)
-    s2 = train(compiled, torch.compile(compiled, fullgraph=True, backend="aot_eager"))
-    assert s1.stats == s2.stats and s2.stats["blocks_moved"] > 0
-    for a, b in zip(eager.modules(), compiled.modules()):
-        if isinstance(a, rs.SparseModule):
-            assert torch.equal(a.layout.flat_index().sort().values, b.layout.flat_index().sort().values)
-    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
-
-
 def test_conv_op_passes_opcheck():
     layer = rs.SparseConv2d(8, 8, 3, padding=1, density=0.5, block_size=4)
     x = torch.randn(2, 8, 5, 5, requires_grad=True)

@@ -6,7 +6,7 @@ from op_cases import check_backend
 
 import rigl_sparse as rs
 from rigl_sparse import backends, ops
-from rigl_sparse.testing import assert_matches_dense, random_block_sparse
+from rigl_sparse.testing import assert_matches_dense, masked_dense_op, random_block_sparse
 
 REASON = backends.BACKENDS["cpu"].unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"cpu backend unavailable: {REASON}")
@@ -38,7 +38,7 @@ def test_cpu_is_chosen_and_unsupported_arguments_fall_back_with_a_warning():
     backends._WARNED.clear()
     with pytest.warns(RuntimeWarning, match="block_size 3"):
         y = ops.dsd(x, values, None, *layout.topology(), 12)
-    assert_matches_dense(y, lambda x, v: x @ layout.to_dense(v).T, x, values)
+    assert_matches_dense(y, masked_dense_op("dsd", layout), x, values)
     with rs.use_backend("cpu"), pytest.raises(RuntimeError, match="block_size 3"):
         ops.dsd(x, values, None, *layout.topology(), 12)
 
@@ -122,7 +122,7 @@ def test_isa_variable_at_process_start_is_used_and_reported():
     code = ("import torch, rigl_sparse as rs\n"
             "from rigl_sparse import ops, info\n"
             "from rigl_sparse.ops import cpu_extension as _cpu\n"
-            "from rigl_sparse.testing import assert_matches_dense, random_block_sparse\n"
+            "from rigl_sparse.testing import assert_matches_dense, masked_dense_op, random_block_sparse\n"
             "layout, values = random_block_sparse((32, 32), 16, 0.5)\n"
             "with rs.use_backend('cpu'):\n"
             "    ops.dsd(torch.randn(3, 32), values, None, *layout.topology(), 32)\n"

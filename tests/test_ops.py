@@ -10,7 +10,7 @@ import torch
 import rigl_sparse as rs
 from rigl_sparse import ops
 from rigl_sparse.ops.block_scores import reference as block_scores_reference
-from rigl_sparse.testing import assert_matches_dense, assert_top_k_matches, random_block_sparse
+from rigl_sparse.testing import assert_matches_dense, assert_top_k_matches, masked_dense_op, random_block_sparse
 
 SHAPES = [(16, 32), (30, 50), (64, 48), (7, 13)]  # (out, K), incl. ragged and non-square
 BLOCKS = [1, 4, 16, 32]
@@ -50,7 +50,7 @@ def test_dsd_matches_masked_dense(shape, b, density, M, backend):
             y = ops.dsd(x, values, bias, *layout.topology(), shape[0])
             y_nobias = ops.dsd(x, values, None, *layout.topology(), shape[0])
         assert y.dtype == dtype and y.shape == (M, shape[0])
-        linear = lambda x, v, bias=None: torch.nn.functional.linear(x, layout.to_dense(v), bias)  # noqa: E731
+        linear = masked_dense_op("dsd", layout)
         assert_matches_dense(y, linear, x, values, bias, name=f"dsd {dtype}")
         assert_matches_dense(y_nobias, linear, x, values, name=f"dsd {dtype} without bias")
 
@@ -64,7 +64,7 @@ def test_dds_matches_masked_dense(shape, b, density, M, backend):
         with _on(backend):
             dx = ops.dds(dy, values, *layout.topology(), shape[1])
         assert dx.dtype == dtype and dx.shape == (M, shape[1])
-        assert_matches_dense(dx, lambda dy, v: dy @ layout.to_dense(v), dy, values, name=f"dds {dtype}")
+        assert_matches_dense(dx, masked_dense_op("dds", layout), dy, values, name=f"dds {dtype}")
 
 
 @pytest.mark.parametrize("shape,b,density", GRID)
@@ -76,7 +76,7 @@ def test_sdd_matches_masked_dense(shape, b, density, M, backend):
         with _on(backend):
             dv = ops.sdd(dy, x, *layout.topology(), b)
         assert dv.dtype == dtype and dv.shape == values.shape
-        assert_matches_dense(dv, lambda dy, x: layout.gather(dy.T @ x), dy, x, name=f"sdd {dtype}")
+        assert_matches_dense(dv, masked_dense_op("sdd", layout), dy, x, name=f"sdd {dtype}")
         pad = layout.padding_mask()
         if pad is not None:
             assert torch.all(dv[~pad] == 0)

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from rigl_sparse import ops
-from rigl_sparse.testing import assert_matches_dense, assert_top_k_matches, random_block_sparse
+from rigl_sparse.testing import assert_matches_dense, assert_top_k_matches, masked_dense_op, random_block_sparse
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -19,7 +18,7 @@ def _case(dtype, shape=(256, 384), b=32, density=0.3, M=200, seed=0):
 
 
 def _linear(layout):
-    return lambda x, v: F.linear(x, layout.to_dense(v))
+    return masked_dense_op("dsd", layout)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
