@@ -34,6 +34,7 @@ steps, keeping the other steps' results of the last run.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -140,13 +141,17 @@ def missing(needs: tuple[str, ...], dry_run: bool) -> str | None:
             return "nvcc is not on the PATH"
         if need == "sanitizer" and sanitizer_path() is None:
             return "compute-sanitizer is neither on the PATH nor in $CUDA_HOME/bin"
-        if need == "extension" and not dry_run:
-            reason = subprocess.run([sys.executable, "-c", "from rigl_sparse.ops import cuda_extension as c; "
-                                     "print(c.unavailable_reason() or '')"], cwd=ROOT, env=step_env({}),
-                                    capture_output=True, text=True).stdout.strip()
-            if reason:
-                return f"the cuda backend is unavailable: {reason}"
+        if need == "extension" and not dry_run and (reason := _cuda_unavailable()):
+            return f"the cuda backend is unavailable: {reason}"
     return "dry run" if dry_run and needs else None
+
+
+@functools.cache
+def _cuda_unavailable() -> str:
+    """Why the cuda backend cannot run, asked once of a process of its own (after the build step), or ''."""
+    return subprocess.run([sys.executable, "-c", "from rigl_sparse.ops import cuda_extension as c; "
+                           "print(c.unavailable_reason() or '')"], cwd=ROOT, env=step_env({}), capture_output=True,
+                          text=True).stdout.strip()
 
 
 def step_env(extra: dict) -> dict:

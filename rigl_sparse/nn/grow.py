@@ -88,9 +88,6 @@ class GrowRecorder:
         _KEPT[self.token] = []
         weakref.finalize(self, _KEPT.pop, self.token, None)
 
-    def __getstate__(self) -> dict:
-        return dict(self.__dict__)
-
     def __setstate__(self, state: dict) -> None:
         """A copy (``copy.deepcopy``, unpickling) records under a token of its own."""
         self.__dict__.update(state)

@@ -205,10 +205,10 @@ class RigLScheduler:
             return
         candidates = take_grow_scores(target.layer, self.process_group) if compressed and self.grow == "gradient" \
             else None
-        dropped = smallest(target.magnitudes(), flat, k)
+        dropped = smallest(target.magnitudes(flat), flat, k)
         grown = self._grow(target, compressed, flat, dropped, k, candidates)
         if grown is not None:
-            self.stats["blocks_moved"] += target.move(dropped, grown, self.optimizer)
+            self.stats["blocks_moved"] += target.move(flat, dropped, grown, self.optimizer)
         target.release()  # FSDP2: the gathered copy of the values, whatever the outcome
 
     def _grow(self, target, compressed, flat, dropped, k, candidates):
@@ -216,7 +216,7 @@ class RigLScheduler:
             return random_pick(self.generator, target.n_blocks, flat, flat[dropped], k)
         source = candidates if compressed else (target.layer.weight.grad if self.grow == "gradient"
                                                 else self.gradient_average.get(target.name))
-        pool = target.gradient_pool(dropped, source, self._score_scale)
+        pool = target.gradient_pool(flat, dropped, source, self._score_scale)
         if pool is None:
             warnings.warn(f"RigL update at step {self.step_count} skipped for layer {target.name!r}: no gradient was "
                           "recorded for it (call loss.backward() through the layer before scheduler.step())",

@@ -4,7 +4,8 @@ A target exposes its active blocks and their magnitudes, the pool a grow criteri
 blocks and the just-dropped ones, with their gradient scores) and ``move(dropped, grown, optimizer)``.
 ``CompressedTarget`` adapts a ``SparseModule`` (compressed values, scores from the backward's grow
 candidates), ``MaskedTarget`` a dense layer under a ``BlockMask`` (scores from its dense gradient).
-Blocks are named by their row-major flat index; ``dropped`` are positions into ``active()``.
+Blocks are named by their row-major flat index; the scheduler reads ``flat = active()`` once per update and
+passes it on, and ``dropped`` are positions into it.
 """
 
 from __future__ import annotations
@@ -96,14 +97,14 @@ class CompressedTarget:
     def active(self) -> torch.Tensor:
         return self.layer.layout.flat_index()
 
-    def magnitudes(self) -> torch.Tensor:
+    def magnitudes(self, flat) -> torch.Tensor:
         self._whole = full(self.layer.values.detach())  # FSDP2: gathered once for the norms and the move
         return self._whole.float().flatten(1).norm(dim=1)
 
     def release(self) -> None:
         self._whole = None
 
-    def gradient_pool(self, dropped, candidates, score_scale: float):
+    def gradient_pool(self, flat, dropped, candidates, score_scale: float):
         """(scores, blocks) of the grow candidates and the dropped slots' own gradient norms, or None
         without a gradient."""
         grad = self.layer.values.grad
@@ -111,15 +112,13 @@ class CompressedTarget:
             return None
         scores, index = candidates
         valid = index >= 0
-        flat = self.active()
         return (torch.cat([scores[valid] * score_scale, full(grad)[dropped].float().flatten(1).norm(dim=1)]),
                 torch.cat([index[valid], flat[dropped]]))
 
-    def move(self, dropped, grown, optimizer) -> int:
+    def move(self, flat, dropped, grown, optimizer) -> int:
         """Grown blocks into the freed slots (value, gradient and optimizer state zero); a regrown block
         keeps its slot.  Returns the number of slots moved."""
         layout, values = self.layer.layout, self.layer.values
-        flat = layout.flat_index()
         dropped_flat = flat[dropped]
         slots = dropped[~torch.isin(dropped_flat, grown)].sort().values
         new_flat = grown[~torch.isin(grown, dropped_flat)].sort().values
@@ -155,27 +154,26 @@ class MaskedTarget:
     def active(self) -> torch.Tensor:
         return torch.nonzero(self.layer.block_mask.active.flatten()).flatten()
 
-    def magnitudes(self) -> torch.Tensor:
-        return self.layer.block_mask.block_norms(self.layer.weight.detach())[self.active()]
+    def magnitudes(self, flat) -> torch.Tensor:
+        return self.layer.block_mask.block_norms(self.layer.weight.detach())[flat]
 
     def release(self) -> None:
         pass
 
-    def gradient_pool(self, dropped, source, score_scale: float = 1.0):
+    def gradient_pool(self, flat, dropped, source, score_scale: float = 1.0):
         """(scores, blocks) of every inactive and dropped block by the block norms of ``source`` (the dense
         gradient, or its moving average), or None without one."""
         if source is None:
             return None
         mask = self.layer.block_mask
         pool = ~mask.active.flatten()
-        pool[self.active()[dropped]] = True
+        pool[flat[dropped]] = True
         index = torch.nonzero(pool).flatten()
         return mask.block_norms(source)[index], index
 
-    def move(self, dropped, grown, optimizer) -> int:
-        active = self.layer.block_mask.active.flatten()
-        new_active = active.clone()
-        new_active[self.active()[dropped]] = False
+    def move(self, flat, dropped, grown, optimizer) -> int:
+        new_active = self.layer.block_mask.active.flatten().clone()
+        new_active[flat[dropped]] = False
         new_active[grown] = True
         return set_active_blocks(self.layer, optimizer, new_active)
 
