@@ -54,7 +54,7 @@ def try_bench(make, check=None):
             return None, f"wrong result: {verdict}"
         return bench(fn), None
     except Exception as err:  # noqa: BLE001 - a baseline that cannot run is recorded, not fatal
-        return None, f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}"
+        return None, op_checks.error_line(err, 120)
 
 
 def torch_bsr(layout, values, transpose: bool):
@@ -202,7 +202,7 @@ def run_case(n, b, density, x, dy, dense_w, dense_times, backends_to_time, k_fra
         except ImportError as err:
             row["stk_fwd_error"] = f"stk not importable: {err}"
         except Exception as err:  # noqa: BLE001 - a baseline that cannot run is recorded, not fatal
-            row["stk_fwd_error"] = f"stk failed: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}"
+            row["stk_fwd_error"] = f"stk failed: {op_checks.error_line(err, 120)}"
     for op in ("fwd", "dx", "dw"):
         t = row.get(f"stk_{op}_ms")
         row[f"speedup_{op}_vs_stk"] = None if t is None or ours[op] is None else t / ours[op]

@@ -81,6 +81,11 @@ def check(op: str, case: Case, result, reference=None) -> dict:
         return {"ok": False, "error": str(err).splitlines()[0][:300]}
 
 
+def error_line(err: Exception, limit: int = 300) -> str:
+    """``Type: first line of the message`` (an exception's message may be empty or many lines long)."""
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:limit]}"
+
+
 def bitwise_equal(a, b) -> bool:
     """Two results (tensors or tuples of them) are the same bits, NaN included."""
     if isinstance(a, tuple):

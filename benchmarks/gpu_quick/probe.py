@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from op_checks import OPS, bitwise_equal, check, dense_reference, make_case, run  # noqa: E402
+from op_checks import OPS, bitwise_equal, check, dense_reference, error_line, make_case, run  # noqa: E402
 
 import rigl_sparse as rs  # noqa: E402
 
@@ -39,10 +39,6 @@ def poison(result) -> None:
 
 def _clone(result):
     return tuple(t.clone() for t in result) if isinstance(result, tuple) else result.clone()
-
-
-def _first_line(err: Exception) -> str:
-    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
 
 
 def probe_case(backends, case, label: str, rows: list, save) -> None:
@@ -67,7 +63,7 @@ def probe_case(backends, case, label: str, rows: list, save) -> None:
                 if case.x.is_cuda:
                     torch.cuda.synchronize()
             except Exception as err:  # noqa: BLE001 - a failing backend is a result, recorded
-                row.update(ok=False, error=_first_line(err))
+                row.update(ok=False, error=error_line(err))
             else:
                 row["seconds"] = round(time.perf_counter() - start, 3)
                 row.update(check(op, case, first, reference))
@@ -128,7 +124,7 @@ def main(argv=None) -> int:
                 case = make_case(n, n, m, b, args.density, dtype, args.device, seed=1000 * b + n)
             except Exception as err:  # noqa: BLE001 - e.g. a device left unusable by an earlier fault
                 rows.extend({"backend": backend, "op": op, "case": label, "block_size": b, "ok": False,
-                             "error": f"case not built: {_first_line(err)}"} for backend in backends for op in OPS)
+                             "error": f"case not built: {error_line(err)}"} for backend in backends for op in OPS)
                 save()
                 continue
             probe_case(backends, case, label, rows, save)
