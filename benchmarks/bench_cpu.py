@@ -50,12 +50,12 @@ M, n, b = {rows}, {features}, {block}
 layout, _ = random_block_sparse((n, n), b, 0.1, seed=1)
 x, dy = torch.randn(M, n).to(torch.{dtype}), torch.randn(M, n).to(torch.{dtype})
 with rs.use_backend("cpu"):
-    ops.block_scores(dy, x, layout.block_row, layout.block_col, b, 100)  # one-time allocations (MKL, code)
+    ops.block_scores(dy, x, layout, 100)  # one-time allocations (MKL, code)
     def kib(field):
         return next(int(l.split()[1]) for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field))
     Path("/proc/self/clear_refs").write_text("5")  # reset the resident-set high-water mark
     before = kib("VmRSS")
-    ops.block_scores(dy, x, layout.block_row, layout.block_col, b, 100)
+    ops.block_scores(dy, x, layout, 100)
     print((kib("VmHWM") - before) * 1024)
 """
 
@@ -111,14 +111,12 @@ def main(argv=None):
     for b in args.blocks:
         for d in args.densities:
             layout, values = random_block_sparse((n, n), b, d, dtype=dtype, seed=1)
-            topo = layout.topology()
             k = max(1, int(0.3 * layout.nnzb))
             w_sparse = layout.to_dense(values).to(base_dtype)
             w_bsr = w_sparse.to_sparse_bsr((b, b))
             wt_bsr = w_sparse.t().contiguous().to_sparse_bsr((b, b))
-            ours_fns = {"fwd": lambda: ops.dsd(x, values, None, *topo, n), "dx": lambda: ops.dds(dy, values, *topo, n),
-                        "dw": lambda: ops.sdd(dy, x, *topo, b),
-                        "scores": lambda: ops.block_scores(dy, x, topo[0], topo[1], b, k)}
+            ours_fns = {"fwd": lambda: ops.dsd(x, values, layout), "dx": lambda: ops.dds(dy, values, layout),
+                        "dw": lambda: ops.sdd(dy, x, layout), "scores": lambda: ops.block_scores(dy, x, layout, k)}
             bsr_fns = {"fwd": lambda: w_bsr @ xt, "dx": lambda: wt_bsr @ dyt}
             try:
                 bsr_fns["fwd"]()

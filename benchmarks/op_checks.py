@@ -39,16 +39,15 @@ def make_case(n_out: int, n_in: int, m: int, block_size: int, density: float, dt
 
 def run(op: str, case: Case):
     """``op`` on ``case`` with the backend in force (``rigl_sparse.use_backend``)."""
-    layout, topo = case.layout, case.layout.topology()
-    out_f, in_f = layout.shape
+    layout = case.layout
     if op == "dsd":
-        return ops.dsd(case.x, case.values, case.bias, *topo, out_f)
+        return ops.dsd(case.x, case.values, layout, case.bias)
     if op == "dds":
-        return ops.dds(case.dy, case.values, *topo, in_f)
+        return ops.dds(case.dy, case.values, layout)
     if op == "sdd":
-        return ops.sdd(case.dy, case.x, *topo, layout.block_size)
+        return ops.sdd(case.dy, case.x, layout)
     if op == "block_scores":
-        return ops.block_scores(case.dy, case.x, topo[0], topo[1], layout.block_size, case.k)
+        return ops.block_scores(case.dy, case.x, layout, case.k)
     raise ValueError(f"unknown op {op!r}; one of {OPS}")
 
 

@@ -83,28 +83,42 @@ def check_float(name: str, t: torch.Tensor) -> None:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
 
 
-def check_topology_args(values_or_none, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size):
-    """Shape/dtype checks that need no data (they also run on fake tensors)."""
-    topo = dict(block_row=block_row, block_col=block_col, row_ptr=row_ptr, row_slots=row_slots,
-                col_ptr=col_ptr, col_slots=col_slots)
-    for name, t in topo.items():
-        if t.dtype != torch.int32:
-            raise TypeError(f"{name} must be int32, got {t.dtype}")
-        if t.dim() != 1:
-            raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+def check_topology_args(values_or_none, topology, block_size, device: torch.device) -> None:
+    """Shape/dtype/device checks that need no data (they also run on fake tensors): ``topology`` holds the
+    layout's six int32 tensors, on ``device`` (the device of the op's first operand), as does ``values``
+    when given.  Every op call runs them, so the passing case reads each tensor's metadata once and builds
+    no message."""
+    if len(topology) != len(TOPOLOGY):
+        raise ValueError(f"topology must hold the layout's {len(TOPOLOGY)} tensors ({', '.join(TOPOLOGY)}), "
+                         f"got {len(topology)}")
+    int32 = torch.int32
+    for t in topology:
+        if t.dtype != int32 or t.dim() != 1 or t.device != device:
+            for name, t in zip(TOPOLOGY, topology):  # say which
+                if t.dtype != int32:
+                    raise TypeError(f"{name} must be int32, got {t.dtype}")
+                if t.dim() != 1:
+                    raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+                if t.device != device:
+                    raise ValueError(f"all tensors must be on one device, got {name} on {t.device}, the operands "
+                                     f"on {device}")
+    block_row, block_col, _, row_slots, _, col_slots = topology
     nnzb = block_row.shape[0]
-    for name in ("block_col", "row_slots", "col_slots"):
-        if topo[name].shape[0] != nnzb:
-            raise ValueError(f"{name} has {topo[name].shape[0]} entries but block_row has {nnzb}")
+    if block_col.shape[0] != nnzb or row_slots.shape[0] != nnzb or col_slots.shape[0] != nnzb:
+        for name, t in (("block_col", block_col), ("row_slots", row_slots), ("col_slots", col_slots)):
+            if t.shape[0] != nnzb:
+                raise ValueError(f"{name} has {t.shape[0]} entries but block_row has {nnzb}")
     if values_or_none is not None:
         v = values_or_none
         check_float("values", v)
         if v.dim() != 3 or v.shape[0] != nnzb or v.shape[1] != block_size or v.shape[2] != block_size:
             raise ValueError(f"values must have shape [nnzb={nnzb}, {block_size}, {block_size}], got {tuple(v.shape)}")
+        if v.device != device:
+            raise ValueError(f"all tensors must be on one device, got values on {v.device}, the operands on {device}")
 
 
 def check_dim_matches_grid(name: str, size: int, n_blocks: int, block_size: int) -> None:
-    if math.ceil(size / block_size) != n_blocks:
+    if -(-size // block_size) != n_blocks:  # ceil(size / block_size), in integers
         raise ValueError(
             f"{name}={size} does not fit a grid of {n_blocks} blocks of size {block_size} "
             f"(needs ceil({name}/{block_size}) == {n_blocks})"
@@ -112,10 +126,15 @@ def check_dim_matches_grid(name: str, size: int, n_blocks: int, block_size: int)
 
 
 def check_same_device(**tensors) -> None:
-    devices = {name: t.device for name, t in tensors.items() if t is not None}
-    if len(set(devices.values())) > 1:
-        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
-        raise ValueError(f"all tensors must be on one device, got {listing}")
+    """Every tensor given (None skipped) is on one device."""
+    device = None
+    for t in tensors.values():
+        if t is not None:
+            if device is None:
+                device = t.device
+            elif t.device != device:
+                listing = ", ".join(f"{n} on {t.device}" for n, t in tensors.items() if t is not None)
+                raise ValueError(f"all tensors must be on one device, got {listing}")
 
 
 def check_matrix(name: str, t: torch.Tensor) -> None:

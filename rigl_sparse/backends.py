@@ -135,6 +135,7 @@ def register_impl(op: str, backend: str, fn: Callable, *, supports: Callable[...
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known: {sorted(BACKENDS)}")
     _IMPLS.setdefault(op, {})[backend] = _Impl(fn, supports)
+    _runnable.cache_clear()
 
 
 # ---- measured preferences on GPUs ----------------------------------------------------------------
@@ -214,19 +215,25 @@ def remember_forced(ctx) -> None:
     ctx.rigl_sparse_backend = _FORCED.get()
 
 
-@contextlib.contextmanager
-def forced_again(ctx):
+class forced_again:
     """Force again, for a backward, the backend that was forced when ``ctx``'s forward ran: autograd may run
-    a CUDA graph's backward on a thread of its own, which does not see the caller's ``use_backend``."""
-    name = getattr(ctx, "rigl_sparse_backend", None)
-    if name is None or _FORCED.get() == name:
-        yield
-        return
-    token = _FORCED.set(name)
-    try:
-        yield
-    finally:
-        _FORCED.reset(token)
+    a CUDA graph's backward on a thread of its own, which does not see the caller's ``use_backend``.
+    (A class, not a generator: every backward enters it.)"""
+
+    __slots__ = ("name", "token")
+
+    def __init__(self, ctx) -> None:
+        self.name = getattr(ctx, "rigl_sparse_backend", None)
+        self.token = None
+
+    def __enter__(self) -> None:
+        if self.name is not None and _FORCED.get() != self.name:
+            self.token = _FORCED.set(self.name)
+
+    def __exit__(self, *exc) -> None:
+        if self.token is not None:
+            _FORCED.reset(self.token)
+            self.token = None
 
 
 @contextlib.contextmanager
@@ -261,6 +268,15 @@ def _candidates(op: str, device_type: str, args=None, forced: str | None = None)
             yield backend.name, None
 
 
+@functools.cache
+def _runnable(op: str, device_type: str) -> tuple[tuple[str, _Impl], ...]:
+    """``op``'s implementations that can run on ``device_type`` in this process, by priority (backends'
+    availability does not change within a process; ``register_impl`` clears this)."""
+    impls = _IMPLS.get(op, {})
+    return tuple((b.name, impls[b.name]) for b in _BY_PRIORITY
+                 if b.name in impls and b.serves(device_type) and b.unavailable_reason() is None)
+
+
 def select(op: str, device_type: str, args=None) -> tuple[str, Callable]:
     """The backend name and implementation that run ``op`` on ``device_type`` (for ``args``) now."""
     forced = _FORCED.get()
@@ -272,17 +288,18 @@ def select(op: str, device_type: str, args=None) -> tuple[str, Callable]:
                                f"it {verdicts[forced]}")
         return forced, impls[forced].fn
     # The hot path (every op call): no strings are built unless an implementation declines.
-    order = _measured_order(op, args) if device_type == "cuda" and args is not None else _BY_PRIORITY
-    for backend in order:
-        impl = impls.get(backend.name)
-        if impl is None or not backend.serves(device_type) or backend.unavailable_reason() is not None:
-            continue
+    if device_type == "cuda" and args is not None:
+        order = [(b.name, impls[b.name]) for b in _measured_order(op, args) if b.name in impls
+                 and b.serves(device_type) and b.unavailable_reason() is None]
+    else:
+        order = _runnable(op, device_type)
+    for name, impl in order:
         reason = impl.supports(*args) if (args is not None and impl.supports is not None) else None
         if reason is None:
-            return backend.name, impl.fn
-        if (op, backend.name, reason) not in _WARNED:
-            _WARNED.add((op, backend.name, reason))
-            warnings.warn(f"rigl_sparse::{op} on {device_type}: backend {backend.name!r} does not support these "
+            return name, impl.fn
+        if (op, name, reason) not in _WARNED:
+            _WARNED.add((op, name, reason))
+            warnings.warn(f"rigl_sparse::{op} on {device_type}: backend {name!r} does not support these "
                           f"arguments: {reason}; using the next backend", RuntimeWarning, stacklevel=4)
     raise RuntimeError(f"no backend can run rigl_sparse::{op} on {device_type}: "
                        f"{dict(_candidates(op, device_type, args))}")

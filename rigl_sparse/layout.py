@@ -183,7 +183,9 @@ class BlockSparseLayout(nn.Module):
 
     def topology(self) -> tuple[torch.Tensor, ...]:
         """The six topology tensors in the order the ops take them."""
-        return tuple(getattr(self, name) for name in TOPOLOGY)
+        buffers = self._buffers  # every op call reads them: a dict lookup each, not Module.__getattr__
+        return (buffers["block_row"], buffers["block_col"], buffers["row_ptr"], buffers["row_slots"],
+                buffers["col_ptr"], buffers["col_slots"])
 
     # ----------------------------------------------------------------- views
     @torch.no_grad()

@@ -23,10 +23,9 @@ def run_all(backend, layout, values, x, dy, bias, k):
     """dsd, dds, sdd and block_scores of one case on ``backend`` ("selected": whatever the registry picks)."""
     b = layout.block_size
     out_f, in_f = layout.shape
-    topo = layout.topology()
     with rs.use_backend(backend) if backend != "selected" else contextlib.nullcontext():
-        return (ops.dsd(x, values, bias, *topo, out_f), ops.dds(dy, values, *topo, in_f), ops.sdd(dy, x, *topo, b),
-                ops.block_scores(dy, x, topo[0], topo[1], b, k))
+        return (ops.dsd(x, values, layout, bias), ops.dds(dy, values, layout), ops.sdd(dy, x, layout),
+                ops.block_scores(dy, x, layout, k))
 
 
 def check_results(results, layout, values, x, dy, bias, k, toward_zero=False):
@@ -73,10 +72,10 @@ def block_scores_extra_bytes(backend, layout, x, dy, k):
     """Peak CUDA memory that one ``block_scores`` call adds (after a warm-up call)."""
     b = layout.block_size
     with rs.use_backend(backend):
-        ops.block_scores(dy, x, layout.block_row, layout.block_col, b, k)
+        ops.block_scores(dy, x, layout, k)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        ops.block_scores(dy, x, layout.block_row, layout.block_col, b, k)
+        ops.block_scores(dy, x, layout, k)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base

@@ -13,7 +13,7 @@ def test_native_cpu_is_selected_when_built_and_reference_can_be_forced():
     x = torch.randn(3, 16)
     with rs.use_backend("reference"):
         assert backends.forced_backend() == "reference"
-        y = ops.dsd(x, values, None, *layout.topology(), 16)
+        y = ops.dsd(x, values, layout)
     assert backends.forced_backend() is None
     torch.testing.assert_close(y, x @ layout.to_dense(values).T)
 

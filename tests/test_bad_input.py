@@ -91,16 +91,16 @@ CASES = [
     ("state dict with a broken row view", lambda: _linear().load_state_dict(
         _corrupt_state("layout.row_ptr", lambda t: t.flip(0))), (RuntimeError, ValueError), "row_ptr"),
     # ops
-    ("dsd 1-D input", lambda: rs.ops.dsd(torch.randn(16), _linear().values, None, *_topology(_linear()), 12),
-     ValueError, "x"),
-    ("dsd values dtype", lambda: rs.ops.dsd(torch.randn(3, 16), _linear().values.double(), None,
-                                            *_topology(_linear()), 12), TypeError, "dtype"),
-    ("dsd topology dtype", lambda: rs.ops.dsd(torch.randn(3, 16), _linear().values, None,
-                                              *(t.long() for t in _topology(_linear())), 12), TypeError, "int32"),
+    ("dsd 1-D input", lambda: rs.ops.dsd(torch.randn(16), _linear().values, _linear().layout), ValueError, "x"),
+    ("dsd values dtype", lambda: rs.ops.dsd(torch.randn(3, 16), _linear().values.double(), _linear().layout),
+     TypeError, "dtype"),
+    ("dsd topology dtype", lambda: torch.ops.rigl_sparse.dsd(torch.randn(3, 16), _linear().values, None,
+                                                             [t.long() for t in _topology(_linear())], 12),
+     TypeError, "int32"),
     ("block_scores k negative", lambda: rs.ops.block_scores(torch.randn(3, 12), torch.randn(3, 16),
-                                                            *_topology(_linear())[:2], 4, -1), ValueError, "k"),
+                                                            _linear().layout, -1), ValueError, "k"),
     ("update_topology slot out of range", lambda: rs.ops.update_topology(
-        _linear().values.detach(), *_topology(_linear()), torch.tensor([99]), torch.tensor([0]), torch.tensor([0])),
+        _linear().values.detach(), _linear().layout, torch.tensor([99]), torch.tensor([0]), torch.tensor([0])),
      ValueError, "slots"),
     ("grow-score request", lambda: _linear().request_grow_scores(-1), ValueError, "k"),
     # sparsify, masks, densities

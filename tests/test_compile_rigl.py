@@ -60,7 +60,7 @@ def test_grow_tap_op_is_the_identity_and_records_block_scores():
     assert torch.equal(out, y)
     out.backward(dy)
     assert torch.equal(y.grad, dy) and int(passes) == 1
-    expected = rs.ops.block_scores(dy, x, layout.block_row, layout.block_col, 4, layout.nnzb)
+    expected = rs.ops.block_scores(dy, x, layout, layout.nnzb)
     torch.testing.assert_close(scores, expected[0])
     assert torch.equal(index, expected[1])
     torch.library.opcheck(torch.ops.rigl_sparse.grow_tap.default,
@@ -114,7 +114,7 @@ def test_grow_tap_sums_several_passes_block_by_block():
         x, dy = torch.randn(6, 32, generator=g), torch.randn(6, 16, generator=g)
         y = torch.randn(6, 16, requires_grad=True)
         rs.ops.grow_tap(y, x, layout.block_row, layout.block_col, 4, scores, index, passes).backward(dy)
-        per_pass.append(rs.ops.block_scores(dy, x, layout.block_row, layout.block_col, 4, n))
+        per_pass.append(rs.ops.block_scores(dy, x, layout, n))
     assert int(passes) == 2
     by_block = {}
     for s, i in per_pass:
@@ -168,6 +168,6 @@ def test_conv_op_passes_opcheck():
     x = torch.randn(2, 8, 5, 5, requires_grad=True)
     from rigl_sparse.ops.conv2d import geometry_list
 
-    args = (x, layer.values, layer.bias, *layer.layout.topology(), 8, geometry_list(layer._geometry), None, None,
-            None)
+    args = (x, layer.values, layer.bias, layer.layout.topology(), 8, geometry_list(layer._geometry), None, None,
+            None, 0)
     torch.library.opcheck(torch.ops.rigl_sparse.conv2d.default, args)

@@ -10,7 +10,7 @@ import rigl_sparse as rs
 from rigl_sparse import backends
 from rigl_sparse.models import cnn
 from rigl_sparse.nn.conv import weight_matrix
-from rigl_sparse.ops import conv2d as conv_op
+from rigl_sparse.ops.conv2d import compute as conv_compute
 from rigl_sparse.testing import assert_close_to_exact, assert_top_k_of_grid, round_toward_zero, tf32_inputs
 
 GEOMETRIES = [
@@ -178,7 +178,7 @@ def test_chunked_patches_equal_one_chunk(monkeypatch):
     y.sum().backward()
     whole = (y.detach(), x.grad.clone(), layer.values.grad.clone())
     x.grad, layer.values.grad = None, None
-    monkeypatch.setattr(conv_op.compute, "PATCH_BYTES", 1)  # one image per chunk
+    monkeypatch.setattr(conv_compute, "PATCH_BYTES", 1)  # one image per chunk
     y = layer(x)
     y.sum().backward()
     torch.testing.assert_close(y.detach(), whole[0])

@@ -37,10 +37,10 @@ def test_cpu_is_chosen_and_unsupported_arguments_fall_back_with_a_warning():
     layout, values, x, _, _ = _case(12, 12, 3, 0.5, 3, torch.float32)
     backends._WARNED.clear()
     with pytest.warns(RuntimeWarning, match="block_size 3"):
-        y = ops.dsd(x, values, None, *layout.topology(), 12)
+        y = ops.dsd(x, values, layout)
     assert_matches_dense(y, masked_dense_op("dsd", layout), x, values)
     with rs.use_backend("cpu"), pytest.raises(RuntimeError, match="block_size 3"):
-        ops.dsd(x, values, None, *layout.topology(), 12)
+        ops.dsd(x, values, layout)
 
 
 def test_cpu_block_scores_ties_and_nan_follow_the_reference(cpu_isa):
@@ -48,13 +48,13 @@ def test_cpu_block_scores_ties_and_nan_follow_the_reference(cpu_isa):
     zeros = torch.zeros(4, 16)
     for backend in ("reference", "cpu"):
         with rs.use_backend(backend):
-            scores, index = ops.block_scores(zeros, zeros, layout.block_row, layout.block_col, 4, 3)
+            scores, index = ops.block_scores(zeros, zeros, layout, 3)
         inactive = [i for i in range(16) if i not in set(layout.flat_index().tolist())]
         assert index.tolist() == inactive[:3]
     x = torch.randn(4, 16)
     x[0, 0] = float("nan")
     with rs.use_backend("cpu"):
-        scores, _ = ops.block_scores(torch.randn(4, 16), x, layout.block_row, layout.block_col, 4, 2)
+        scores, _ = ops.block_scores(torch.randn(4, 16), x, layout, 2)
     assert torch.isnan(scores[0])
 
 
@@ -125,7 +125,7 @@ def test_isa_variable_at_process_start_is_used_and_reported():
             "from rigl_sparse.testing import assert_matches_dense, masked_dense_op, random_block_sparse\n"
             "layout, values = random_block_sparse((32, 32), 16, 0.5)\n"
             "with rs.use_backend('cpu'):\n"
-            "    ops.dsd(torch.randn(3, 32), values, None, *layout.topology(), 32)\n"
+            "    ops.dsd(torch.randn(3, 32), values, layout)\n"
             "print(_cpu.isa_status()['active'])\n"
             "print(info.report())\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -48,7 +48,7 @@ def test_cuda_block_scores_top_k_covers_every_inactive_block(b):
     n_blocks = 12
     n_inactive = n_blocks - layout.nnzb
     with rs.use_backend("cuda"):
-        scores, index = ops.block_scores(dy, x, layout.block_row, layout.block_col, b, n_blocks + 3)
+        scores, index = ops.block_scores(dy, x, layout, n_blocks + 3)
     assert sorted(index[:n_inactive].tolist()) == sorted(
         set(range(n_blocks)) - set((layout.block_row.long() * 3 + layout.block_col.long()).tolist()))
     assert torch.all(index[n_inactive:] == -1) and torch.all(scores[n_inactive:] == float("-inf"))
@@ -62,7 +62,7 @@ def test_cuda_block_scores_puts_nan_first():
     poisoned = [r * 4 + 2 for r in range(4) if r * 4 + 2 not in active]
     assert poisoned, "the seed must leave a block of column 2 inactive"
     with rs.use_backend("cuda"):
-        scores, index = ops.block_scores(dy, x, layout.block_row, layout.block_col, b, 4)
+        scores, index = ops.block_scores(dy, x, layout, 4)
     assert torch.isnan(scores[: len(poisoned)]).all() and index[: len(poisoned)].tolist() == poisoned
 
 
@@ -75,7 +75,7 @@ def test_cuda_empty_rows_and_no_active_blocks():
 def test_cuda_rejects_float32_when_forced_and_other_backends_take_it():
     layout, values, x, _, _ = _case(64, 64, 32, 0.5, 8, torch.float32)
     with rs.use_backend("cuda"), pytest.raises(RuntimeError, match="float32"):
-        ops.dsd(x, values, None, *layout.topology(), 64)
+        ops.dsd(x, values, layout)
     assert backends.select("dsd", "cuda", (x, values, None, *layout.topology(), 64))[0] != "cuda"
 
 
@@ -115,7 +115,8 @@ def test_cuda_block_scores_with_no_blocks_returns_the_empty_tail(b):
     x = torch.randn(16, 2 * b, device="cuda", dtype=torch.bfloat16)
     none = torch.zeros(0, dtype=torch.int32, device="cuda")
     with rs.use_backend("cuda"):
-        scores, index = ops.block_scores(torch.zeros(16, 0, device="cuda", dtype=torch.bfloat16), x, none, none, b, 3)
+        scores, index = torch.ops.rigl_sparse.block_scores(torch.zeros(16, 0, device="cuda", dtype=torch.bfloat16), x,
+                                                            none, none, b, 3)
     assert index.tolist() == [-1] * 3 and torch.all(scores == float("-inf"))
 
 

@@ -138,7 +138,7 @@ def test_eager_fast_path_equals_the_custom_op_path():
         if path == "eager":
             y = layer(xs)
         else:
-            y = torch.ops.rigl_sparse.dsd(xs, layer.values, layer.bias, *layer.layout.topology(), 24)
+            y = torch.ops.rigl_sparse.dsd(xs, layer.values, layer.bias, layer.layout.topology(), 24)
         y.backward(g)
         results.append((y.detach(), xs.grad, layer.values.grad.clone(), layer.bias.grad.clone()))
     for a, b in zip(*results):

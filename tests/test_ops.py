@@ -47,8 +47,8 @@ def test_dsd_matches_masked_dense(shape, b, density, M, backend):
     for dtype in DTYPES:
         layout, values, x, _, bias = _inputs(shape, b, density, M, dtype)
         with _on(backend):
-            y = ops.dsd(x, values, bias, *layout.topology(), shape[0])
-            y_nobias = ops.dsd(x, values, None, *layout.topology(), shape[0])
+            y = ops.dsd(x, values, layout, bias)
+            y_nobias = ops.dsd(x, values, layout)
         assert y.dtype == dtype and y.shape == (M, shape[0])
         linear = masked_dense_op("dsd", layout)
         assert_matches_dense(y, linear, x, values, bias, name=f"dsd {dtype}")
@@ -62,7 +62,7 @@ def test_dds_matches_masked_dense(shape, b, density, M, backend):
     for dtype in DTYPES:
         layout, values, _, dy, _ = _inputs(shape, b, density, M, dtype)
         with _on(backend):
-            dx = ops.dds(dy, values, *layout.topology(), shape[1])
+            dx = ops.dds(dy, values, layout)
         assert dx.dtype == dtype and dx.shape == (M, shape[1])
         assert_matches_dense(dx, masked_dense_op("dds", layout), dy, values, name=f"dds {dtype}")
 
@@ -74,7 +74,7 @@ def test_sdd_matches_masked_dense(shape, b, density, M, backend):
     for dtype in DTYPES:
         layout, values, x, dy, _ = _inputs(shape, b, density, M, dtype)
         with _on(backend):
-            dv = ops.sdd(dy, x, *layout.topology(), b)
+            dv = ops.sdd(dy, x, layout)
         assert dv.dtype == dtype and dv.shape == values.shape
         assert_matches_dense(dv, masked_dense_op("sdd", layout), dy, x, name=f"sdd {dtype}")
         pad = layout.padding_mask()
@@ -100,7 +100,7 @@ def test_block_scores_top_k_of_inactive_blocks(shape, b, density, k, backend):
     for dtype in DTYPES:
         layout, values, x, dy, _ = _inputs(shape, b, density, 17, dtype)
         with _on(backend):
-            scores, index = ops.block_scores(dy, x, layout.block_row, layout.block_col, b, k)
+            scores, index = ops.block_scores(dy, x, layout, k)
         assert_top_k_matches(scores, index, dy, x, layout.block_row, layout.block_col, b, k)
         if dtype == torch.float32:  # fp32 ties resolve as in fp64 at these sizes: the very same blocks
             exp_index = _dense_top_k(dy, x, layout, k)[1]
@@ -113,15 +113,15 @@ def test_block_scores_with_no_blocks_returns_the_empty_tail(backend):
     none = torch.zeros(0, dtype=torch.int32)
     for dy, x in ((torch.zeros(9, 0), torch.randn(9, 32)), (torch.randn(9, 32), torch.zeros(9, 0))):
         with _on(backend):
-            scores, index = ops.block_scores(dy, x, none, none, 16, 3)
+            scores, index = torch.ops.rigl_sparse.block_scores(dy, x, none, none, 16, 3)
         assert index.tolist() == [-1] * 3 and torch.all(scores == -math.inf)
 
 
 def test_block_scores_streams_in_bands(monkeypatch):
     layout, _, x, dy, _ = _inputs((64, 48), 4, 0.3, 11, torch.float32)
-    whole = ops.block_scores(dy, x, layout.block_row, layout.block_col, 4, 20)
+    whole = ops.block_scores(dy, x, layout, 20)
     monkeypatch.setattr(block_scores_reference, "_BAND_ELEMENTS", 4 * 4 * 12)  # one block row per band
-    banded = ops.block_scores(dy, x, layout.block_row, layout.block_col, 4, 20)
+    banded = ops.block_scores(dy, x, layout, 20)
     assert torch.equal(whole[1], banded[1])
     torch.testing.assert_close(whole[0], banded[0])
 
@@ -129,12 +129,12 @@ def test_block_scores_streams_in_bands(monkeypatch):
 def test_block_scores_ties_go_to_lower_index_and_nan_sorts_first():
     layout, _, _, _, _ = _inputs((16, 16), 4, 0.25, 4, torch.float32)
     zeros = torch.zeros(4, 16)
-    scores, index = ops.block_scores(zeros, zeros, layout.block_row, layout.block_col, 4, 3)
+    scores, index = ops.block_scores(zeros, zeros, layout, 3)
     inactive = [i for i in range(16) if i not in set(layout.flat_index().tolist())]
     assert index.tolist() == inactive[:3] and torch.all(scores == 0)
     x = torch.randn(4, 16)
     x[0, 0] = float("nan")
-    scores, _ = ops.block_scores(torch.randn(4, 16), x, layout.block_row, layout.block_col, 4, 2)
+    scores, _ = ops.block_scores(torch.randn(4, 16), x, layout, 2)
     assert torch.isnan(scores[0])
 
 
@@ -145,7 +145,7 @@ def test_update_topology_moves_slots_zeroes_values_and_rebuilds_views():
     slots = torch.tensor([0, 4, 7])
     before = values.clone()
     new = torch.tensor(free)
-    ops.update_topology(values, *layout.topology(), slots, new // 8, new % 8)
+    ops.update_topology(values, layout, slots, new // 8, new % 8)
     layout.validate(values)
     assert layout.flat_index()[slots].tolist() == free
     assert torch.all(values[slots] == 0)
@@ -172,7 +172,7 @@ def test_update_topology_rejects_bad_updates_and_leaves_topology_intact(slots, n
         flat = torch.tensor([64 + 8])
     before = [t.clone() for t in layout.topology()] + [values.clone()]
     with pytest.raises(ValueError, match=message):
-        ops.update_topology(values, *layout.topology(), torch.tensor(slots), flat // 8, flat % 8)
+        ops.update_topology(values, layout, torch.tensor(slots), flat // 8, flat % 8)
     for old, now in zip(before, list(layout.topology()) + [values]):
         assert torch.equal(old, now)
 
@@ -186,7 +186,7 @@ def test_gradcheck_and_double_backward(shape, b, density):
     def fn(x, values, bias):
         if pad is not None:
             values = values * pad  # the padding is not a free parameter
-        return ops.dsd(x, values, bias, *layout.topology(), shape[0])
+        return ops.dsd(x, values, layout, bias)
 
     args = (x.requires_grad_(), values.requires_grad_(), bias.requires_grad_())
     assert torch.autograd.gradcheck(fn, args)
@@ -199,16 +199,17 @@ def _op_args(op, dtype=torch.float32, requires_grad=False):
     if requires_grad:
         x, values, bias, dy = (t.requires_grad_() for t in (x, values, bias, dy))
     return {
-        "dsd": (x, values, bias, *topo, 30),
-        "dds": (dy, values, *topo, 50),
-        "sdd": (dy, x, *topo, 8),
+        "dsd": (x, values, bias, topo, 30),
+        "dds": (dy, values, topo, 50),
+        "sdd": (dy, x, topo, 8),
+        "dsd_backward": (dy, x, values, topo, True, True, True),
         "block_scores": (dy.detach(), x.detach(), layout.block_row, layout.block_col, 8, 7),
         "update_topology": (values.detach().clone(), *[t.clone() for t in topo], torch.tensor([0, 1]),
                             torch.tensor([0, 0]), torch.tensor([0, 1])),
     }[op]
 
 
-@pytest.mark.parametrize("op", ["dsd", "dds", "sdd"])
+@pytest.mark.parametrize("op", ["dsd", "dds", "sdd", "dsd_backward"])
 @pytest.mark.parametrize("requires_grad", [False, True])
 def test_opcheck_matmul_ops(op, requires_grad):
     torch.library.opcheck(getattr(torch.ops.rigl_sparse, op).default, _op_args(op, requires_grad=requires_grad))
@@ -230,7 +231,7 @@ def test_ops_work_under_torch_compile():
     layout, values, x, _, bias = _inputs((30, 50), 8, 0.4, 6, torch.float32)
 
     def f(x, values, bias):
-        return ops.dsd(x, values, bias, *layout.topology(), 30).relu().sum()
+        return ops.dsd(x, values, layout, bias).relu().sum()
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     x1, v1, b1 = (t.clone().requires_grad_() for t in (x, values, bias))
@@ -245,25 +246,26 @@ def test_ops_work_under_torch_compile():
 def test_ops_reject_bad_input_with_named_arguments():
     layout, values, x, dy, bias = _inputs((30, 50), 8, 0.4, 6, torch.float32)
     topo = layout.topology()
+    dsd = torch.ops.rigl_sparse.dsd  # the operator itself: its arguments taken one by one
     with pytest.raises(TypeError, match="same dtype"):
-        ops.dsd(x.double(), values, bias, *topo, 30)
+        dsd(x.double(), values, bias, topo, 30)
     with pytest.raises(ValueError, match="out_features"):
-        ops.dsd(x, values, bias, *topo, 50)
+        dsd(x, values, bias, topo, 50)
     with pytest.raises(ValueError, match="in_features"):
-        ops.dsd(x[:, :20], values, bias, *topo, 30)
+        dsd(x[:, :20], values, bias, topo, 30)
     with pytest.raises(ValueError, match="values must have shape"):
-        ops.dsd(x, values[:-1], bias, *topo, 30)
+        dsd(x, values[:-1], bias, topo, 30)
     with pytest.raises(TypeError, match="block_row must be int32"):
-        ops.dsd(x, values, bias, topo[0].long(), *topo[1:], 30)
+        dsd(x, values, bias, [topo[0].long(), *topo[1:]], 30)
     with pytest.raises(ValueError, match="bias must have shape"):
-        ops.dsd(x, values, bias[:-1], *topo, 30)
+        dsd(x, values, bias[:-1], topo, 30)
     with pytest.raises(ValueError, match="x must be 2-D"):
-        ops.dsd(x[None], values, bias, *topo, 30)
+        dsd(x[None], values, bias, topo, 30)
     with pytest.raises(TypeError, match="x must be float16"):
-        ops.dsd(x.long(), values, bias, *topo, 30)
+        dsd(x.long(), values, bias, topo, 30)
     with pytest.raises(ValueError, match="same number of rows"):
-        ops.sdd(dy[:-1], x, *topo, 8)
+        torch.ops.rigl_sparse.sdd(dy[:-1], x, topo, 8)
     with pytest.raises(ValueError, match="k must be non-negative"):
-        ops.block_scores(dy, x, layout.block_row, layout.block_col, 8, -1)
+        ops.block_scores(dy, x, layout, -1)
     with pytest.raises(ValueError, match="one device"):
-        ops.dsd(x.to("meta"), values, bias, *topo, 30)
+        dsd(x.to("meta"), values, bias, topo, 30)

@@ -62,7 +62,7 @@ def test_random_drops_and_grows_keep_every_invariant(case, data):
         grown = torch.tensor(data.draw(st.permutations(inactive), label="grown")[:k])
         C = layout.grid[1]
         dropped = set(layout.flat_index()[slots].tolist())
-        rs.ops.update_topology(values, *layout.topology(), slots, grown // C, grown % C)
+        rs.ops.update_topology(values, layout, slots, grown // C, grown % C)
         layout.validate(values)
         assert layout.nnzb == nnzb
         assert set(layout.flat_index().tolist()) == (active - dropped) | set(grown.tolist())

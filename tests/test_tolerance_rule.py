@@ -24,7 +24,7 @@ def _linear(layout):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_a_correct_result_passes(dtype):
     layout, values, x, _ = _case(dtype)
-    assert_matches_dense(ops.dsd(x, values, None, *layout.topology(), 256), _linear(layout), x, values)
+    assert_matches_dense(ops.dsd(x, values, layout), _linear(layout), x, values)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -32,11 +32,11 @@ def test_a_correct_result_passes(dtype):
                                    "one row of NaN"])
 def test_a_wrong_dsd_fails(dtype, fault):
     layout, values, x, _ = _case(dtype)
-    y = ops.dsd(x, values, None, *layout.topology(), 256)
+    y = ops.dsd(x, values, layout)
     if fault == "one slot skipped":
         dropped = values.clone()
         dropped[3] = 0
-        y = ops.dsd(x, dropped, None, *layout.topology(), 256)
+        y = ops.dsd(x, dropped, layout)
     elif fault == "one entry 1% off":
         y = y.clone()
         y[5, 7] = (y[5, 7].float() * 1.01 + 0.05 * y.float().abs().max()).to(dtype)
@@ -63,9 +63,9 @@ def test_a_wrong_dsd_fails(dtype, fault):
 def test_block_scores_passes_and_a_kernel_that_skips_half_of_m_fails(dtype):
     layout, _, x, dy = _case(dtype, density=0.2)
     args = (layout.block_row, layout.block_col, 32, 10)
-    scores, index = ops.block_scores(dy, x, *args)
+    scores, index = torch.ops.rigl_sparse.block_scores(dy, x, *args)
     assert_top_k_matches(scores, index, dy, x, *args)
-    half_scores, half_index = ops.block_scores(dy[:100], x[:100], *args)
+    half_scores, half_index = torch.ops.rigl_sparse.block_scores(dy[:100], x[:100], *args)
     with pytest.raises(AssertionError):
         assert_top_k_matches(half_scores, half_index, dy, x, *args)
 
@@ -73,7 +73,7 @@ def test_block_scores_passes_and_a_kernel_that_skips_half_of_m_fails(dtype):
 def test_block_scores_catches_wrong_indices_and_scores():
     layout, _, x, dy = _case(torch.bfloat16, density=0.2)
     args = (layout.block_row, layout.block_col, 32, 10)
-    scores, index = ops.block_scores(dy, x, *args)
+    scores, index = torch.ops.rigl_sparse.block_scores(dy, x, *args)
     swapped = index.clone()
     swapped[[0, 5]] = swapped[[5, 0]]  # scores no longer belong to their blocks
     active = int(layout.block_row[0]) * 12 + int(layout.block_col[0])
@@ -96,8 +96,8 @@ def test_block_scores_catches_wrong_indices_and_scores():
 def test_block_scores_catches_a_missed_top_block():
     layout, _, x, dy = _case(torch.bfloat16, density=0.2)
     args = (layout.block_row, layout.block_col, 32, 10)
-    scores, index = ops.block_scores(dy, x, *args)
-    deeper, deeper_index = ops.block_scores(dy, x, layout.block_row, layout.block_col, 32, 40)
+    scores, index = torch.ops.rigl_sparse.block_scores(dy, x, *args)
+    deeper, deeper_index = ops.block_scores(dy, x, layout, 40)
     # The 40th best in place of the 1st: the scores still descend and belong to their blocks.
     s = torch.cat([scores[1:], deeper[-1:]])
     i = torch.cat([index[1:], deeper_index[-1:]])

@@ -43,13 +43,13 @@ def test_triton_is_chosen_on_cuda_and_unsupported_arguments_warn():
     layout4, values4, x4, _, _ = _case(64, 64, 4, 0.5, 8, torch.float32)
     backends._WARNED.clear()
     with pytest.warns(RuntimeWarning, match="block_size 4"):
-        ops.dsd(x4, values4, None, *layout4.topology(), 64)
+        ops.dsd(x4, values4, layout4)
 
 
 def test_triton_rejects_unsupported_block_size_when_forced():
     layout, values, x, _, _ = _case(24, 24, 8, 0.5, 4, torch.float32)
     with rs.use_backend("triton"), pytest.raises(RuntimeError, match="block_size 8"):
-        ops.dsd(x, values, None, *layout.topology(), 24)
+        ops.dsd(x, values, layout)
 
 
 def test_sparse_linear_trains_with_rigl_on_triton():

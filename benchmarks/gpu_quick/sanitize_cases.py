@@ -59,7 +59,7 @@ def main(argv=None) -> int:
             x = torch.randn(16, 2 * b, device=device).to(dtype)
             none = torch.zeros(0, dtype=torch.int32, device=device)
             with rs.use_backend(backend):
-                scores, index = ops.block_scores(empty_dy, x, none, none, b, 3)
+                scores, index = torch.ops.rigl_sparse.block_scores(empty_dy, x, none, none, b, 3)
             ok = bool(torch.all(index == -1)) and bool(torch.all(scores == float("-inf")))
             failures += not ok
             print(f"{'ok  ' if ok else 'FAIL'} {backend} block_scores {str(dtype)[6:]:8s} b={b:<3d} no blocks (N = 0)")

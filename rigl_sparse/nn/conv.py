@@ -103,11 +103,14 @@ class SparseConv2d(SparseModule):
                              f"{self.kernel_size} (dilation {self.dilation}, padding {self.padding})")
         recorder = self.grow
         if recorder.armed and recorder.exact and torch.is_grad_enabled():
-            y = conv2d(x, values, bias, self.layout.topology(), self.out_channels, self._geometry)
+            y = conv2d(x, values, self.layout, bias, self._geometry)
             return recorder.tap(y, x, self.layout)  # keeps dY and x for the scheduler
-        grow = recorder.armed and torch.is_grad_enabled()
-        return conv2d(x, values, bias, self.layout.topology(), self.out_channels, self._geometry,
-                      recorder.buffers if grow else None, recorder if grow else None)
+        if not (recorder.armed and torch.is_grad_enabled()):
+            return conv2d(x, values, self.layout, bias, self._geometry)
+        # Each eager pass keeps its own top k, as a linear layer's tap does; a compiled graph keeps nnzb
+        # (all the buffers hold), so that it never depends on the drop count.
+        keep = 0 if torch.compiler.is_compiling() else recorder.k
+        return conv2d(x, values, self.layout, bias, self._geometry, recorder.buffers, keep)
 
     def _supports_exact_grow_scores(self) -> bool:
         return True

@@ -161,12 +161,15 @@ class GrowRecorder:
             buffers[2].zero_()
 
     def _take_buffers(self) -> tuple[Tensor, Tensor] | None:
-        """The first ``k`` candidates a compiled graph recorded since the request, or None; empties them."""
+        """The candidates an op recorded into the buffers since the request (best first; every block any
+        pass kept: a compiled graph keeps ``nnzb`` per pass, an eager convolution its ``k``), or None;
+        empties them."""
         if self.k is None or self._buffers is None or int(self._buffers[2]) == 0:
             return None
         scores, index, passes = self._buffers
         passes.zero_()
-        return scores[:self.k or 0].clone(), index[:self.k or 0].clone()
+        kept = index >= 0
+        return scores[kept].clone(), index[kept].clone()
 
 
 class _GrowScoreTap(torch.autograd.Function):
@@ -187,6 +190,5 @@ class _GrowScoreTap(torch.autograd.Function):
             recorder.keep(grad_y.detach().to(x.dtype), x.detach())
         elif recorder.k is not None:
             with torch.no_grad(), backends.forced_again(ctx):
-                recorder.record(ops.block_scores(grad_y.detach().to(x.dtype), x.detach(), layout.block_row,
-                                                 layout.block_col, layout.block_size, recorder.k))
+                recorder.record(ops.block_scores(grad_y.detach().to(x.dtype), x.detach(), layout, recorder.k))
         return grad_y, None, None, None

@@ -52,7 +52,7 @@ class SparseLinear(SparseModule):
                              f"{tuple(x.shape)}")
         x, values, bias = self._operands(x)
         x2 = x.reshape(-1, self.in_features)
-        y = ops.linear(x2, values, bias, *self.layout.topology(), self.out_features)
+        y = ops.dsd(x2, values, self.layout, bias)
         if self.grow.armed:  # checked here: the unarmed forward pays one attribute read
             y = self.grow.tap(y, x2, self.layout)
         return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
@@ -62,9 +62,8 @@ class SparseLinear(SparseModule):
 
     def exact_grow_scores(self, inputs, reduce=None):
         if reduce is None:  # one block_scores over the concatenated micro-batches
-            layout = self.layout
             return ops.block_scores(torch.cat([d for d, _ in inputs]), torch.cat([x for _, x in inputs]),
-                                    layout.block_row, layout.block_col, layout.block_size, self.grow.k)
+                                    self.layout, self.grow.k)
         return super().exact_grow_scores(inputs, reduce)
 
     def gradient_band(self, inputs, r0: int, r1: int) -> torch.Tensor:

@@ -125,7 +125,7 @@ class CompressedTarget:
         n_cols = layout.grid[1]
         whole = self._whole if self._whole is not None else full(values.detach())
         # under FSDP2 the op moves the topology on the gathered copy, and each rank zeroes its own shard
-        ops.update_topology(whole if is_dtensor(values) else values, *layout.topology(), slots, new_flat // n_cols,
+        ops.update_topology(whole if is_dtensor(values) else values, layout, slots, new_flat // n_cols,
                             new_flat % n_cols)
         if is_dtensor(values):
             zero_slots(values.data, slots)

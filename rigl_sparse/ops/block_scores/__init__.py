@@ -25,7 +25,7 @@ def _check(dy, x, block_row, block_col, block_size, k):
 
 
 @torch.library.custom_op("rigl_sparse::block_scores", mutates_args=())
-def block_scores(dy: Tensor, x: Tensor, block_row: Tensor, block_col: Tensor, block_size: int,
+def block_scores_op(dy: Tensor, x: Tensor, block_row: Tensor, block_col: Tensor, block_size: int,
                  k: int) -> tuple[Tensor, Tensor]:
     """dy: [M, out]; x: [M, K]; block_row/col: [nnzb] int32 -> (scores [k] float32, index [k] int64).
 
@@ -37,10 +37,17 @@ def block_scores(dy: Tensor, x: Tensor, block_row: Tensor, block_col: Tensor, bl
     return _common.dispatch("block_scores", x.device, args)(*args)
 
 
-@block_scores.register_fake
+@block_scores_op.register_fake
 def _(dy, x, block_row, block_col, block_size, k):
     _check(dy, x, block_row, block_col, block_size, k)
     return x.new_empty(k, dtype=torch.float32), x.new_empty(k, dtype=torch.int64)
+
+
+def block_scores(dy: Tensor, x: Tensor, layout, k: int) -> tuple[Tensor, Tensor]:
+    """The best ``k`` inactive blocks of ``layout`` by the Frobenius norm of ``dY.T @ X`` over each block:
+    ``(scores [k] float32, index [k] int64)``, best first, ``index = r * grid_cols + c``; entries past the
+    number of inactive blocks hold ``-inf`` / ``-1``.  dy: [M, out]; x: [M, K]."""
+    return block_scores_op(dy, x, layout.block_row, layout.block_col, layout.block_size, k)
 
 
 backends.register_block_size("block_scores", lambda dy, x, block_row, block_col, block_size, k: block_size)
@@ -53,4 +60,4 @@ backends.register_impl("block_scores", "triton", backends.lazy("rigl_sparse.ops.
 backends.register_impl("block_scores", "cuda", backends.lazy("rigl_sparse.ops.block_scores.cuda", "block_scores"),
                        supports=lambda dy, x, block_row, block_col, block_size, k: _cuda.supports(x.dtype, block_size))
 
-__all__ = ["block_scores"]
+__all__ = ["block_scores", "block_scores_op"]

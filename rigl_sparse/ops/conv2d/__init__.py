@@ -1,14 +1,13 @@
-"""``rigl_sparse::conv2d``: a block-sparse 2-D convolution as a custom op (under ``torch.compile``, fake
-tensors and ``torch.func``; in plain eager mode the same computation through an ``autograd.Function``,
-which costs half as much per call on small layers).
+"""``rigl_sparse::conv2d``: a block-sparse 2-D convolution as an operator (``ops/_library.py``: the one path
+of eager calls, compiled graphs, fake tensors and ``torch.func``).
 
-The op's registered autograd calls ``rigl_sparse::conv2d_backward``; both run the computation of
-``compute.py`` (implicit GEMM on the native ``cpu`` and the ``triton`` backends, per-chunk patches through
-the selected backend's matmuls elsewhere).  A convolution's geometry crosses the op boundary as eleven
-ints: kernel (2), stride (2), dilation (2), padding (top, bottom, left, right) and groups.  Grow scores:
-given the buffers ``(scores, index, passes)``, the backward merges the best ``scores.numel()`` inactive
-blocks of the weight gradient into them (``merge_candidates``), as ``rigl_sparse::grow_tap`` does for a
-linear layer; the op never calls back into anything.
+Its autograd calls ``rigl_sparse::conv2d_backward``; both run the computation of ``compute.py`` (implicit
+GEMM on the native ``cpu`` and the ``triton`` backends, per-chunk patches through the selected backend's
+matmuls elsewhere).  A convolution's geometry crosses the op boundary as eleven ints: kernel (2), stride
+(2), dilation (2), padding (top, bottom, left, right) and groups.  Grow scores: given the buffers
+``(scores, index, passes)``, each backward pass merges its best ``keep`` inactive blocks of the weight
+gradient into them (``merge_candidates``), as ``rigl_sparse::grow_tap`` does for a linear layer; the op
+never calls back into anything.
 """
 
 from __future__ import annotations
@@ -17,11 +16,10 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from rigl_sparse import backends
+from rigl_sparse.ops import _library
 from rigl_sparse.ops.conv2d import compute
-from rigl_sparse.ops.linear import needs_custom_op
 from rigl_sparse.ops.conv2d.compute import PATCH_BYTES, ConvGeometry, patches  # noqa: F401 - the package's API
 
 
@@ -34,63 +32,33 @@ def geometry_of(values: list[int]) -> ConvGeometry:
     return ConvGeometry((kh, kw), (sh, sw), (dh, dw), (top, bottom, left, right), groups)
 
 
-def conv2d(x, values, bias, topology, out_channels: int, geometry: ConvGeometry, grow_buffers=None, recorder=None):
-    """x: [N, C, H, W]; values: [nnzb, b, b]; bias: [out] or None; topology: the layout's six int32 tensors
-    -> y: [N, out, OH, OW] (channels-last memory).  Grow scores, when asked for: the custom op merges them
-    into ``grow_buffers`` (see the module's docstring); in plain eager mode ``recorder`` gets each pass's
-    top ``k`` (``compute.backward``)."""
-    if not needs_custom_op(x, values):  # eager: the same computation without the custom op's Python overhead
-        return _EagerConv2d.apply(x, values, bias, tuple(topology), out_channels, geometry, recorder)
+def conv2d(x, values, layout, bias, geometry: ConvGeometry, grow_buffers=None, keep: int = 0):
+    """x: [N, C, H, W]; values: [nnzb, b, b]; layout: the weight's ``BlockSparseLayout`` (``[out, C/groups *
+    kh * kw]``); bias: [out] or None -> y: [N, out, OH, OW] (channels-last memory).  Grow scores, when asked
+    for: each backward pass merges its best ``keep`` candidates into ``grow_buffers`` (see the module's
+    docstring)."""
     scores, index, passes = grow_buffers if grow_buffers is not None else (None, None, None)
-    return torch.ops.rigl_sparse.conv2d(x, values, bias, *topology, out_channels, geometry_list(geometry), scores,
-                                        index, passes)
+    return conv2d_op(x, values, bias, layout.topology(), layout.shape[0], geometry_list(geometry), scores, index,
+                     passes, keep)
 
 
-class _EagerConv2d(torch.autograd.Function):
-    """``rigl_sparse::conv2d`` in plain eager mode: ``compute.forward``/``backward`` called directly (the
-    custom op's Python dispatch costs twice a small layer's step; ``bench_overhead.py`` measures it)."""
-
-    @staticmethod
-    def forward(ctx, x, values, bias, topology, out_channels, geometry, recorder):
-        ctx.save_for_backward(x, values, *topology)
-        ctx.out_channels, ctx.geometry, ctx.has_bias, ctx.recorder = out_channels, geometry, bias is not None, recorder
-        backends.remember_forced(ctx)
-        return compute.forward(x, values, bias, topology, out_channels, geometry)
-
-    @staticmethod
-    @once_differentiable  # double backward of a convolution is not provided: say so instead of a wrong zero
-    def backward(ctx, grad_y):
-        x, values, *topology = ctx.saved_tensors
-        with backends.forced_again(ctx):
-            grads = compute.backward(grad_y, x, values, topology, ctx.out_channels, ctx.geometry, ctx.has_bias,
-                                     *ctx.needs_input_grad[:3], recorder=ctx.recorder)
-        return grads + (None,) * 4
-
-
-@torch.library.custom_op("rigl_sparse::conv2d", mutates_args=())
-def _conv2d(x: Tensor, values: Tensor, bias: Optional[Tensor], block_row: Tensor, block_col: Tensor,
-            row_ptr: Tensor, row_slots: Tensor, col_ptr: Tensor, col_slots: Tensor, out_channels: int,
-            geometry: list[int], scores: Optional[Tensor], index: Optional[Tensor], passes: Optional[Tensor]) -> Tensor:
-    topology = (block_row, block_col, row_ptr, row_slots, col_ptr, col_slots)
+def _forward(x: Tensor, values: Tensor, bias: Optional[Tensor], topology: list[Tensor], out_channels: int,
+             geometry: list[int], scores: Optional[Tensor], index: Optional[Tensor], passes: Optional[Tensor],
+             keep: int) -> Tensor:
     return compute.forward(x, values, bias, topology, out_channels, geometry_of(geometry))
 
 
-@_conv2d.register_fake
-def _(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_channels, geometry, scores,
-      index, passes):
+def _forward_fake(x, values, bias, topology, out_channels, geometry, scores, index, passes, keep):
     out_h, out_w = geometry_of(geometry).output_size(x.shape[2], x.shape[3])
     return x.new_empty(x.shape[0], out_h, out_w, out_channels).permute(0, 3, 1, 2)
 
 
-@torch.library.custom_op("rigl_sparse::conv2d_backward", mutates_args=("scores", "index", "passes"))
-def _conv2d_backward(grad_y: Tensor, x: Tensor, values: Tensor, block_row: Tensor, block_col: Tensor,
-                     row_ptr: Tensor, row_slots: Tensor, col_ptr: Tensor, col_slots: Tensor, out_channels: int,
+def _backward_kernel(grad_y: Tensor, x: Tensor, values: Tensor, topology: list[Tensor], out_channels: int,
                      geometry: list[int], has_bias: bool, need_x: bool, need_values: bool, need_bias: bool,
-                     scores: Optional[Tensor], index: Optional[Tensor],
-                     passes: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+                     scores: Optional[Tensor], index: Optional[Tensor], passes: Optional[Tensor],
+                     keep: int) -> tuple[Tensor, Tensor, Tensor]:
     """``(grad_x, grad_values, grad_bias)``; a gradient that is not needed is an empty tensor."""
-    topology = (block_row, block_col, row_ptr, row_slots, col_ptr, col_slots)
-    grow = (scores, index, passes) if scores is not None else None
+    grow = (scores, index, passes, keep) if scores is not None else None
     grad_x, grad_values, grad_bias = compute.backward(grad_y, x, values, topology, out_channels, geometry_of(geometry),
                                                       has_bias, need_x, need_values, need_bias, grow)
     if grad_x is not None:  # in x's own memory format, as the fake says
@@ -98,19 +66,21 @@ def _conv2d_backward(grad_y: Tensor, x: Tensor, values: Tensor, block_row: Tenso
     return tuple(x.new_empty(0) if g is None else g for g in (grad_x, grad_values, grad_bias))
 
 
-@_conv2d_backward.register_fake
-def _(grad_y, x, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_channels, geometry,
-      has_bias, need_x, need_values, need_bias, scores, index, passes):
+def _backward_fake(grad_y, x, values, topology, out_channels, geometry, has_bias, need_x, need_values, need_bias,
+                   scores, index, passes, keep):
     return (torch.empty_like(x) if need_x else x.new_empty(0), torch.empty_like(values) if need_values else
             values.new_empty(0), x.new_empty(out_channels) if (has_bias and need_bias) else x.new_empty(0))
 
 
+conv2d_backward_op = _library.define("conv2d_backward", _backward_kernel, _backward_fake,
+                                     mutates_args=("scores", "index", "passes"))
+
+
 def _setup_context(ctx, inputs, output):
-    x, values, bias, *rest = inputs
-    topology, (out_channels, geometry, scores, index, passes) = rest[:6], rest[6:]
+    x, values, bias, topology, out_channels, geometry, scores, index, passes, keep = inputs
     ctx.save_for_backward(x, values, *topology)
     ctx.out_channels, ctx.geometry, ctx.has_bias = out_channels, geometry, bias is not None
-    ctx.grow = (scores, index, passes)
+    ctx.grow = (scores, index, passes, keep)
     backends.remember_forced(ctx)
 
 
@@ -118,17 +88,17 @@ def _backward(ctx, grad_y):
     x, values, *topology = ctx.saved_tensors
     need_x, need_values, need_bias = ctx.needs_input_grad[:3]
     with backends.forced_again(ctx):
-        grad_x, grad_values, grad_bias = torch.ops.rigl_sparse.conv2d_backward(
-            grad_y, x, values, *topology, ctx.out_channels, ctx.geometry, ctx.has_bias, need_x, need_values,
+        grad_x, grad_values, grad_bias = conv2d_backward_op(
+            grad_y, x, values, topology, ctx.out_channels, ctx.geometry, ctx.has_bias, need_x, need_values,
             need_bias, *ctx.grow)
     grads = (grad_x if need_x else None, grad_values if need_values else None,
              grad_bias if (ctx.has_bias and need_bias) else None)
     if torch.is_grad_enabled():  # create_graph=True
         grads = tuple(None if g is None else _NoDoubleBackward.apply(g) for g in grads)
-    return grads + (None,) * 11
+    return grads + (None,) * 7
 
 
-_conv2d.register_autograd(_backward, setup_context=_setup_context)
+conv2d_op = _library.define("conv2d", _forward, _forward_fake, setup_context=_setup_context, backward=_backward)
 
 
 class _NoDoubleBackward(torch.autograd.Function):

@@ -147,11 +147,10 @@ def forward(x, values, bias, topology, out_channels: int, geometry: ConvGeometry
 
 
 def backward(grad_y, x, values, topology, out_channels: int, geometry: ConvGeometry, has_bias: bool, need_x: bool,
-             need_values: bool, need_bias: bool, grow_buffers=None, recorder=None):
+             need_values: bool, need_bias: bool, grow=None):
     """``(grad_x, grad_values, grad_bias)`` (None where not needed).  Grow candidates of ``dY^T P``: with
-    ``grow_buffers`` (``scores, index, passes``) the best ``scores.numel()`` are merged into them; with a
-    ``recorder`` (eager mode: anything with ``k`` and ``record(candidates)``) its ``k`` best are handed to
-    ``record``, so that several passes sum each pass's own top ``k``, as a linear layer's do."""
+    ``grow = (scores, index, passes, keep)`` the best ``keep`` (``scores.numel()`` when 0) are merged into
+    the buffers (``merge_candidates``)."""
     b = values.shape[1]
     n, _, height, width = x.shape
     out_h, out_w = geometry.output_size(height, width)
@@ -169,12 +168,10 @@ def backward(grad_y, x, values, topology, out_channels: int, geometry: ConvGeome
         top, _, left, _ = geometry.padding
         grad_x = grad_padded[:, top:top + height, left:left + width, :].to(x.dtype).permute(0, 3, 1, 2)
     grad_bias = dy.sum(dim=0, dtype=torch.float32).to(dy.dtype) if (has_bias and need_bias) else None
-    if grow_buffers is not None:
-        scores, index, passes = grow_buffers
+    if grow is not None:
+        scores, index, passes, keep = grow
         merge_candidates(scores, index, passes,
-                         *_grow_scores(dy, padded, topology, b, scores.numel(), geometry, out_h, out_w))
-    if recorder is not None and recorder.k is not None:
-        recorder.record(_grow_scores(dy, padded, topology, b, recorder.k, geometry, out_h, out_w))
+                         *_grow_scores(dy, padded, topology, b, keep or scores.numel(), geometry, out_h, out_w))
     return grad_x, grad_values, grad_bias
 
 

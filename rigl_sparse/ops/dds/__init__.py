@@ -10,40 +10,35 @@ import torch
 from torch import Tensor
 
 from rigl_sparse import _checks, backends
-from rigl_sparse.ops import _common, cpu_extension as _cpu, cuda_extension as _cuda
+from rigl_sparse.ops import _common, _library, cpu_extension as _cpu, cuda_extension as _cuda
 from rigl_sparse.ops.dds import reference
 
 
-def _check(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, in_features):
+def _check(dy, values, topology, in_features):
     _checks.check_matrix("dy", dy)
-    _checks.check_topology_args(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots,
-                                values.shape[-1] if values.dim() == 3 else -1)
+    _checks.check_topology_args(values, topology, values.shape[-1] if values.dim() == 3 else -1, dy.device)
     if values.dtype != dy.dtype:
         raise TypeError(f"values ({values.dtype}) and dy ({dy.dtype}) must have the same dtype")
     b = values.shape[1]
-    _checks.check_dim_matches_grid("dy.shape[1] (out_features)", dy.shape[1], row_ptr.shape[0] - 1, b)
-    _checks.check_dim_matches_grid("in_features", in_features, col_ptr.shape[0] - 1, b)
-    _checks.check_same_device(dy=dy, values=values, block_row=block_row, block_col=block_col, row_ptr=row_ptr,
-                              row_slots=row_slots, col_ptr=col_ptr, col_slots=col_slots)
+    _checks.check_dim_matches_grid("dy.shape[1] (out_features)", dy.shape[1], topology[2].shape[0] - 1, b)
+    _checks.check_dim_matches_grid("in_features", in_features, topology[4].shape[0] - 1, b)
 
 
-@torch.library.custom_op("rigl_sparse::dds", mutates_args=())
-def dds(dy: Tensor, values: Tensor, block_row: Tensor, block_col: Tensor, row_ptr: Tensor, row_slots: Tensor,
-        col_ptr: Tensor, col_slots: Tensor, in_features: int) -> Tensor:
-    """dy: [M, out]; values: [nnzb, b, b] (dy's dtype); topology int32 -> dx: [M, in_features]."""
-    _check(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, in_features)
-    args = (dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, in_features)
+def _kernel(dy: Tensor, values: Tensor, topology: list[Tensor], in_features: int) -> Tensor:
+    """dy: [M, out]; values: [nnzb, b, b] (dy's dtype); topology: the layout's six int32 tensors
+    -> dx: [M, in_features]."""
+    _check(dy, values, topology, in_features)
+    args = (dy, values, *topology, in_features)
     return _common.dispatch("dds", dy.device, args)(*args).contiguous()
 
 
-@dds.register_fake
-def _(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, in_features):
-    _check(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, in_features)
+def _fake(dy, values, topology, in_features):
+    _check(dy, values, topology, in_features)
     return dy.new_empty(dy.shape[0], in_features)
 
 
 def _setup_context(ctx, inputs, output):
-    dy, values, *topology, _ = inputs
+    dy, values, topology, _ = inputs
     ctx.save_for_backward(dy, values, *topology)
     backends.remember_forced(ctx)
 
@@ -53,13 +48,19 @@ def _backward(ctx, grad_dx):
     grad_dy = grad_values = None
     with backends.forced_again(ctx):
         if ctx.needs_input_grad[0]:
-            grad_dy = torch.ops.rigl_sparse.dsd(grad_dx, values, None, *topology, dy.shape[1])
+            grad_dy = torch.ops.rigl_sparse.dsd(grad_dx, values, None, topology, dy.shape[1])
         if ctx.needs_input_grad[1]:
-            grad_values = torch.ops.rigl_sparse.sdd(dy, grad_dx, *topology, values.shape[1])
-    return (grad_dy, grad_values) + (None,) * 7
+            grad_values = torch.ops.rigl_sparse.sdd(dy, grad_dx, topology, values.shape[1])
+    return grad_dy, grad_values, None, None
 
 
-dds.register_autograd(_backward, setup_context=_setup_context)
+dds_op = _library.define("dds", _kernel, _fake, setup_context=_setup_context, backward=_backward)
+
+
+def dds(dy: Tensor, values: Tensor, layout) -> Tensor:
+    """``dX = dY @ W`` for the block-sparse ``W`` given by ``values`` on ``layout``: dy: [M, out] -> dx:
+    [M, layout.shape[1]].  Differentiable in ``dy`` and ``values``."""
+    return dds_op(dy, values, layout.topology(), layout.shape[1])
 
 
 def _reference(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, in_features):
@@ -75,4 +76,4 @@ backends.register_impl("dds", "triton", backends.lazy("rigl_sparse.ops.dds.trito
 backends.register_impl("dds", "cuda", backends.lazy("rigl_sparse.ops.dds.cuda", "dds"),
                        supports=lambda dy, values, *_: _cuda.supports(dy.dtype, values.shape[1]))
 
-__all__ = ["dds"]
+__all__ = ["dds", "dds_op"]

@@ -12,71 +12,124 @@ import torch
 from torch import Tensor
 
 from rigl_sparse import _checks, backends
-from rigl_sparse.ops import _common, cpu_extension as _cpu, cuda_extension as _cuda
+from rigl_sparse.ops import _common, _library, cpu_extension as _cpu, cuda_extension as _cuda
 from rigl_sparse.ops.dsd import reference
+from rigl_sparse.ops.dds import dds_op
+from rigl_sparse.ops.sdd import sdd_op
 
 
-def check_arguments(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features):
+def check_arguments(x, values, bias, topology, out_features):
     _checks.check_matrix("x", x)
-    _checks.check_topology_args(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots,
-                                values.shape[-1] if values.dim() == 3 else -1)
+    _checks.check_topology_args(values, topology, values.shape[-1] if values.dim() == 3 else -1, x.device)
     if values.dtype != x.dtype:
         raise TypeError(f"values ({values.dtype}) and x ({x.dtype}) must have the same dtype")
     b = values.shape[1]
-    _checks.check_dim_matches_grid("out_features", out_features, row_ptr.shape[0] - 1, b)
-    _checks.check_dim_matches_grid("x.shape[1] (in_features)", x.shape[1], col_ptr.shape[0] - 1, b)
+    _checks.check_dim_matches_grid("out_features", out_features, topology[2].shape[0] - 1, b)
+    _checks.check_dim_matches_grid("x.shape[1] (in_features)", x.shape[1], topology[4].shape[0] - 1, b)
     if bias is not None:
         if bias.dtype != x.dtype:
             raise TypeError(f"bias ({bias.dtype}) and x ({x.dtype}) must have the same dtype")
         if bias.shape != (out_features,):
             raise ValueError(f"bias must have shape [{out_features}], got {tuple(bias.shape)}")
-    _checks.check_same_device(x=x, values=values, bias=bias, block_row=block_row, block_col=block_col,
-                              row_ptr=row_ptr, row_slots=row_slots, col_ptr=col_ptr, col_slots=col_slots)
+        _checks.check_same_device(x=x, bias=bias)
 
 
-@torch.library.custom_op("rigl_sparse::dsd", mutates_args=())
-def dsd(x: Tensor, values: Tensor, bias: Optional[Tensor], block_row: Tensor, block_col: Tensor, row_ptr: Tensor,
-        row_slots: Tensor, col_ptr: Tensor, col_slots: Tensor, out_features: int) -> Tensor:
-    """x: [M, K]; values: [nnzb, b, b] (x's dtype); bias: [out] or None; topology int32 -> y: [M, out]."""
-    check_arguments(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features)
-    args = (x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features)
-    return _common.dispatch("dsd", x.device, args)(*args).contiguous()
+def _kernel(x: Tensor, values: Tensor, bias: Optional[Tensor], topology: list[Tensor], out_features: int) -> Tensor:
+    """x: [M, K]; values: [nnzb, b, b] (x's dtype); bias: [out] or None; topology: the layout's six int32
+    tensors -> y: [M, out]."""
+    check_arguments(x, values, bias, topology, out_features)
+    return _run("dsd", x, values, bias, *topology, out_features)
 
 
-@dsd.register_fake
-def _(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features):
-    check_arguments(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features)
+def _fake(x, values, bias, topology, out_features):
+    check_arguments(x, values, bias, topology, out_features)
     return x.new_empty(x.shape[0], out_features)
 
 
+def _run(op: str, *args):
+    return _common.dispatch(op, args[0].device, args)(*args).contiguous()
+
+
+def _run_dds(dy, values, topology, in_features):
+    return _run("dds", dy, values, *topology, in_features)
+
+
+def _run_sdd(dy, x, topology, block_size):
+    return _run("sdd", dy, x, *topology, block_size)
+
+
+def gradients(grad_y, x, values, topology, need_x, need_values, need_bias, dds, sdd):
+    """``(dX, dvalues, dbias)`` of ``dsd`` (None where not needed), with ``dds(dy, values, topology,
+    in_features)`` and ``sdd(dy, x, topology, block_size)`` (the operators or their implementations)."""
+    grad_x = dds(grad_y, values, topology, x.shape[1]) if need_x else None
+    grad_values = sdd(grad_y, x, topology, values.shape[1]) if need_values else None
+    grad_bias = grad_y.sum(0, dtype=_common.accumulation_dtype(grad_y.dtype)).to(grad_y.dtype) if need_bias else None
+    return grad_x, grad_values, grad_bias
+
+
+def _check_backward(grad_y, x, values, topology):
+    check_arguments(x, values, None, topology, grad_y.shape[1] if grad_y.dim() == 2 else -1)
+    _checks.check_matrix("grad_y", grad_y)
+    if grad_y.dtype != x.dtype:
+        raise TypeError(f"grad_y ({grad_y.dtype}) and x ({x.dtype}) must have the same dtype")
+    if grad_y.shape[0] != x.shape[0]:
+        raise ValueError(f"grad_y and x must have the same number of rows, got {grad_y.shape[0]} and {x.shape[0]}")
+    _checks.check_same_device(grad_y=grad_y, x=x)
+
+
+def _backward_kernel(grad_y: Tensor, x: Tensor, values: Tensor, topology: list[Tensor], need_x: bool,
+                     need_values: bool, need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dX, dvalues, dbias)`` of ``dsd`` from ``grad_y`` [M, out] in one call (the ``dds`` and ``sdd``
+    implementations and a column sum); a gradient that is not needed is an empty tensor."""
+    _check_backward(grad_y, x, values, topology)
+    grads = gradients(grad_y.contiguous(), x, values, topology, need_x, need_values, need_bias, _run_dds, _run_sdd)
+    return tuple(x.new_empty(0) if g is None else g for g in grads)
+
+
+def _backward_fake(grad_y, x, values, topology, need_x, need_values, need_bias):
+    _check_backward(grad_y, x, values, topology)
+    return (torch.empty_like(x) if need_x else x.new_empty(0), torch.empty_like(values) if need_values else
+            values.new_empty(0), grad_y.new_empty(grad_y.shape[1]) if need_bias else x.new_empty(0))
+
+
+def _backward_composite(grad_y, x, values, topology, need_x, need_values, need_bias):
+    """``dsd_backward`` from the differentiable ``dds`` and ``sdd`` operators (when it is differentiated)."""
+    grads = gradients(grad_y, x, values, topology, need_x, need_values, need_bias, dds_op, sdd_op)
+    return tuple(x.new_empty(0) if g is None else g for g in grads)
+
+
+dsd_backward = _library.define("dsd_backward", _backward_kernel, _backward_fake, composite=_backward_composite)
+
+
 def _setup_context(ctx, inputs, output):
-    x, values, bias, *topology, out_features = inputs
+    x, values, bias, topology, _ = inputs
     ctx.save_for_backward(x, values, *topology)
     ctx.has_bias = bias is not None
     backends.remember_forced(ctx)
 
 
-def gradients(grad_y, x, values, topology, needs_input_grad, has_bias, dds, sdd):
-    """``(dX, dvalues, dbias)`` of ``dsd`` (None where not needed), with the given ``dds``/``sdd`` callables."""
-    grad_x = grad_values = grad_bias = None
-    if needs_input_grad[0]:
-        grad_x = dds(grad_y, values, *topology, x.shape[1])
-    if needs_input_grad[1]:
-        grad_values = sdd(grad_y, x, *topology, values.shape[1])
-    if has_bias and needs_input_grad[2]:
-        grad_bias = grad_y.sum(0, dtype=_common.accumulation_dtype(grad_y.dtype)).to(grad_y.dtype)
-    return grad_x, grad_values, grad_bias
-
-
 def _backward(ctx, grad_y):
     x, values, *topology = ctx.saved_tensors
+    need_x, need_values, need_bias = ctx.needs_input_grad[:3]
+    need_bias = need_bias and ctx.has_bias
     with backends.forced_again(ctx):
-        grads = gradients(grad_y, x, values, topology, ctx.needs_input_grad, ctx.has_bias,
-                          torch.ops.rigl_sparse.dds, torch.ops.rigl_sparse.sdd)
-    return grads + (None,) * 7
+        if torch.is_grad_enabled():  # create_graph=True: stay differentiable through dds and sdd
+            grads = gradients(grad_y, x, values, topology, need_x, need_values, need_bias, dds_op, sdd_op)
+        else:
+            grads = dsd_backward(grad_y, x, values, topology, need_x, need_values, need_bias)
+            grads = tuple(g if need else None for g, need in zip(grads, (need_x, need_values, need_bias)))
+    return grads + (None, None)
 
 
-dsd.register_autograd(_backward, setup_context=_setup_context)
+dsd_op = _library.define("dsd", _kernel, _fake, setup_context=_setup_context, backward=_backward)
+
+
+def dsd(x: Tensor, values: Tensor, layout, bias: Optional[Tensor] = None) -> Tensor:
+    """``Y = X @ W.T (+ bias)`` for the block-sparse ``W`` given by ``values`` on ``layout``.
+
+    x: [M, K] (K = ``layout.shape[1]``); values: [nnzb, b, b] (x's dtype); layout: a ``BlockSparseLayout``;
+    bias: [out] or None -> y: [M, out].  Differentiable in ``x``, ``values`` and ``bias``."""
+    return dsd_op(x, values, bias, layout.topology(), layout.shape[0])
 
 
 def _reference(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features):
@@ -92,4 +145,4 @@ backends.register_impl("dsd", "triton", backends.lazy("rigl_sparse.ops.dsd.trito
 backends.register_impl("dsd", "cuda", backends.lazy("rigl_sparse.ops.dsd.cuda", "dsd"),
                        supports=lambda x, values, *_: _cuda.supports(x.dtype, values.shape[1]))
 
-__all__ = ["dsd"]
+__all__ = ["dsd", "dsd_op", "dsd_backward", "check_arguments", "gradients"]

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from rigl_sparse import backends
-from rigl_sparse.ops.block_scores import block_scores
+from rigl_sparse.ops.block_scores import block_scores_op
 
 
 def sum_by_block(scores: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
@@ -35,7 +35,7 @@ def record_grow_scores(dy: Tensor, x: Tensor, block_row: Tensor, block_col: Tens
     """Write the best ``scores.numel()`` inactive blocks of ``dy.T @ x`` into ``scores``/``index``
     (merged by summed score with what earlier passes wrote, when ``passes > 0``); ``passes += 1``."""
     merge_candidates(scores, index, passes,
-                     *block_scores(dy.to(x.dtype), x, block_row, block_col, block_size, scores.numel()))
+                     *block_scores_op(dy.to(x.dtype), x, block_row, block_col, block_size, scores.numel()))
 
 
 def merge_candidates(scores: Tensor, index: Tensor, passes: Tensor, new_scores: Tensor, new_index: Tensor) -> None:
@@ -50,8 +50,11 @@ def merge_candidates(scores: Tensor, index: Tensor, passes: Tensor, new_scores: 
         new_index = torch.full_like(index, -1)
         new_scores[:best.numel()] = summed[best]
         new_index[:best.numel()] = blocks[best]
-    scores.copy_(new_scores[:k])
-    index.copy_(new_index[:k])
+    n = min(k, new_scores.numel())  # a pass may hand fewer than k candidates
+    scores[:n].copy_(new_scores[:n])
+    index[:n].copy_(new_index[:n])
+    scores[n:].fill_(-float("inf"))
+    index[n:].fill_(-1)
     passes.add_(1)
 
 

@@ -10,36 +10,33 @@ import torch
 from torch import Tensor
 
 from rigl_sparse import _checks, backends
-from rigl_sparse.ops import _common, cpu_extension as _cpu, cuda_extension as _cuda
+from rigl_sparse.ops import _common, _library, cpu_extension as _cpu, cuda_extension as _cuda
 from rigl_sparse.ops.sdd import reference
 
 
-def _check(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size):
+def _check(dy, x, topology, block_size):
     _checks.check_gradient_pair(dy, x, block_size)
-    _checks.check_topology_args(None, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size)
-    _checks.check_dim_matches_grid("dy.shape[1] (out_features)", dy.shape[1], row_ptr.shape[0] - 1, block_size)
-    _checks.check_dim_matches_grid("x.shape[1] (in_features)", x.shape[1], col_ptr.shape[0] - 1, block_size)
-    _checks.check_same_device(dy=dy, x=x, block_row=block_row, block_col=block_col, row_ptr=row_ptr,
-                              row_slots=row_slots, col_ptr=col_ptr, col_slots=col_slots)
+    _checks.check_topology_args(None, topology, block_size, x.device)
+    _checks.check_dim_matches_grid("dy.shape[1] (out_features)", dy.shape[1], topology[2].shape[0] - 1, block_size)
+    _checks.check_dim_matches_grid("x.shape[1] (in_features)", x.shape[1], topology[4].shape[0] - 1, block_size)
+    _checks.check_same_device(dy=dy, x=x)
 
 
-@torch.library.custom_op("rigl_sparse::sdd", mutates_args=())
-def sdd(dy: Tensor, x: Tensor, block_row: Tensor, block_col: Tensor, row_ptr: Tensor, row_slots: Tensor,
-        col_ptr: Tensor, col_slots: Tensor, block_size: int) -> Tensor:
-    """dy: [M, out]; x: [M, K] (same dtype); topology int32 -> dvalues: [nnzb, b, b] (x's dtype)."""
-    _check(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size)
-    args = (dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size)
+def _kernel(dy: Tensor, x: Tensor, topology: list[Tensor], block_size: int) -> Tensor:
+    """dy: [M, out]; x: [M, K] (same dtype); topology: the layout's six int32 tensors -> dvalues:
+    [nnzb, b, b] (x's dtype)."""
+    _check(dy, x, topology, block_size)
+    args = (dy, x, *topology, block_size)
     return _common.dispatch("sdd", x.device, args)(*args).contiguous()
 
 
-@sdd.register_fake
-def _(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size):
-    _check(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size)
-    return x.new_empty(block_row.shape[0], block_size, block_size)
+def _fake(dy, x, topology, block_size):
+    _check(dy, x, topology, block_size)
+    return x.new_empty(topology[0].shape[0], block_size, block_size)
 
 
 def _setup_context(ctx, inputs, output):
-    dy, x, *topology, _ = inputs
+    dy, x, topology, _ = inputs
     ctx.save_for_backward(dy, x, *topology)
     backends.remember_forced(ctx)
 
@@ -49,13 +46,19 @@ def _backward(ctx, grad_values):
     grad_dy = grad_x = None
     with backends.forced_again(ctx):
         if ctx.needs_input_grad[0]:
-            grad_dy = torch.ops.rigl_sparse.dsd(x, grad_values, None, *topology, dy.shape[1])
+            grad_dy = torch.ops.rigl_sparse.dsd(x, grad_values, None, topology, dy.shape[1])
         if ctx.needs_input_grad[1]:
-            grad_x = torch.ops.rigl_sparse.dds(dy, grad_values, *topology, x.shape[1])
-    return (grad_dy, grad_x) + (None,) * 7
+            grad_x = torch.ops.rigl_sparse.dds(dy, grad_values, topology, x.shape[1])
+    return grad_dy, grad_x, None, None
 
 
-sdd.register_autograd(_backward, setup_context=_setup_context)
+sdd_op = _library.define("sdd", _kernel, _fake, setup_context=_setup_context, backward=_backward)
+
+
+def sdd(dy: Tensor, x: Tensor, layout) -> Tensor:
+    """``dvalues[s] = dY[:, rows(s)].T @ X[:, cols(s)]`` on the active blocks of ``layout``: dy: [M, out]; x:
+    [M, K] -> [nnzb, b, b].  Differentiable in ``dy`` and ``x``."""
+    return sdd_op(dy, x, layout.topology(), layout.block_size)
 
 
 def _reference(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, block_size):
@@ -71,4 +74,4 @@ backends.register_impl("sdd", "triton", backends.lazy("rigl_sparse.ops.sdd.trito
 backends.register_impl("sdd", "cuda", backends.lazy("rigl_sparse.ops.sdd.cuda", "sdd"),
                        supports=lambda dy, x, *rest: _cuda.supports(x.dtype, rest[-1]))
 
-__all__ = ["sdd"]
+__all__ = ["sdd", "sdd_op"]

@@ -16,8 +16,8 @@ from rigl_sparse.ops.update_topology import reference
 
 
 def _check(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, slots, new_row, new_col):
-    _checks.check_topology_args(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots,
-                                values.shape[-1] if values.dim() == 3 else -1)
+    _checks.check_topology_args(values, (block_row, block_col, row_ptr, row_slots, col_ptr, col_slots),
+                                values.shape[-1] if values.dim() == 3 else -1, values.device)
     for name, t in (("slots", slots), ("new_row", new_row), ("new_col", new_col)):
         if t.dtype not in (torch.int32, torch.int64) or t.dim() != 1:
             raise TypeError(f"{name} must be a 1-D integer tensor, got {t.dtype} of shape {tuple(t.shape)}")
@@ -31,7 +31,7 @@ def _check(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots,
     "rigl_sparse::update_topology",
     mutates_args=("values", "block_row", "block_col", "row_ptr", "row_slots", "col_ptr", "col_slots"),
 )
-def update_topology(values: Tensor, block_row: Tensor, block_col: Tensor, row_ptr: Tensor, row_slots: Tensor,
+def update_topology_op(values: Tensor, block_row: Tensor, block_col: Tensor, row_ptr: Tensor, row_slots: Tensor,
                     col_ptr: Tensor, col_slots: Tensor, slots: Tensor, new_row: Tensor, new_col: Tensor) -> None:
     """Move ``slots`` ([n] int) to blocks ``(new_row, new_col)``, zero their values, rebuild both views."""
     _check(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, slots, new_row, new_col)
@@ -39,9 +39,15 @@ def update_topology(values: Tensor, block_row: Tensor, block_col: Tensor, row_pt
     _common.dispatch("update_topology", values.device, args)(*args)
 
 
-@update_topology.register_fake
+@update_topology_op.register_fake
 def _(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, slots, new_row, new_col):
     _check(values, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, slots, new_row, new_col)
+
+
+def update_topology(values: Tensor, layout, slots: Tensor, new_row: Tensor, new_col: Tensor) -> None:
+    """Move ``slots`` ([n] int) of ``layout`` to blocks ``(new_row, new_col)`` in place: their ``values`` become
+    zero and both views are rebuilt."""
+    update_topology_op(values, *layout.topology(), slots, new_row, new_col)
 
 
 backends.register_impl("update_topology", "reference", reference.update_topology)
@@ -51,4 +57,4 @@ backends.register_impl("update_topology", "triton", reference.update_topology)
 backends.register_impl("update_topology", "cpu", reference.update_topology)
 backends.register_impl("update_topology", "cuda", reference.update_topology)
 
-__all__ = ["update_topology"]
+__all__ = ["update_topology", "update_topology_op"]

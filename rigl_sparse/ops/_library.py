@@ -1,0 +1,115 @@
+"""How the matmul and convolution ops are registered: operators of torch's dispatcher, one path for every call.
+
+``define`` puts ``rigl_sparse::<name>`` on the dispatcher with one Python kernel for every device (it
+checks the arguments and calls the implementation the backend registry selects, so ``use_backend`` and
+``info`` keep working), a fake for fake tensors and meta tensors, and an autograd kernel.  Eager calls, ``torch.compile`` graphs, fake tensors and ``torch.func`` transforms all
+reach the kernels through these operators.
+
+Why not ``torch.library.custom_op``: its Python wrappers (schema defaults, per-call metadata, the backward
+wrapper) cost about twice what the kernels themselves take on a small layer; ``bench_overhead.py``
+measures it.  The autograd kernel here does what the dispatcher needs and no more: under grad mode with an
+input that requires grad it runs an ``autograd.Function`` whose forward re-enters the operator below the
+autograd keys, otherwise it re-enters directly.  The C++ kernels are not registered with the dispatcher
+themselves (``TORCH_LIBRARY_IMPL``): the dispatcher picks a kernel by device only, and the registry also
+picks by block size, dtype, GPU model and ``use_backend``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+NAMESPACE = "rigl_sparse"
+LIBRARY = torch.library.Library(NAMESPACE, "FRAGMENT")
+
+# Dispatch below the autograd keys (what a backward-free re-entry into an operator needs), the test for
+# inputs that require grad and for active torch.func transforms: torch offers them only under torch._C;
+# its own custom ops and autograd.Function use them.
+_below_autograd = torch._C._AutoDispatchBelowAutograd
+_any_requires_grad = torch._C._any_requires_grad
+_functorch_active = torch._C._are_functorch_transforms_active
+
+
+class Operator:
+    """A ``rigl_sparse::`` operator as the package calls it: ``op(*args)`` is ``op.overload(*args)``.
+
+    Where autograd has something to record in plain eager mode, the call enters the operator's
+    ``autograd.Function`` itself instead of reaching it through the dispatcher's autograd key: the same
+    function the autograd kernel runs, whose forward re-enters the operator below the autograd keys, so
+    the kernel is still reached only through the dispatcher (and every mode, subclass and transform sees
+    the operator), one dispatch instead of two.  Under ``torch.compile`` and ``torch.func`` transforms
+    the call is the overload's."""
+
+    __slots__ = ("overload", "function")
+
+    def __init__(self, overload, function=None) -> None:
+        self.overload = overload
+        self.function = function
+
+    def __call__(self, *args):
+        if torch.compiler.is_compiling():  # first: what follows is not for graphs
+            return self.overload(*args)
+        if self.function is not None and torch.is_grad_enabled() and _any_requires_grad(*args) \
+                and not _functorch_active():
+            return self.function.apply(*args)
+        return self.overload(*args)
+
+    def __repr__(self) -> str:
+        return f"Operator({self.overload})"
+
+
+def define(name: str, kernel: Callable, fake: Callable, *, mutates_args: Sequence[str] = (),
+           setup_context: Callable | None = None, backward: Callable | None = None,
+           composite: Callable | None = None) -> Operator:
+    """Define ``rigl_sparse::name`` with the schema of ``kernel``'s annotations.
+
+    With ``backward`` it is differentiable: ``setup_context(ctx, inputs, output)`` runs in the forward,
+    ``backward(ctx, *grads)`` returns one gradient (or None) per input.  With ``composite`` instead, a call
+    that autograd must record runs ``composite(*args)``, the same result from differentiable operators.
+    With neither, its outputs carry no gradient."""
+    schema = torch.library.infer_schema(kernel, mutates_args=tuple(mutates_args))
+    LIBRARY.define(name + schema)
+    LIBRARY.impl(name, kernel, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"{NAMESPACE}::{name}", fake, lib=LIBRARY)
+    overload = getattr(getattr(torch.ops, NAMESPACE), name).default
+    if composite is not None:
+        _register_composite(name, overload, composite)
+    if backward is None:
+        return Operator(overload)
+    return Operator(overload, _register_autograd(name, overload, setup_context, backward))
+
+
+def _register_composite(name: str, overload, composite: Callable) -> None:
+    def autograd_kernel(*args):
+        if torch.is_grad_enabled() and _any_requires_grad(*args):
+            return composite(*args)
+        with _below_autograd():
+            return overload(*args)
+
+    LIBRARY.impl(name, autograd_kernel, "Autograd")
+
+
+def _register_autograd(name: str, overload, setup_context: Callable, backward: Callable):
+    """Register the autograd kernel of ``overload``; return its ``autograd.Function``."""
+
+    def forward(ctx, *args):
+        with _below_autograd():
+            output = overload(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    function = type(f"{name}_autograd", (torch.autograd.Function,),
+                    {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+    def autograd_kernel(*args):
+        if torch.is_grad_enabled() and _any_requires_grad(*args):
+            return function.apply(*args)
+        with _below_autograd():
+            return overload(*args)
+
+    LIBRARY.impl(name, autograd_kernel, "Autograd")
+    return function
+
+
+__all__ = ["LIBRARY", "NAMESPACE", "Operator", "define"]
