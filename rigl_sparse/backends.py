@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 __all__ = ["Backend", "BACKENDS", "register_impl", "register_block_size", "select", "use_backend", "forced_backend",
-           "remember_forced", "forced_again", "backend_status", "measured_choices"]
+           "remember_forced", "forced_again", "backend_status", "measured_choices", "add_force_listener"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,24 @@ class _Impl:
 _IMPLS: dict[str, dict[str, _Impl]] = {}
 _FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("rigl_sparse_backend", default=None)
 _WARNED: set[tuple[str, str, str]] = set()
+_FORCE_LISTENERS: list[tuple[Callable[[], None], Callable[[], None]]] = []
+
+
+def add_force_listener(enter: Callable[[], None], exit: Callable[[], None]) -> None:
+    """Call ``enter()`` whenever a block forces a backend (``use_backend``, ``forced_again``) and ``exit()``
+    when it ends: kernels registered outside this registry (the native CPU kernels on torch's dispatcher)
+    take only unforced calls and hand the rest to the ops' Python kernels, which read the forced backend."""
+    _FORCE_LISTENERS.append((enter, exit))
+
+
+def _enter_forced() -> None:
+    for enter, _ in _FORCE_LISTENERS:
+        enter()
+
+
+def _exit_forced() -> None:
+    for _, exit in _FORCE_LISTENERS:
+        exit()
 
 
 def register_impl(op: str, backend: str, fn: Callable, *, supports: Callable[..., str | None] | None = None) -> None:
@@ -229,11 +247,13 @@ class forced_again:
     def __enter__(self) -> None:
         if self.name is not None and _FORCED.get() != self.name:
             self.token = _FORCED.set(self.name)
+            _enter_forced()
 
     def __exit__(self, *exc) -> None:
         if self.token is not None:
             _FORCED.reset(self.token)
             self.token = None
+            _exit_forced()
 
 
 @contextlib.contextmanager
@@ -245,10 +265,12 @@ def use_backend(name: str):
     if reason is not None:
         raise RuntimeError(f"use_backend: backend {name!r} is not available: {reason}")
     token = _FORCED.set(name)
+    _enter_forced()
     try:
         yield
     finally:
         _FORCED.reset(token)
+        _exit_forced()
 
 
 def _candidates(op: str, device_type: str, args=None, forced: str | None = None):

@@ -21,6 +21,9 @@ void conv_input_grad_out(const at::Tensor& dy, const at::Tensor& values, const a
 void conv_weight_grad_out(const at::Tensor& dy, const at::Tensor& x_padded, const at::Tensor& row_slots,
                           const at::Tensor& block_row, const at::Tensor& block_col,
                           const std::vector<int64_t>& geometry, at::Tensor& out);
+void register_kernels(pybind11::dict kernels);
+void enter_forced_backend();
+void exit_forced_backend();
 }  // namespace cpu
 }  // namespace rigl_sparse
 
@@ -33,6 +36,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_forward_out", &rigl_sparse::cpu::conv_forward_out, "implicit-GEMM block-sparse conv forward");
   m.def("conv_input_grad_out", &rigl_sparse::cpu::conv_input_grad_out, "conv input gradient, added onto dx_padded");
   m.def("conv_weight_grad_out", &rigl_sparse::cpu::conv_weight_grad_out, "conv weight gradient on active blocks");
+  m.def("register_kernels", &rigl_sparse::cpu::register_kernels,
+        "make dsd, dds, sdd and dsd_backward's CPU kernels those of csrc/cpu/dispatch.cpp; kernels: {op: the op's "
+        "Python kernel}, for every call they do not take");
+  m.def("enter_forced_backend", &rigl_sparse::cpu::enter_forced_backend,
+        "a use_backend block opens: the CPU kernels hand every call to the Python kernels until it closes");
+  m.def("exit_forced_backend", &rigl_sparse::cpu::exit_forced_backend, "a use_backend block closes");
   m.def("isa_variants_built", &rigl_sparse::cpu::isa_variants_built,
         "the instruction-set variants compiled in, narrowest first");
   m.def("isa_variants_runnable", &rigl_sparse::cpu::isa_variants_runnable, "the variants this CPU executes");

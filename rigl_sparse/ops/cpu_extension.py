@@ -45,6 +45,38 @@ def select_isa_from_environment() -> str:
     return chosen
 
 
+_dispatch: dict[str, str | None] = {}  # "ops" / "error": what register_dispatch_kernels did
+
+
+def register_dispatch_kernels(python_kernels: dict) -> None:
+    """Make the native kernels of ``python_kernels``' ops (``{op: its Python kernel}``) the operators' CPU
+    kernels on torch's dispatcher (csrc/cpu/dispatch.cpp): an eager call on CPU tensors then reaches them
+    without a Python kernel; every call they do not take (a forced backend, another dtype or block size, a
+    bad argument) goes to the op's Python kernel.  Without the extension, or with a variant the environment
+    asks for and this build refuses, nothing is registered and the Python kernels run (``info`` says why)."""
+    if unavailable_reason() is not None:
+        _dispatch["error"] = unavailable_reason()
+        return
+    try:
+        module = extension()
+    except ValueError as err:  # a bad RIGL_SPARSE_CPU_ISA: every op keeps raising it, from its Python kernel
+        _dispatch["error"] = str(err)
+        return
+    from rigl_sparse import backends
+
+    module.register_kernels(python_kernels)
+    backends.add_force_listener(module.enter_forced_backend, module.exit_forced_backend)
+    _dispatch["ops"] = ", ".join(sorted(python_kernels))
+
+
+def dispatch_status() -> str:
+    """For ``info``: which ops' native kernels torch's dispatcher calls directly, or why none."""
+    if "ops" in _dispatch:
+        return (f"registered with torch's dispatcher for CPU tensors: {_dispatch['ops']} (calls they do not take "
+                "run the ops' Python kernels)")
+    return f"not registered with torch's dispatcher (the ops' Python kernels run): {_dispatch.get('error')}"
+
+
 def build_note() -> str | None:
     """What the install said about the native build (a missing variant, no OpenMP), if anything."""
     return BUILD_NOTE.read_text().strip() if BUILD_NOTE.exists() else None

@@ -42,7 +42,7 @@ def conv2d(x, values, layout, bias, geometry: ConvGeometry, grow_buffers=None, k
                      passes, keep)
 
 
-def _forward(x: Tensor, values: Tensor, bias: Optional[Tensor], topology: list[Tensor], out_channels: int,
+def python_kernel(x: Tensor, values: Tensor, bias: Optional[Tensor], topology: list[Tensor], out_channels: int,
              geometry: list[int], scores: Optional[Tensor], index: Optional[Tensor], passes: Optional[Tensor],
              keep: int) -> Tensor:
     return compute.forward(x, values, bias, topology, out_channels, geometry_of(geometry))
@@ -53,7 +53,7 @@ def _forward_fake(x, values, bias, topology, out_channels, geometry, scores, ind
     return x.new_empty(x.shape[0], out_h, out_w, out_channels).permute(0, 3, 1, 2)
 
 
-def _backward_kernel(grad_y: Tensor, x: Tensor, values: Tensor, topology: list[Tensor], out_channels: int,
+def backward_python_kernel(grad_y: Tensor, x: Tensor, values: Tensor, topology: list[Tensor], out_channels: int,
                      geometry: list[int], has_bias: bool, need_x: bool, need_values: bool, need_bias: bool,
                      scores: Optional[Tensor], index: Optional[Tensor], passes: Optional[Tensor],
                      keep: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -72,7 +72,7 @@ def _backward_fake(grad_y, x, values, topology, out_channels, geometry, has_bias
             values.new_empty(0), x.new_empty(out_channels) if (has_bias and need_bias) else x.new_empty(0))
 
 
-conv2d_backward_op = _library.define("conv2d_backward", _backward_kernel, _backward_fake,
+conv2d_backward_op = _library.define("conv2d_backward", backward_python_kernel, _backward_fake,
                                      mutates_args=("scores", "index", "passes"))
 
 
@@ -98,7 +98,7 @@ def _backward(ctx, grad_y):
     return grads + (None,) * 7
 
 
-conv2d_op = _library.define("conv2d", _forward, _forward_fake, setup_context=_setup_context, backward=_backward)
+conv2d_op = _library.define("conv2d", python_kernel, _forward_fake, setup_context=_setup_context, backward=_backward)
 
 
 class _NoDoubleBackward(torch.autograd.Function):

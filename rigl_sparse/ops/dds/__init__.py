@@ -24,7 +24,7 @@ def _check(dy, values, topology, in_features):
     _checks.check_dim_matches_grid("in_features", in_features, topology[4].shape[0] - 1, b)
 
 
-def _kernel(dy: Tensor, values: Tensor, topology: list[Tensor], in_features: int) -> Tensor:
+def python_kernel(dy: Tensor, values: Tensor, topology: list[Tensor], in_features: int) -> Tensor:
     """dy: [M, out]; values: [nnzb, b, b] (dy's dtype); topology: the layout's six int32 tensors
     -> dx: [M, in_features]."""
     _check(dy, values, topology, in_features)
@@ -54,7 +54,7 @@ def _backward(ctx, grad_dx):
     return grad_dy, grad_values, None, None
 
 
-dds_op = _library.define("dds", _kernel, _fake, setup_context=_setup_context, backward=_backward)
+dds_op = _library.define("dds", python_kernel, _fake, setup_context=_setup_context, backward=_backward)
 
 
 def dds(dy: Tensor, values: Tensor, layout) -> Tensor:

@@ -34,7 +34,7 @@ def check_arguments(x, values, bias, topology, out_features):
         _checks.check_same_device(x=x, bias=bias)
 
 
-def _kernel(x: Tensor, values: Tensor, bias: Optional[Tensor], topology: list[Tensor], out_features: int) -> Tensor:
+def python_kernel(x: Tensor, values: Tensor, bias: Optional[Tensor], topology: list[Tensor], out_features: int) -> Tensor:
     """x: [M, K]; values: [nnzb, b, b] (x's dtype); bias: [out] or None; topology: the layout's six int32
     tensors -> y: [M, out]."""
     check_arguments(x, values, bias, topology, out_features)
@@ -77,7 +77,7 @@ def _check_backward(grad_y, x, values, topology):
     _checks.check_same_device(grad_y=grad_y, x=x)
 
 
-def _backward_kernel(grad_y: Tensor, x: Tensor, values: Tensor, topology: list[Tensor], need_x: bool,
+def backward_python_kernel(grad_y: Tensor, x: Tensor, values: Tensor, topology: list[Tensor], need_x: bool,
                      need_values: bool, need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
     """``(dX, dvalues, dbias)`` of ``dsd`` from ``grad_y`` [M, out] in one call (the ``dds`` and ``sdd``
     implementations and a column sum); a gradient that is not needed is an empty tensor."""
@@ -98,7 +98,7 @@ def _backward_composite(grad_y, x, values, topology, need_x, need_values, need_b
     return tuple(x.new_empty(0) if g is None else g for g in grads)
 
 
-dsd_backward = _library.define("dsd_backward", _backward_kernel, _backward_fake, composite=_backward_composite)
+dsd_backward = _library.define("dsd_backward", backward_python_kernel, _backward_fake, composite=_backward_composite)
 
 
 def _setup_context(ctx, inputs, output):
@@ -121,7 +121,7 @@ def _backward(ctx, grad_y):
     return grads + (None, None)
 
 
-dsd_op = _library.define("dsd", _kernel, _fake, setup_context=_setup_context, backward=_backward)
+dsd_op = _library.define("dsd", python_kernel, _fake, setup_context=_setup_context, backward=_backward)
 
 
 def dsd(x: Tensor, values: Tensor, layout, bias: Optional[Tensor] = None) -> Tensor:

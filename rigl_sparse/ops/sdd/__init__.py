@@ -22,7 +22,7 @@ def _check(dy, x, topology, block_size):
     _checks.check_same_device(dy=dy, x=x)
 
 
-def _kernel(dy: Tensor, x: Tensor, topology: list[Tensor], block_size: int) -> Tensor:
+def python_kernel(dy: Tensor, x: Tensor, topology: list[Tensor], block_size: int) -> Tensor:
     """dy: [M, out]; x: [M, K] (same dtype); topology: the layout's six int32 tensors -> dvalues:
     [nnzb, b, b] (x's dtype)."""
     _check(dy, x, topology, block_size)
@@ -52,7 +52,7 @@ def _backward(ctx, grad_values):
     return grad_dy, grad_x, None, None
 
 
-sdd_op = _library.define("sdd", _kernel, _fake, setup_context=_setup_context, backward=_backward)
+sdd_op = _library.define("sdd", python_kernel, _fake, setup_context=_setup_context, backward=_backward)
 
 
 def sdd(dy: Tensor, x: Tensor, layout) -> Tensor:
