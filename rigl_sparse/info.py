@@ -64,6 +64,7 @@ def _cpu_lines() -> list[str]:
                                                        " requested, but built without OpenMP: the kernels run on one")]
     if status["note"]:
         lines.append(f"at install: {status['note']}")
+    lines.append(f"kernels {_cpu.dispatch_status()}")
     return lines
 
 

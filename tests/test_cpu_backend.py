@@ -1,11 +1,14 @@
 """The native CPU kernels against the reference, over shapes, block sizes, dtypes and densities."""
 
+import warnings
+
 import pytest
 import torch
 from op_cases import check_backend
 
 import rigl_sparse as rs
 from rigl_sparse import backends, ops
+from rigl_sparse.ops import cpu_extension as _cpu
 from rigl_sparse.testing import assert_matches_dense, masked_dense_op, random_block_sparse
 
 REASON = backends.BACKENDS["cpu"].unavailable_reason()
@@ -194,3 +197,72 @@ def test_cpu_bindings_refuse_a_topology_that_points_outside_the_blocks():
     scores, index = torch.empty(3), torch.empty(3, dtype=torch.int64)
     with pytest.raises(RuntimeError, match="outside the 4 x 4 grid"):
         extension().block_scores_out(dy, x, bad_row, layout.block_col, 16, scores, index)
+
+
+# ----------------------------------------------------------------------------- the dispatcher's CPU kernels
+NATIVE_OPS = ("dsd", "dds", "sdd", "dsd_backward", "conv2d", "conv2d_backward")
+
+
+def test_native_kernels_are_the_dispatchers_cpu_kernels_and_info_says_so():
+    from rigl_sparse import info
+
+    for op in NATIVE_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"rigl_sparse::{op}", "CPU"), op
+    assert "registered with torch's dispatcher for CPU tensors: conv2d, conv2d_backward, dds, dsd" in info.report()
+
+
+def _every_native_op(layout, values, x, dy, bias, conv_layer, image, image_grad):
+    """Each op of NATIVE_OPS once, called as the layers call them."""
+    from rigl_sparse.ops.conv2d import geometry_list
+
+    topology = layout.topology()
+    g = geometry_list(conv_layer._geometry)
+    conv_topology = conv_layer.layout.topology()
+    out = [torch.ops.rigl_sparse.dsd(x, values, bias, topology, layout.shape[0]),
+           torch.ops.rigl_sparse.dds(dy, values, topology, layout.shape[1]),
+           torch.ops.rigl_sparse.sdd(dy, x, topology, layout.block_size),
+           *torch.ops.rigl_sparse.dsd_backward(dy, x, values, topology, True, True, True),
+           torch.ops.rigl_sparse.conv2d(image, conv_layer.values, conv_layer.bias, conv_topology,
+                                        conv_layer.out_channels, g, None, None, None, 0),
+           *torch.ops.rigl_sparse.conv2d_backward(image_grad, image, conv_layer.values, conv_topology,
+                                                  conv_layer.out_channels, g, True, True, True, True, None, None,
+                                                  None, 0)]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_dispatch_equals_the_python_kernel_bitwise(dtype):
+    """An unforced call takes the C++ kernel on the dispatcher; under use_backend("cpu") the same call goes
+    through the op's Python kernel to the same cpu backend: the two routes agree to the bit."""
+    layout, values, x, dy, bias = _case(2 * 8 + 3, 3 * 8 - 1, 8, 0.4, 13, dtype)
+    torch.manual_seed(0)
+    conv = rs.SparseConv2d(8, 16, 3, padding=(1, 2), stride=(1, 2), density=0.5, block_size=8, dtype=dtype).eval()
+    image = torch.randn(2, 8, 7, 6).to(dtype)
+    counts = _cpu.native_call_counts
+    with torch.no_grad():
+        image_grad = torch.randn_like(conv(image))
+        before = counts()
+        native = _every_native_op(layout, values, x, dy, bias, conv, image, image_grad)
+        assert counts() == (before[0] + 6, before[1])  # the six calls ran in C++
+        with rs.use_backend("cpu"):
+            python = _every_native_op(layout, values, x, dy, bias, conv, image, image_grad)
+        assert counts() == (before[0] + 6, before[1] + 6)  # and were handed on while a backend was forced
+    assert len(native) == 10
+    for i, (a, b) in enumerate(zip(native, python)):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride(), i
+        assert torch.equal(a, b), i
+
+
+def test_native_kernels_hand_what_they_do_not_take_to_the_python_kernels():
+    layout, values, x, _, _ = _case(16, 16, 4, 0.5, 3, torch.float32)
+    topology = layout.topology()
+    taken, handed = _cpu.native_call_counts()
+    with pytest.raises(TypeError, match="block_row must be int32"):  # the Python kernel's message
+        torch.ops.rigl_sparse.dsd(x, values, None, [topology[0].long(), *topology[1:]], 16)
+    with warnings.catch_warnings():  # the fallback's warning (said once per process) is tested above
+        warnings.simplefilter("ignore", RuntimeWarning)
+        y = ops.dsd(x.double(), values.double(), layout)
+    with rs.use_backend("reference"):
+        expected = ops.dsd(x.double(), values.double(), layout)
+    assert torch.equal(y, expected)  # the registry's next backend
+    assert _cpu.native_call_counts() == (taken, handed + 3)

@@ -24,6 +24,7 @@ void conv_weight_grad_out(const at::Tensor& dy, const at::Tensor& x_padded, cons
 void register_kernels(pybind11::dict kernels);
 void enter_forced_backend();
 void exit_forced_backend();
+std::tuple<int64_t, int64_t> call_counts();
 }  // namespace cpu
 }  // namespace rigl_sparse
 
@@ -42,6 +43,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("enter_forced_backend", &rigl_sparse::cpu::enter_forced_backend,
         "a use_backend block opens: the CPU kernels hand every call to the Python kernels until it closes");
   m.def("exit_forced_backend", &rigl_sparse::cpu::exit_forced_backend, "a use_backend block closes");
+  m.def("call_counts", &rigl_sparse::cpu::call_counts,
+        "(calls the registered CPU kernels ran, calls they handed to the Python kernels) in this process");
   m.def("isa_variants_built", &rigl_sparse::cpu::isa_variants_built,
         "the instruction-set variants compiled in, narrowest first");
   m.def("isa_variants_runnable", &rigl_sparse::cpu::isa_variants_runnable, "the variants this CPU executes");

@@ -37,6 +37,7 @@ void conv_weight_grad_out(const at::Tensor& dy, const at::Tensor& x_padded, cons
 namespace {
 
 std::atomic<int> forcing{0};  // use_backend blocks open in this process (any thread)
+std::atomic<int64_t> taken{0}, handed{0};  // calls run here / handed to the Python kernels
 
 // The ops' Python kernels, by op; set once by register_kernels and never freed (they outlive any call).
 struct PythonKernels {
@@ -78,7 +79,13 @@ bool matmul_fits(const at::Tensor& a, const at::Tensor& values, at::TensorList t
 }
 
 bool fast() {
-  return forcing.load(std::memory_order_relaxed) == 0 && python_kernels != nullptr;
+  return forcing.load(std::memory_order_relaxed) == 0;
+}
+
+// Counts a call run here (the fast path's last check passed) or handed on (see call_counts).
+bool take(bool fits) {
+  (fits ? taken : handed).fetch_add(1, std::memory_order_relaxed);
+  return fits;
 }
 
 template <typename Result, typename... Args>
@@ -96,7 +103,7 @@ at::Tensor dsd_cpu(const at::Tensor& x, const at::Tensor& values, const c10::opt
   const int64_t out_features = out_features_.expect_int();
   const bool bias_fits = !bias.has_value() || (bias->device().is_cpu() && bias->scalar_type() == x.scalar_type() &&
                                                 bias->dim() == 1 && bias->size(0) == out_features);
-  if (!fast() || !bias_fits || !matmul_fits(x, values, topology, out_features, x.dim() == 2 ? x.size(1) : -1)) {
+  if (!take(fast() && bias_fits && matmul_fits(x, values, topology, out_features, x.dim() == 2 ? x.size(1) : -1))) {
     py::gil_scoped_acquire gil;
     py::object b = bias.has_value() ? py::cast(*bias) : py::none();
     return python_kernels->dsd(x, values, b, as_vector(topology), out_features).cast<at::Tensor>();
@@ -110,7 +117,7 @@ at::Tensor dsd_cpu(const at::Tensor& x, const at::Tensor& values, const c10::opt
 
 at::Tensor dds_cpu(const at::Tensor& dy, const at::Tensor& values, at::TensorList topology, c10::SymInt in_features_) {
   const int64_t in_features = in_features_.expect_int();
-  if (!fast() || !matmul_fits(dy, values, topology, dy.dim() == 2 ? dy.size(1) : -1, in_features))
+  if (!take(fast() && matmul_fits(dy, values, topology, dy.dim() == 2 ? dy.size(1) : -1, in_features)))
     return in_python<at::Tensor>(python_kernels->dds, dy, values, as_vector(topology), in_features);
   at::Tensor out = at::empty({dy.size(0), in_features}, dy.options());
   dds_out(dy.contiguous(), values.contiguous(), topology[4], topology[5], topology[0], out);
@@ -130,9 +137,9 @@ at::Tensor sdd_out_new(const at::Tensor& dy, const at::Tensor& x, at::TensorList
 
 at::Tensor sdd_cpu(const at::Tensor& dy, const at::Tensor& x, at::TensorList topology, c10::SymInt block_size_) {
   const int64_t b = block_size_.expect_int();
-  if (!fast() || !pair_fits(dy, x) || !has_block_size(b) ||
-      !topology_fits(topology, topology.size() == 6 ? topology[0].size(0) : -1, blocks(dy.size(1), b),
-                     blocks(x.size(1), b)))
+  if (!take(fast() && pair_fits(dy, x) && has_block_size(b) &&
+            topology_fits(topology, topology.size() == 6 ? topology[0].size(0) : -1, blocks(dy.size(1), b),
+                          blocks(x.size(1), b))))
     return in_python<at::Tensor>(python_kernels->sdd, dy, x, as_vector(topology), b);
   return sdd_out_new(dy, x, topology, b);
 }
@@ -140,7 +147,7 @@ at::Tensor sdd_cpu(const at::Tensor& dy, const at::Tensor& x, at::TensorList top
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dsd_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x,
                                                                  const at::Tensor& values, at::TensorList topology,
                                                                  bool need_x, bool need_values, bool need_bias) {
-  if (!fast() || !pair_fits(grad_y, x) || !matmul_fits(x, values, topology, grad_y.size(1), x.size(1))) {
+  if (!take(fast() && pair_fits(grad_y, x) && matmul_fits(x, values, topology, grad_y.size(1), x.size(1)))) {
     py::gil_scoped_acquire gil;
     return python_kernels->dsd_backward(grad_y, x, values, as_vector(topology), need_x, need_values, need_bias)
         .cast<std::tuple<at::Tensor, at::Tensor, at::Tensor>>();
@@ -213,7 +220,7 @@ at::Tensor conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const c10::
                       const c10::optional<at::Tensor>& passes, c10::SymInt keep) {
   const int64_t out_channels = out_channels_.expect_int();
   Conv g;
-  if (!fast() || !conv_fits(x, values, bias, topology, out_channels, geometry, g)) {
+  if (!take(fast() && conv_fits(x, values, bias, topology, out_channels, geometry, g))) {
     py::gil_scoped_acquire gil;
     return python_kernels
         ->conv2d(x, values, optional_to_python(bias), as_vector(topology), out_channels, ints(geometry),
@@ -237,10 +244,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   const int64_t out_channels = out_channels_.expect_int();
   Conv g;
   // Grow scores (a RigL update step) take the Python kernel: it merges them into the buffers.
-  if (!fast() || scores.has_value() || !conv_fits(x, values, c10::nullopt, topology, out_channels, geometry, g) ||
-      grad_y.dim() != 4 || grad_y.scalar_type() != x.scalar_type() || !grad_y.device().is_cpu() ||
-      grad_y.size(0) != x.size(0) || grad_y.size(1) != out_channels || grad_y.size(2) != g.out_h ||
-      grad_y.size(3) != g.out_w) {
+  if (!take(fast() && !scores.has_value() && conv_fits(x, values, c10::nullopt, topology, out_channels, geometry, g) &&
+            grad_y.dim() == 4 && grad_y.scalar_type() == x.scalar_type() && grad_y.device().is_cpu() &&
+            grad_y.size(0) == x.size(0) && grad_y.size(1) == out_channels && grad_y.size(2) == g.out_h &&
+            grad_y.size(3) == g.out_w)) {
     py::gil_scoped_acquire gil;
     return python_kernels
         ->conv2d_backward(grad_y, x, values, as_vector(topology), out_channels, ints(geometry), has_bias, need_x,
@@ -286,6 +293,11 @@ void register_kernels(py::dict kernels) {
   library->impl("dsd_backward", TORCH_FN(dsd_backward_cpu));
   library->impl("conv2d", TORCH_FN(conv2d_cpu));
   library->impl("conv2d_backward", TORCH_FN(conv2d_backward_cpu));
+}
+
+// (calls the CPU kernels ran, calls they handed to the Python kernels) since the process started.
+std::tuple<int64_t, int64_t> call_counts() {
+  return {taken.load(), handed.load()};
 }
 
 void enter_forced_backend() {

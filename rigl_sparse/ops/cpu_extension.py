@@ -69,6 +69,12 @@ def register_dispatch_kernels(python_kernels: dict) -> None:
     _dispatch["ops"] = ", ".join(sorted(python_kernels))
 
 
+def native_call_counts() -> tuple[int, int]:
+    """(calls the registered CPU kernels ran, calls they handed to the ops' Python kernels) in this process;
+    (0, 0) when none are registered."""
+    return tuple(_module().call_counts()) if "ops" in _dispatch else (0, 0)
+
+
 def dispatch_status() -> str:
     """For ``info``: which ops' native kernels torch's dispatcher calls directly, or why none."""
     if "ops" in _dispatch:
