@@ -8,32 +8,15 @@
 // that pass the op's checks.  Everything else it hands, unchanged, to the op's Python kernel, which says
 // what is wrong, warns and picks the next backend, or runs the forced one.  So a bad argument gets the same
 // message, and a forced backend runs, whichever kernel the dispatcher reached first.
-#include <pybind11/pybind11.h>
-#include <torch/extension.h>
-
 #include <atomic>
 #include <memory>
+
+#include "entry_points.h"
 
 namespace py = pybind11;
 
 namespace rigl_sparse {
 namespace cpu {
-void dsd_out(const at::Tensor& x, const at::Tensor& values, const c10::optional<at::Tensor>& bias,
-             const at::Tensor& row_ptr, const at::Tensor& row_slots, const at::Tensor& block_col, at::Tensor& out);
-void dds_out(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& col_ptr, const at::Tensor& col_slots,
-             const at::Tensor& block_row, at::Tensor& out);
-void sdd_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_slots, const at::Tensor& block_row,
-             const at::Tensor& block_col, at::Tensor& out);
-void conv_forward_out(const at::Tensor& x_padded, const at::Tensor& values, const c10::optional<at::Tensor>& bias,
-                      const at::Tensor& row_ptr, const at::Tensor& row_slots, const at::Tensor& block_col,
-                      const std::vector<int64_t>& geometry, at::Tensor& out);
-void conv_input_grad_out(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& col_ptr,
-                         const at::Tensor& col_slots, const at::Tensor& block_row,
-                         const std::vector<int64_t>& geometry, at::Tensor& dx_padded);
-void conv_weight_grad_out(const at::Tensor& dy, const at::Tensor& x_padded, const at::Tensor& row_slots,
-                          const at::Tensor& block_row, const at::Tensor& block_col,
-                          const std::vector<int64_t>& geometry, at::Tensor& out);
-
 namespace {
 
 std::atomic<int> forcing{0};  // use_backend blocks open in this process (any thread)
@@ -200,7 +183,8 @@ std::vector<int64_t> kernel_geometry(const Conv& g, int64_t out_channels) {
 
 at::Tensor padded_nhwc(const at::Tensor& x, const Conv& g) {
   at::Tensor nhwc = x.permute({0, 2, 3, 1});
-  if (g.top || g.bottom || g.left || g.right) nhwc = at::constant_pad_nd(nhwc, {0, 0, g.left, g.right, g.top, g.bottom});
+  if (g.top || g.bottom || g.left || g.right)
+    nhwc = at::constant_pad_nd(nhwc, {0, 0, g.left, g.right, g.top, g.bottom});
   return nhwc.contiguous();
 }
 

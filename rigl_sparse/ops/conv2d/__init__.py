@@ -98,7 +98,8 @@ def _backward(ctx, grad_y):
     return grads + (None,) * 7
 
 
-conv2d_op = _library.define("conv2d", python_kernel, _forward_fake, setup_context=_setup_context, backward=_backward)
+conv2d_op = _library.define("conv2d", python_kernel, _forward_fake, setup_context=_setup_context,
+                            backward=_backward)
 
 
 class _NoDoubleBackward(torch.autograd.Function):

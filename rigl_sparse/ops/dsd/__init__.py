@@ -34,7 +34,8 @@ def check_arguments(x, values, bias, topology, out_features):
         _checks.check_same_device(x=x, bias=bias)
 
 
-def python_kernel(x: Tensor, values: Tensor, bias: Optional[Tensor], topology: list[Tensor], out_features: int) -> Tensor:
+def python_kernel(x: Tensor, values: Tensor, bias: Optional[Tensor], topology: list[Tensor],
+                  out_features: int) -> Tensor:
     """x: [M, K]; values: [nnzb, b, b] (x's dtype); bias: [out] or None; topology: the layout's six int32
     tensors -> y: [M, out]."""
     check_arguments(x, values, bias, topology, out_features)
@@ -98,7 +99,8 @@ def _backward_composite(grad_y, x, values, topology, need_x, need_values, need_b
     return tuple(x.new_empty(0) if g is None else g for g in grads)
 
 
-dsd_backward = _library.define("dsd_backward", backward_python_kernel, _backward_fake, composite=_backward_composite)
+dsd_backward = _library.define("dsd_backward", backward_python_kernel, _backward_fake,
+                               composite=_backward_composite)
 
 
 def _setup_context(ctx, inputs, output):
