@@ -21,8 +21,6 @@ def make_case(out_f, in_f, b, density, M, dtype, device, seed=0):
 
 def run_all(backend, layout, values, x, dy, bias, k):
     """dsd, dds, sdd and block_scores of one case on ``backend`` ("selected": whatever the registry picks)."""
-    b = layout.block_size
-    out_f, in_f = layout.shape
     with rs.use_backend(backend) if backend != "selected" else contextlib.nullcontext():
         return (ops.dsd(x, values, layout, bias), ops.dds(dy, values, layout), ops.sdd(dy, x, layout),
                 ops.block_scores(dy, x, layout, k))
@@ -70,7 +68,6 @@ def train_with_rigl(backend, model, x, y, steps=15, delta_t=3, t_end=12):
 
 def block_scores_extra_bytes(backend, layout, x, dy, k):
     """Peak CUDA memory that one ``block_scores`` call adds (after a warm-up call)."""
-    b = layout.block_size
     with rs.use_backend(backend):
         ops.block_scores(dy, x, layout, k)
         torch.cuda.synchronize()

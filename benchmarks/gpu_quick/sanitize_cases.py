@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from op_checks import OPS, Case, check, make_case, run  # noqa: E402
 
 import rigl_sparse as rs  # noqa: E402
-from rigl_sparse import ops  # noqa: E402
 
 
 def main(argv=None) -> int:
