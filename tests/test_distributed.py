@@ -29,9 +29,11 @@ def _data(seed=1):
     return torch.randn(STEPS, BATCH, 24, generator=g), torch.randint(5, (STEPS, BATCH), generator=g)
 
 
-def _train(model, micro_batches=1, rank_slice=slice(None), **scheduler_args):
+def _train(model, micro_batches=1, rank_slice=slice(None), scheduler_on=None, **scheduler_args):
+    """Trains ``model`` (the scheduler built on ``scheduler_on``, by default the model itself)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    scheduler = rs.RigLScheduler(model, optimizer, delta_t=DELTA_T, t_end=STEPS, alpha=0.5, **scheduler_args)
+    scheduler = rs.RigLScheduler(model if scheduler_on is None else scheduler_on, optimizer, delta_t=DELTA_T,
+                                 t_end=STEPS, alpha=0.5, **scheduler_args)
     xs, ys = _data()
     for x, y in zip(xs[:, rank_slice], ys[:, rank_slice]):
         for xm, ym in zip(x.chunk(micro_batches), y.chunk(micro_batches)):
@@ -118,14 +120,25 @@ def _train_scaled_with_one_overflow(model, rank, rank_slice):
 
 def _worker(rank, world, init_file, out_dir, wrapper):
     """Trains ``_model()`` on this rank's share of every batch, wrapped in DDP or sharded with FSDP2
-    (``"fsdp2_scaler"``: through a GradScaler, with one rank overflowing once)."""
+    (``"fsdp2_scaler"``: through a GradScaler, with one rank overflowing once; ``"ddp_inner"``: the scheduler
+    built on the module inside the DDP wrapper; ``"ddp_corrupt"``: that, with one block moved on rank 1 only
+    and DDP not broadcasting buffers, so that the ranks' topologies disagree)."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))  # ranks that disagree fail, not hang
     try:
         model = _model()
-        if wrapper == "ddp":
+        if wrapper in ("ddp", "ddp_inner"):
             trained = nn.parallel.DistributedDataParallel(model)
+        elif wrapper == "ddp_corrupt":
+            trained = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+            if rank == 1:
+                layer = model[0]
+                free = torch.ones(layer.layout.n_blocks, dtype=torch.bool)
+                free[layer.layout.flat_index().long()] = False
+                block = torch.nonzero(free)[:1].flatten()
+                rs.ops.update_topology(layer.values.data, layer.layout, torch.tensor([0]),
+                                       block // layer.layout.grid[1], block % layer.layout.grid[1])
         elif wrapper == "ddp_compiled":
             trained = torch.compile(nn.parallel.DistributedDataParallel(model), backend="aot_eager")
         else:
@@ -141,8 +154,13 @@ def _worker(rank, world, init_file, out_dir, wrapper):
         rank_slice = slice(rank * per_rank, (rank + 1) * per_rank)
         if wrapper == "fsdp2_scaler":
             scheduler = _train_scaled_with_one_overflow(trained, rank, rank_slice)
+        elif wrapper == "ddp_corrupt":
+            with pytest.raises(RuntimeError) as error:
+                _train(trained, rank_slice=rank_slice, scheduler_on=model)
+            torch.save({"error": str(error.value)}, os.path.join(out_dir, f"rank{rank}.pt"))
+            return
         else:
-            scheduler = _train(trained, rank_slice=rank_slice)
+            scheduler = _train(trained, rank_slice=rank_slice, scheduler_on=model if wrapper == "ddp_inner" else None)
         assert scheduler.grow_scores == "exact" and scheduler.process_group is not None
         shards = {name: p.to_local().clone() if hasattr(p, "to_local") else p for name, p in model.named_parameters()}
         state = {name: t.full_tensor() if hasattr(t, "full_tensor") else t for name, t in model.state_dict().items()}
@@ -159,7 +177,7 @@ def _launch(wrapper, tmp_path):
 
 
 @pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed with gloo")
-@pytest.mark.parametrize("wrapper", ["ddp", "ddp_compiled"])
+@pytest.mark.parametrize("wrapper", ["ddp", "ddp_compiled", "ddp_inner"])
 def test_ddp_ranks_agree_with_one_process_on_the_whole_batch(tmp_path, wrapper):
     ranks = _launch(wrapper, tmp_path)
     assert ranks[0]["stats"]["blocks_moved"] > 0 and ranks[0]["stats"]["updates"] == 4
@@ -175,6 +193,13 @@ def test_ddp_ranks_agree_with_one_process_on_the_whole_batch(tmp_path, wrapper):
         assert torch.equal(topology, ranks[0]["topology"][name]), name
     for name, value in single.state_dict().items():
         torch.testing.assert_close(value, ranks[0]["state"][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed with gloo")
+def test_ranks_whose_topologies_disagree_are_stopped_at_the_first_update(tmp_path):
+    ranks = _launch("ddp_corrupt", tmp_path)
+    for rank in ranks:  # both ranks raise, naming the layer and the step
+        assert f"after the topology update at step {DELTA_T}, layer '0' has a different topology" in rank["error"]
 
 
 @pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed with gloo")

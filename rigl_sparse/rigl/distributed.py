@@ -3,6 +3,7 @@ and the averaging of grow-score gradient bands.  Nothing else in the package com
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import torch
@@ -62,6 +63,45 @@ def data_parallel_group(model: torch.nn.Module):
     if mesh.ndim != 1:
         raise ValueError(f"values sharded over a {mesh.ndim}-D device mesh: pass the data-parallel process_group")
     return mesh.get_group()
+
+
+def scheduling_group(model: torch.nn.Module):
+    """The process group a scheduler scores grow candidates over when it is given none: the data-parallel
+    group of the model (``data_parallel_group``); failing that, when ``torch.distributed`` runs more than one
+    rank, the default group (said once in a log line): the scheduler may be built on the module inside a
+    ``DistributedDataParallel`` wrapper, and ranks that scored their own share of the batch would take
+    different decisions.  Ranks that train models of their own pass a ``process_group`` of one rank."""
+    group = data_parallel_group(model)
+    dist = torch.distributed
+    if group is not None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return group
+    logging.getLogger("rigl_sparse").warning(
+        "RigLScheduler: torch.distributed runs %d ranks and the model is neither DistributedDataParallel nor "
+        "sharded: grow scores are averaged over the default process group (exact scores), as DDP averages "
+        "gradients; pass process_group= to choose another", dist.get_world_size())
+    return dist.group.WORLD
+
+
+def check_same_topology(targets, process_group, step: int) -> None:
+    """Raise ``RuntimeError`` naming the first layer whose topology differs between the ranks of
+    ``process_group`` after the update at ``step`` (every rank calls this together): one all-reduce of a
+    checksum per layer of its blocks in slot order."""
+    sums = []
+    for target in targets:
+        flat = target.active().long()
+        slots = torch.arange(flat.numel(), device=flat.device)
+        mixed = (flat * 1_000_003 + slots * 7_919 + 1) % 2_147_483_647  # sums stay far below 2**63
+        sums.append(torch.stack([mixed.sum(), flat.new_tensor(flat.numel())]))
+    local_sums = torch.stack(sums)
+    both = torch.cat([local_sums, -local_sums])  # max of both halves: the ranks' maximum and minimum
+    torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX, group=process_group)
+    highest, lowest = both[:len(targets)], -both[len(targets):]
+    for target, high, low in zip(targets, highest, lowest):
+        if not torch.equal(high, low):
+            raise RuntimeError(
+                f"RigLScheduler: after the topology update at step {step}, layer {target.name!r} has a different "
+                "topology on some ranks of the process group (block checksums differ). Every rank must build the "
+                "same model from the same seed, load the same checkpoint, and call step() on every step.")
 
 
 def average_over(grad: torch.Tensor, process_group) -> torch.Tensor:

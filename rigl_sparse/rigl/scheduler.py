@@ -1,35 +1,29 @@
 """``RigLScheduler``: drop and grow blocks every ``delta_t`` steps (RigL, SET, SNFS, static).
 
-Steps are counted from 0: the ``t``-th call of ``step()`` (after the ``t``-th
-backward pass) is an update step when ``t > 0``, ``t % delta_t == 0`` and
-``t <= t_end``.  On an update step each sparse layer with ``n`` active blocks:
+Steps are counted from 0: the ``t``-th call of ``step()`` (after the ``t``-th backward pass) is an update step
+when ``t > 0``, ``t % delta_t == 0`` and ``t <= t_end``.  On an update step each sparse layer with ``n``
+active blocks:
 
-1. drops the ``k = floor(drop_fraction(t) * n)`` active blocks of smallest
-   Frobenius norm;
-2. grows ``k`` blocks among those not kept (inactive, or just dropped): the
-   largest dense-gradient norms (``grow="gradient"``, RigL), uniformly at
-   random (``grow="random"``, SET), or the largest norms of an exponential
-   moving average of the dense gradient (``grow="momentum"``, SNFS without
-   redistribution, as in the official code; masked layers only);
-3. writes the grown blocks into the freed slots with value 0 and zero
-   optimizer state; a dropped block that is grown again keeps its slot, value
-   and optimizer state.
+1. drops the ``k = floor(drop_fraction(t) * n)`` active blocks of smallest Frobenius norm;
+2. grows ``k`` blocks among those not kept (inactive, or just dropped): the largest dense-gradient norms
+   (``grow="gradient"``, RigL), uniformly at random (``grow="random"``, SET), or the largest norms of an
+   exponential moving average of the dense gradient (``grow="momentum"``, SNFS without redistribution, as in
+   the official code; masked layers only);
+3. writes the grown blocks into the freed slots with value 0 and zero optimizer state; a dropped block that is
+   grown again keeps its slot, value and optimizer state.
 
-``step()`` returns False on an update step: as in the official code, the
-optimizer does not step then.  Ties (equal norms or scores) go to the lower
-row-major block index.
+``step()`` returns False on an update step: as in the official code, the optimizer does not step then.  Ties
+(equal norms or scores) go to the lower row-major block index.
 
-The gradient criterion comes from the layers themselves: before the backward of
-an update step the scheduler asks every layer for its top-``k`` inactive blocks
-(``SparseModule.request_grow_scores``), which the layer computes in its backward
-with the streaming ``block_scores`` op.  The scores of the active blocks are the
-norms of ``values.grad``, so "top-k inactive ∪ dropped" holds every block that
-can win, and no dense gradient is ever stored.
+The gradient criterion comes from the layers themselves: before the backward of an update step the scheduler
+asks every layer for its top-``k`` inactive blocks (``SparseModule.request_grow_scores``), which the layer
+computes in its backward with the streaming ``block_scores`` op.  The scores of the active blocks are the
+norms of ``values.grad``, so "top-k inactive ∪ dropped" holds every block that can win, and no dense gradient
+is ever stored.
 
-The scheduler drives compressed layers (``SparseModule``) and masked dense
-layers (``apply_masks``) alike through one update path (``targets.py``: drop,
-grow, move), with the same decisions for the same topology, weights and
-gradients; a masked layer's scores are the block norms of its dense ``weight.grad``.
+The scheduler drives compressed layers (``SparseModule``) and masked dense layers (``apply_masks``) alike
+through one update path (``targets.py``: drop, grow, move), with the same decisions for the same topology,
+weights and gradients; a masked layer's scores are the block norms of its dense ``weight.grad``.
 """
 
 from __future__ import annotations
@@ -39,7 +33,8 @@ import warnings
 
 import torch
 
-from rigl_sparse.rigl.distributed import data_parallel_group, gradients_finite, is_dtensor, take_grow_scores
+from rigl_sparse.rigl.distributed import (check_same_topology, gradients_finite, is_dtensor, scheduling_group,
+                                          take_grow_scores)
 from rigl_sparse.rigl.masked import mask_gradients, register_mask_hook
 from rigl_sparse.rigl.schedule import check_alpha, check_delta_t, check_t_end, drop_fraction
 from rigl_sparse.rigl.state import DROP, GROW, STATS, load_scheduler_state, scheduler_state
@@ -73,8 +68,11 @@ class RigLScheduler:
         process_group: ranks whose gradients are averaged (data parallelism): update steps score
             the rank-averaged gradient, one band of block rows at a time (``all_reduce``), so all
             ranks make the same decisions.  Default: the process group of a
-            ``DistributedDataParallel`` model (or of the mesh FSDP2 shards the values over), else
-            None.  Every rank must call ``step()``.
+            ``DistributedDataParallel`` model (or of the mesh FSDP2 shards the values over); else,
+            when ``torch.distributed`` runs several ranks, the default group (logged); else None.
+            Every rank must call ``step()``.
+        check_topology: with a process group, check after every update that all its ranks hold the same
+            topology (one all-reduce of a checksum per layer); a mismatch raises, naming the layer.
 
     Masked layers need neither: their ``weight.grad`` already is the accumulated (and, under
     DDP, averaged) dense gradient.
@@ -89,7 +87,8 @@ class RigLScheduler:
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, delta_t: int = 100, t_end: int,
                  alpha: float = 0.3, grow: str = "gradient", drop: str = "magnitude", seed: int = 0,
-                 momentum: float = 0.9, grow_scores: str | None = None, process_group=None):
+                 momentum: float = 0.9, grow_scores: str | None = None, process_group=None,
+                 check_topology: bool = True):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -104,14 +103,14 @@ class RigLScheduler:
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
         model = uncompiled(model)  # a torch.compile'd model: its module, for names and the DDP check
-        process_group = data_parallel_group(model) if process_group is None else process_group
+        process_group = scheduling_group(model) if process_group is None else process_group
         grow_scores = ("exact" if process_group is not None else "backward") if grow_scores is None else grow_scores
         if grow_scores not in GROW_SCORES:
             raise ValueError(f"grow_scores must be one of {GROW_SCORES}, got {grow_scores!r}")
         if process_group is not None and grow_scores != "exact":
             raise ValueError("a process_group needs grow_scores='exact' (the ranks' gradients are averaged before "
                              "scoring)")
-        self.grow_scores, self.process_group = grow_scores, process_group
+        self.grow_scores, self.process_group, self.check_topology = grow_scores, process_group, bool(check_topology)
         self.targets = find_targets(model)
         self.layers = [(t.name, t.layer) for t in self.targets if isinstance(t, CompressedTarget)]
         self.masked = [(t.name, t.layer) for t in self.targets if not isinstance(t, CompressedTarget)]
@@ -189,6 +188,8 @@ class RigLScheduler:
                 for target in self.targets:
                     self._update(target, t)
                 self.stats["updates"] += 1
+                if self.process_group is not None and self.check_topology:
+                    check_same_topology(self.targets, self.process_group, t)
             mask_gradients(self.masked)
         self.step_count = t + 1
         self._arm()
