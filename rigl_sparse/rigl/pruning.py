@@ -18,7 +18,10 @@ import torch
 from rigl_sparse.layout import block_count
 from rigl_sparse.rigl.masked import mask_gradients, masked_layers, register_mask_hook, set_active_blocks
 from rigl_sparse.rigl.targets import check_optimizer_holds, uncompiled
-from rigl_sparse.rigl.schedule import check_delta_t, check_t_end
+from rigl_sparse.rigl.schedule import (check_delta_t, check_exponent, check_state, check_stats, check_step_count,
+                                       check_t_end, check_t_start)
+
+STATS = {"pruning_steps": 0, "blocks_pruned": 0}
 
 
 class PruningScheduler:
@@ -47,11 +50,9 @@ class PruningScheduler:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         check_t_end(t_end)
-        if isinstance(t_start, bool) or not isinstance(t_start, int) or not 0 <= t_start < t_end:
-            raise ValueError(f"t_start must be an int in [0, t_end={t_end}), got {t_start!r}")
+        check_t_start(t_start, t_end)
         check_delta_t(delta_t)
-        if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or not exponent > 0:
-            raise ValueError(f"exponent must be a number > 0, got {exponent!r}")
+        check_exponent(exponent)
         self.masked = masked_layers(uncompiled(model))
         if not self.masked:
             raise ValueError("model has no masked layer: mask it with rs.apply_masks(model, density=..., "
@@ -60,7 +61,7 @@ class PruningScheduler:
         self.optimizer = optimizer
         self.t_start, self.t_end, self.delta_t, self.exponent = t_start, t_end, delta_t, float(exponent)
         self.step_count = 0
-        self.stats = {"pruning_steps": 0, "blocks_pruned": 0}
+        self.stats = dict(STATS)
         self._mask_hook = register_mask_hook(optimizer, self.masked)
 
     def is_update_step(self, t: int) -> bool:
@@ -105,17 +106,16 @@ class PruningScheduler:
                 "delta_t": self.delta_t, "exponent": self.exponent, "stats": dict(self.stats)}
 
     def load_state_dict(self, state: dict) -> None:
-        expected = {"step_count", "t_start", "t_end", "delta_t", "exponent", "stats"}
-        if not isinstance(state, dict) or set(state) != expected:
-            got = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"state must be a PruningScheduler.state_dict() with keys {sorted(expected)}, got {got}")
-        step_count = state["step_count"]
-        if isinstance(step_count, bool) or not isinstance(step_count, int) or step_count < 0:
-            raise ValueError(f"state['step_count'] must be an int >= 0, got {step_count!r}")
-        self.step_count = step_count
+        """Check every field of ``state`` (a ``state_dict()``) and make it this scheduler's; a refused state
+        (``ValueError`` naming the field) changes nothing."""
+        t_end = state.get("t_end") if isinstance(state, dict) else None
+        check_state("PruningScheduler", state, {
+            "step_count": check_step_count, "t_end": check_t_end, "t_start": lambda v: check_t_start(v, t_end),
+            "delta_t": check_delta_t, "exponent": check_exponent, "stats": lambda v: check_stats(v, STATS)})
+        self.step_count = state["step_count"]
         self.t_start, self.t_end, self.delta_t = state["t_start"], state["t_end"], state["delta_t"]
         self.exponent = float(state["exponent"])
-        self.stats = dict(state["stats"])
+        self.stats = {**STATS, **state["stats"]}
 
     def __repr__(self) -> str:
         return (f"PruningScheduler(layers={len(self.masked)}, step={self.step_count}, t_start={self.t_start}, "

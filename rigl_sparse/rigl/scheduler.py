@@ -36,7 +36,7 @@ import torch
 from rigl_sparse.rigl.distributed import (check_same_topology, gradients_finite, is_dtensor, scheduling_group,
                                           take_grow_scores)
 from rigl_sparse.rigl.masked import mask_gradients, register_mask_hook
-from rigl_sparse.rigl.schedule import check_alpha, check_delta_t, check_t_end, drop_fraction
+from rigl_sparse.rigl.schedule import check_alpha, check_delta_t, check_momentum, check_t_end, drop_fraction
 from rigl_sparse.rigl.state import DROP, GROW, STATS, load_scheduler_state, scheduler_state
 from rigl_sparse.rigl.targets import (CompressedTarget, accumulate_average, best, check_optimizer_holds, find_targets,
                                       random_pick, smallest, uncompiled)
@@ -100,8 +100,7 @@ class RigLScheduler:
             raise ValueError(f"grow must be one of {GROW}, got {grow!r}")
         if drop not in DROP:
             raise ValueError(f"drop must be one of {DROP}, got {drop!r}")
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
+        check_momentum(momentum)
         model = uncompiled(model)  # a torch.compile'd model: its module, for names and the DDP check
         process_group = scheduling_group(model) if process_group is None else process_group
         grow_scores = ("exact" if process_group is not None else "backward") if grow_scores is None else grow_scores

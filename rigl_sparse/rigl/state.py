@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from rigl_sparse.rigl.schedule import check_alpha, check_t_end
+import torch
+
+from rigl_sparse.rigl.schedule import (check_alpha, check_delta_t, check_momentum, check_state, check_stats,
+                                       check_step_count, check_t_end)
 
 GROW = ("gradient", "random", "momentum", "none")
 DROP = ("magnitude",)
 STATS = {"updates": 0, "blocks_moved": 0, "skipped_nonfinite": 0, "skipped_no_gradient": 0, "skipped_zero_gradient": 0,
          "skipped_overflow": 0}
-EXPECTED = {"step_count", "delta_t", "t_end", "alpha", "grow", "drop", "generator", "stats"}
-OPTIONAL = {"momentum", "gradient_average"}
+OPTIONAL = {"momentum", "gradient_average"}  # absent from checkpoints of older versions
 
 
 def scheduler_state(scheduler) -> dict:
@@ -22,29 +24,55 @@ def scheduler_state(scheduler) -> dict:
 
 
 def load_scheduler_state(scheduler, state: dict) -> None:
-    """Check ``state`` and make it ``scheduler``'s."""
-    if not isinstance(state, dict) or not EXPECTED <= set(state) <= EXPECTED | OPTIONAL:
-        got = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"state must be a RigLScheduler.state_dict() with keys {sorted(EXPECTED | OPTIONAL)}, "
-                         f"got {got}")
-    step_count = state["step_count"]
-    if isinstance(step_count, bool) or not isinstance(step_count, int) or step_count < 0:
-        raise ValueError(f"state['step_count'] must be an int >= 0, got {step_count!r}")
-    check_t_end(state["t_end"])
-    check_alpha(state["alpha"])
-    if state["grow"] not in GROW or state["drop"] not in DROP:
-        raise ValueError(f"state has grow={state['grow']!r}, drop={state['drop']!r}; allowed {GROW}, {DROP}")
-    names = {name for name, _ in scheduler.masked}
-    average = state.get("gradient_average", {})
-    unknown = sorted(set(average) - names)
-    if unknown:
-        raise ValueError(f"state['gradient_average'] names layers {unknown} that are not masked layers of this "
-                         f"model ({sorted(names)})")
-    scheduler.step_count = step_count
-    scheduler.delta_t, scheduler.t_end, scheduler.alpha = state["delta_t"], state["t_end"], state["alpha"]
+    """Check every field of ``state`` against its type, its range and ``scheduler``'s model, then make it
+    ``scheduler``'s; a refused state (``ValueError`` naming the field) changes nothing."""
+    check_state("RigLScheduler", state, {
+        "step_count": check_step_count, "delta_t": check_delta_t, "t_end": check_t_end, "alpha": check_alpha,
+        "grow": lambda v: _check_grow(scheduler, v), "drop": lambda v: _check_choice("drop", v, DROP),
+        "generator": _check_generator, "stats": lambda v: check_stats(v, STATS), "momentum": check_momentum,
+        "gradient_average": lambda v: _check_average(scheduler, v)}, optional=OPTIONAL)
+    weights = dict(scheduler.masked)
+    average = {name: t.to(weights[name].weight.device).clone() for name, t in state.get("gradient_average", {}).items()}
+    scheduler.step_count = state["step_count"]
+    scheduler.delta_t, scheduler.t_end, scheduler.alpha = state["delta_t"], state["t_end"], float(state["alpha"])
     scheduler.grow, scheduler.drop = state["grow"], state["drop"]
     scheduler.generator.set_state(state["generator"])
     scheduler.stats = {**STATS, **state["stats"]}  # counters added since the checkpoint start at 0
     scheduler.momentum = float(state.get("momentum", scheduler.momentum))
+    scheduler.gradient_average = average
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _check_grow(scheduler, grow) -> None:
+    _check_choice("grow", grow, GROW)
+    if grow == "momentum" and scheduler.layers:
+        raise ValueError("grow='momentum' (SNFS) needs masked layers, and this model has compressed ones")
+
+
+def _check_generator(state) -> None:
+    if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8 or state.device.type != "cpu":
+        got = f"{state.dtype} on {state.device}" if isinstance(state, torch.Tensor) else type(state).__name__
+        raise ValueError(f"generator must be a CPU uint8 tensor (torch.Generator.get_state()), got {got}")
+    try:
+        torch.Generator().set_state(state)  # on a scratch generator: torch checks the size and contents
+    except RuntimeError as err:
+        raise ValueError(f"generator is not a torch.Generator state: {err}") from None
+
+
+def _check_average(scheduler, average) -> None:
+    """``gradient_average``: one floating tensor per masked layer it names, shaped like the layer's weight."""
+    if not isinstance(average, dict):
+        raise ValueError(f"gradient_average must be a dict of layer name -> tensor, got {type(average).__name__}")
     weights = dict(scheduler.masked)
-    scheduler.gradient_average = {name: t.to(weights[name].weight.device).clone() for name, t in average.items()}
+    for name, t in average.items():
+        if name not in weights:
+            raise ValueError(f"gradient_average names layer {name!r}, not a masked layer of this model "
+                             f"({sorted(weights)})")
+        shape = tuple(weights[name].weight.shape)
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or tuple(t.shape) != shape:
+            got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"gradient_average[{name!r}] must be a floating tensor of shape {shape}, got {got}")
