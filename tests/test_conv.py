@@ -386,3 +386,36 @@ def test_eager_conv_grow_scores_over_two_passes_sum_their_own_top_k():
     assert set(index.tolist()) == set(expected)
     for score, block in zip(scores.tolist(), index.tolist()):
         assert abs(score - expected[block]) < 1e-4 * max(1.0, expected[block])
+
+
+@pytest.mark.triton
+def test_triton_input_gradient_is_deterministic_under_deterministic_algorithms(monkeypatch):
+    """The implicit-GEMM input gradient adds tiles atomically, in no fixed order: with
+    torch.use_deterministic_algorithms(True) the input gradient takes the patches (Triton dds and a fold)
+    instead, the weight gradient stays implicit, and the results meet the tolerance rule as before."""
+    if backends.BACKENDS["triton"].unavailable_reason() is not None:
+        pytest.skip(backends.BACKENDS["triton"].unavailable_reason())
+    from rigl_sparse.ops.conv2d import triton as conv_triton
+
+    layer, conv = _pair(16, 32, 16, 0.5, seed=4, kernel_size=3, padding=1)
+    x = torch.randn(2, 16, 5, 4)
+    if torch.cuda.is_available():
+        layer, conv, x = layer.cuda(), conv.cuda(), x.cuda()
+
+    def atomic(*args, **kwargs):
+        raise AssertionError("the atomic input-gradient kernel ran under deterministic algorithms")
+
+    monkeypatch.setattr(conv_triton, "input_grad", atomic)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with rs.use_backend("triton"):
+            _check_against_dense(layer, conv, x, torch.float32)
+            grads = []
+            for _ in range(2):
+                x1 = x.clone().requires_grad_()
+                layer(x1).square().sum().backward()
+                grads.append(x1.grad)
+        assert torch.equal(grads[0], grads[1])
+    finally:
+        torch.use_deterministic_algorithms(deterministic)

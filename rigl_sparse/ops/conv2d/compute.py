@@ -161,8 +161,13 @@ def backward(grad_y, x, values, topology, out_channels: int, geometry: ConvGeome
         grad_padded, grad_values = _backward_by_patches(dy, padded, values, topology, geometry, out_h, out_w, need_x,
                                                         need_values)
     else:
+        # Triton's implicit-GEMM input gradient adds tiles atomically, in no fixed order: under
+        # torch.use_deterministic_algorithms the input gradient takes the patches instead.
+        by_patches = path == "triton" and need_x and torch.are_deterministic_algorithms_enabled()
         grad_padded, grad_values = _backward_implicit(path, dy, padded.contiguous(), values.contiguous(), topology,
-                                                      geometry, out_h, out_w, need_x, need_values)
+                                                      geometry, out_h, out_w, need_x and not by_patches, need_values)
+        if by_patches:
+            grad_padded, _ = _backward_by_patches(dy, padded, values, topology, geometry, out_h, out_w, True, False)
     grad_x = None
     if need_x:
         top, _, left, _ = geometry.padding
