@@ -255,3 +255,15 @@ def test_exact_conv_grow_scores_are_the_accumulated_dense_gradient_block_norms(g
     expected = torch.sort(norms, descending=True, stable=True)
     torch.testing.assert_close(scores, expected.values[:k], rtol=1e-4, atol=1e-5)
     assert torch.equal(index, expected.indices[:k])
+
+
+def test_summed_pass_scores_are_said_once_and_exact_scores_need_no_warning():
+    import warnings
+
+    with pytest.warns(RuntimeWarning, match="sum of their per-pass gradient norms") as record:
+        _train(_model(), micro_batches=2, grow_scores="backward")
+    assert len([w for w in record if "per-pass" in str(w.message)]) >= 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        _train(_model(), micro_batches=2, grow_scores="exact")
+        _train(_model(), micro_batches=1, grow_scores="backward")  # one pass: one measure

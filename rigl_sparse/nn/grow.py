@@ -84,6 +84,8 @@ class GrowRecorder:
         self._scores: tuple[Tensor, Tensor] | None = None
         self._inputs: list[tuple[Tensor, Tensor]] = []
         self._buffers: tuple[Tensor, Tensor, Tensor] | None = None
+        self._passes = 0  # eager passes recorded since the request
+        self.passes_taken = 0  # backward passes behind the last take_candidates()
         self.token = next(_TOKENS)
         _KEPT[self.token] = []
         weakref.finalize(self, _KEPT.pop, self.token, None)
@@ -98,7 +100,7 @@ class GrowRecorder:
     def request(self, k: int | None, exact: bool, nnzb: int, device: torch.device) -> None:
         """Record the coming backward passes for the top ``k`` (None: stop); forgets what was recorded."""
         self.k, self.armed, self.exact = k, k is not None, exact
-        self._scores, self._inputs = None, []
+        self._scores, self._inputs, self._passes, self.passes_taken = None, [], 0, 0
         _KEPT[self.token] = []
         if k is not None:
             self._reset_buffers(nnzb, device)
@@ -106,6 +108,7 @@ class GrowRecorder:
     # ------------------------------------------------------------ recording
     def record(self, candidates: tuple[Tensor, Tensor]) -> None:
         """Keep one backward pass's candidates; a further pass sums scores block by block."""
+        self._passes += 1
         if self._scores is None:
             self._scores = candidates
             return
@@ -135,8 +138,9 @@ class GrowRecorder:
     # ------------------------------------------------------------ taking
     def take_candidates(self) -> tuple[Tensor, Tensor] | None:
         """Streaming mode: the candidates of the passes since the request (eager and compiled passes merged
-        as separate passes), or None; clears them."""
+        as separate passes), or None; clears them.  ``passes_taken`` says how many passes they sum."""
         scores, self._scores = self._scores, None
+        self.passes_taken, self._passes = self._passes, 0
         compiled = self._take_buffers()
         if compiled is None or scores is None:
             return compiled if scores is None else scores
@@ -167,6 +171,7 @@ class GrowRecorder:
         if self.k is None or self._buffers is None or int(self._buffers[2]) == 0:
             return None
         scores, index, passes = self._buffers
+        self.passes_taken += int(passes)
         passes.zero_()
         kept = index >= 0
         return scores[kept].clone(), index[kept].clone()

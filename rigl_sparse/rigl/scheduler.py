@@ -60,8 +60,9 @@ class RigLScheduler:
         momentum: decay of the gradient moving average of ``grow="momentum"`` (0.9 as in the official code).
         grow_scores: how compressed layers score the inactive blocks of an update step.
             ``"backward"``: each backward pass computes its top-``k`` candidates with the streaming
-            ``block_scores`` (extra memory O(k + blocks)); with gradient accumulation the passes'
-            scores are summed block by block, an upper bound of the accumulated gradient's norm.
+            ``block_scores`` (extra memory O(k + blocks)); with gradient accumulation the passes' scores
+            are summed block by block, an upper bound of the accumulated gradient's norm (said once in a
+            warning: the just-dropped blocks are ranked by their accumulated gradient's norm).
             ``"exact"``: the backward passes of an update step keep each sparse layer's ``dY`` and
             ``X`` (activation-sized) and ``step()`` scores the accumulated gradient exactly.
             Default: ``"exact"`` under DDP or with a ``process_group``, else ``"backward"``.

@@ -11,6 +11,7 @@ passes it on, and ``dropped`` are positions into it.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import torch
 from torch import nn
@@ -19,6 +20,15 @@ from rigl_sparse import ops
 from rigl_sparse.nn import SparseModule
 from rigl_sparse.rigl.distributed import full, is_dtensor, zero_slots
 from rigl_sparse.rigl.masked import masked_layers, set_active_blocks
+
+
+# Said once (Python shows a warning once per place and text): with grow_scores="backward" the pool mixes
+# two measures when several backward passes preceded the update.
+SUMMED_PASSES = (
+    "RigLScheduler: with grow_scores='backward' and several backward passes before an update step, inactive "
+    "blocks are ranked by the sum of their per-pass gradient norms (an upper bound of the accumulated "
+    "gradient's norm) and the blocks just dropped by their accumulated gradient's norm, which puts the dropped "
+    "ones at a disadvantage; grow_scores='exact' ranks both by the accumulated gradient")
 
 
 def uncompiled(model: nn.Module) -> nn.Module:
@@ -110,6 +120,8 @@ class CompressedTarget:
         grad = self.layer.values.grad
         if candidates is None or grad is None:
             return None
+        if self.layer.grow.passes_taken > 1:
+            warnings.warn(SUMMED_PASSES, RuntimeWarning, stacklevel=5)
         scores, index = candidates
         valid = index >= 0
         return (torch.cat([scores[valid] * score_scale, full(grad)[dropped].float().flatten(1).norm(dim=1)]),
