@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 __all__ = ["Backend", "BACKENDS", "register_impl", "register_block_size", "select", "use_backend", "forced_backend",
-           "remember_forced", "forced_again", "backend_status", "measured_choices", "add_force_listener"]
+           "remember_forced", "forced_again", "backend_status", "measured_choices", "add_force_listener", "fallbacks"]
 
 
 @dataclass(frozen=True)
@@ -62,15 +62,11 @@ def _always() -> str | None:
 
 
 def _probe_cpu() -> str | None:
-    from rigl_sparse.ops.cpu_extension import unavailable_reason
-
-    return unavailable_reason()
+    return importlib.import_module("rigl_sparse.ops.cpu_extension").unavailable_reason()
 
 
 def _probe_cuda() -> str | None:
-    from rigl_sparse.ops.cuda_extension import unavailable_reason
-
-    return unavailable_reason()
+    return importlib.import_module("rigl_sparse.ops.cuda_extension").unavailable_reason()
 
 
 def _triton_interpreting() -> bool:
@@ -122,7 +118,7 @@ class _Impl:
 
 _IMPLS: dict[str, dict[str, _Impl]] = {}
 _FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("rigl_sparse_backend", default=None)
-_WARNED: set[tuple[str, str, str]] = set()
+_FALLBACKS: dict[tuple[str, str, str], int] = {}  # (op, backend passed over, why) -> calls; warned on the first
 _FORCE_LISTENERS: list[tuple[Callable[[], None], Callable[[], None]]] = []
 
 
@@ -134,13 +130,13 @@ def add_force_listener(enter: Callable[[], None], exit: Callable[[], None]) -> N
 
 
 def _enter_forced() -> None:
-    for enter, _ in _FORCE_LISTENERS:
-        enter()
+    for listener in _FORCE_LISTENERS:
+        listener[0]()
 
 
 def _exit_forced() -> None:
-    for _, exit in _FORCE_LISTENERS:
-        exit()
+    for listener in _FORCE_LISTENERS:
+        listener[1]()
 
 
 def register_impl(op: str, backend: str, fn: Callable, *, supports: Callable[..., str | None] | None = None) -> None:
@@ -319,12 +315,24 @@ def select(op: str, device_type: str, args=None) -> tuple[str, Callable]:
         reason = impl.supports(*args) if (args is not None and impl.supports is not None) else None
         if reason is None:
             return name, impl.fn
-        if (op, name, reason) not in _WARNED:
-            _WARNED.add((op, name, reason))
+        key = (op, name, reason)
+        _FALLBACKS[key] = _FALLBACKS.get(key, 0) + 1
+        if _FALLBACKS[key] == 1:
             warnings.warn(f"rigl_sparse::{op} on {device_type}: backend {name!r} does not support these "
                           f"arguments: {reason}; using the next backend", RuntimeWarning, stacklevel=4)
     raise RuntimeError(f"no backend can run rigl_sparse::{op} on {device_type}: "
                        f"{dict(_candidates(op, device_type, args))}")
+
+
+def fallbacks(clear: bool = False) -> dict[str, dict[str, int]]:
+    """Every fallback so far in this process: ``{op: {"<backend passed over>: <why>": calls}}`` (each was
+    warned about on its first call); ``clear``: forget them, so that the next ones warn again."""
+    counts: dict[str, dict[str, int]] = {}
+    for (op, backend, reason), n in sorted(_FALLBACKS.items()):
+        counts.setdefault(op, {})[f"{backend}: {reason}"] = n
+    if clear:
+        _FALLBACKS.clear()
+    return counts
 
 
 def backend_status(op: str, device_type: str) -> tuple[str, list[tuple[str, str]]]:

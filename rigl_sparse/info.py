@@ -44,6 +44,11 @@ def report() -> str:
             lines.append(f"  {op:16s} on {device_type:4s} -> {chosen:10s} ({why})")
     if "cuda" in device_types:
         lines.extend(_measured_lines(torch.cuda.get_device_name(0)))
+    lines.append("")
+    counts = backends.fallbacks()
+    lines.append("fallbacks in this process:" + ("" if counts else " none"))
+    for op, reasons in counts.items():
+        lines.extend(f"  {op:16s} {n} call(s): {reason}" for reason, n in reasons.items())
     return "\n".join(lines)
 
 

@@ -38,7 +38,7 @@ def test_cpu_is_chosen_and_unsupported_arguments_fall_back_with_a_warning():
     layout, values, x, _, _ = _case(16, 16, 4, 0.5, 3, torch.float32)
     assert backends.select("dsd", "cpu", (x, values, None, *layout.topology(), 16))[0] == "cpu"
     layout, values, x, _, _ = _case(12, 12, 3, 0.5, 3, torch.float32)
-    backends._WARNED.clear()
+    backends.fallbacks(clear=True)
     with pytest.warns(RuntimeWarning, match="block_size 3"):
         y = ops.dsd(x, values, layout)
     assert_matches_dense(y, masked_dense_op("dsd", layout), x, values)
@@ -266,3 +266,20 @@ def test_native_kernels_hand_what_they_do_not_take_to_the_python_kernels():
         expected = ops.dsd(x.double(), values.double(), layout)
     assert torch.equal(y, expected)  # the registry's next backend
     assert _cpu.native_call_counts() == (taken, handed + 3)
+
+
+def test_fallbacks_are_counted_per_op_and_reason_and_info_lists_them():
+    from rigl_sparse import info
+
+    layout, values, x, _, _ = _case(12, 12, 3, 0.5, 3, torch.float32)
+    backends.fallbacks(clear=True)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            ops.dsd(x, values, layout)
+    assert len([w for w in said if "block_size 3" in str(w.message)]) == 1  # warned once
+    counts = backends.fallbacks()
+    assert counts == {"dsd": {"cpu: block_size 3 (the cpu kernels take 4, 8, 16, 32, 64, 128)": 3}}
+    assert "dsd              3 call(s): cpu: block_size 3" in info.report()
+    backends.fallbacks(clear=True)
+    assert backends.fallbacks() == {} and "fallbacks in this process: none" in info.report()

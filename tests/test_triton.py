@@ -41,7 +41,7 @@ def test_triton_is_chosen_on_cuda_and_unsupported_arguments_warn():
     layout, values, x, _, _ = _case(64, 64, 16, 0.5, 8, torch.float32)
     assert backends.select("dsd", "cuda", (x, values, None, *layout.topology(), 64))[0] == "triton"
     layout4, values4, x4, _, _ = _case(64, 64, 4, 0.5, 8, torch.float32)
-    backends._WARNED.clear()
+    backends.fallbacks(clear=True)
     with pytest.warns(RuntimeWarning, match="block_size 4"):
         ops.dsd(x4, values4, layout4)
 
