@@ -87,22 +87,25 @@ CASES = [
     ("state dict of another layer", lambda: _linear().load_state_dict(
         rs.SparseLinear(16, 16, density=0.5, block_size=4).state_dict()), (RuntimeError, ValueError), "shape"),
     ("state dict with duplicate blocks", lambda: _linear().load_state_dict(
-        _corrupt_state("layout.block_col", lambda t: torch.zeros_like(t))), (RuntimeError, ValueError), "block"),
+        _corrupt_state("layout.block_col", lambda t: torch.zeros_like(t))), (RuntimeError, ValueError),
+     "duplicate blocks"),
     ("state dict with a broken row view", lambda: _linear().load_state_dict(
         _corrupt_state("layout.row_ptr", lambda t: t.flip(0))), (RuntimeError, ValueError), "row_ptr"),
     # ops
-    ("dsd 1-D input", lambda: rs.ops.dsd(torch.randn(16), _linear().values, _linear().layout), ValueError, "x"),
+    ("dsd 1-D input", lambda: rs.ops.dsd(torch.randn(16), _linear().values, _linear().layout), ValueError,
+     "x must be 2-D"),
     ("dsd values dtype", lambda: rs.ops.dsd(torch.randn(3, 16), _linear().values.double(), _linear().layout),
      TypeError, "dtype"),
     ("dsd topology dtype", lambda: torch.ops.rigl_sparse.dsd(torch.randn(3, 16), _linear().values, None,
                                                              [t.long() for t in _topology(_linear())], 12),
      TypeError, "int32"),
     ("block_scores k negative", lambda: rs.ops.block_scores(torch.randn(3, 12), torch.randn(3, 16),
-                                                            _linear().layout, -1), ValueError, "k"),
+                                                            _linear().layout, -1), ValueError,
+     "k must be non-negative"),
     ("update_topology slot out of range", lambda: rs.ops.update_topology(
         _linear().values.detach(), _linear().layout, torch.tensor([99]), torch.tensor([0]), torch.tensor([0])),
      ValueError, "slots"),
-    ("grow-score request", lambda: _linear().request_grow_scores(-1), ValueError, "k"),
+    ("grow-score request", lambda: _linear().request_grow_scores(-1), ValueError, "k must be a non-negative int"),
     # sparsify, masks, densities
     ("sparsify density 0", lambda: rs.sparsify(_mlp(), density=0.0), ValueError, "density"),
     ("sparsify method", lambda: rs.sparsify(_mlp(), density=0.5, method="erkk"), ValueError, "method"),
@@ -140,12 +143,8 @@ CASES = [
 
 @pytest.mark.parametrize("call, error, names", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_with_a_message_naming_it(call, error, names):
-    with pytest.raises(error, match=names):
+    with pytest.raises(error, match=rf"(?<!\w){names}(?!\w)"):  # the whole name, not a letter of a word
         call()
-
-
-def test_there_are_at_least_forty_cases():
-    assert len(CASES) >= 40
 
 
 @pytest.mark.parametrize("bad", [dict(density=0.0), dict(density=0.5, method="nope"),

@@ -79,14 +79,14 @@ def test_bench_train_step_times_ordinary_and_update_steps():
     args = type("Args", (), {"block_size": 16, "size": "small", "device": "cpu"})()
     calls = []
 
-    def timer(fn):
+    def timer(fn):  # runs the step twice (it raises if a step updates when it should not, or the reverse)
         fn()
         fn()
         calls.append(fn)
-        return 1.0
+        return float(len(calls))  # the n-th timing reads n seconds
 
-    assert bench.timed_steps("transformer", "dense", 1.0, args, timer) == (1.0, None)
-    assert bench.timed_steps("transformer", "rigl", 0.25, args, timer) == (1.0, 1.0)  # raises if a step misbehaves
+    assert bench.timed_steps("transformer", "dense", 1.0, args, timer) == (1.0, None)  # no update step to time
+    assert bench.timed_steps("transformer", "rigl", 0.25, args, timer) == (2.0, 3.0)  # ordinary, then update
     assert len(calls) == 3
 
 

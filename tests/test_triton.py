@@ -34,10 +34,15 @@ def test_triton_ops_match_reference_small(b, dtype, density):
     _compare_all(layout, values, x, dy, bias)
 
 
+def test_the_interpreter_runs_only_when_forced():
+    assert backends.select("dsd", "cpu")[0] != "triton"
+    layout, values, x, _, _ = _case(64, 64, 16, 0.5, 8, torch.float32)
+    with rs.use_backend("triton"):
+        assert backends.select("dsd", "cpu", (x, values, None, *layout.topology(), 64))[0] == "triton"
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU (the interpreter runs only when forced)")
 def test_triton_is_chosen_on_cuda_and_unsupported_arguments_warn():
-    if DEVICE != "cuda":
-        assert backends.select("dsd", "cpu")[0] != "triton"  # the interpreter is used only when forced
-        return
     layout, values, x, _, _ = _case(64, 64, 16, 0.5, 8, torch.float32)
     assert backends.select("dsd", "cuda", (x, values, None, *layout.topology(), 64))[0] == "triton"
     layout4, values4, x4, _, _ = _case(64, 64, 4, 0.5, 8, torch.float32)
