@@ -48,7 +48,7 @@ def _save(model, optimizer, scheduler) -> bytes:
 
 
 @pytest.mark.parametrize("mode, grow", [("compressed", "gradient"), ("compressed", "random"),
-                                        ("masked", "gradient"), ("masked", "momentum")])
+                                        ("masked", "gradient"), ("masked", "random"), ("masked", "momentum")])
 @pytest.mark.parametrize("stop_at", [3, 4, 7])  # before an update step (t=3), right after one, and between
 def test_resume_is_bitwise_identical(mode, grow, stop_at):
     reference = _build(mode, grow, seed=0)
