@@ -259,23 +259,30 @@ class BlockSparseLayout(nn.Module):
         return f"shape={self.shape}, block_size={self.block_size}, nnzb={self.nnzb}/{R * C}"
 
     # ----------------------------------------------------------------- state dict
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        # Check the incoming topology as a whole before anything is copied, so a bad
-        # checkpoint leaves this layout untouched.
+    def check_state(self, state_dict: dict, prefix: str = "") -> None:
+        """Raise ``ValueError`` naming the entry unless the topology under ``prefix`` in ``state_dict`` (where
+        it is there at all) is one this layout can load: int32 tensors of its shapes, a valid topology."""
         keys = [prefix + name for name in TOPOLOGY]
-        if all(key in state_dict for key in keys):
-            incoming = [state_dict[key] for key in keys]
-            for key, tensor, own in zip(keys, incoming, self.topology()):
-                if tensor.shape != own.shape:
-                    raise ValueError(
-                        f"state dict entry {key!r} has shape {tuple(tensor.shape)}, this layout needs "
-                        f"{tuple(own.shape)} (shape={self.shape}, block_size={self.block_size}, nnzb={self.nnzb})"
-                    )
-            try:
-                check_topology(self.shape, self.block_size, *(t.to(torch.int32) for t in incoming))
-            except ValueError as err:
-                raise ValueError(f"state dict under {prefix!r} holds an invalid topology: {err}") from None
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if not all(key in state_dict for key in keys):
+            return  # missing entries are load_state_dict's to report
+        incoming = [state_dict[key] for key in keys]
+        for key, tensor, own in zip(keys, incoming, self.topology()):
+            if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.int32:
+                got = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise ValueError(f"state dict entry {key!r} must be an int32 tensor, got {got}")
+            if tensor.shape != own.shape:
+                raise ValueError(
+                    f"state dict entry {key!r} has shape {tuple(tensor.shape)}, this layout needs "
+                    f"{tuple(own.shape)} (shape={self.shape}, block_size={self.block_size}, nnzb={self.nnzb})"
+                )
+        try:
+            check_topology(self.shape, self.block_size, *incoming)
+        except ValueError as err:
+            raise ValueError(f"state dict under {prefix!r} holds an invalid topology: {err}") from None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.check_state(state_dict, prefix)  # before anything is copied: a bad checkpoint leaves it untouched
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import nn
@@ -43,6 +44,26 @@ class SparseModule(nn.Module):
 
     values: nn.Parameter
     layout: BlockSparseLayout
+
+    def check_state(self, state_dict: dict, prefix: str = "") -> None:
+        """Raise ``ValueError`` naming the entry unless what ``state_dict`` holds under ``prefix`` for this layer
+        can be loaded into it as it is: ``values`` and ``bias`` of its shapes and dtype, a valid topology."""
+        own = {"values": self.values, **({} if self.bias is None else {"bias": self.bias})}
+        for name, tensor in own.items():
+            key = prefix + name
+            if key not in state_dict:
+                continue
+            got = state_dict[key]
+            if not isinstance(got, torch.Tensor) or got.dtype != tensor.dtype or got.shape != tensor.shape:
+                what = f"{got.dtype} {tuple(got.shape)}" if isinstance(got, torch.Tensor) else type(got).__name__
+                raise ValueError(f"state dict entry {key!r} must be a {tensor.dtype} tensor of shape "
+                                 f"{tuple(tensor.shape)} (nnzb={self.layout.nnzb}, block_size={self.block_size}), "
+                                 f"got {what}")
+        self.layout.check_state(state_dict, prefix + "layout.")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.check_state(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def __init__(self) -> None:
         super().__init__()
@@ -161,3 +182,22 @@ def _uniform_(t: torch.Tensor, bound: float, generator: torch.Generator | None) 
     else:
         t.copy_(torch.empty(t.shape, dtype=t.dtype, device=generator.device).uniform_(-bound, bound,
                                                                                      generator=generator))
+
+
+_GUARDED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+def guard_state_loading(model: nn.Module) -> None:
+    """Make ``model.load_state_dict`` check every sparse layer's entries before it copies anything, so that
+    a checkpoint with one bad sparse layer leaves the whole model as it was (``rs.sparsify`` and the
+    schedulers call this; each layer also checks its own entries before its own copy)."""
+    if model in _GUARDED:
+        return
+    _GUARDED.add(model)
+
+    def check_every_sparse_layer(module, state_dict, prefix, *args):
+        for name, layer in module.named_modules():
+            if isinstance(layer, SparseModule):
+                layer.check_state(state_dict, prefix + (name + "." if name else ""))
+
+    model.register_load_state_dict_pre_hook(check_every_sparse_layer)

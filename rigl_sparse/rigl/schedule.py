@@ -83,3 +83,8 @@ def check_state(kind: str, state, checks: dict, optional: set = frozenset()) -> 
                 check(state[field])
             except (TypeError, ValueError) as err:
                 raise ValueError(f"{kind}.load_state_dict: state[{field!r}] refused: {err}") from None
+
+
+def check_choice(name: str, value, allowed) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")

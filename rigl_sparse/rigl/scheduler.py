@@ -36,7 +36,8 @@ import torch
 from rigl_sparse.rigl.distributed import (check_same_topology, gradients_finite, is_dtensor, scheduling_group,
                                           take_grow_scores)
 from rigl_sparse.rigl.masked import mask_gradients, register_mask_hook
-from rigl_sparse.rigl.schedule import check_alpha, check_delta_t, check_momentum, check_t_end, drop_fraction
+from rigl_sparse.rigl.schedule import (check_alpha, check_choice, check_delta_t, check_momentum, check_t_end,
+                                       drop_fraction)
 from rigl_sparse.rigl.state import DROP, GROW, STATS, load_scheduler_state, scheduler_state
 from rigl_sparse.rigl.targets import (CompressedTarget, accumulate_average, best, check_optimizer_holds, find_targets,
                                       random_pick, smallest, uncompiled)
@@ -97,16 +98,13 @@ class RigLScheduler:
         check_delta_t(delta_t)
         check_t_end(t_end)
         check_alpha(alpha)
-        if grow not in GROW:
-            raise ValueError(f"grow must be one of {GROW}, got {grow!r}")
-        if drop not in DROP:
-            raise ValueError(f"drop must be one of {DROP}, got {drop!r}")
+        check_choice("grow", grow, GROW)
+        check_choice("drop", drop, DROP)
         check_momentum(momentum)
         model = uncompiled(model)  # a torch.compile'd model: its module, for names and the DDP check
         process_group = scheduling_group(model) if process_group is None else process_group
         grow_scores = ("exact" if process_group is not None else "backward") if grow_scores is None else grow_scores
-        if grow_scores not in GROW_SCORES:
-            raise ValueError(f"grow_scores must be one of {GROW_SCORES}, got {grow_scores!r}")
+        check_choice("grow_scores", grow_scores, GROW_SCORES)
         if process_group is not None and grow_scores != "exact":
             raise ValueError("a process_group needs grow_scores='exact' (the ranks' gradients are averaged before "
                              "scoring)")
@@ -184,9 +182,12 @@ class RigLScheduler:
         with torch.no_grad():
             if self.grow == "momentum":
                 accumulate_average(self.masked, self.gradient_average, self.momentum)
-            if updated:
-                for target in self.targets:
-                    self._update(target, t)
+            if updated:  # every layer decides before any moves: an error leaves the model as it was
+                decisions = [(target, self._decide(target, t)) for target in self.targets]
+                for target, decision in decisions:
+                    if decision is not None:
+                        self.stats["blocks_moved"] += target.move(*decision, self.optimizer)
+                    target.release()
                 self.stats["updates"] += 1
                 if self.process_group is not None and self.check_topology:
                     check_same_topology(self.targets, self.process_group, t)
@@ -195,22 +196,21 @@ class RigLScheduler:
         self._arm()
         return not updated
 
-    def _update(self, target, t: int) -> None:
-        """Drop the ``k`` smallest active blocks, grow ``k`` of the pool by the strategy, move them."""
+    def _decide(self, target, t: int):
+        """``(flat, dropped, grown)``: the ``k`` smallest active blocks and the ``k`` grown, or None; moves nothing."""
         compressed = isinstance(target, CompressedTarget)
         flat = target.active()
         k = self.drop_count(t, flat.numel())
         if k == 0:
             if compressed:
                 target.layer.take_grow_scores()  # discard what the backward recorded
-            return
+            return None
         candidates = take_grow_scores(target.layer, self.process_group) if compressed and self.grow == "gradient" \
             else None
         dropped = smallest(target.magnitudes(flat), flat, k)
         grown = self._grow(target, compressed, flat, dropped, k, candidates)
-        if grown is not None:
-            self.stats["blocks_moved"] += target.move(flat, dropped, grown, self.optimizer)
-        target.release()  # FSDP2: the gathered copy of the values, whatever the outcome
+        target.release()  # FSDP2: the gathered copy of the values (move gathers them again)
+        return None if grown is None else (flat, dropped, grown)
 
     def _grow(self, target, compressed, flat, dropped, k, candidates):
         if self.grow == "random":

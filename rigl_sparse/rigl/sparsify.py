@@ -9,7 +9,7 @@ from torch import nn
 
 from rigl_sparse._checks import check_positive_int
 from rigl_sparse.layout import BlockSparseLayout
-from rigl_sparse.nn import SparseConv2d, SparseLinear
+from rigl_sparse.nn import SparseConv2d, SparseLinear, guard_state_loading
 from rigl_sparse.nn.conv import weight_matrix
 from rigl_sparse.rigl.distributions import layer_densities
 
@@ -65,6 +65,7 @@ def sparsify(model: nn.Module, *, density: float, method: str = "erk", block_siz
         _replace(model, name, _sparse_layer(layer, densities[name], block_size, target, generator))
 
     _materialise_meta(model, target or torch.device("cpu"))
+    guard_state_loading(model)  # load_state_dict checks every sparse layer before it copies anything
     return model
 
 

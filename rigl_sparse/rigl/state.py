@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from rigl_sparse.rigl.schedule import (check_alpha, check_delta_t, check_momentum, check_state, check_stats,
-                                       check_step_count, check_t_end)
+from rigl_sparse.rigl.schedule import (check_alpha, check_choice, check_delta_t, check_momentum, check_state,
+                                       check_stats, check_step_count, check_t_end)
 
 GROW = ("gradient", "random", "momentum", "none")
 DROP = ("magnitude",)
@@ -28,7 +28,7 @@ def load_scheduler_state(scheduler, state: dict) -> None:
     ``scheduler``'s; a refused state (``ValueError`` naming the field) changes nothing."""
     check_state("RigLScheduler", state, {
         "step_count": check_step_count, "delta_t": check_delta_t, "t_end": check_t_end, "alpha": check_alpha,
-        "grow": lambda v: _check_grow(scheduler, v), "drop": lambda v: _check_choice("drop", v, DROP),
+        "grow": lambda v: _check_grow(scheduler, v), "drop": lambda v: check_choice("drop", v, DROP),
         "generator": _check_generator, "stats": lambda v: check_stats(v, STATS), "momentum": check_momentum,
         "gradient_average": lambda v: _check_average(scheduler, v)}, optional=OPTIONAL)
     weights = dict(scheduler.masked)
@@ -42,13 +42,8 @@ def load_scheduler_state(scheduler, state: dict) -> None:
     scheduler.gradient_average = average
 
 
-def _check_choice(name: str, value, allowed) -> None:
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
 def _check_grow(scheduler, grow) -> None:
-    _check_choice("grow", grow, GROW)
+    check_choice("grow", grow, GROW)
     if grow == "momentum" and scheduler.layers:
         raise ValueError("grow='momentum' (SNFS) needs masked layers, and this model has compressed ones")
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from rigl_sparse import ops
-from rigl_sparse.nn import SparseModule
+from rigl_sparse.nn import SparseModule, guard_state_loading
 from rigl_sparse.rigl.distributed import full, is_dtensor, zero_slots
 from rigl_sparse.rigl.masked import masked_layers, set_active_blocks
 
@@ -191,6 +191,9 @@ class MaskedTarget:
 
 
 def find_targets(model: nn.Module) -> list:
-    """Every sparse layer of ``model``: compressed ones first, then masked ones, each in module order."""
+    """Every sparse layer of ``model``: compressed ones first, then masked ones, each in module order.  The
+    model's ``load_state_dict`` then checks every sparse layer's entries before it copies any
+    (``guard_state_loading``)."""
+    guard_state_loading(model)
     return ([CompressedTarget(name, m) for name, m in model.named_modules() if isinstance(m, SparseModule)]
             + [MaskedTarget(name, m) for name, m in masked_layers(model)])
