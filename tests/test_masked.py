@@ -323,3 +323,19 @@ def test_pruning_scheduler_bad_input():
     sched = rs.PruningScheduler(model, opt, t_end=10)
     with pytest.raises(ValueError, match="keys"):
         sched.load_state_dict({"step_count": 3})
+
+
+def test_the_element_mask_is_built_once_and_follows_every_change_of_the_blocks():
+    model = rs.apply_masks(_mlp(), density=0.5, method="uniform", block_size=2)
+    mask = next(m for m in model if hasattr(m, "block_mask")).block_mask
+    first = mask.expand()
+    assert mask.expand() is first  # cached while the blocks do not change
+    expected = mask.active.repeat_interleave(2, 0).repeat_interleave(2, 1)[:first.shape[0], :first.shape[1]]
+    assert torch.equal(first, expected)
+    flipped = ~mask.active
+    mask.active.copy_(flipped)  # any in-place write (set_active_blocks, load_state_dict) bumps the version
+    assert torch.equal(mask.expand(), ~first) and mask.expand() is not first
+    state = {k: v.clone() for k, v in mask.state_dict().items()}
+    state["active"] = ~state["active"]
+    mask.load_state_dict(state)
+    assert torch.equal(mask.expand(), first)

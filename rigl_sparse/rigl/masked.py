@@ -62,6 +62,7 @@ class BlockMask(nn.Module):
                              f"{tuple(active.shape)}")
         self.register_buffer("active", active.clone())
         self.register_buffer("target_density", torch.tensor(float(target_density), dtype=torch.float64))
+        self._expanded: tuple[tuple, torch.Tensor] | None = None  # expand()'s element mask, and of which active
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
@@ -81,8 +82,18 @@ class BlockMask(nn.Module):
         return BlockSparseLayout.block_norms(self.matrix(tensor), self.block_size).flatten()
 
     def expand(self, blocks: torch.Tensor | None = None) -> torch.Tensor:
-        """``blocks`` (``[R, C]`` bool, default ``active``) as an element mask of the weight's shape."""
-        blocks = self.active if blocks is None else blocks
+        """``blocks`` (``[R, C]`` bool, default ``active``) as an element mask of the weight's shape (read only).
+
+        The mask of ``active`` is kept until ``active`` changes (its version counter, which every in-place
+        write bumps, or another tensor): masking the weight and its gradient every step builds it once."""
+        if blocks is not None:
+            return self._expand(blocks)
+        key = (self.active._version, self.active.data_ptr(), self.active.device)
+        if self._expanded is None or self._expanded[0] != key:
+            self._expanded = (key, self._expand(self.active))
+        return self._expanded[1]
+
+    def _expand(self, blocks: torch.Tensor) -> torch.Tensor:
         b = self.block_size
         out, k = self.matrix_shape
         elements = blocks.repeat_interleave(b, 0).repeat_interleave(b, 1)[:out, :k]
