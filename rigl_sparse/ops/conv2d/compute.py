@@ -6,16 +6,24 @@ tap-major, channel-inner order: column ``(i * kw + j) * C + c`` holds
 input channels at one kernel tap (when ``b`` divides ``C``), which is contiguous
 in a channels-last input.
 
-Where the backend registry picks the native ``cpu`` backend for ``dsd``, the
-convolution runs as implicit GEMM (``csrc/cpu/conv_kernels.h``): the kernels
-gather each micro-tile's patch rows from the padded input right before use
-and scatter the input gradient straight back, so no patch matrix exists at
-all.  Elsewhere (another backend, or the input gradient when ``b`` does not
-divide the channels) the patches (``[N*OH*OW, K]``, im2col) are built for a
-chunk of images at a time (at most about ``PATCH_BYTES``), multiplied with the
-selected backend's ``dsd``/``sdd``/``dds``, and dropped; the input gradient's
-patches are folded back onto the input.  Either way the weight is never dense
-and never more than one chunk's patches exist.
+Where the backend registry picks the native ``cpu`` or the ``triton`` backend for ``dsd``, the
+convolution runs as implicit GEMM, eager and compiled alike (the ``rigl_sparse::conv2d`` operator saves
+the input, never patches): the kernels gather each micro-tile's patch rows from the padded input right
+before use and scatter the input gradient straight back, so no patch matrix exists.  Elsewhere (the
+reference or another backend, and Triton's input gradient under ``torch.use_deterministic_algorithms``)
+the patches (``[N*OH*OW, K]``, im2col) are built for a chunk of images at a time (at most about
+``PATCH_BYTES``), multiplied with the selected backend's ``dsd``/``sdd``/``dds``, and dropped; the input
+gradient's patches are folded back onto the input.  The weight is never dense.
+
+What costs more than that, said here rather than hidden:
+
+* A RigL update step's grow scores (``_grow_scores``) need ``dY^T P`` over every row at once, so that
+  backward pass builds the whole batch's patches, ``N*OH*OW x K`` (per group, ``K / groups`` wide), for the
+  streaming ``block_scores``; ordinary steps never do.
+* On the chunked-patches path a grouped convolution runs the backend's ``dsd`` once per group over every
+  output channel and keeps the group's own (``groups`` times the forward's arithmetic), and the update
+  step's grow scores run ``block_scores`` once per group; the implicit-GEMM paths run each group's blocks
+  only.
 """
 
 from __future__ import annotations
