@@ -1,6 +1,7 @@
 """The memory and training-step benchmarks and the larger-than-dense example, at small sizes."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -139,3 +140,27 @@ def test_every_committed_cpu_result_names_its_instruction_set():
         isa = path.parent.name.removeprefix("cpu-")
         assert data["environment"]["instruction_set"] == isa, path
         assert all(row["instruction_set"] == isa for row in data["rows"]), path
+
+
+def test_iso_cost_study_runs_a_tiny_configuration_and_resumes(tmp_path, capsys):
+    study = _load("benchmarks/iso_cost", "run_study")
+    plays = tmp_path / "plays"
+    plays.mkdir()
+    for i in range(3):
+        (plays / f"play{i}.md").write_text(" ".join(["thou art the king", "good night sweet prince"][i % 2]
+                                                    for _ in range(300)))
+    train, validation = study.plays(plays)
+    assert len(train) == 2 and len(validation) == 1  # split by play
+    runs = [study.run_name(r) for r in study.configurations(study.QUICK)]
+    assert runs[:2] == ["dense_s0", "rigl_2w_b16_s0"] and "static_2w_b16_s0" in runs
+    out = tmp_path / "records"
+    study.main(["--quick", "--out-dir", str(out), "--plays-dir", str(plays), "--only", "dense"])
+    record = json.loads((out / "dense_s0.json").read_text())
+    assert record["equal_tokens"]["steps"] == study.QUICK["steps"]
+    assert record["equal_time"]["seconds"] >= study.QUICK["seconds"] and record["peak_rss_mib"] > 0
+    assert record["equal_tokens"]["trainable_parameters"] > 0 and record["equal_tokens"]["training_flops_per_step"] > 0
+    curve = record["equal_tokens"]["curve"]
+    assert curve[0][0] == 0 and curve[-1][0] == study.QUICK["steps"] and curve[-1][2] < curve[0][2]  # it learns
+    capsys.readouterr()
+    study.main(["--quick", "--out-dir", str(out), "--plays-dir", str(plays), "--only", "dense"])
+    assert capsys.readouterr().out == ""  # the record exists: nothing runs again
