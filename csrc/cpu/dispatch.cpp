@@ -81,6 +81,10 @@ std::vector<at::Tensor> as_vector(at::TensorList t) {
   return t.vec();
 }
 
+py::object optional_to_python(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? py::cast(*t) : py::none();
+}
+
 at::Tensor dsd_cpu(const at::Tensor& x, const at::Tensor& values, const c10::optional<at::Tensor>& bias,
                    at::TensorList topology, c10::SymInt out_features_) {
   const int64_t out_features = out_features_.expect_int();
@@ -88,8 +92,8 @@ at::Tensor dsd_cpu(const at::Tensor& x, const at::Tensor& values, const c10::opt
                                                 bias->dim() == 1 && bias->size(0) == out_features);
   if (!take(fast() && bias_fits && matmul_fits(x, values, topology, out_features, x.dim() == 2 ? x.size(1) : -1))) {
     py::gil_scoped_acquire gil;
-    py::object b = bias.has_value() ? py::cast(*bias) : py::none();
-    return python_kernels->dsd(x, values, b, as_vector(topology), out_features).cast<at::Tensor>();
+    return python_kernels->dsd(x, values, optional_to_python(bias), as_vector(topology), out_features)
+        .cast<at::Tensor>();
   }
   at::Tensor out = at::empty({x.size(0), out_features}, x.options());
   c10::optional<at::Tensor> b;
@@ -186,10 +190,6 @@ at::Tensor padded_nhwc(const at::Tensor& x, const Conv& g) {
   if (g.top || g.bottom || g.left || g.right)
     nhwc = at::constant_pad_nd(nhwc, {0, 0, g.left, g.right, g.top, g.bottom});
   return nhwc.contiguous();
-}
-
-py::object optional_to_python(const c10::optional<at::Tensor>& t) {
-  return t.has_value() ? py::cast(*t) : py::none();
 }
 
 std::vector<int64_t> ints(c10::SymIntArrayRef values) {

@@ -27,6 +27,11 @@ def dispatch(op: str, device: torch.device, args: tuple):
     return without_autocast
 
 
+def run(op: str, *args):
+    """``op``'s selected implementation on ``args`` (the first a tensor on the op's device), contiguous."""
+    return dispatch(op, args[0].device, args)(*args).contiguous()
+
+
 def triton_supports(dtype: torch.dtype, block_size: int) -> str | None:
     """Why the Triton kernels cannot take ``dtype``/``block_size``, or None."""
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):

@@ -28,8 +28,7 @@ def python_kernel(dy: Tensor, values: Tensor, topology: list[Tensor], in_feature
     """dy: [M, out]; values: [nnzb, b, b] (dy's dtype); topology: the layout's six int32 tensors
     -> dx: [M, in_features]."""
     _check(dy, values, topology, in_features)
-    args = (dy, values, *topology, in_features)
-    return _common.dispatch("dds", dy.device, args)(*args).contiguous()
+    return _common.run("dds", dy, values, *topology, in_features)
 
 
 def _fake(dy, values, topology, in_features):

@@ -39,7 +39,7 @@ def python_kernel(x: Tensor, values: Tensor, bias: Optional[Tensor], topology: l
     """x: [M, K]; values: [nnzb, b, b] (x's dtype); bias: [out] or None; topology: the layout's six int32
     tensors -> y: [M, out]."""
     check_arguments(x, values, bias, topology, out_features)
-    return _run("dsd", x, values, bias, *topology, out_features)
+    return _common.run("dsd", x, values, bias, *topology, out_features)
 
 
 def _fake(x, values, bias, topology, out_features):
@@ -47,16 +47,12 @@ def _fake(x, values, bias, topology, out_features):
     return x.new_empty(x.shape[0], out_features)
 
 
-def _run(op: str, *args):
-    return _common.dispatch(op, args[0].device, args)(*args).contiguous()
-
-
 def _run_dds(dy, values, topology, in_features):
-    return _run("dds", dy, values, *topology, in_features)
+    return _common.run("dds", dy, values, *topology, in_features)
 
 
 def _run_sdd(dy, x, topology, block_size):
-    return _run("sdd", dy, x, *topology, block_size)
+    return _common.run("sdd", dy, x, *topology, block_size)
 
 
 def gradients(grad_y, x, values, topology, need_x, need_values, need_bias, dds, sdd):

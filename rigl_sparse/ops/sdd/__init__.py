@@ -26,8 +26,7 @@ def python_kernel(dy: Tensor, x: Tensor, topology: list[Tensor], block_size: int
     """dy: [M, out]; x: [M, K] (same dtype); topology: the layout's six int32 tensors -> dvalues:
     [nnzb, b, b] (x's dtype)."""
     _check(dy, x, topology, block_size)
-    args = (dy, x, *topology, block_size)
-    return _common.dispatch("sdd", x.device, args)(*args).contiguous()
+    return _common.run("sdd", dy, x, *topology, block_size)
 
 
 def _fake(dy, x, topology, block_size):
