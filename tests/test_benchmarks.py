@@ -154,13 +154,25 @@ def test_iso_cost_study_runs_a_tiny_configuration_and_resumes(tmp_path, capsys):
     runs = [study.run_name(r) for r in study.configurations(study.QUICK)]
     assert runs[:2] == ["dense_s0", "rigl_2w_b16_s0"] and "static_2w_b16_s0" in runs
     out = tmp_path / "records"
+    with pytest.raises(SystemExit, match="sweep has not run"):
+        study.main(["--quick", "--out-dir", str(out), "--plays-dir", str(plays), "--only", "rigl_2w"])
     study.main(["--quick", "--out-dir", str(out), "--plays-dir", str(plays), "--only", "dense"])
+    swept = {lr: json.loads((out / f"sweep_dense_lr{lr:g}.json").read_text()) for lr in study.QUICK["sweep_lrs"]}
+    losses = {lr: r["equal_tokens"]["final_val_loss"] for lr, r in swept.items()}
+    assert len(set(losses.values())) == len(losses)  # the rate matters
     record = json.loads((out / "dense_s0.json").read_text())
-    assert record["equal_tokens"]["steps"] == study.QUICK["steps"]
-    assert record["equal_time"]["seconds"] >= study.QUICK["seconds"] and record["peak_rss_mib"] > 0
+    assert record["lr"] == min(losses, key=losses.get) == study.tuned_lr(study.QUICK, out)
+    assert record["equal_tokens"] == swept[record["lr"]]["equal_tokens"]  # the sweep's run at the tuned rate
+    assert record["equal_time"] == record["equal_tokens"] and record["budget_seconds"] == record["equal_tokens"]["seconds"]
+    assert record["equal_tokens"]["steps"] == study.QUICK["steps"] and record["peak_rss_mib"] > 0
     assert record["equal_tokens"]["trainable_parameters"] > 0 and record["equal_tokens"]["training_flops_per_step"] > 0
     curve = record["equal_tokens"]["curve"]
     assert curve[0][0] == 0 and curve[-1][0] == study.QUICK["steps"] and curve[-1][2] < curve[0][2]  # it learns
+    study.main(["--quick", "--out-dir", str(out), "--plays-dir", str(plays), "--only", "rigl_2w_b16"])
+    sparse = json.loads((out / "rigl_2w_b16_s0.json").read_text())
+    assert sparse["lr"] == record["lr"] and sparse["budget_seconds"] == record["equal_tokens"]["seconds"]
+    assert sparse["equal_time"]["seconds"] >= sparse["budget_seconds"] > sparse["equal_time"]["seconds"] - 1.0
+    assert sparse["equal_tokens"]["steps"] == study.QUICK["steps"]
     capsys.readouterr()
     study.main(["--quick", "--out-dir", str(out), "--plays-dir", str(plays), "--only", "dense"])
-    assert capsys.readouterr().out == ""  # the record exists: nothing runs again
+    assert capsys.readouterr().out == ""  # the records exist: nothing runs again
