@@ -40,6 +40,9 @@ import rigl_sparse as rs
 from rigl_sparse.models import TransformerLM
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from common import environment  # noqa: E402  (benchmarks/common.py)
+
 DEFAULT_OUT = HERE.parent / "results" / "iso_cost"
 # The default study takes about 3 hours on 2 cores: the dense model's 800 steps take about 4 minutes there
 # (batch 16 x 128 characters); a wider model takes its own 800 steps and then the dense model's time.
@@ -187,7 +190,7 @@ def run_one(name: str, run: dict, cfg: dict, lr: float, out: Path, train_data, v
     record = {"name": name, **run, "lr": lr, "config": cfg, "budget_seconds": budget,
               "equal_tokens": tokens, "equal_time": timed,
               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "torch": torch.__version__, "threads": torch.get_num_threads()}
+              "environment": environment("cpu")}  # CPU, instruction sets, versions, threads, git SHA
     (out / f"{name}.json").write_text(json.dumps(record, indent=1))
 
 
