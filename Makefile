@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(PY) -m rigl_sparse.data fetch
 	@mkdir -p runs
 	$(PY) -m rigl_sparse.train --method rigl --density 0.1 --distribution erk --block-size 4 --epochs 10 \
-		--out runs/demo.json
+		--out runs/demo.json --pictures runs
 
 # C++ kernel tests (ctest, through CMake) and the Python suite (CPU kernels, reference, Triton on its
 # CPU interpreter).

@@ -3,8 +3,9 @@
 Public API (everything else is private)::
 
     rs.SparseLinear, rs.SparseConv2d, rs.SparseModule, rs.BlockSparseLayout
-    rs.sparsify, rs.layer_densities, rs.drop_fraction, rs.RigLScheduler
+    rs.sparsify, rs.layer_densities, rs.drop_fraction, rs.RigLScheduler, rs.RigLOptimizer
     rs.apply_masks, rs.BlockMask, rs.PruningScheduler   (masked reference mode)
+    rs.TopologyHistory, rs.plot_topology                (pictures of the topology)
     rs.flops, rs.memory_report, rs.use_backend
 
 Importing the package compiles nothing and touches no GPU.
@@ -14,13 +15,13 @@ from rigl_sparse.accounting import FlopReport, MemoryReport, flops, memory_repor
 from rigl_sparse.backends import use_backend
 from rigl_sparse.layout import BlockSparseLayout
 from rigl_sparse.nn import SparseConv2d, SparseLinear, SparseModule
-from rigl_sparse.rigl import (BlockMask, PruningScheduler, RigLScheduler, apply_masks, drop_fraction,
-                              layer_densities, sparsify)
+from rigl_sparse.rigl import (BlockMask, PruningScheduler, RigLOptimizer, RigLScheduler, TopologyHistory,
+                              apply_masks, drop_fraction, layer_densities, plot_topology, sparsify)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BlockSparseLayout", "SparseLinear", "SparseConv2d", "SparseModule", "sparsify", "layer_densities", "drop_fraction",
-    "RigLScheduler", "PruningScheduler", "apply_masks", "BlockMask", "flops", "memory_report", "FlopReport",
-    "MemoryReport", "use_backend", "__version__",
+    "RigLScheduler", "RigLOptimizer", "PruningScheduler", "apply_masks", "BlockMask", "flops", "memory_report",
+    "FlopReport", "MemoryReport", "use_backend", "TopologyHistory", "plot_topology", "__version__",
 ]

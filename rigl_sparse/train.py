@@ -22,6 +22,7 @@ import platform
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--loss-log", default=None, metavar="CSV",
                    help="write every step's training loss, learning rate and whether the step changed the "
                         "topology (columns step, loss, lr, topology_update) as CSV here")
+    p.add_argument("--pictures", default=None, metavar="DIR",
+                   help="draw the sparse layers' topology into DIR as PNGs: the active blocks coloured by age, "
+                        "a strip of snapshots over training and the blocks moved per update (needs matplotlib)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if not 0.0 < args.t_end_fraction <= 1.0:
@@ -138,6 +142,7 @@ def run(args: argparse.Namespace) -> dict:
                                      grow=METHODS[args.method], seed=args.seed)
 
     history = []
+    topology = rs.TopologyHistory(model) if args.pictures and scheduler is not None else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -154,6 +159,8 @@ def run(args: argparse.Namespace) -> dict:
             update = scheduler is not None and scheduler.is_update_step(scheduler.step_count)
             if scheduler is None or scheduler.step():
                 optimizer.step()
+            if topology is not None:  # only an update step changes the topology
+                topology.observe(scheduler.step_count - 1, changed=update)
             if args.loss_log:
                 step_log.append((loss.detach(), optimizer.param_groups[0]["lr"], update))
             optimizer.zero_grad(set_to_none=True)
@@ -168,6 +175,7 @@ def run(args: argparse.Namespace) -> dict:
     wall = time.perf_counter() - start
     if args.loss_log:
         write_loss_log(args.loss_log, step_log)
+    pictures = draw_pictures(topology, args.pictures) if topology is not None else []
 
     report = rs.flops(model, (1,) + tuple(train_x.shape[1:]), delta_t=args.delta_t if scheduler else None)
     per_example = training_flops_per_example(args.method, report, scheduler, total_steps)
@@ -188,8 +196,21 @@ def run(args: argparse.Namespace) -> dict:
         "training_flops": per_example * n_examples,
         "dense_training_flops": report.dense_training_step * n_examples,
         "scheduler_stats": scheduler.stats if scheduler else None,
+        "pictures": pictures,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "rigl_sparse": rs.__version__},
     }
+
+
+def draw_pictures(topology: rs.TopologyHistory, directory: str) -> list[str]:
+    """``topology.png`` (active blocks by age), ``topology_strip.png`` and ``blocks_moved.png`` in ``directory``."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, draw in (("topology.png", topology.plot), ("topology_strip.png", topology.plot_strip),
+                       ("blocks_moved.png", topology.plot_moves)):
+        draw(out / name)
+        paths.append(str(out / name))
+    return paths
 
 
 def write_loss_log(path: str, step_log) -> None:
@@ -268,6 +289,8 @@ def summary(record: dict) -> str:
                  f"({record['training_flops'] / record['dense_training_flops']:.3f}x)")
     if record["scheduler_stats"]:
         lines.append(f"topology: {record['scheduler_stats']}")
+    if record.get("pictures"):
+        lines.append(f"pictures of the topology: {', '.join(record['pictures'])}")
     return "\n".join(lines)
 
 

@@ -45,7 +45,7 @@ def _corrupt(state, field, value):
 RIGL_CASES = [
     ("step_count", -1), ("step_count", 1.5), ("step_count", True),
     ("delta_t", 0), ("delta_t", "5"),
-    ("t_end", 0), ("t_end", None),
+    ("t_end", 0), ("t_end", "10"),  # None is a scheduler whose t_end is not set yet: it loads
     ("alpha", 2.0), ("alpha", "0.3"),
     ("grow", "foo"), ("grow", "momentum"),  # SNFS on compressed layers
     ("drop", "random"),

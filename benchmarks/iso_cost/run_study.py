@@ -48,7 +48,7 @@ DEFAULT_OUT = HERE.parent / "results" / "iso_cost"
 # (batch 16 x 128 characters); a wider model takes its own 800 steps and then the dense model's time.
 FULL = dict(width=256, layers=4, heads=4, length=128, batch=16, steps=800, eval_every=100,
             multipliers=(2, 3), block_sizes=(16, 32), seeds=(0, 1, 2), delta_t=100,
-            sweep_lrs=(5e-4, 1e-3, 2e-3, 4e-3), warmup=0.05)
+            sweep_lrs=(5e-4, 1e-3, 2e-3, 4e-3, 8e-3), warmup=0.05)
 QUICK = dict(width=32, layers=1, heads=2, length=32, batch=8, steps=40, eval_every=20,
              multipliers=(2,), block_sizes=(16,), seeds=(0,), delta_t=10, sweep_lrs=(1e-3, 3e-3), warmup=0.05)
 PROJECTIONS = ("*.q", "*.k", "*.v", "*.out", "*.ffn_in", "*.ffn_out")
@@ -178,16 +178,18 @@ def run_one(name: str, run: dict, cfg: dict, lr: float, out: Path, train_data, v
     """Trains one run and writes its record (the child process of one run, so that its peak memory is its
     own)."""
     tokens = train(run, cfg, lr, train_data, val_data, steps=cfg["steps"], seconds=None, horizon=cfg["steps"])
+    tokens["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this training's peak
     if run["method"] == "dense":  # the time budget is this run's own time: its equal-time run is this one
         budget, timed = tokens["seconds"], tokens
     else:
         dense = out / f"dense_s{run['seed']}.json"
         if not dense.exists():
-            raise SystemExit(f"{name} trains for the wall-clock of dense_s{run['seed']}, whose record {dense} is missing")
+            raise SystemExit(f"{name} trains for the wall-clock of dense_s{run['seed']}, whose record {dense} is "
+                             "missing")
         budget = json.loads(dense.read_text())["equal_tokens"]["seconds"]
         horizon = max(1, int(budget / (tokens["ms_per_step"] / 1e3)))  # planned from this model's own pace
         timed = train(run, cfg, lr, train_data, val_data, steps=None, seconds=budget, horizon=horizon)
-    record = {"name": name, **run, "lr": lr, "config": cfg, "budget_seconds": budget,
+    record = {"name": name, **run, "lr": lr, "config": cfg, "budget_seconds": budget,  # peak: of both trainings
               "equal_tokens": tokens, "equal_time": timed,
               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "environment": environment("cpu")}  # CPU, instruction sets, versions, threads, git SHA
@@ -227,7 +229,8 @@ def main(argv=None) -> None:
                 (out / f"{name}.json").write_text(json.dumps(record, indent=1))
             else:
                 child = [sys.executable, __file__, "--run", name, "--lr", repr(lr), "--out-dir", str(out)]
-                child += (["--quick"] if args.quick else []) + (["--plays-dir", str(args.plays_dir)] if args.plays_dir else [])
+                child += ["--quick"] if args.quick else []
+                child += ["--plays-dir", str(args.plays_dir)] if args.plays_dir else []
                 subprocess.run(child, check=True)
                 record = json.loads((out / f"{name}.json").read_text())
             print(f"{name} (lr {lr:g}): equal tokens {record['equal_tokens']['final_val_loss']:.4f} nats/char "

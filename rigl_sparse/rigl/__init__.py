@@ -1,11 +1,13 @@
 """RigL: sparsity distributions, the drop schedule, the schedulers, ``sparsify`` and the masked mode."""
 
 from rigl_sparse.rigl.distributions import layer_densities
+from rigl_sparse.rigl.history import TopologyHistory, plot_topology
 from rigl_sparse.rigl.masked import BlockMask, apply_masks
+from rigl_sparse.rigl.optimizer import RigLOptimizer
 from rigl_sparse.rigl.pruning import PruningScheduler
 from rigl_sparse.rigl.schedule import drop_fraction
 from rigl_sparse.rigl.scheduler import RigLScheduler
 from rigl_sparse.rigl.sparsify import sparsify
 
-__all__ = ["layer_densities", "drop_fraction", "RigLScheduler", "PruningScheduler", "sparsify", "apply_masks",
-           "BlockMask"]
+__all__ = ["layer_densities", "drop_fraction", "RigLScheduler", "RigLOptimizer", "PruningScheduler", "sparsify",
+           "apply_masks", "BlockMask", "TopologyHistory", "plot_topology"]

@@ -32,9 +32,19 @@ def check_delta_t(delta_t) -> None:
         raise ValueError(f"delta_t must be an int > 0, got {delta_t!r}")
 
 
-def check_t_end(t_end) -> None:
+def check_t_end(t_end, *, unset: bool = False) -> None:
+    """``t_end``: an int > 0 (or, with ``unset``, None: not set yet)."""
+    if t_end is None and unset:
+        return
     if isinstance(t_end, bool) or not isinstance(t_end, int) or t_end <= 0:
-        raise ValueError(f"t_end must be an int > 0, got {t_end!r}")
+        raise ValueError(f"t_end must be an int > 0{' or None' if unset else ''}, got {t_end!r}")
+
+
+def check_loss_scale(loss_scale) -> float:
+    """``loss_scale``: a finite number > 0 (what a ``GradScaler`` multiplied the loss by); returns it as float."""
+    if isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float)) or not 0 < loss_scale < math.inf:
+        raise ValueError(f"loss_scale must be a finite number > 0, got {loss_scale!r}")
+    return float(loss_scale)
 
 
 def check_step_count(step_count) -> None:

@@ -15,15 +15,13 @@ active blocks:
 ``step()`` returns False on an update step: as in the official code, the optimizer does not step then.  Ties
 (equal norms or scores) go to the lower row-major block index.
 
-The gradient criterion comes from the layers themselves: before the backward of an update step the scheduler
-asks every layer for its top-``k`` inactive blocks (``SparseModule.request_grow_scores``), which the layer
-computes in its backward with the streaming ``block_scores`` op.  The scores of the active blocks are the
-norms of ``values.grad``, so "top-k inactive ∪ dropped" holds every block that can win, and no dense gradient
-is ever stored.
-
-The scheduler drives compressed layers (``SparseModule``) and masked dense layers (``apply_masks``) alike
-through one update path (``targets.py``: drop, grow, move), with the same decisions for the same topology,
-weights and gradients; a masked layer's scores are the block norms of its dense ``weight.grad``.
+The gradient criterion comes from the layers: before the backward of an update step the scheduler asks every
+layer for its top-``k`` inactive blocks (``SparseModule.request_grow_scores``), computed in its backward by the
+streaming ``block_scores`` op.  The active blocks' scores are the norms of ``values.grad``, so "top-k inactive
+∪ dropped" holds every block that can win, and no dense gradient is ever stored.  Compressed layers
+(``SparseModule``) and masked dense layers (``apply_masks``, scored by the block norms of ``weight.grad``) go
+through one update path (``targets.py``), with the same decisions for the same topology, weights and gradients.
+``last_update`` says what the last update did to each layer (``history.update_record``).
 """
 
 from __future__ import annotations
@@ -35,9 +33,10 @@ import torch
 
 from rigl_sparse.rigl.distributed import (check_same_topology, gradients_finite, is_dtensor, scheduling_group,
                                           take_grow_scores)
+from rigl_sparse.rigl.history import update_record
 from rigl_sparse.rigl.masked import mask_gradients, register_mask_hook
-from rigl_sparse.rigl.schedule import (check_alpha, check_choice, check_delta_t, check_momentum, check_t_end,
-                                       drop_fraction)
+from rigl_sparse.rigl.schedule import (check_alpha, check_choice, check_delta_t, check_loss_scale, check_momentum,
+                                       check_t_end, drop_fraction)
 from rigl_sparse.rigl.state import DROP, GROW, STATS, load_scheduler_state, scheduler_state
 from rigl_sparse.rigl.targets import (CompressedTarget, accumulate_average, best, check_optimizer_holds, find_targets,
                                       random_pick, smallest, uncompiled)
@@ -52,7 +51,9 @@ class RigLScheduler:
         model: module whose ``SparseModule`` layers are trained sparse.
         optimizer: the ``torch.optim`` optimizer that holds every sparse layer's ``values``.
         delta_t: steps between topology updates (> 0).
-        t_end: last step at which the topology may change (> 0; the paper uses 3/4 of training).
+        t_end: last step at which the topology may change (> 0; the paper uses 3/4 of training), or None
+            until it is set (``rs.RigLOptimizer``'s integrations set 3/4 of the trainer's steps); ``step()``
+            refuses to run without it.
         alpha: initial drop fraction, annealed to 0 at ``t_end`` by a cosine.
         grow: ``"gradient"`` (RigL), ``"random"`` (SET), ``"momentum"`` (SNFS; needs a dense
             gradient every step, so masked layers only) or ``"none"`` (static topology).
@@ -77,18 +78,12 @@ class RigLScheduler:
             topology (one all-reduce of a checksum per layer); a mismatch raises, naming the layer.
 
     Masked layers need neither: their ``weight.grad`` already is the accumulated (and, under
-    DDP, averaged) dense gradient.
-
-    Use::
-
-        loss.backward()
-        if sched.step():
-            optimizer.step()
-        optimizer.zero_grad()
+    DDP, averaged) dense gradient.  Use: ``loss.backward()``, ``if sched.step(): optimizer.step()``,
+    ``optimizer.zero_grad()``; or let ``rs.RigLOptimizer(optimizer, sched)`` do it in its ``step()``.
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, delta_t: int = 100, t_end: int,
-                 alpha: float = 0.3, grow: str = "gradient", drop: str = "magnitude", seed: int = 0,
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, delta_t: int = 100,
+                 t_end: int | None, alpha: float = 0.3, grow: str = "gradient", drop: str = "magnitude", seed: int = 0,
                  momentum: float = 0.9, grow_scores: str | None = None, process_group=None,
                  check_topology: bool = True):
         if not isinstance(model, torch.nn.Module):
@@ -96,7 +91,7 @@ class RigLScheduler:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         check_delta_t(delta_t)
-        check_t_end(t_end)
+        check_t_end(t_end, unset=True)
         check_alpha(alpha)
         check_choice("grow", grow, GROW)
         check_choice("drop", drop, DROP)
@@ -128,13 +123,13 @@ class RigLScheduler:
         self.gradient_average: dict[str, torch.Tensor] = {}  # grow="momentum": layer name -> dense moving average
         self.generator = torch.Generator().manual_seed(seed)
         self._mask_hook = register_mask_hook(optimizer, self.masked) if self.masked else None
-        self._score_scale = 1.0
+        self._score_scale, self._grown_scores = 1.0, {}
+        self.last_update: dict[str, dict] = {}  # layer name -> what the last update did (history.update_record)
         self._arm()
 
-    # ---------------------------------------------------------------- schedule
     def is_update_step(self, t: int) -> bool:
         """Whether step ``t`` (0-based) changes the topology."""
-        return self.grow != "none" and 0 < t <= self.t_end and t % self.delta_t == 0
+        return self.grow != "none" and 0 < t <= (self.t_end or 0) and t % self.delta_t == 0
 
     def drop_count(self, t: int, n_active: int) -> int:
         """``k`` for a layer with ``n_active`` blocks at step ``t``."""
@@ -149,23 +144,20 @@ class RigLScheduler:
             layer.request_grow_scores(k if k > 0 else None, exact=self.grow_scores == "exact")
 
     # ---------------------------------------------------------------- stepping
-    def step(self, scaler: torch.amp.GradScaler | None = None) -> bool:
+    def step(self, scaler: torch.amp.GradScaler | None = None, *, loss_scale: float = 1.0) -> bool:
         """Advance one training step; returns False when the topology changed (skip ``optimizer.step()``).
 
         With a ``torch.amp.GradScaler``, call it after ``scaler.scale(loss).backward()`` and before
-        ``scaler.step(optimizer)``: it unscales the gradients (``scaler.unscale_``; do not call that
-        yourself before it) and, if they hold Inf/NaN, returns True without counting the step or
-        using its grow scores (``scaler.step`` then skips the optimizer and ``scaler.update()``
-        lowers the scale), so the step is retried at the same ``t``; ``stats["skipped_overflow"]``
-        counts them::
-
-            scaler.scale(loss).backward()
-            if sched.step(scaler):
-                scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad()
+        ``scaler.step(optimizer)``, then ``scaler.update()``: it unscales the gradients (``scaler.unscale_``;
+        do not call that yourself before it) and, if they hold Inf/NaN, calls ``skip_step()`` and returns
+        True (``scaler.step`` then skips the optimizer and ``scaler.update()`` lowers the scale).
+        ``loss_scale``: the factor this step's loss was multiplied by when someone else (``rs.RigLOptimizer``
+        inside ``scaler.step``) unscaled the gradients: the grow scores come from the scaled ``dY``.
         """
-        self._score_scale = 1.0
+        if self.t_end is None:
+            raise RuntimeError("t_end is not set: pass t_end= to RigLScheduler (3/4 of the training steps in the "
+                               "paper), or let a trainer integration of rs.RigLOptimizer set it")
+        self._score_scale = 1.0 / check_loss_scale(loss_scale)
         if scaler is not None:
             if not isinstance(scaler, torch.amp.GradScaler):
                 raise TypeError(f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}")
@@ -173,9 +165,7 @@ class RigLScheduler:
                 scaler.unscale_(self.optimizer)
                 grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
                 if not gradients_finite(grads):
-                    self.stats["skipped_overflow"] += 1
-                    self._arm()  # drops whatever the backward recorded for the grow scores
-                    return True
+                    return self.skip_step()
                 self._score_scale = 1.0 / scaler.get_scale()  # grow scores come from the scaled dY
         t = self.step_count
         updated = self.is_update_step(t)
@@ -184,10 +174,13 @@ class RigLScheduler:
                 accumulate_average(self.masked, self.gradient_average, self.momentum)
             if updated:  # every layer decides before any moves: an error leaves the model as it was
                 decisions = [(target, self._decide(target, t)) for target in self.targets]
+                self.last_update = {}
                 for target, decision in decisions:
-                    if decision is not None:
-                        self.stats["blocks_moved"] += target.move(*decision, self.optimizer)
+                    moved = 0 if decision is None else target.move(*decision, self.optimizer)
+                    self.stats["blocks_moved"] += moved
                     target.release()
+                    self.last_update[target.name] = update_record(target, decision, t, moved,
+                                                                  self._grown_scores.pop(target.name, None))
                 self.stats["updates"] += 1
                 if self.process_group is not None and self.check_topology:
                     check_same_topology(self.targets, self.process_group, t)
@@ -195,6 +188,13 @@ class RigLScheduler:
         self.step_count = t + 1
         self._arm()
         return not updated
+
+    def skip_step(self) -> bool:
+        """The gradients overflowed: drop this step's grow scores, retry it at the same ``t`` (counted in
+        ``stats["skipped_overflow"]``); returns True."""
+        self.stats["skipped_overflow"] += 1
+        self._arm()
+        return True
 
     def _decide(self, target, t: int):
         """``(flat, dropped, grown)``: the ``k`` smallest active blocks and the ``k`` grown, or None; moves nothing."""
@@ -229,10 +229,10 @@ class RigLScheduler:
     def _best(self, name, pool_scores, pool_index, k):
         """The ``k`` best of the pool, or None (counted, and said in a warning) when it cannot be ranked."""
         grown, why = best(pool_scores, pool_index, k)
+        self._grown_scores[name] = None if grown is None else pool_scores[torch.isin(pool_index, grown)]
         if grown is None:
-            message = {"skipped_nonfinite": "grow scores hold NaN or Inf",
-                       "skipped_zero_gradient": "its gradient is zero (nothing to rank the blocks by), so the "
-                                                "topology is kept"}[why]
+            message = {"skipped_nonfinite": "grow scores hold NaN or Inf", "skipped_zero_gradient":
+                       "its gradient is zero (nothing to rank the blocks by), so the topology is kept"}[why]
             warnings.warn(f"RigL update at step {self.step_count} skipped for layer {name!r}: {message}",
                           RuntimeWarning, stacklevel=5)
             self.stats[why] += 1

