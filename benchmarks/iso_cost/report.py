@@ -115,10 +115,11 @@ def markdown(sweep: list[dict], summary: dict[str, dict], rows: list[dict], reco
         lines.append(f"| {row['model']} | {' | '.join(cells)} | {row['time_per_step_vs_dense']:.2f} | "
                      f"{row['memory_vs_dense']:.2f} |")
     env = next((r["environment"] for r in records if "environment" in r), None)
+    shas = sorted({r["environment"]["git_sha"][:10] for r in records if "environment" in r})
     if env:
         lines += ["", f"Measured on {env['device']} ({env['instruction_set']} kernels; CPU flags "
                       f"{' '.join(env['cpu_flags'])}), {env['threads']} threads, torch {env['torch']}, git "
-                      f"{env['git_sha'][:10]}. Equal time: each model trains for the wall-clock the dense model "
+                      f"{', '.join(shas)}. Equal time: each model trains for the wall-clock the dense model "
                       f"of its seed took over {records[0]['config']['steps']} steps (mean "
                       f"{summary[next(iter(summary))]['budget_seconds'][0]:.0f} s)."]
     return "\n".join(lines) + "\n"

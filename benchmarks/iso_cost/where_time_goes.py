@@ -7,8 +7,8 @@ update) on the study's batches under ``torch.profiler``, and charges every opera
 part of the step it belongs to: the sparse projections (our operators and their backward), dense
 matrix products (the dense model's projections and every model's head), attention, embeddings, layer norms,
 the loss, the optimiser, and the rest (elementwise ops, copies, autograd bookkeeping).  The time of an
-update step over an ordinary one is measured apart.  Prints a table and writes ``where_time_goes.json``
-under ``--out-dir``.  Time nothing else while it runs.
+update step over an ordinary one is measured apart.  Prints a table and writes ``where_time_goes.json`` and
+``where_time_goes.md`` under ``--out-dir``.  Time nothing else while it runs.
 """
 
 from __future__ import annotations
@@ -120,13 +120,15 @@ def main(argv=None) -> None:
     data = run_study.encode(train_plays)
     results = [profile(name, cfg, args.lr, data, args.steps) for name in args.models]
     parts = list(dict.fromkeys(k for r in results for k in r["parts_ms_per_step"]))
-    print("| model | step (ms) | " + " | ".join(parts) + " | update step / ordinary |")
-    print("|---" * (len(parts) + 3) + "|")
+    lines = ["| model | step (ms) | " + " | ".join(parts) + " | update step / ordinary |",
+             "|---" * (len(parts) + 3) + "|"]
     for r in results:
         ratio = f"{r['update_step_ms'] / r['ordinary_step_ms']:.2f}" if "update_step_ms" in r else "n/a"
-        print(f"| {r['model']} | {r['profiled_ms_per_step']:.0f} | "
-              + " | ".join(f"{r['parts_ms_per_step'].get(k, 0.0):.0f}" for k in parts) + f" | {ratio} |")
+        lines.append(f"| {r['model']} | {r['profiled_ms_per_step']:.0f} | "
+                     + " | ".join(f"{r['parts_ms_per_step'].get(k, 0.0):.0f}" for k in parts) + f" | {ratio} |")
+    print("\n".join(lines))
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "where_time_goes.md").write_text("\n".join(lines) + "\n")
     (args.out_dir / "where_time_goes.json").write_text(json.dumps(
         {"environment": environment("cpu"), "config": cfg, "results": results}, indent=1))
 
