@@ -37,6 +37,7 @@ class Items(torch.utils.data.Dataset):
 def main(argv=None) -> dict:
     p = parser(__doc__, "runs/hf_trainer")
     p.add_argument("--resume", default=None, help="a checkpoint-N folder of --out-dir to resume from")
+    p.add_argument("--bf16", action="store_true", help="train under bf16 autocast (the Trainer's bf16=True)")
     args = p.parse_args(argv)
     try:
         import transformers
@@ -59,7 +60,7 @@ def main(argv=None) -> dict:
         # clipping would rescale the active blocks' gradients but not the grow scores of the inactive ones
         max_grad_norm=0.0, save_strategy="steps", save_steps=max(1, args.steps // 2),
         logging_steps=max(1, args.steps // 10),
-        report_to="none", use_cpu=not torch.cuda.is_available(), seed=args.seed, disable_tqdm=True)
+        report_to="none", use_cpu=not torch.cuda.is_available(), seed=args.seed, disable_tqdm=True, bf16=args.bf16)
     samples = args.steps * args.batch_size * args.accumulation
     trainer = transformers.Trainer(model=model, args=training, optimizers=(optimizer, None),
                                    callbacks=[RigLCallback()],

@@ -60,11 +60,21 @@ def test_hf_trainer_example_and_its_resume(example, tmp_path):
     assert resumed["after"] == pytest.approx(whole["after"], rel=1e-5)  # the checkpoint's weights and schedule
 
 
+def test_hf_trainer_example_under_bf16(example):
+    pytest.importorskip("transformers")
+    check(example("hf_trainer", "--bf16"))
+
+
 def test_lightning_example(example, tmp_path):
     pytest.importorskip("lightning")
     pytest.importorskip("tensorboard")
     check(example("lightning_rigl", "--tensorboard", "--log-every", "1"))
     assert {"rigl/updates", "rigl/blocks_moved"} <= scalar_tags(tmp_path / "lightning_rigl")
+
+
+def test_lightning_example_under_bf16_mixed(example):
+    pytest.importorskip("lightning")
+    check(example("lightning_rigl", "--precision", "bf16-mixed"))
 
 
 def test_accelerate_example_and_its_resume(example, tmp_path):
