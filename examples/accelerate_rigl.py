@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import rigl_sparse as rs
-from char_windows import Windows, load, parser, validation_loss
+from char_windows import Windows, load, parser, summary, validation_loss
 from rigl_sparse.models import TransformerLM
 
 
@@ -78,13 +78,10 @@ def main(argv=None) -> dict:
             prepared.zero_grad()
     accelerator.save_state(str(args.out_dir / "state"))
     after = validation_loss(lambda x: model(x.to(accelerator.device)).cpu(), val, args.length)
-    stats = optimizer.scheduler.stats
     if writer is not None:
         writer.close()
-    print(f"validation loss {before:.3f} -> {after:.3f} nats/char after {optimizer.scheduler.step_count} steps; "
-          f"RigL: t_end {optimizer.scheduler.t_end}, {stats['updates']} updates, {stats['blocks_moved']} blocks "
-          f"moved; state saved in {args.out_dir / 'state'}")
-    return {"before": before, "after": after, "stats": dict(stats), "t_end": optimizer.scheduler.t_end}
+    return summary(before, after, optimizer.scheduler.step_count, optimizer.scheduler,
+                   f"state saved in {args.out_dir / 'state'}")
 
 
 if __name__ == "__main__":

@@ -62,3 +62,11 @@ def parser(doc: str, out_dir: str):
     p.add_argument("--out-dir", type=Path, default=Path(out_dir), help="checkpoints and logs")
     p.add_argument("--seed", type=int, default=0)
     return p
+
+
+def summary(before: float, after: float, steps: int, scheduler, saved: str) -> dict:
+    """Prints what a run achieved and returns it: validation loss before and after, and RigL's counters."""
+    stats = scheduler.stats
+    print(f"validation loss {before:.3f} -> {after:.3f} nats/char after {steps} steps; RigL: t_end "
+          f"{scheduler.t_end}, {stats['updates']} updates, {stats['blocks_moved']} blocks moved; {saved}")
+    return {"before": before, "after": after, "stats": dict(stats), "t_end": scheduler.t_end}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 import rigl_sparse as rs
-from char_windows import Windows, load, parser, validation_loss
+from char_windows import Windows, load, parser, summary, validation_loss
 
 
 class Items(torch.utils.data.Dataset):
@@ -72,11 +72,7 @@ def main(argv=None) -> dict:
     before = validation_loss(logits_of, val, args.length)
     trainer.train(resume_from_checkpoint=args.resume)
     after = validation_loss(logits_of, val, args.length)
-    stats = optimizer.scheduler.stats
-    print(f"validation loss {before:.3f} -> {after:.3f} nats/char after {trainer.state.global_step} steps; RigL: "
-          f"t_end {optimizer.scheduler.t_end}, {stats['updates']} updates, {stats['blocks_moved']} blocks moved; "
-          f"checkpoints in {args.out_dir}")
-    return {"before": before, "after": after, "stats": dict(stats), "t_end": optimizer.scheduler.t_end}
+    return summary(before, after, trainer.state.global_step, optimizer.scheduler, f"checkpoints in {args.out_dir}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import rigl_sparse as rs
-from char_windows import Windows, load, parser, validation_loss
+from char_windows import Windows, load, parser, summary, validation_loss
 from rigl_sparse.models import TransformerLM
 
 
@@ -66,11 +66,7 @@ def main(argv=None) -> dict:
     trainer.fit(module, DataLoader(windows, batch_size=args.batch_size, shuffle=True), ckpt_path=args.resume)
     module.net.eval()
     after = validation_loss(module.net.cpu(), val, args.length)
-    stats = module.rigl.scheduler.stats
-    print(f"validation loss {before:.3f} -> {after:.3f} nats/char after {trainer.global_step} steps; RigL: "
-          f"t_end {module.rigl.scheduler.t_end}, {stats['updates']} updates, {stats['blocks_moved']} blocks moved; "
-          f"checkpoints in {args.out_dir}")
-    return {"before": before, "after": after, "stats": dict(stats), "t_end": module.rigl.scheduler.t_end}
+    return summary(before, after, trainer.global_step, module.rigl.scheduler, f"checkpoints in {args.out_dir}")
 
 
 if __name__ == "__main__":

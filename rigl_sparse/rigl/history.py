@@ -133,9 +133,8 @@ class TopologyHistory:
 
 def plot_topology(model: torch.nn.Module, path: str | Path | None = None):
     """Each sparse layer's active blocks (one image per layer); returns the figure (saved to ``path``)."""
-    history = TopologyHistory(model, snapshots=False)
-    return _draw([(None, {n: torch.where(a, 0, -1).view(_grid(t)) for t, (n, a) in
-                          zip(history.targets, history.active.items())})], path, title="active blocks")
+    ages = TopologyHistory(model, snapshots=False).ages()  # nothing observed: 0 where active, -1 elsewhere
+    return _draw([(None, ages)], path, title="active blocks")
 
 
 def _figure(**kwargs):

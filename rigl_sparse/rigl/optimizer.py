@@ -28,9 +28,16 @@ import torch
 
 from rigl_sparse.rigl.history import TopologyHistory, write_scalars
 from rigl_sparse.rigl.pruning import PruningScheduler
+from rigl_sparse.rigl.schedule import check_scaler
 from rigl_sparse.rigl.scheduler import RigLScheduler
 
 STATE_KEY = "rigl_scheduler"
+
+
+def _inner_attribute(name: str) -> property:
+    """The inner optimizer's own ``name``, read and written through the wrapper."""
+    return property(lambda self: getattr(self.inner, name), lambda self, value: setattr(self.inner, name, value),
+                    doc=f"The inner optimizer's ``{name}``.")
 
 
 class RigLOptimizer(torch.optim.Optimizer):
@@ -68,8 +75,7 @@ class RigLOptimizer(torch.optim.Optimizer):
         if scheduler.optimizer is not optimizer:
             raise ValueError("scheduler was built with another optimizer: build it with this one "
                              "(rs.RigLScheduler(model, optimizer, ...)) and wrap that")
-        if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
-            raise TypeError(f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}")
+        check_scaler(scaler)
         if writer is not None and not callable(getattr(writer, "add_scalar", None)):
             raise TypeError(f"writer must have add_scalar (a torch.utils.tensorboard.SummaryWriter), got "
                             f"{type(writer).__name__}")
@@ -89,29 +95,9 @@ class RigLOptimizer(torch.optim.Optimizer):
         """The wrapped optimizer."""
         return self.inner
 
-    @property
-    def param_groups(self):
-        return self.inner.param_groups
-
-    @param_groups.setter
-    def param_groups(self, groups):
-        self.inner.param_groups = groups
-
-    @property
-    def state(self):
-        return self.inner.state
-
-    @state.setter
-    def state(self, state):
-        self.inner.state = state
-
-    @property
-    def defaults(self):
-        return self.inner.defaults
-
-    @defaults.setter
-    def defaults(self, defaults):
-        self.inner.defaults = defaults
+    param_groups = _inner_attribute("param_groups")
+    state = _inner_attribute("state")
+    defaults = _inner_attribute("defaults")
 
     def __getstate__(self):
         return self.__dict__.copy()  # not Optimizer's: that keeps only its own three fields

@@ -40,6 +40,14 @@ def check_t_end(t_end, *, unset: bool = False) -> None:
         raise ValueError(f"t_end must be an int > 0{' or None' if unset else ''}, got {t_end!r}")
 
 
+def check_scaler(scaler) -> None:
+    """``scaler``: a ``torch.amp.GradScaler`` or None."""
+    import torch
+
+    if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+        raise TypeError(f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}")
+
+
 def check_loss_scale(loss_scale) -> float:
     """``loss_scale``: a finite number > 0 (what a ``GradScaler`` multiplied the loss by); returns it as float."""
     if isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float)) or not 0 < loss_scale < math.inf:

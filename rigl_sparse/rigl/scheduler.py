@@ -36,7 +36,7 @@ from rigl_sparse.rigl.distributed import (check_same_topology, gradients_finite,
 from rigl_sparse.rigl.history import update_record
 from rigl_sparse.rigl.masked import mask_gradients, register_mask_hook
 from rigl_sparse.rigl.schedule import (check_alpha, check_choice, check_delta_t, check_loss_scale, check_momentum,
-                                       check_t_end, drop_fraction)
+                                       check_scaler, check_t_end, drop_fraction)
 from rigl_sparse.rigl.state import DROP, GROW, STATS, load_scheduler_state, scheduler_state
 from rigl_sparse.rigl.targets import (CompressedTarget, accumulate_average, best, check_optimizer_holds, find_targets,
                                       random_pick, smallest, uncompiled)
@@ -158,9 +158,8 @@ class RigLScheduler:
             raise RuntimeError("t_end is not set: pass t_end= to RigLScheduler (3/4 of the training steps in the "
                                "paper), or let a trainer integration of rs.RigLOptimizer set it")
         self._score_scale = 1.0 / check_loss_scale(loss_scale)
+        check_scaler(scaler)
         if scaler is not None:
-            if not isinstance(scaler, torch.amp.GradScaler):
-                raise TypeError(f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}")
             if scaler.is_enabled():
                 scaler.unscale_(self.optimizer)
                 grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
