@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test ctest test-gpu gpu-check gpu-quick gpu-wheels gpu-data info venv clean
+.PHONY: demo test docs ctest test-gpu gpu-check gpu-quick gpu-wheels gpu-data info venv clean
 
 NATIVE_SOURCES := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h)
 
@@ -25,6 +25,10 @@ demo: $(STAMP)
 	@mkdir -p runs
 	$(PY) -m rigl_sparse.train --method rigl --density 0.1 --distribution erk --block-size 4 --epochs 10 \
 		--out runs/demo.json --pictures runs
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict fails on any warning, a broken link included.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 # C++ kernel tests (ctest, through CMake) and the Python suite (CPU kernels, reference, Triton on its
 # CPU interpreter).

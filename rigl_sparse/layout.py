@@ -42,7 +42,8 @@ class BlockSparseLayout(nn.Module):
     Args:
         shape: logical weight shape ``(out, K)``.
         block_size: ``b``; any positive int on the reference path.
-        block_row, block_col: ``[nnzb] int`` block coordinates of each slot.
+        block_row: ``[nnzb] int`` block row of each slot.
+        block_col: ``[nnzb] int`` block column of each slot.
     """
 
     block_row: torch.Tensor

@@ -23,12 +23,16 @@ class SparseConv2d(SparseModule):
     """``nn.Conv2d`` with the weight stored block-sparse.
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-        bias, padding_mode: as ``nn.Conv2d``; ``padding`` may be ``"same"`` or
-            ``"valid"``; ``padding_mode`` must be ``"zeros"``.  With ``groups``,
-            ``block_size`` must divide ``out_channels / groups`` (a block row lies
-            in one group); depthwise convolutions therefore stay dense
-            ``nn.Conv2d`` under ``sparsify``.
+        in_channels: as ``nn.Conv2d``.
+        out_channels: as ``nn.Conv2d``.
+        kernel_size: as ``nn.Conv2d``.
+        stride: as ``nn.Conv2d``.
+        padding: as ``nn.Conv2d``; may be ``"same"`` or ``"valid"``.
+        dilation: as ``nn.Conv2d``.
+        groups: as ``nn.Conv2d``; ``block_size`` must divide ``out_channels / groups`` (a block row lies in
+            one group), so depthwise convolutions stay dense ``nn.Conv2d`` under ``sparsify``.
+        bias: as ``nn.Conv2d``.
+        padding_mode: must be ``"zeros"``.
         density: fraction of the ``b x b`` blocks of the weight matrix that are active.
         block_size: ``b``.
 

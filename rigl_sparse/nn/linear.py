@@ -16,7 +16,9 @@ class SparseLinear(SparseModule):
     """``y = x @ W.T + bias`` with ``W[out_features, in_features]`` stored block-sparse.
 
     Args:
-        in_features, out_features, bias: as ``nn.Linear``.
+        in_features: as ``nn.Linear``.
+        out_features: as ``nn.Linear``.
+        bias: as ``nn.Linear``.
         density: fraction of the ``b x b`` blocks that are active, in (0, 1];
             exactly ``round(density * blocks)`` blocks (at least one).
         block_size: ``b``.  Dimensions it does not divide are padded.
