@@ -23,8 +23,8 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m rigl_sparse.data fetch
 	@mkdir -p runs
-	$(PY) -m rigl_sparse.train --method rigl --density 0.1 --distribution erk --block-size 4 --epochs 10 \
-		--out runs/demo.json --pictures runs
+	$(PY) -m rigl_sparse.train --algorithm rigl --density 0.1 --distribution erk --block-size 4 --epochs 10 \
+		--compare-dense --out runs/demo.json --pictures runs
 
 # The documentation site (docs/, mkdocs.yml) into site/; --strict fails on any warning, a broken link included.
 docs: $(STAMP)

@@ -24,11 +24,12 @@ def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _env_line(env: dict) -> str:
+def env_line(env: dict) -> str:
+    """The machine, our kernels' instruction set, torch and its limits, threads and git SHA of a record."""
     limits = env.get("torch_isa_limits") or {}
-    torch_isa = ", ".join(f"{k}={v}" for k, v in limits.items()) or "unlimited"
+    torch_isa = ("limited by " + ", ".join(f"{k}={v}" for k, v in limits.items())) if limits else "not limited"
     return (f"{env['device']} ({' '.join(env.get('cpu_flags', []))}); our kernels: `{env.get('instruction_set')}`; "
-            f"torch {env['torch']} limited by {torch_isa}; {env['threads']} threads; git {env['git_sha'][:7]}")
+            f"torch {env['torch']} {torch_isa}; {env['threads']} threads; git {env['git_sha'][:7]}")
 
 
 def matmul_table(fp32: dict, bf16: dict | None) -> list[str]:
@@ -126,6 +127,17 @@ def step_summary(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def measured_on(results: Path = RESULTS, names: tuple[str, ...] = ("cpu_float32.json",)) -> str:
+    """One line per record of ``names`` in each ``cpu-<variant>/``: the environment it was measured in."""
+    lines = []
+    for folder in sorted(results.glob("cpu-*")):
+        for name in names:
+            data = _load(folder / name)
+            if data:
+                lines.append(f"- `benchmarks/results/{folder.name}/{name}`: {env_line(data['environment'])}")
+    return "\n".join(lines)
+
+
 def report(results: Path = RESULTS) -> str:
     out = []
     for folder in sorted(results.glob("cpu-*")):
@@ -137,11 +149,11 @@ def report(results: Path = RESULTS) -> str:
         out += [f"## {folder.name}", ""]
         if fp32:
             out += [f"Matmuls, M = {fp32['rows'][0]['rows']}, N = K = {fp32['rows'][0]['features']}: "
-                    + _env_line(fp32["environment"]), ""] + matmul_table(fp32, bf16) + [""]
+                    + env_line(fp32["environment"]), ""] + matmul_table(fp32, bf16) + [""]
         if conv:
-            out += ["3×3 convolution, batch 64: " + _env_line(conv["environment"]), ""] + conv_table(conv) + [""]
+            out += ["3×3 convolution, batch 64: " + env_line(conv["environment"]), ""] + conv_table(conv) + [""]
         if step:
-            out += ["Training step (Adam; amortised over ΔT = 100): " + _env_line(step["environment"]), ""] \
+            out += ["Training step (Adam; amortised over ΔT = 100): " + env_line(step["environment"]), ""] \
                 + step_table(step) + [""]
     return "\n".join(out)
 

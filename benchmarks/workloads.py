@@ -99,7 +99,8 @@ def build(name: str, method: str, density: float, *, block_size: int = 32, size:
                          "sparse ones below it")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    sparse_args = dict(density=density, method="uniform", first_dense=False, dense=("head",) if name != "mlp" else ())
+    sparse_args = dict(density=density, distribution="uniform", first_dense=False,
+                       dense=("head",) if name != "mlp" else ())
     if method == "rigl":
         with torch.device("meta"):
             model = build_model(name, size, "meta")

@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
     accelerate.utils.set_seed(args.seed)
     train, val = load(args.plays_dir)
     model = TransformerLM(vocab=256, width=args.width, layers=args.layers, heads=4, max_length=args.length)
-    rs.sparsify(model, density=args.density, method="erk", block_size=args.block_size, exclude="head",
+    rs.sparsify(model, density=args.density, distribution="erk", block_size=args.block_size, exclude="head",
                 first_dense=False, generator=torch.Generator().manual_seed(args.seed))
     writer = None
     if args.tensorboard:

@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
                                      eos_token_id=0)
     model = transformers.GPT2LMHeadModel(config)
     n_dense = sum(p.numel() for p in model.parameters())
-    rs.sparsify(model, density=args.density, method="erk", block_size=args.block_size, exclude="lm_head",
+    rs.sparsify(model, density=args.density, distribution="erk", block_size=args.block_size, exclude="lm_head",
                 generator=torch.Generator().manual_seed(args.seed))
     model.to(device)
     n_sparse = sum(p.numel() for p in model.parameters())

@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
     config = transformers.GPT2Config(vocab_size=256, n_positions=args.length + 1, n_embd=args.width,
                                      n_layer=args.layers, n_head=4, bos_token_id=0, eos_token_id=0)
     model = transformers.GPT2LMHeadModel(config)
-    rs.sparsify(model, density=args.density, method="erk", block_size=args.block_size, exclude="lm_head",
+    rs.sparsify(model, density=args.density, distribution="erk", block_size=args.block_size, exclude="lm_head",
                 generator=torch.Generator().manual_seed(args.seed))
     inner = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     optimizer = rs.RigLOptimizer(inner, rs.RigLScheduler(model, inner, delta_t=args.delta_t, t_end=None))

@@ -40,7 +40,7 @@ def main(argv=None) -> dict:
         def __init__(self):
             super().__init__()
             self.net = TransformerLM(vocab=256, width=args.width, layers=args.layers, heads=4, max_length=args.length)
-            rs.sparsify(self.net, density=args.density, method="erk", block_size=args.block_size, exclude="head",
+            rs.sparsify(self.net, density=args.density, distribution="erk", block_size=args.block_size, exclude="head",
                         first_dense=False, generator=torch.Generator().manual_seed(args.seed))
 
         def training_step(self, batch, batch_idx):

@@ -1,16 +1,21 @@
 """``python -m rigl_sparse.train``: train a model on Fashion-MNIST, dense or sparse.
 
-Methods: ``rigl``, ``set``, ``static``, ``snfs`` (momentum growth) and ``prune``
-(gradual magnitude pruning, dense to sparse), and ``dense``.  Sparse layers are
-compressed (``rs.sparsify``) or masked dense layers (``rs.apply_masks``, the
-reference mode that serves block size 1, SNFS and pruning); ``--mode auto``
-picks the compressed layers wherever they apply.  ``--multiplier M`` trains
-RigL_{Mx}: M times the epochs, with ``t_end`` and the learning-rate schedule
-stretched alike.
+Two words, two meanings: ``--algorithm`` is how the sparse topology is trained
+(``rigl``, ``set``, ``static``, ``snfs`` -- momentum growth -- and ``prune``,
+gradual magnitude pruning from dense to sparse, or ``dense``); ``--distribution``
+is how the density is shared out over the layers (``uniform``, ``er``, ``erk``).
+``--method`` is the old spelling of ``--algorithm``.  Sparse layers are compressed
+(``rs.sparsify``) or masked dense layers (``rs.apply_masks``, the reference mode
+that serves block size 1, SNFS and pruning); ``--mode auto`` picks the compressed
+layers wherever they apply.  ``--multiplier M`` trains RigL_{Mx}: M times the
+epochs, with ``t_end`` and the learning-rate schedule stretched alike.
 
 Prints test accuracy, per-layer densities, parameter counts and training FLOPs
 (the RigL paper's formulas, below) against the dense model, and writes the same
 as JSON with ``--out``, with wall time, peak memory and versions.
+``--compare-dense`` then trains the dense model with the same recipe in the same
+process and reports both wall-clocks and accuracies (``dense_baseline`` and
+``wall_time_vs_dense`` in the record).
 """
 
 from __future__ import annotations
@@ -33,50 +38,140 @@ from rigl_sparse import data
 from rigl_sparse.models import MODELS
 from rigl_sparse.nn import SparseModule
 
-METHODS = {"rigl": "gradient", "set": "random", "snfs": "momentum", "static": "none", "prune": None, "dense": None}
+# --algorithm -> RigLScheduler's grow rule (None: not a RigL-style scheduler), in the order --help lists them
+ALGORITHMS = {"rigl": "gradient", "set": "random", "static": "none", "snfs": "momentum", "prune": None, "dense": None}
 MASKED_ONLY = ("snfs", "prune")
+# --lr's default per --optimizer; --optimizer's help says why SGD is the default (benchmarks/results/accuracy_adam)
+DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
+DESCRIPTION = """\
+Train a model on Fashion-MNIST, sparse (block-sparse RigL or a baseline) or dense, and report its
+test accuracy, per-layer densities, parameters and training FLOPs against the dense model."""
+EPILOG = """\
+examples:
+  %(prog)s                                    RigL, density 0.1 (ERK), 4x4 blocks, SGD
+  %(prog)s --algorithm set --block-size 1     unstructured SET (masked layers)
+  %(prog)s --algorithm prune --density 0.05   gradual magnitude pruning, dense to 5%%
+  %(prog)s --compare-dense                    also train dense; compare wall-clocks
+
+--algorithm says how the topology is trained; --distribution how the density is shared out over the layers.
+"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default after its help, unless the help says it in words (a default of None means
+    something different per option); the epilog's examples as written."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _OldSpelling(argparse.Action):
+    """An option under its old name: stores into the new option's ``dest`` and says on stderr to use ``new``."""
+
+    def __init__(self, option_strings, dest, *, new: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: {option_string} is the old spelling of {self.new}; it still works, but use "
+              f"{self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rigl_sparse.train", description=DESCRIPTION,
+                                epilog=EPILOG, formatter_class=_HelpFormatter)
+    model = p.add_argument_group("model")
+    model.add_argument("--model", choices=sorted(MODELS), default="mlp",
+                       help="the network: mlp (LeNet-300-100), cnn (two conv stages and an MLP head), resnet18 or "
+                            "mobilenet (rigl_sparse.models)")
+    model.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, cuda:1, ...)")
+    model.add_argument("--seed", type=int, default=0,
+                       help="seed of the initial weights, the initial topology, SET's random growth and the data "
+                            "order")
+
+    sparsity = p.add_argument_group("sparsity")
+    sparsity.add_argument("--algorithm", choices=list(ALGORITHMS), default="rigl",
+                          help="how the sparse topology is trained: rigl (drop by magnitude, grow by gradient), set "
+                               "(grow at random), static (a fixed random topology), snfs (grow by dense gradient "
+                               "momentum), prune (gradual magnitude pruning from dense) or dense (no sparsity)")
+    sparsity.add_argument("--method", action=_OldSpelling, new="--algorithm", dest="algorithm",
+                          choices=list(ALGORITHMS), metavar="ALGORITHM", default=argparse.SUPPRESS,
+                          help="old spelling of --algorithm (deprecated; still accepted, with a note on stderr)")
+    sparsity.add_argument("--density", type=float, default=0.1,
+                          help="overall density of the sparse layers: the fraction of their weights that are active")
+    sparsity.add_argument("--distribution", choices=("uniform", "er", "erk"), default="erk",
+                          help="how the density is shared out over the layers: uniform (the same in every layer), er "
+                               "(Erdos-Renyi: by fan-in + fan-out) or erk (Erdos-Renyi-Kernel: by all the weight's "
+                               "dimensions, kernel included)")
+    sparsity.add_argument("--block-size", type=int, default=4, metavar="B",
+                          help="side B of the B x B weight blocks that are active or not; 1 is unstructured")
+    sparsity.add_argument("--first-dense", action=argparse.BooleanOptionalAction, default=None,
+                          help="keep the first layer dense and outside the density budget (default: only for "
+                               "--distribution uniform, as in the paper)")
+    sparsity.add_argument("--mode", choices=("auto", "compressed", "masked"), default="auto",
+                          help="compressed block-sparse layers (only the active blocks exist), or dense layers under "
+                               "block masks (the reference); auto is masked for block size 1, snfs and prune, else "
+                               "compressed")
+
+    schedule = p.add_argument_group("RigL schedule")
+    schedule.add_argument("--delta-t", type=int, default=100, metavar="STEPS",
+                          help="training steps between two topology updates (or pruning steps)")
+    schedule.add_argument("--alpha", type=float, default=0.3,
+                          help="fraction of the active blocks dropped and regrown at the first update, "
+                               "cosine-decayed to 0 at t_end")
+    schedule.add_argument("--t-end-fraction", type=float, default=0.75,
+                          help="t_end as a fraction of all steps: the last topology update, or the end of pruning")
+    schedule.add_argument("--prune-start-fraction", type=float, default=0.1,
+                          help="first pruning step as a fraction of all steps (--algorithm prune)")
+    schedule.add_argument("--multiplier", type=int, default=1, metavar="M",
+                          help="RigL_{Mx}: train M times longer; t_end and the learning-rate schedule stretch with it")
+
+    optimisation = p.add_argument_group("optimisation")
+    optimisation.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                              help="sgd: SGD with momentum 0.9, the paper's optimiser; adam: Adam. SGD is the "
+                                   "default because Adam hurts RigL here: a grown weight starts with zero Adam moments "
+                                   "and moves several times faster than an old one for hundreds of steps "
+                                   "(benchmarks/results/accuracy_adam)")
+    optimisation.add_argument("--lr", type=float, default=None,
+                              help="learning rate at the first step, cosine-decayed to 0 over training (default: "
+                                   f"{DEFAULT_LR['sgd']:g} for sgd, as in the paper and the accuracy study; "
+                                   f"{DEFAULT_LR['adam']:g} for adam)")
+    optimisation.add_argument("--weight-decay", type=float, default=0.0, help="the optimiser's L2 weight decay")
+    optimisation.add_argument("--epochs", type=int, default=10,
+                              help="passes over the training set (times --multiplier)")
+    optimisation.add_argument("--batch-size", type=int, default=128, help="training examples per step")
+
+    inputs = p.add_argument_group("data")
+    inputs.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="directory with the four Fashion-MNIST IDX files (default: found as rigl_sparse.data "
+                             "says; python -m rigl_sparse.data fetch downloads them)")
+    inputs.add_argument("--train-subset", type=int, default=None, metavar="N",
+                        help="train on the first N training images only, for quick runs of large models; test on "
+                             "all of them (default: train on all)")
+
+    output = p.add_argument_group("output")
+    output.add_argument("--compare-dense", action="store_true",
+                        help="after the sparse run, train the dense model of the same architecture with the same "
+                             "recipe and epochs, and print both training wall-clocks and test accuracies")
+    output.add_argument("--out", default=None, metavar="JSON",
+                        help="write the run's record as JSON here (default: not written)")
+    output.add_argument("--loss-log", default=None, metavar="CSV",
+                        help="write every step's training loss, learning rate and whether the step changed the "
+                             "topology (columns step, loss, lr, topology_update) as CSV here (default: not written)")
+    output.add_argument("--pictures", default=None, metavar="DIR",
+                        help="draw the sparse layers' topology into DIR as PNGs: the active blocks coloured by age, "
+                             "a strip of snapshots over training and the blocks moved per update (needs matplotlib; "
+                             "default: none drawn)")
+    output.add_argument("--no-progress", action="store_true",
+                        help="no progress bar, and only the last epoch's accuracy")
+    return p
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m rigl_sparse.train", description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=sorted(MODELS), default="mlp")
-    p.add_argument("--method", choices=sorted(METHODS), default="rigl")
-    p.add_argument("--density", type=float, default=0.1, help="overall density of the sparse layers (default 0.1)")
-    p.add_argument("--distribution", choices=("erk", "er", "uniform"), default="erk")
-    p.add_argument("--block-size", type=int, default=4)
-    p.add_argument("--first-dense", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep the first layer dense and outside the density budget (default: only for uniform, "
-                        "as in the paper)")
-    p.add_argument("--mode", choices=("auto", "compressed", "masked"), default="auto",
-                   help="compressed block-sparse layers, or dense layers under block masks (default auto: masked for "
-                        "block size 1, snfs and prune, else compressed)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--multiplier", type=int, default=1,
-                   help="RigL_{Mx}: train M times longer; t_end and the LR schedule scale with it (default 1)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
-                   help="Adam, or SGD with momentum 0.9 (the paper's optimizer)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (cosine-decayed to 0; default 1e-3)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--delta-t", type=int, default=100)
-    p.add_argument("--alpha", type=float, default=0.3)
-    p.add_argument("--t-end-fraction", type=float, default=0.75,
-                   help="t_end as a fraction of all steps (the last topology update, or the end of pruning)")
-    p.add_argument("--prune-start-fraction", type=float, default=0.1,
-                   help="first pruning step as a fraction of all steps (method prune; default 0.1)")
-    p.add_argument("--train-subset", type=int, default=None,
-                   help="train on the first N training images only (quick runs of large models); test on all")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--data-dir", default=None, help="directory with the four Fashion-MNIST IDX files")
-    p.add_argument("--out", default=None, help="write the run's record as JSON here")
-    p.add_argument("--loss-log", default=None, metavar="CSV",
-                   help="write every step's training loss, learning rate and whether the step changed the "
-                        "topology (columns step, loss, lr, topology_update) as CSV here")
-    p.add_argument("--pictures", default=None, metavar="DIR",
-                   help="draw the sparse layers' topology into DIR as PNGs: the active blocks coloured by age, "
-                        "a strip of snapshots over training and the blocks moved per update (needs matplotlib)")
-    p.add_argument("--no-progress", action="store_true")
+    p = build_parser()
     args = p.parse_args(argv)
     if not 0.0 < args.t_end_fraction <= 1.0:
         p.error(f"--t-end-fraction must be in (0, 1], got {args.t_end_fraction}")
@@ -84,10 +179,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--epochs, --batch-size and --multiplier must be positive")
     if not 0.0 <= args.prune_start_fraction < args.t_end_fraction:
         p.error(f"--prune-start-fraction must be in [0, --t-end-fraction), got {args.prune_start_fraction}")
-    if args.mode == "compressed" and args.method in MASKED_ONLY:
-        p.error(f"--method {args.method} needs dense weights or gradients: use --mode masked (or auto)")
+    if args.mode == "compressed" and args.algorithm in MASKED_ONLY:
+        p.error(f"--algorithm {args.algorithm} needs dense weights or gradients: use --mode masked (or auto)")
+    if args.compare_dense and args.algorithm == "dense":
+        p.error("--compare-dense compares a sparse run with the dense one: use a sparse --algorithm")
+    if args.lr is None:
+        args.lr = DEFAULT_LR[args.optimizer]
     if args.mode == "auto":
-        args.mode = "masked" if args.block_size == 1 or args.method in MASKED_ONLY else "compressed"
+        args.mode = "masked" if args.block_size == 1 or args.algorithm in MASKED_ONLY else "compressed"
     return args
 
 
@@ -106,7 +205,9 @@ def evaluate(model, images, labels, batch_size=1000) -> float:
 
 
 def run(args: argparse.Namespace) -> dict:
-    torch.manual_seed(args.seed)
+    """Train as ``args`` say and return the run's record; with ``args.compare_dense``, then the dense model with
+    the same recipe, its numbers under ``dense_baseline`` and the ratio of the two wall-clocks under
+    ``wall_time_vs_dense``."""
     device = torch.device(args.device)
     ds = data.load(args.data_dir)
     train_x, train_y = prepare(ds["train_images"], device), ds["train_labels"].to(device)
@@ -115,15 +216,31 @@ def run(args: argparse.Namespace) -> dict:
             raise SystemExit(f"--train-subset must be positive, got {args.train_subset}")
         train_x, train_y = train_x[:args.train_subset], train_y[:args.train_subset]
     test_x, test_y = prepare(ds["test_images"], device), ds["test_labels"].to(device)
+    record = train_model(args, (train_x, train_y), (test_x, test_y))
+    if args.compare_dense:
+        print("the dense model, same recipe (--compare-dense):")
+        dense_args = argparse.Namespace(**{**vars(args), "algorithm": "dense", "loss_log": None, "pictures": None})
+        dense = train_model(dense_args, (train_x, train_y), (test_x, test_y), label="dense ")
+        record["dense_baseline"] = {key: dense[key] for key in ("final_accuracy", "accuracy_per_epoch", "wall_time_s",
+                                                                "parameters", "training_flops")}
+        record["wall_time_vs_dense"] = record["wall_time_s"] / dense["wall_time_s"]
+    return record
 
+
+def train_model(args: argparse.Namespace, train_set, test_set, label: str = "") -> dict:
+    """One training run of ``args.algorithm`` on ``train_set`` (images ``[N, 1, 28, 28]`` float32, labels ``[N]``
+    int64), evaluated on ``test_set`` after every epoch; ``label`` prefixes the progress lines."""
+    train_x, train_y = train_set
+    torch.manual_seed(args.seed)
+    device = train_x.device
     model = MODELS[args.model]().to(device)
     dense_params = sum(p.numel() for p in model.parameters())
-    sparse_options = dict(density=args.density, method=args.distribution, block_size=args.block_size,
+    sparse_options = dict(density=args.density, distribution=args.distribution, block_size=args.block_size,
                           first_dense=args.first_dense, generator=torch.Generator().manual_seed(args.seed))
-    if args.method != "dense" and args.mode == "compressed":
+    if args.algorithm != "dense" and args.mode == "compressed":
         rs.sparsify(model, **sparse_options)
-    elif args.method != "dense":
-        rs.apply_masks(model, start="dense" if args.method == "prune" else "random", **sparse_options)
+    elif args.algorithm != "dense":
+        rs.apply_masks(model, start="dense" if args.algorithm == "prune" else "random", **sparse_options)
     if args.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     else:
@@ -134,12 +251,12 @@ def run(args: argparse.Namespace) -> dict:
     t_end = max(1, int(args.t_end_fraction * total_steps))
     lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     scheduler = None
-    if args.method == "prune":
+    if args.algorithm == "prune":
         scheduler = rs.PruningScheduler(model, optimizer, t_start=int(args.prune_start_fraction * total_steps),
                                         t_end=t_end, delta_t=args.delta_t)
-    elif args.method != "dense":
+    elif args.algorithm != "dense":
         scheduler = rs.RigLScheduler(model, optimizer, delta_t=args.delta_t, alpha=args.alpha, t_end=t_end,
-                                     grow=METHODS[args.method], seed=args.seed)
+                                     grow=ALGORITHMS[args.algorithm], seed=args.seed)
 
     history = []
     topology = rs.TopologyHistory(model) if args.pictures and scheduler is not None else None
@@ -150,7 +267,7 @@ def run(args: argparse.Namespace) -> dict:
     step_log = []  # (loss tensor, lr, topology update): read at the end, so logging adds no device sync
     for epoch in range(epochs):
         order = torch.randperm(len(train_x), generator=shuffle).to(device)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=args.no_progress,
+        bar = tqdm(range(steps_per_epoch), desc=f"{label}epoch {epoch + 1}/{epochs}", disable=args.no_progress,
                    leave=False, file=sys.stdout)
         for i in bar:
             idx = order[i * args.batch_size:(i + 1) * args.batch_size]
@@ -167,10 +284,10 @@ def run(args: argparse.Namespace) -> dict:
             lr_schedule.step()
             if i % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-        accuracy = evaluate(model, test_x, test_y)
+        accuracy = evaluate(model, *test_set)
         history.append(accuracy)
         if not args.no_progress or epoch + 1 == epochs:
-            print(f"epoch {epoch + 1:3d}/{epochs}: test accuracy {accuracy:.4f}  "
+            print(f"{label}epoch {epoch + 1:3d}/{epochs}: test accuracy {accuracy:.4f}  "
                   f"({time.perf_counter() - start:.0f} s)")
     wall = time.perf_counter() - start
     if args.loss_log:
@@ -178,7 +295,7 @@ def run(args: argparse.Namespace) -> dict:
     pictures = draw_pictures(topology, args.pictures) if topology is not None else []
 
     report = rs.flops(model, (1,) + tuple(train_x.shape[1:]), delta_t=args.delta_t if scheduler else None)
-    per_example = training_flops_per_example(args.method, report, scheduler, total_steps)
+    per_example = training_flops_per_example(args.algorithm, report, scheduler, total_steps)
     layers = layer_summary(model)
     weights_total = sum(math.prod(v["shape"]) for v in layers.values())
     n_examples = len(train_x) * epochs
@@ -222,7 +339,7 @@ def write_loss_log(path: str, step_log) -> None:
             f.write(f"{step},{loss:.6g},{lr:.6g},{int(moved)}\n")
 
 
-def training_flops_per_example(method: str, report: rs.FlopReport, scheduler, total_steps: int) -> float:
+def training_flops_per_example(algorithm: str, report: rs.FlopReport, scheduler, total_steps: int) -> float:
     """Training FLOPs per example and step, by the RigL paper's formulas (f_S / f_D: sparse / dense forward).
 
     dense ``3 f_D``; static and SET ``3 f_S``; RigL ``(3 f_S dT + 2 f_S + f_D) / (dT + 1)``; SNFS
@@ -230,13 +347,13 @@ def training_flops_per_example(method: str, report: rs.FlopReport, scheduler, to
     ``f(t)`` the forward at the scheduled densities of step ``t`` (dense before pruning starts).  The
     multiplier of RigL_{Mx} enters through the number of examples seen.
     """
-    if method == "dense":
+    if algorithm == "dense":
         return report.dense_training_step
-    if method in ("static", "set"):
+    if algorithm in ("static", "set"):
         return report.training_step
-    if method == "rigl":
+    if algorithm == "rigl":
         return report.rigl_step  # report counted with delta_t
-    if method == "snfs":
+    if algorithm == "snfs":
         return 2.0 * report.forward + report.dense_forward
     targets = {name: float(layer.block_mask.target_density) for name, layer in scheduler.masked}
     fixed = sum(dense for name, (_, dense) in report.layers.items() if name not in targets)
@@ -274,8 +391,8 @@ def peak_memory(device: torch.device) -> int:
 def summary(record: dict) -> str:
     cfg = record["config"]
     mult = f" x{cfg['multiplier']}" if cfg.get("multiplier", 1) != 1 else ""
-    lines = [f"\n{cfg['method']}{mult} on Fashion-MNIST ({cfg['model']}, {cfg.get('mode', 'compressed')} layers), "
-             f"{cfg['epochs'] * cfg.get('multiplier', 1)} epochs, "
+    lines = [f"\n{cfg['algorithm']}{mult} on Fashion-MNIST: {cfg['model']}, {layer_kind(cfg)}, "
+             f"{cfg['optimizer']} lr {cfg['lr']:g}, {cfg['epochs'] * cfg.get('multiplier', 1)} epochs, "
              f"{record['wall_time_s']:.0f} s",
              f"test accuracy: {record['final_accuracy'] * 100:.2f}%", "layers:"]
     for name, layer in record["layers"].items():
@@ -291,7 +408,24 @@ def summary(record: dict) -> str:
         lines.append(f"topology: {record['scheduler_stats']}")
     if record.get("pictures"):
         lines.append(f"pictures of the topology: {', '.join(record['pictures'])}")
+    dense = record.get("dense_baseline")
+    if dense:
+        lines.append(f"training wall-clock: sparse {record['wall_time_s']:.1f} s, dense {dense['wall_time_s']:.1f} s "
+                     f"({record['wall_time_vs_dense']:.2f}x)")
+        lines.append(f"test accuracy: sparse {record['final_accuracy'] * 100:.2f}%, "
+                     f"dense {dense['final_accuracy'] * 100:.2f}%")
     return "\n".join(lines)
+
+
+def layer_kind(cfg: dict) -> str:
+    """What the weight layers of a run were, in words: dense, compressed block-sparse or masked dense."""
+    if cfg["algorithm"] == "dense":
+        return "dense layers"
+    b = cfg["block_size"]
+    budget = f"density {cfg['density']:g} by {cfg['distribution']}"
+    if cfg["mode"] == "masked":
+        return f"dense layers under {b}x{b} block masks ({budget})"
+    return f"compressed block-sparse layers ({b}x{b} blocks, {budget})"
 
 
 def main(argv=None) -> int:

@@ -58,7 +58,7 @@ def test_flops_of_a_transformer_by_hand():
     assert set(report.layers) == {f"blocks.{i}.{n}" for i in range(2) for n in ("q", "k", "v", "out", "ffn_in",
                                                                                  "ffn_out")} | {"head"}
 
-    rs.sparsify(model, density=0.5, method="uniform", block_size=4, dense=("head",), first_dense=False)
+    rs.sparsify(model, density=0.5, distribution="uniform", block_size=4, dense=("head",), first_dense=False)
     sparse = rs.flops(model, (3, 5), dtype=torch.long)
     # every 8x8 projection keeps 2 of its 4 blocks, each ffn matrix 4 of its 8: half the weights of each layer
     assert sparse.forward == 2 * rows * (per_block + 11 * 8)
@@ -67,7 +67,7 @@ def test_flops_of_a_transformer_by_hand():
 
 def test_memory_report_of_a_masked_model_by_hand():
     model = nn.Sequential(nn.Linear(12, 8, bias=False), nn.ReLU(), nn.Linear(8, 3))
-    rs.apply_masks(model, density=0.5, method="uniform", dense=("2",), first_dense=False, block_size=4)
+    rs.apply_masks(model, density=0.5, distribution="uniform", dense=("2",), first_dense=False, block_size=4)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     report = rs.memory_report(model, opt)
     n_params = 12 * 8 + 8 * 3 + 3  # masked layers keep dense weights

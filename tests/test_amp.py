@@ -53,7 +53,8 @@ def test_without_autocast_a_mismatched_input_dtype_is_still_refused():
 def _run(scaler, *, poison_step=None, steps=8):
     torch.manual_seed(0)
     model = rs.sparsify(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)), density=0.4,
-                        method="uniform", first_dense=False, block_size=4, generator=torch.Generator().manual_seed(0))
+                        distribution="uniform", first_dense=False, block_size=4,
+                        generator=torch.Generator().manual_seed(0))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = rs.RigLScheduler(model, optimizer, delta_t=2, t_end=steps, alpha=0.5)
     g = torch.Generator().manual_seed(1)
@@ -105,7 +106,7 @@ def test_an_overflowing_step_is_not_a_rigl_step_and_its_scores_are_not_used():
 
 
 def test_step_rejects_a_non_scaler():
-    model = rs.sparsify(nn.Sequential(nn.Linear(8, 8)), density=0.5, block_size=4, method="uniform",
+    model = rs.sparsify(nn.Sequential(nn.Linear(8, 8)), density=0.5, block_size=4, distribution="uniform",
                         first_dense=False)
     scheduler = rs.RigLScheduler(model, torch.optim.SGD(model.parameters(), lr=0.1), t_end=10)
     with pytest.raises(TypeError, match="scaler must be a torch.amp.GradScaler"):

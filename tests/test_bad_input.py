@@ -22,7 +22,7 @@ def _mlp():
 
 
 def _sparse_mlp():
-    return rs.sparsify(_mlp(), density=0.5, block_size=4, method="uniform", first_dense=False)
+    return rs.sparsify(_mlp(), density=0.5, block_size=4, distribution="uniform", first_dense=False)
 
 
 def _scheduler(**kwargs):
@@ -108,7 +108,8 @@ CASES = [
     ("grow-score request", lambda: _linear().request_grow_scores(-1), ValueError, "k must be a non-negative int"),
     # sparsify, masks, densities
     ("sparsify density 0", lambda: rs.sparsify(_mlp(), density=0.0), ValueError, "density"),
-    ("sparsify method", lambda: rs.sparsify(_mlp(), density=0.5, method="erkk"), ValueError, "method"),
+    ("sparsify distribution", lambda: rs.sparsify(_mlp(), density=0.5, distribution="erkk"), ValueError,
+     "distribution"),
     ("sparsify a tensor", lambda: rs.sparsify(torch.randn(3), density=0.5), TypeError, "model"),
     ("sparsify block size", lambda: rs.sparsify(_mlp(), density=0.5, block_size=-1), ValueError, "block_size"),
     ("sparsify unknown custom layer", lambda: rs.sparsify(_mlp(), density=0.5, custom={"nope": 0.5}), ValueError,
@@ -147,7 +148,7 @@ def test_bad_input_is_refused_with_a_message_naming_it(call, error, names):
         call()
 
 
-@pytest.mark.parametrize("bad", [dict(density=0.0), dict(density=0.5, method="nope"),
+@pytest.mark.parametrize("bad", [dict(density=0.0), dict(density=0.5, distribution="nope"),
                                  dict(density=0.5, exclude="nope"), dict(density=0.5, custom={"2": 2.0})])
 def test_a_refused_conversion_leaves_the_model_as_it_was(bad):
     model = _mlp()

@@ -16,10 +16,10 @@ def _build(mode, grow, seed):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(20, 48), nn.ReLU(), nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 5))
     if mode == "compressed":
-        rs.sparsify(model, density=0.3, method="uniform", first_dense=False, dense=("4",), block_size=4,
+        rs.sparsify(model, density=0.3, distribution="uniform", first_dense=False, dense=("4",), block_size=4,
                     generator=torch.Generator().manual_seed(seed))
     else:
-        rs.apply_masks(model, density=0.3, method="uniform", first_dense=False, dense=("4",), block_size=4,
+        rs.apply_masks(model, density=0.3, distribution="uniform", first_dense=False, dense=("4",), block_size=4,
                        generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     scheduler = rs.RigLScheduler(model, optimizer, delta_t=3, t_end=12, alpha=0.5, grow=grow, seed=seed)

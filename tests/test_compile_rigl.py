@@ -14,7 +14,7 @@ from rigl_sparse.nn.grow import kept_pairs
 def _model():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 8))
-    return rs.sparsify(model, density=0.4, block_size=8, method="uniform", first_dense=False, dense=("4",),
+    return rs.sparsify(model, density=0.4, block_size=8, distribution="uniform", first_dense=False, dense=("4",),
                        generator=torch.Generator().manual_seed(0))
 
 
@@ -75,7 +75,7 @@ def test_compiled_sparse_cnn_matches_eager(groups):
         model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, groups=groups), nn.ReLU(),
                               nn.Conv2d(16, 16, 3, padding=1, groups=groups), nn.ReLU(),
                               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8))
-        return rs.sparsify(model, density=0.5, block_size=4, method="uniform", first_dense=False, dense=("6",),
+        return rs.sparsify(model, density=0.5, block_size=4, distribution="uniform", first_dense=False, dense=("6",),
                            generator=torch.Generator().manual_seed(0))
 
     def run(model, step_fn):

@@ -244,7 +244,7 @@ def test_sparsify_converts_convolutions_and_keeps_depthwise_ones_dense():
     rs.sparsify(grouped, density=0.3, block_size=8)
     assert isinstance(grouped[0], rs.SparseConv2d) and grouped[0].groups == 2
     x = torch.randn(2, 3, 4, 4)
-    rs.sparsify(model, density=0.2, method="erk", block_size=8)
+    rs.sparsify(model, density=0.2, distribution="erk", block_size=8)
     assert isinstance(model[0], rs.SparseConv2d) and isinstance(model[3], rs.SparseConv2d)
     assert type(model[2]) is nn.Conv2d  # depthwise stays dense
     expected = rs.layer_densities({"0": (32, 3, 3, 3), "3": (64, 32, 1, 1), "5": (10, 1024)}, 0.2, "erk")
@@ -257,10 +257,10 @@ def test_sparsify_converts_convolutions_and_keeps_depthwise_ones_dense():
 
 def test_uniform_keeps_the_first_layer_dense_unless_told():
     model = cnn()
-    rs.sparsify(model, density=0.1, method="uniform", block_size=8)
+    rs.sparsify(model, density=0.1, distribution="uniform", block_size=8)
     assert type(model[0]) is nn.Conv2d and isinstance(model[3], rs.SparseConv2d)
     model = cnn()
-    rs.sparsify(model, density=0.1, method="uniform", block_size=8, first_dense=False, dense=["9"])
+    rs.sparsify(model, density=0.1, distribution="uniform", block_size=8, first_dense=False, dense=["9"])
     assert isinstance(model[0], rs.SparseConv2d) and type(model[9]) is nn.Linear
 
 
@@ -274,7 +274,7 @@ def test_flops_count_output_positions():
 
 def test_rigl_trains_a_sparse_cnn():
     torch.manual_seed(0)
-    model = rs.sparsify(cnn(channels=(8, 16), hidden=32), density=0.3, method="erk", block_size=4,
+    model = rs.sparsify(cnn(channels=(8, 16), hidden=32), density=0.3, distribution="erk", block_size=4,
                         generator=torch.Generator().manual_seed(0))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     sched = rs.RigLScheduler(model, opt, delta_t=4, t_end=24)
@@ -301,7 +301,7 @@ def test_reference_cnns_sparsify_and_train_a_step(name):
 
     model = resnet18(in_channels=1, width=8) if name == "resnet18" else mobilenet(in_channels=1, width=8)
     dense_convs = sum(type(m) is nn.Conv2d for m in model.modules())
-    rs.sparsify(model, density=0.2, method="erk", block_size=8)
+    rs.sparsify(model, density=0.2, distribution="erk", block_size=8)
     sparse_convs = sum(isinstance(m, rs.SparseConv2d) for m in model.modules())
     depthwise = sum(type(m) is nn.Conv2d and m.groups > 1 for m in model.modules())
     assert sparse_convs > 0 and sparse_convs + depthwise <= dense_convs

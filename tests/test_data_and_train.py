@@ -53,32 +53,36 @@ def test_truncated_idx_is_rejected(tmp_path):
         data.read_idx(path)
 
 
-@pytest.mark.parametrize("method", ["rigl", "set", "static", "dense"])
-def test_train_cli_end_to_end_on_synthetic_data(tmp_path, method, capsys):
+# 32 steps on 512 synthetic images at density 0.1: enough for Adam to learn the stripes, not for the default SGD
+ADAM = ("--optimizer", "adam", "--lr", "3e-3")
+
+
+@pytest.mark.parametrize("algorithm", ["rigl", "set", "static", "dense"])
+def test_train_cli_end_to_end_on_synthetic_data(tmp_path, algorithm, capsys):
     _fake_dataset(tmp_path)
     out = tmp_path / "run.json"
-    code = train.main(["--data-dir", str(tmp_path), "--method", method, "--epochs", "2", "--batch-size", "32",
-                       "--delta-t", "5", "--lr", "3e-3", "--out", str(out), "--no-progress"])
+    code = train.main(["--data-dir", str(tmp_path), "--algorithm", algorithm, "--epochs", "2", "--batch-size", "32",
+                       "--delta-t", "5", *ADAM, "--out", str(out), "--no-progress"])
     assert code == 0
     record = json.loads(out.read_text())
     assert record["final_accuracy"] > 0.5  # the stripes are easy
     printed = capsys.readouterr().out
     assert "test accuracy" in printed and "training FLOPs" in printed
-    if method == "dense":
+    if algorithm == "dense":
         assert record["weight_density"] == 1.0
     else:
         assert record["weight_density"] == pytest.approx(0.1, abs=0.01)
         assert record["training_flops"] < 0.2 * record["dense_training_flops"]
         moved = record["scheduler_stats"]["blocks_moved"]
-        assert (moved > 0) == (method != "static")
+        assert (moved > 0) == (algorithm != "static")
 
 
-@pytest.mark.parametrize("method", ["rigl", "snfs", "prune", "set"])
-def test_train_cli_masked_methods(tmp_path, method):
+@pytest.mark.parametrize("algorithm", ["rigl", "snfs", "prune", "set"])
+def test_train_cli_masked_algorithms(tmp_path, algorithm):
     _fake_dataset(tmp_path)
     out = tmp_path / "run.json"
-    code = train.main(["--data-dir", str(tmp_path), "--method", method, "--block-size", "1", "--epochs", "2",
-                       "--batch-size", "32", "--delta-t", "4", "--lr", "3e-3", "--out", str(out), "--no-progress"])
+    code = train.main(["--data-dir", str(tmp_path), "--algorithm", algorithm, "--block-size", "1", "--epochs", "2",
+                       "--batch-size", "32", "--delta-t", "4", *ADAM, "--out", str(out), "--no-progress"])
     assert code == 0
     record = json.loads(out.read_text())
     assert record["config"]["mode"] == "masked"
@@ -87,10 +91,10 @@ def test_train_cli_masked_methods(tmp_path, method):
     assert record["weight_density"] == pytest.approx(0.1, abs=0.01)  # pruning reaches its target too
     assert record["peak_memory_bytes"] > 0
     ratio = record["training_flops"] / record["dense_training_flops"]
-    if method == "prune":
+    if algorithm == "prune":
         assert 0.2 < ratio < 1.0  # dense at first, then cheaper
         assert record["scheduler_stats"]["blocks_pruned"] > 0
-    elif method == "snfs":
+    elif algorithm == "snfs":
         assert ratio > 1 / 3  # a dense gradient every step
         assert record["scheduler_stats"]["blocks_moved"] > 0
     else:
@@ -112,12 +116,12 @@ def test_train_cli_multiplier_scales_steps_and_t_end(tmp_path):
     assert two["scheduler_stats"]["updates"] > one["scheduler_stats"]["updates"]
 
 
-@pytest.mark.parametrize("method, updates", [("rigl", [5, 10, 15, 20]), ("prune", [9, 14, 19, 24]),
-                                             ("dense", [])])
-def test_train_cli_loss_log_marks_the_topology_updates(tmp_path, method, updates):
+@pytest.mark.parametrize("algorithm, updates", [("rigl", [5, 10, 15, 20]), ("prune", [9, 14, 19, 24]),
+                                                ("dense", [])])
+def test_train_cli_loss_log_marks_the_topology_updates(tmp_path, algorithm, updates):
     _fake_dataset(tmp_path)
     log = tmp_path / "loss.csv"
-    assert train.main(["--data-dir", str(tmp_path), "--method", method, "--block-size", "1", "--epochs", "2",
+    assert train.main(["--data-dir", str(tmp_path), "--algorithm", algorithm, "--block-size", "1", "--epochs", "2",
                        "--batch-size", "32", "--delta-t", "5", "--lr", "3e-3", "--prune-start-fraction", "0.3",
                        "--loss-log", str(log), "--no-progress"]) == 0
     lines = log.read_text().splitlines()
@@ -144,9 +148,71 @@ def test_train_cli_first_dense_option(tmp_path, first_dense):
 
 def test_train_cli_rejects_compressed_snfs(tmp_path):
     with pytest.raises(SystemExit):
-        train.parse_args(["--method", "snfs", "--mode", "compressed"])
+        train.parse_args(["--algorithm", "snfs", "--mode", "compressed"])
     with pytest.raises(SystemExit):
         train.parse_args(["--multiplier", "0"])
+    with pytest.raises(SystemExit):
+        train.parse_args(["--algorithm", "dense", "--compare-dense"])  # nothing to compare
+
+
+def test_train_cli_every_option_explains_itself_and_its_default():
+    parser = train.build_parser()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        assert action.help, f"{action.option_strings} has no help"
+        if action.dest not in ("help", "algorithm") or "--algorithm" in action.option_strings:
+            assert "default" in formatter._get_help_string(action), f"{action.option_strings} shows no default"
+    groups = [g.title for g in parser._action_groups]
+    assert {"model", "sparsity", "RigL schedule", "optimisation", "data", "output"} <= set(groups)
+    text = parser.format_help()
+    assert "(default: rigl)" in text and "old spelling of --algorithm" in text and "%(prog)" not in text
+
+
+def test_train_cli_method_is_the_old_spelling_of_algorithm(capsys):
+    assert vars(train.parse_args(["--method", "set"])) == vars(train.parse_args(["--algorithm", "set"]))
+    assert "--method is the old spelling of --algorithm" in capsys.readouterr().err
+    train.parse_args(["--algorithm", "set"])
+    assert capsys.readouterr().err == ""
+    with pytest.raises(SystemExit):
+        train.parse_args(["--method", "magic"])
+
+
+def test_train_cli_learning_rate_default_follows_the_optimizer():
+    assert train.parse_args([]).optimizer == "sgd" and train.parse_args([]).lr == 0.1
+    assert train.parse_args(["--optimizer", "adam"]).lr == 1e-3
+    assert train.parse_args(["--optimizer", "adam", "--lr", "3e-3"]).lr == 3e-3
+
+
+def test_train_cli_compare_dense_trains_both_and_reports_both_wall_clocks(tmp_path, capsys):
+    _fake_dataset(tmp_path)
+    out = tmp_path / "run.json"
+    assert train.main(["--data-dir", str(tmp_path), "--train-subset", "128", "--epochs", "1", "--batch-size", "32",
+                       "--delta-t", "2", "--compare-dense", "--out", str(out), "--no-progress"]) == 0
+    record = json.loads(out.read_text())
+    dense = record["dense_baseline"]
+    assert record["config"]["algorithm"] == "rigl" and record["weight_density"] < 0.2
+    assert dense["parameters"] == record["dense_parameters"] > record["parameters"]
+    assert dense["training_flops"] == record["dense_training_flops"] > record["training_flops"]
+    assert record["wall_time_vs_dense"] == pytest.approx(record["wall_time_s"] / dense["wall_time_s"])
+    printed = capsys.readouterr().out
+    assert f"training wall-clock: sparse {record['wall_time_s']:.1f} s, dense {dense['wall_time_s']:.1f} s " \
+           f"({record['wall_time_vs_dense']:.2f}x)" in printed
+    assert f"dense {dense['final_accuracy'] * 100:.2f}%" in printed
+
+
+@pytest.mark.parametrize("argv, header", [
+    (["--algorithm", "dense"], "dense on Fashion-MNIST: mlp, dense layers, sgd lr 0.1"),
+    (["--algorithm", "rigl"], "rigl on Fashion-MNIST: mlp, compressed block-sparse layers (4x4 blocks, density 0.1 "
+                              "by erk)"),
+    (["--algorithm", "set", "--block-size", "1"], "set on Fashion-MNIST: mlp, dense layers under 1x1 block masks"),
+])
+def test_train_cli_header_says_what_the_layers_are(tmp_path, capsys, argv, header):
+    _fake_dataset(tmp_path, 64, 32)
+    assert train.main(["--data-dir", str(tmp_path), "--epochs", "1", "--no-progress", *argv]) == 0
+    printed = capsys.readouterr().out
+    assert header in printed
+    if argv[1] == "dense":
+        assert "compressed" not in printed and "block-sparse" not in printed
 
 
 def test_train_cli_reports_missing_data(tmp_path, capsys):

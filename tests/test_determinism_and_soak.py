@@ -16,7 +16,7 @@ TOPOLOGY_SCRIPT = """
 import torch, rigl_sparse as rs
 from torch import nn
 model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32))
-rs.sparsify(model, density=0.2, block_size=8, method="erk", generator=torch.Generator().manual_seed(5))
+rs.sparsify(model, density=0.2, block_size=8, distribution="erk", generator=torch.Generator().manual_seed(5))
 print([m.layout.flat_index().tolist() for m in model.modules() if isinstance(m, rs.SparseModule)])
 """
 
@@ -24,7 +24,7 @@ print([m.layout.flat_index().tolist() for m in model.modules() if isinstance(m, 
 def _set_run(seed, steps=12):
     torch.manual_seed(seed)
     model = rs.sparsify(nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)), density=0.3, block_size=4,
-                        method="uniform", first_dense=False, generator=torch.Generator().manual_seed(seed))
+                        distribution="uniform", first_dense=False, generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = rs.RigLScheduler(model, optimizer, delta_t=3, t_end=steps, grow="random", seed=seed)
     g = torch.Generator().manual_seed(1)
@@ -64,7 +64,7 @@ def test_deterministic_algorithms_mode_trains():
 def _rigl_losses(steps=9):
     torch.manual_seed(0)
     model = rs.sparsify(nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)), density=0.3, block_size=4,
-                        method="uniform", first_dense=False, generator=torch.Generator().manual_seed(0))
+                        distribution="uniform", first_dense=False, generator=torch.Generator().manual_seed(0))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     scheduler = rs.RigLScheduler(model, optimizer, delta_t=3, t_end=steps)
     g = torch.Generator().manual_seed(1)
@@ -88,7 +88,7 @@ def _resident_bytes() -> int:
 def _soak(width, steps=10_000, delta_t=10):
     torch.manual_seed(0)
     model = rs.sparsify(nn.Sequential(nn.Linear(width, 2 * width), nn.ReLU(), nn.Linear(2 * width, width)),
-                        density=0.25, block_size=4, method="uniform", first_dense=False,
+                        density=0.25, block_size=4, distribution="uniform", first_dense=False,
                         generator=torch.Generator().manual_seed(0))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scheduler = rs.RigLScheduler(model, optimizer, delta_t=delta_t, t_end=steps, alpha=0.3)

@@ -20,7 +20,7 @@ STEPS, DELTA_T, BATCH = 9, 2, 32
 def _model(seed=0):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(24, 64), nn.ReLU(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 5))
-    return rs.sparsify(model, density=0.3, method="uniform", first_dense=False, dense=("4",), block_size=8,
+    return rs.sparsify(model, density=0.3, distribution="uniform", first_dense=False, dense=("4",), block_size=8,
                        generator=torch.Generator().manual_seed(seed))
 
 

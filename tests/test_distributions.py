@@ -1,6 +1,9 @@
 import math
+import warnings
 
 import pytest
+import torch
+from torch import nn
 
 import rigl_sparse as rs
 
@@ -79,7 +82,7 @@ def test_density_one_makes_everything_dense():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(density=0.0), "density"), (dict(density=1.2), "density"), (dict(method="gaussian"), "method"),
+    (dict(density=0.0), "density"), (dict(density=1.2), "density"), (dict(distribution="gaussian"), "distribution"),
     (dict(dense=["nope"]), "not in shapes"), (dict(custom={"a": 2.0}), "density"),
     (dict(dense="a"), "collection"), (dict(erk_power_scale=-1), "erk_power_scale"),
     (dict(dense=["a"], custom={"a": 0.5}), "both"),
@@ -89,3 +92,45 @@ def test_bad_arguments(kwargs, match):
     args.update(kwargs)
     with pytest.raises((ValueError, TypeError), match=match):
         rs.layer_densities(**args)
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 16))
+
+
+def _state(model):
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+DISTRIBUTION_TAKERS = {  # each returns what the call decided: densities, or the sparse model's state
+    "layer_densities": lambda **kw: rs.layer_densities({"a": (64, 32), "b": (16, 64)}, 0.25, **kw),
+    "sparsify": lambda **kw: _state(rs.sparsify(_mlp(), density=0.25, block_size=4,
+                                                generator=torch.Generator().manual_seed(0), **kw)),
+    "apply_masks": lambda **kw: _state(rs.apply_masks(_mlp(), density=0.25, block_size=4,
+                                                      generator=torch.Generator().manual_seed(0), **kw)),
+}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k]
+                                        for k in a)
+
+
+@pytest.mark.parametrize("name", sorted(DISTRIBUTION_TAKERS))
+def test_method_is_the_deprecated_old_name_of_distribution(name):
+    call = DISTRIBUTION_TAKERS[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new spelling warns of nothing
+        new = call(distribution="uniform")
+    with pytest.warns(FutureWarning, match=r"distribution=") as caught:
+        old = call(method="uniform")
+    assert caught[0].filename == __file__  # the warning points at the caller's line
+    assert _same(old, new) and not _same(old, call())  # the alias took effect: uniform is not the default ERK
+    with pytest.raises(TypeError, match="both distribution= and method="):
+        call(distribution="uniform", method="uniform")
+
+
+def test_method_alias_with_a_positional_distribution_is_refused():
+    with pytest.raises(TypeError, match="both distribution= and method="):
+        rs.layer_densities({"a": (4, 4)}, 0.5, "uniform", method="uniform")

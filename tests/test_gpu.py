@@ -20,7 +20,7 @@ def test_reference_ops_on_cuda_meet_the_tolerance_rule(dtype, shape, b, density)
 def test_rigl_training_on_cuda_keeps_invariants():
     torch.manual_seed(0)
     model = rs.sparsify(nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 10)).cuda(), density=0.1,
-                        block_size=32, method="uniform", first_dense=False)
+                        block_size=32, distribution="uniform", first_dense=False)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     sched = rs.RigLScheduler(model, opt, delta_t=5, t_end=40)
     x, y = torch.randn(64, 256, device="cuda"), torch.randint(0, 10, (64,), device="cuda")
@@ -48,7 +48,7 @@ def test_compiled_autocast_rigl_on_cuda(dtype):
     def build():
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10))
-        rs.sparsify(model, density=0.25, block_size=32, method="uniform", first_dense=False, dense=("4",),
+        rs.sparsify(model, density=0.25, block_size=32, distribution="uniform", first_dense=False, dense=("4",),
                     generator=torch.Generator().manual_seed(0))
         return model.cuda()
 

@@ -154,12 +154,14 @@ def test_sanitizer_cases_run_on_a_cpu_backend_and_say_why_they_skip_without_the_
     assert "skipped: the cuda backend is unavailable" in capsys.readouterr().out
 
 
-def test_readme_gpu_section_is_what_report_gpu_generates():
+def test_the_docs_gpu_block_is_what_report_gpu_generates():
     import report_gpu
+    import report_tables
 
-    text = (ROOT / "README.md").read_text()
-    committed = report_gpu.BEGIN + text.split(report_gpu.BEGIN, 1)[1].split(report_gpu.END, 1)[0] + report_gpu.END
-    assert committed == report_gpu.section(), "run `python benchmarks/report_gpu.py --write`"
+    page = ROOT / "docs" / "performance.md"
+    blocks = [b for b in report_tables.parse(page) if b.name == "gpu"]
+    assert len(blocks) == 1, f"{page} should hold one `gpu` block"
+    assert blocks[0].content == report_gpu.section(), "run `python benchmarks/report_gpu.py --write`"
 
 
 def test_gpu_matrix_reads_a_gpu_quick_run(tmp_path):

@@ -35,7 +35,7 @@ def test_hf_conv1d_becomes_an_equivalent_sparse_linear():
     conv = Conv1D(48, 32)  # nf=48 outputs, nx=32 inputs: weight [32, 48]
     nn.init.normal_(conv.weight)
     nn.init.normal_(conv.bias)
-    model = rs.sparsify(nn.Sequential(conv), density=0.5, method="uniform", first_dense=False, block_size=16,
+    model = rs.sparsify(nn.Sequential(conv), density=0.5, distribution="uniform", first_dense=False, block_size=16,
                         generator=torch.Generator().manual_seed(0))
     layer = model[0]
     assert isinstance(layer, rs.SparseLinear) and (layer.in_features, layer.out_features) == (32, 48)
@@ -88,7 +88,7 @@ def test_a_linear_based_hf_model_trains_with_rigl():
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config)
-    rs.sparsify(model, density=0.3, block_size=16, method="erk", exclude="lm_head")
+    rs.sparsify(model, density=0.3, block_size=16, distribution="erk", exclude="lm_head")
     names = _sparse_names(model)
     assert len(names) == 2 * 7 and "model.layers.0.self_attn.k_proj" in names  # q k v o, gate up down
     scheduler, losses = _train_lm(model, torch.randint(48, (2, 16), generator=torch.Generator().manual_seed(0)),
@@ -104,7 +104,7 @@ def test_flops_of_gpt2_count_its_conv1d_layers_dense_and_sparse():
     per_layer = 64 * 192 + 64 * 64 + 64 * 256 + 256 * 64  # c_attn, attn.c_proj, c_fc, mlp.c_proj
     dense = rs.flops(model, (2, 8), dtype=torch.long)
     assert dense.forward == dense.dense_forward == 2 * rows * (2 * per_layer + 40 * 64)  # + the tied head
-    rs.sparsify(model, density=0.25, block_size=16, method="uniform", first_dense=False, exclude="lm_head")
+    rs.sparsify(model, density=0.25, block_size=16, distribution="uniform", first_dense=False, exclude="lm_head")
     sparse = rs.flops(model, (2, 8), dtype=torch.long)
     assert sparse.dense_forward == dense.dense_forward
     assert sparse.forward == 2 * rows * (2 * per_layer // 4 + 40 * 64)

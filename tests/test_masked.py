@@ -45,10 +45,10 @@ def _weight_layers(model):
 
 
 # ---------------------------------------------------------------------------------------------------- apply_masks
-@pytest.mark.parametrize("method", ["erk", "uniform"])
+@pytest.mark.parametrize("distribution", ["erk", "uniform"])
 @pytest.mark.parametrize("b", [1, 4])
-def test_apply_masks_starts_from_sparsifys_topology_and_weights(method, b):
-    options = dict(density=0.3, method=method, block_size=b)
+def test_apply_masks_starts_from_sparsifys_topology_and_weights(distribution, b):
+    options = dict(density=0.3, distribution=distribution, block_size=b)
     compressed = rs.sparsify(_mlp(), **options, generator=torch.Generator().manual_seed(5))
     masked = rs.apply_masks(_mlp(), **options, generator=torch.Generator().manual_seed(5))
     for c, m in zip(_weight_layers(compressed), _weight_layers(masked)):
@@ -58,7 +58,7 @@ def test_apply_masks_starts_from_sparsifys_topology_and_weights(method, b):
             torch.testing.assert_close(_sparse_weight(c), m.weight.detach(), rtol=0, atol=0)
         else:  # a layer that stayed dense (first layer for uniform, or made dense by ERK)
             assert not hasattr(m, "block_mask")
-    if method == "uniform":
+    if distribution == "uniform":
         assert not hasattr(masked[0], "block_mask")
 
 
@@ -75,7 +75,7 @@ def test_block_mask_of_a_convolution_is_tap_major_like_sparseconv2d():
 
 
 def test_apply_masks_handles_ragged_blocks():
-    model = rs.apply_masks(nn.Sequential(nn.Linear(10, 7)), density=0.5, method="uniform", first_dense=False,
+    model = rs.apply_masks(nn.Sequential(nn.Linear(10, 7)), density=0.5, distribution="uniform", first_dense=False,
                            block_size=4)
     mask = model[0].block_mask
     assert mask.grid == (2, 3)
@@ -200,7 +200,7 @@ def test_optimizer_step_outside_the_scheduler_keeps_inactive_weights_zero():
 # ------------------------------------------------------------------------------------------------------------ SNFS
 def test_momentum_growth_uses_the_gradient_moving_average():
     layer = nn.Linear(8, 8, bias=False)
-    model = rs.apply_masks(nn.Sequential(layer), density=0.25, method="uniform", first_dense=False, block_size=2)
+    model = rs.apply_masks(nn.Sequential(layer), density=0.25, distribution="uniform", first_dense=False, block_size=2)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     sched = rs.RigLScheduler(model, opt, delta_t=3, t_end=10, alpha=0.5, grow="momentum", momentum=0.9)
     g = torch.Generator().manual_seed(0)
@@ -270,7 +270,7 @@ def test_momentum_state_round_trips():
 
 # --------------------------------------------------------------------------------------------------------- pruning
 def test_gradual_pruning_follows_the_cubic_schedule_to_the_target():
-    model = rs.apply_masks(_mlp(), density=0.1, method="erk", block_size=2, start="dense")
+    model = rs.apply_masks(_mlp(), density=0.1, distribution="erk", block_size=2, start="dense")
     layers = [m for m in model if hasattr(m, "block_mask")]
     assert all(bool(m.block_mask.active.all()) for m in layers)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
@@ -326,7 +326,7 @@ def test_pruning_scheduler_bad_input():
 
 
 def test_the_element_mask_is_built_once_and_follows_every_change_of_the_blocks():
-    model = rs.apply_masks(_mlp(), density=0.5, method="uniform", block_size=2)
+    model = rs.apply_masks(_mlp(), density=0.5, distribution="uniform", block_size=2)
     mask = next(m for m in model if hasattr(m, "block_mask")).block_mask
     first = mask.expand()
     assert mask.expand() is first  # cached while the blocks do not change

@@ -28,9 +28,9 @@ def _rigl(masked=False, grow="gradient"):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
     if masked:
-        rs.apply_masks(model, density=0.5, method="uniform", dense=("2",), first_dense=False, block_size=4)
+        rs.apply_masks(model, density=0.5, distribution="uniform", dense=("2",), first_dense=False, block_size=4)
     else:
-        rs.sparsify(model, density=0.5, method="uniform", dense=("2",), first_dense=False, block_size=4)
+        rs.sparsify(model, density=0.5, distribution="uniform", dense=("2",), first_dense=False, block_size=4)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = rs.RigLScheduler(model, optimizer, delta_t=2, t_end=10, grow=grow)
     model(torch.randn(3, 16)).sum().backward()
@@ -85,7 +85,7 @@ def test_a_good_state_still_loads_and_an_old_one_without_the_optional_fields_too
 def _pruning():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
-    rs.apply_masks(model, density=0.5, method="uniform", dense=("2",), first_dense=False, block_size=4,
+    rs.apply_masks(model, density=0.5, distribution="uniform", dense=("2",), first_dense=False, block_size=4,
                    start="dense")
     return rs.PruningScheduler(model, torch.optim.SGD(model.parameters(), lr=0.1), t_start=2, t_end=10, delta_t=2)
 

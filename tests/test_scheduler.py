@@ -305,7 +305,7 @@ def test_rejects_models_without_sparse_layers_and_optimizers_missing_values():
 def test_a_layer_without_gradient_keeps_its_topology():
     torch.manual_seed(0)
     model = rs.sparsify(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)), density=0.3, block_size=4,
-                        method="uniform", first_dense=False, generator=torch.Generator().manual_seed(0))
+                        distribution="uniform", first_dense=False, generator=torch.Generator().manual_seed(0))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = rs.RigLScheduler(model, optimizer, delta_t=2, t_end=6, alpha=0.5)
     before = [m.layout.flat_index().clone() for m in model if isinstance(m, rs.SparseModule)]
@@ -323,7 +323,7 @@ def test_a_layer_without_gradient_keeps_its_topology():
 
 
 def test_old_scheduler_checkpoints_without_new_counters_load():
-    model = rs.sparsify(nn.Sequential(nn.Linear(16, 32)), density=0.5, block_size=4, method="uniform",
+    model = rs.sparsify(nn.Sequential(nn.Linear(16, 32)), density=0.5, block_size=4, distribution="uniform",
                         first_dense=False)
     sched = rs.RigLScheduler(model, torch.optim.SGD(model.parameters(), lr=0.1), t_end=10)
     state = sched.state_dict()

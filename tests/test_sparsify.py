@@ -11,7 +11,7 @@ def test_sparsify_converts_linears_with_erk_densities_and_keeps_dense_init_value
     model = mlp()
     originals = {name: m.weight.detach().clone() for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     biases = {name: m.bias.detach().clone() for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    rs.sparsify(model, density=0.1, method="erk", block_size=4, generator=torch.Generator().manual_seed(0))
+    rs.sparsify(model, density=0.1, distribution="erk", block_size=4, generator=torch.Generator().manual_seed(0))
     expected = rs.layer_densities({"1": (300, 784), "3": (100, 300), "5": (10, 100)}, 0.1, "erk")
     assert expected["5"] == 1.0 and isinstance(model[5], nn.Linear)
     for name in ("1", "3"):
@@ -27,7 +27,7 @@ def test_sparsify_converts_linears_with_erk_densities_and_keeps_dense_init_value
 
 def test_sparsify_dense_names_and_uniform():
     model = mlp()
-    rs.sparsify(model, density=0.2, method="uniform", block_size=4, dense=["1"])
+    rs.sparsify(model, density=0.2, distribution="uniform", block_size=4, dense=["1"])
     assert isinstance(model[1], nn.Linear)
     assert isinstance(model[3], rs.SparseLinear) and isinstance(model[5], rs.SparseLinear)
     assert model[3].layout.block_density == pytest.approx(0.2, abs=0.01)
@@ -36,7 +36,7 @@ def test_sparsify_dense_names_and_uniform():
 def test_sparsify_meta_model_is_created_sparse_on_the_target_device():
     with torch.device("meta"):
         model = nn.Sequential(nn.Linear(4096, 4096), nn.ReLU(), nn.LayerNorm(4096), nn.Linear(4096, 16))
-    rs.sparsify(model, density=0.01, method="uniform", block_size=64, device="cpu", dense=["3"],
+    rs.sparsify(model, density=0.01, distribution="uniform", block_size=64, device="cpu", dense=["3"],
                 first_dense=False)
     assert all(not t.is_meta for t in list(model.parameters()) + list(model.buffers()))
     sparse = model[0]

@@ -23,6 +23,7 @@ LABELS = {("dense", 1): "dense", ("static", 1): "static", ("set", 1): "SET", ("s
           ("rigl", 1): "RigL", ("rigl", 2): "RigL 2x", ("prune", 1): "pruning"}
 ORDER = list(LABELS.values())
 DENSITIES = (0.2, 0.1, 0.05, 0.02)
+BLOCKS = (4, 16, 32)  # the block sizes compared with unstructured (block size 1)
 DID_NOT_TRAIN = 20.0  # final accuracy (%) below which a run counts as not trained; chance is 10%
 
 
@@ -34,13 +35,19 @@ def load(runs_dir: Path) -> list[dict]:
     return records
 
 
+def algorithm(config: dict) -> str:
+    """The run's training algorithm: ``config["algorithm"]``, or ``config["method"]`` in records written before
+    ``rigl_sparse.train`` renamed ``--method`` to ``--algorithm``."""
+    return config["algorithm"] if "algorithm" in config else config["method"]
+
+
 def group(records):
     """(model, label, distribution, density, block) -> list of records (dense runs under every density)."""
     groups = defaultdict(list)
     for r in records:
         c = r["config"]
-        label = LABELS[(c["method"], c.get("multiplier", 1))]
-        if c["method"] == "dense":
+        label = LABELS[(algorithm(c), c.get("multiplier", 1))]
+        if algorithm(c) == "dense":
             groups[(c["model"], label, None, None, None)].append(r)
         else:
             groups[(c["model"], label, c["distribution"], c["density"], c["block_size"])].append(r)
@@ -77,28 +84,35 @@ def tables(summary, models) -> str:
              "configuration of every run in `runs/*.json`. † marks a cell where a seed did not train (final "
              f"accuracy below {DID_NOT_TRAIN:.0f}%; chance is 10%): `findings.md` lists those runs.", ""]
     for model in models:
-        dense = summary.get((model, "dense", None, None, None))
-        for distribution in ("erk", "uniform"):
-            lines += [f"## {model}, {distribution.upper() if distribution == 'erk' else distribution}, "
-                      "unstructured (block size 1)", "",
-                      "| method | " + " | ".join(f"d={d}" for d in DENSITIES) + " | FLOPs at d=0.1 |",
-                      "|---" * (len(DENSITIES) + 2) + "|"]
-            lines.append("| dense | " + " | ".join(cell(dense) for _ in DENSITIES) + " | 1.00x |")
-            for label in ORDER[1:]:
-                row = [summary.get((model, label, distribution, d, 1)) for d in DENSITIES]
-                at = summary.get((model, label, distribution, 0.1, 1))
-                flops = f"{at['flops']:.3f}x" if at else "–"
-                lines.append(f"| {label} | " + " | ".join(cell(s) for s in row) + f" | {flops} |")
-            lines.append("")
-        lines += [f"## {model}, ERK, block sizes", "",
-                  "| method | block | " + " | ".join(f"d={d}" for d in DENSITIES) + " |",
-                  "|---" * (len(DENSITIES) + 2) + "|"]
-        for label in ("static", "SET", "RigL"):
-            for block in (1, 4, 16, 32):
-                row = [summary.get((model, label, "erk", d, block)) for d in DENSITIES]
-                lines.append(f"| {label} | {block} | " + " | ".join(cell(s) for s in row) + " |")
-        lines.append("")
+        lines += model_tables(summary, model)
     return "\n".join(lines)
+
+
+def model_tables(summary, model, heading: str = "##") -> list[str]:
+    """One model's tables: ERK and uniform unstructured, then ERK over block sizes, each under a ``heading``."""
+    lines = []
+    dense = summary.get((model, "dense", None, None, None))
+    for distribution in ("erk", "uniform"):
+        lines += [f"{heading} {model}, {distribution.upper() if distribution == 'erk' else distribution}, "
+                  "unstructured (block size 1)", "",
+                  "| method | " + " | ".join(f"d={d}" for d in DENSITIES) + " | FLOPs at d=0.1 |",
+                  "|---" * (len(DENSITIES) + 2) + "|"]
+        lines.append("| dense | " + " | ".join(cell(dense) for _ in DENSITIES) + " | 1.00x |")
+        for label in ORDER[1:]:
+            row = [summary.get((model, label, distribution, d, 1)) for d in DENSITIES]
+            at = summary.get((model, label, distribution, 0.1, 1))
+            flops = f"{at['flops']:.3f}x" if at else "–"
+            lines.append(f"| {label} | " + " | ".join(cell(s) for s in row) + f" | {flops} |")
+        lines.append("")
+    lines += [f"{heading} {model}, ERK, block sizes", "",
+              "| method | block | " + " | ".join(f"d={d}" for d in DENSITIES) + " |",
+              "|---" * (len(DENSITIES) + 2) + "|"]
+    for label in ("static", "SET", "RigL"):
+        for block in (1, 4, 16, 32):
+            row = [summary.get((model, label, "erk", d, block)) for d in DENSITIES]
+            lines.append(f"| {label} | {block} | " + " | ".join(cell(s) for s in row) + " |")
+    lines.append("")
+    return lines
 
 
 def _compare(summary, a, b):
@@ -173,12 +187,8 @@ def findings(summary, models, records=()) -> str:
                 lines.append(f"  - {k[1]}, {k[2]}, d={k[3]}: {d:+.2f} points vs pruning, {f:.2f}x its FLOPs")
         lines += ["", "Accuracy cost of blocks against unstructured (RigL, ERK; points, mean over seeds):", "",
                   "| block | " + " | ".join(f"d={d}" for d in DENSITIES) + " |", "|---" * (len(DENSITIES) + 1) + "|"]
-        for block in (4, 16, 32):
-            row = []
-            for d in DENSITIES:
-                a, b = s.get((model, "RigL", "erk", d, block)), s.get((model, "RigL", "erk", d, 1))
-                row.append(f"{a['mean'] - b['mean']:+.2f}" if a and b else "–")
-            lines.append(f"| {block} | " + " | ".join(row) + " |")
+        for block in BLOCKS:
+            lines.append(f"| {block} | " + " | ".join(block_cost(s, model, block)) + " |")
         failed = did_not_train(records, model)
         if failed:
             lines += ["", f"Runs that did not train (final accuracy below {DID_NOT_TRAIN:.0f}%; their cells are "
@@ -190,6 +200,24 @@ def findings(summary, models, records=()) -> str:
                       "against dense "
                       f"{dense['mean']:.2f} ± {dense['std']:.2f}, {dense['mean'] - rigl['mean']:.2f} points below."]
         lines.append("")
+    return "\n".join(lines)
+
+
+def block_cost(summary, model, block) -> list[str]:
+    """Per density, RigL's (ERK) mean accuracy at ``block`` minus its unstructured one, in points."""
+    row = []
+    for d in DENSITIES:
+        a, b = summary.get((model, "RigL", "erk", d, block)), summary.get((model, "RigL", "erk", d, 1))
+        row.append(f"{a['mean'] - b['mean']:+.2f}" if a and b else "–")
+    return row
+
+
+def block_cost_table(summary, models) -> str:
+    """What blocks cost RigL (ERK) against unstructured, every model in one table."""
+    lines = ["| model | block | " + " | ".join(f"d={d}" for d in DENSITIES) + " |", "|---" * (len(DENSITIES) + 2) + "|"]
+    for model in models:
+        for block in BLOCKS:
+            lines.append(f"| {model} | {block} | " + " | ".join(block_cost(summary, model, block)) + " |")
     return "\n".join(lines)
 
 

@@ -69,7 +69,7 @@ def configurations(models, parts):
     out = []
     for model, method, multiplier, distribution, density, block_size, seed in runs:
         name = run_name(model, method, multiplier, distribution, density, block_size, seed)
-        argv = ["--model", model, "--method", method, "--density", str(density), "--distribution", distribution,
+        argv = ["--model", model, "--algorithm", method, "--density", str(density), "--distribution", distribution,
                 "--block-size", str(block_size), "--mode", "masked", "--epochs", str(EPOCHS[model]),
                 "--multiplier", str(multiplier), "--optimizer", OPTIMIZER[0], "--lr", str(OPTIMIZER[1]),
                 "--seed", str(seed), "--no-progress"]

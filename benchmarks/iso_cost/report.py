@@ -89,24 +89,28 @@ def _pm(value: tuple[float, float], digits: int = 3) -> str:
     return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
 
 
-def markdown(sweep: list[dict], summary: dict[str, dict], rows: list[dict], records: list[dict]) -> str:
-    lines = []
-    if sweep:
-        lines += ["Learning-rate sweep (dense, seed 0, equal tokens; the lowest is used by every run):", "",
-                  "| lr | validation loss (nats/char) |", "|---|---|"]
-        lines += [f"| {r['lr']:g} | {r['equal_tokens']['final_val_loss']:.3f} |"
-                  for r in sorted(sweep, key=lambda r: r["lr"])]
-        lines.append("")
-    lines += ["| model | seeds | val loss, equal tokens | val loss, equal time | steps in the time | ms/step | "
-              "peak memory (MiB) | trainable parameters | training GFLOP/step |", "|---" * 9 + "|"]
+def sweep_table(sweep: list[dict]) -> list[str]:
+    """The learning-rate sweep: the dense model's loss at equal tokens per rate."""
+    lines = ["| lr | validation loss (nats/char) |", "|---|---|"]
+    return lines + [f"| {r['lr']:g} | {r['equal_tokens']['final_val_loss']:.3f} |"
+                    for r in sorted(sweep, key=lambda r: r["lr"])]
+
+
+def models_table(summary: dict[str, dict]) -> list[str]:
+    """Per model, over its seeds: losses at equal tokens and equal time, steps, time, memory, size and FLOPs."""
+    lines = ["| model | seeds | val loss, equal tokens | val loss, equal time | steps in the time | ms/step | "
+             "peak memory (MiB) | trainable parameters | training GFLOP/step |", "|---" * 9 + "|"]
     for name, s in summary.items():
         lines.append(f"| {name} | {len(s['seeds'])} | {_pm(s['loss_equal_tokens'])} | {_pm(s['loss_equal_time'])} | "
                      f"{s['steps_in_budget'][0]:.0f} | {s['ms_per_step'][0]:.0f} | {s['peak_rss_mib'][0]:.0f} | "
                      f"{s['trainable_parameters'] / 1e6:.2f} M | {s['training_gflop_per_step']:.1f} |")
-    lines += ["", "Against the dense model, seed by seed (loss difference, mean ± std; negative: lower than dense):",
-              "",
-              "| model | equal tokens | lower in | equal time | lower in | time per step / dense | memory / dense |",
-              "|---|---|---|---|---|---|---|"]
+    return lines
+
+
+def against_dense_table(rows: list[dict]) -> list[str]:
+    """Each sparse model against dense, seed by seed (``comparisons``)."""
+    lines = ["| model | equal tokens | lower in | equal time | lower in | time per step / dense | memory / dense |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         cells = []
         for key in ("equal_tokens", "equal_time"):
@@ -114,15 +118,47 @@ def markdown(sweep: list[dict], summary: dict[str, dict], rows: list[dict], reco
             cells += [_pm(c["difference"]) if c["difference"] else "n/a", f"{c['lower_in']} of {len(c['seeds'])}"]
         lines.append(f"| {row['model']} | {' | '.join(cells)} | {row['time_per_step_vs_dense']:.2f} | "
                      f"{row['memory_vs_dense']:.2f} |")
+    return lines
+
+
+def measured_on(summary: dict[str, dict], records: list[dict]) -> str:
+    """The machine, versions and git SHAs of the records, and what equal time means; empty without them."""
     env = next((r["environment"] for r in records if "environment" in r), None)
+    if env is None:
+        return ""
     shas = sorted({r["environment"]["git_sha"][:10] for r in records if "environment" in r})
-    if env:
-        lines += ["", f"Measured on {env['device']} ({env['instruction_set']} kernels; CPU flags "
-                      f"{' '.join(env['cpu_flags'])}), {env['threads']} threads, torch {env['torch']}, git "
-                      f"{', '.join(shas)}. Equal time: each model trains for the wall-clock the dense model "
-                      f"of its seed took over {records[0]['config']['steps']} steps (mean "
-                      f"{summary[next(iter(summary))]['budget_seconds'][0]:.0f} s)."]
+    return (f"Measured on {env['device']} ({env['instruction_set']} kernels; CPU flags "
+            f"{' '.join(env['cpu_flags'])}), {env['threads']} threads, torch {env['torch']}, git "
+            f"{', '.join(shas)}. Equal time: each model trains for the wall-clock the dense model "
+            f"of its seed took over {records[0]['config']['steps']} steps (mean "
+            f"{summary[next(iter(summary))]['budget_seconds'][0]:.0f} s).")
+
+
+def markdown(sweep: list[dict], summary: dict[str, dict], rows: list[dict], records: list[dict]) -> str:
+    lines = []
+    if sweep:
+        lines += ["Learning-rate sweep (dense, seed 0, equal tokens; the lowest is used by every run):", "",
+                  *sweep_table(sweep), ""]
+    lines += models_table(summary)
+    lines += ["", "Against the dense model, seed by seed (loss difference, mean ± std; negative: lower than dense):",
+              "", *against_dense_table(rows)]
+    measured = measured_on(summary, records)
+    if measured:
+        lines += ["", measured]
     return "\n".join(lines) + "\n"
+
+
+def where_time_goes_table(results: list[dict]) -> list[str]:
+    """``where_time_goes.py``'s results: per model the profiled step and its parts (ms), and what an update
+    step costs over an ordinary one."""
+    parts = list(dict.fromkeys(k for r in results for k in r["parts_ms_per_step"]))
+    lines = ["| model | step (ms) | " + " | ".join(parts) + " | update step / ordinary |",
+             "|---" * (len(parts) + 3) + "|"]
+    for r in results:
+        ratio = f"{r['update_step_ms'] / r['ordinary_step_ms']:.2f}" if "update_step_ms" in r else "n/a"
+        lines.append(f"| {r['model']} | {r['profiled_ms_per_step']:.0f} | "
+                     + " | ".join(f"{r['parts_ms_per_step'].get(k, 0.0):.0f}" for k in parts) + f" | {ratio} |")
+    return lines
 
 
 def plot(records: list[dict], path: Path) -> bool:

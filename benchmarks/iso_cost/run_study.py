@@ -118,7 +118,7 @@ def build(run: dict, cfg: dict, lr: float, horizon: int):
     width = cfg["width"] * run["multiplier"]
     model = TransformerLM(vocab=256, width=width, layers=cfg["layers"], heads=cfg["heads"], max_length=cfg["length"])
     if run["method"] != "dense":
-        rs.sparsify(model, density=1.0 / run["multiplier"] ** 2, method="erk", block_size=run["block_size"],
+        rs.sparsify(model, density=1.0 / run["multiplier"] ** 2, distribution="erk", block_size=run["block_size"],
                     include=PROJECTIONS, first_dense=False, generator=torch.Generator().manual_seed(run["seed"]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     if run["method"] == "dense":

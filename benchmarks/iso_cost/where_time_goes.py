@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import run_study  # noqa: E402
+from report import where_time_goes_table  # noqa: E402
 from common import environment  # noqa: E402
 
 # The part of a step an operator belongs to, by the first pattern found in its name or its parents' names.
@@ -119,13 +120,7 @@ def main(argv=None) -> None:
     train_plays, _ = run_study.plays()
     data = run_study.encode(train_plays)
     results = [profile(name, cfg, args.lr, data, args.steps) for name in args.models]
-    parts = list(dict.fromkeys(k for r in results for k in r["parts_ms_per_step"]))
-    lines = ["| model | step (ms) | " + " | ".join(parts) + " | update step / ordinary |",
-             "|---" * (len(parts) + 3) + "|"]
-    for r in results:
-        ratio = f"{r['update_step_ms'] / r['ordinary_step_ms']:.2f}" if "update_step_ms" in r else "n/a"
-        lines.append(f"| {r['model']} | {r['profiled_ms_per_step']:.0f} | "
-                     + " | ".join(f"{r['parts_ms_per_step'].get(k, 0.0):.0f}" for k in parts) + f" | {ratio} |")
+    lines = where_time_goes_table(results)
     print("\n".join(lines))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "where_time_goes.md").write_text("\n".join(lines) + "\n")

@@ -11,18 +11,45 @@ Layers named in ``dense`` or ``custom`` are outside the budget equation.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 
 from rigl_sparse._checks import check_density
 
-METHODS = ("uniform", "er", "erk")
+DISTRIBUTIONS = ("uniform", "er", "erk")
 
 
+def accepts_method_alias(func):
+    """Let ``func`` take ``method=`` as the old, deprecated spelling of its ``distribution=`` keyword.
+
+    ``method`` also names the training algorithm elsewhere (RigL, SET, ...), so the density distribution is
+    called ``distribution`` now; ``method=`` still works, with a ``FutureWarning``, and both at once are a
+    ``TypeError``."""
+
+    position = list(inspect.signature(func).parameters).index("distribution")
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        if "method" in kwargs:
+            if "distribution" in kwargs or len(args) > position:
+                raise TypeError(f"{func.__name__}() got both distribution= and method=, its old spelling; "
+                                "pass distribution= only")
+            warnings.warn(f"{func.__name__}(method=...) is deprecated: the keyword is now distribution=",
+                          FutureWarning, stacklevel=2)
+            kwargs["distribution"] = kwargs.pop("method")
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+@accepts_method_alias
 def layer_densities(
     shapes: Mapping[str, tuple[int, ...]],
     density: float,
-    method: str = "erk",
+    distribution: str = "erk",
     dense: Iterable[str] = (),
     custom: Mapping[str, float] | None = None,
     erk_power_scale: float = 1.0,
@@ -33,7 +60,8 @@ def layer_densities(
         shapes: layer name -> weight shape in PyTorch order, ``(out, in)`` for a
             linear layer, ``(out, in/groups, kh, kw)`` for a convolution.
         density: target fraction of active weights over the budgeted layers, in (0, 1].
-        method: ``"uniform"``, ``"er"`` or ``"erk"``.
+        distribution: ``"uniform"``, ``"er"`` or ``"erk"``. ``method=``, its old name, is still
+            accepted with a ``FutureWarning``.
         dense: names of layers kept dense (density 1, outside the budget).
         custom: name -> density for layers with a fixed density (outside the budget).
         erk_power_scale: exponent applied to the ERK ratio (below 1 is softer).
@@ -41,8 +69,8 @@ def layer_densities(
     Returns name -> density, in the order of ``shapes``.
     """
     check_density(density)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
     if not shapes:
         raise ValueError("shapes is empty: there is no layer to give a density")
     if isinstance(erk_power_scale, bool) or not isinstance(erk_power_scale, (int, float)) \
@@ -64,7 +92,7 @@ def layer_densities(
     if unknown:
         raise ValueError(f"dense/custom name layers that are not in shapes: {unknown}; known: {sorted(shapes)}")
 
-    if method == "uniform":
+    if distribution == "uniform":
         return {name: fixed.get(name, float(density)) for name in shapes}
 
     sparsity = 1.0 - density
@@ -80,7 +108,7 @@ def layer_densities(
                 rhs -= n_zeros
             elif name not in fixed:
                 rhs += n_param - n_zeros
-                raw[name] = _raw_probability(shape, method, erk_power_scale)
+                raw[name] = _raw_probability(shape, distribution, erk_power_scale)
                 divisor += raw[name] * n_param
         if not raw:
             break
@@ -103,10 +131,10 @@ def layer_densities(
     return result
 
 
-def _raw_probability(shape: tuple[int, ...], method: str, power: float) -> float:
-    if method == "erk":
+def _raw_probability(shape: tuple[int, ...], distribution: str, power: float) -> float:
+    if distribution == "erk":
         return (sum(shape) / math.prod(shape)) ** power
     if len(shape) < 2:
-        raise ValueError(f"method 'er' needs at least two dims (out, in), got shape {shape}")
+        raise ValueError(f"distribution 'er' needs at least two dims (out, in), got shape {shape}")
     n_out, n_in = shape[0], shape[1]
     return (n_in + n_out) / (n_in * n_out)

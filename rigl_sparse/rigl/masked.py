@@ -29,6 +29,7 @@ from torch import nn
 from rigl_sparse._checks import check_positive_int
 from rigl_sparse.layout import BlockSparseLayout
 from rigl_sparse.nn.conv import weight_matrix
+from rigl_sparse.rigl.distributions import accepts_method_alias
 from rigl_sparse.rigl.sparsify import densities_of, select_layers
 
 STARTS = ("random", "dense")
@@ -120,15 +121,17 @@ def masked_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(getattr(m, "block_mask", None), BlockMask)]
 
 
-def apply_masks(model: nn.Module, *, density: float, method: str = "erk", block_size: int = 1, dense=(),
+@accepts_method_alias
+def apply_masks(model: nn.Module, *, density: float, distribution: str = "erk", block_size: int = 1, dense=(),
                 custom: dict[str, float] | None = None, erk_power_scale: float = 1.0,
                 first_dense: bool | None = None, last_dense: bool = False, include=None, exclude=(),
                 start: str = "random", generator: torch.Generator | None = None) -> nn.Module:
     """Put every ``nn.Linear`` and ``nn.Conv2d`` of ``model`` under a block mask, in place.
 
     Per-layer densities come from ``layer_densities`` exactly as in ``sparsify``
-    (same ``method``, ``dense``, ``custom``, ``erk_power_scale``, ``first_dense``,
-    ``last_dense``, ``include``, ``exclude`` rules); layers that end at density 1 get no mask.  ``start="random"`` draws
+    (same ``distribution``, ``dense``, ``custom``, ``erk_power_scale``, ``first_dense``,
+    ``last_dense``, ``include``, ``exclude`` rules, and ``method=`` as the deprecated old name
+    of ``distribution``); layers that end at density 1 get no mask.  ``start="random"`` draws
     each layer's active blocks uniformly at random (the same draws, in the same
     order, as ``sparsify`` with the same ``generator``, so both modes start from
     one topology) and zeroes the other weights; ``start="dense"`` starts with
@@ -150,7 +153,7 @@ def apply_masks(model: nn.Module, *, density: float, method: str = "erk", block_
     if any(m.weight.is_meta for m in layers.values()):
         raise ValueError("masked mode keeps dense weights and needs them materialised; the model is on 'meta' "
                          "(use rs.sparsify for models too large to exist densely)")
-    densities = densities_of(layers, density, method, dense, custom, erk_power_scale, first_dense, last_dense)
+    densities = densities_of(layers, density, distribution, dense, custom, erk_power_scale, first_dense, last_dense)
     for name, layer in layers.items():
         if densities[name] >= 1.0:
             continue

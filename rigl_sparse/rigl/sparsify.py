@@ -11,10 +11,11 @@ from rigl_sparse._checks import check_positive_int
 from rigl_sparse.layout import BlockSparseLayout
 from rigl_sparse.nn import SparseConv2d, SparseLinear, guard_state_loading
 from rigl_sparse.nn.conv import weight_matrix
-from rigl_sparse.rigl.distributions import layer_densities
+from rigl_sparse.rigl.distributions import accepts_method_alias, layer_densities
 
 
-def sparsify(model: nn.Module, *, density: float, method: str = "erk", block_size: int = 32, dense=(),
+@accepts_method_alias
+def sparsify(model: nn.Module, *, density: float, distribution: str = "erk", block_size: int = 32, dense=(),
              custom: dict[str, float] | None = None, erk_power_scale: float = 1.0, first_dense: bool | None = None,
              last_dense: bool = False, include=None, exclude=(), device=None,
              generator: torch.Generator | None = None) -> nn.Module:
@@ -30,15 +31,17 @@ def sparsify(model: nn.Module, *, density: float, method: str = "erk", block_siz
     are never sparse.  A layer whose weight is shared with another module (tied
     embeddings) is refused: exclude it.
 
-    Per-layer densities come from ``layer_densities(shapes, density, method, dense,
-    custom, erk_power_scale)`` over the weight shapes (``(out, in/groups, kh, kw)``
+    Per-layer densities come from ``layer_densities(shapes, density, distribution,
+    dense, custom, erk_power_scale)`` over the weight shapes (``(out, in/groups, kh, kw)``
     for convolutions, so ERK sees the kernel dimensions as the official code
-    does); layers that end at density 1 (named in ``dense``, or made dense by
-    ER/ERK) stay dense.  ``first_dense`` keeps the model's first such layer dense
-    and outside the budget; by default it does so for ``method="uniform"``, as
-    in the paper.  Convolutions whose groups do not hold whole block rows
-    (``block_size`` not dividing ``out/groups``, e.g. depthwise ones) or whose
-    padding mode is not zeros stay dense ``nn.Conv2d`` (outside the budget).
+    does); ``distribution`` is ``"uniform"``, ``"er"`` or ``"erk"`` (``method=``,
+    its old name, still works with a ``FutureWarning``).  Layers that end at
+    density 1 (named in ``dense``, or made dense by ER/ERK) stay dense.
+    ``first_dense`` keeps the model's first such layer dense and outside the
+    budget; by default it does so for ``distribution="uniform"``, as in the paper.
+    Convolutions whose groups do not hold whole block rows (``block_size`` not
+    dividing ``out/groups``, e.g. depthwise ones) or whose padding mode is not
+    zeros stay dense ``nn.Conv2d`` (outside the budget).
     A sparse layer keeps the dense layer's initial values on its active blocks
     (the official code's dense init then random mask) and its bias.
 
@@ -56,7 +59,7 @@ def sparsify(model: nn.Module, *, density: float, method: str = "erk", block_siz
         raise ValueError("model has no nn.Linear, Conv1D or nn.Conv2d (zero padding; block_size dividing "
                          "out/groups) layer to sparsify" + (" among those include/exclude select" if include or exclude
                                                              else ""))
-    densities = densities_of(layers, density, method, dense, custom, erk_power_scale, first_dense, last_dense)
+    densities = densities_of(layers, density, distribution, dense, custom, erk_power_scale, first_dense, last_dense)
     target = None if device is None else torch.device(device)
 
     for name, layer in layers.items():
@@ -69,19 +72,20 @@ def sparsify(model: nn.Module, *, density: float, method: str = "erk", block_siz
     return model
 
 
-def densities_of(layers: dict[str, nn.Module], density, method, dense, custom, erk_power_scale,
+def densities_of(layers: dict[str, nn.Module], density, distribution, dense, custom, erk_power_scale,
                  first_dense, last_dense=False) -> dict[str, float]:
     """Per-layer densities of ``layers`` (name -> module with a ``weight``) as ``sparsify`` allocates them:
     ``layer_densities`` over the weight shapes, the first layer kept dense when ``first_dense`` (default: for
-    ``method="uniform"``) and the last when ``last_dense``."""
+    ``distribution="uniform"``) and the last when ``last_dense``."""
     if first_dense is None:
-        first_dense = method == "uniform"
+        first_dense = distribution == "uniform"
     if not isinstance(last_dense, bool):
         raise TypeError(f"last_dense must be a bool, got {type(last_dense).__name__}")
     names = list(layers)
     dense = tuple(dense) + ((names[0],) if first_dense else ()) + ((names[-1],) if last_dense else ())
     shapes = {name: tuple(m.weight.T.shape) if is_conv1d(m) else tuple(m.weight.shape) for name, m in layers.items()}
-    return layer_densities(shapes, density, method, dense=dense, custom=custom, erk_power_scale=erk_power_scale)
+    return layer_densities(shapes, density, distribution, dense=dense, custom=custom,
+                           erk_power_scale=erk_power_scale)
 
 
 def is_conv1d(module: nn.Module) -> bool:
