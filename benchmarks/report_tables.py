@@ -33,6 +33,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -199,16 +200,8 @@ def cli_help() -> str:
         sys.path.append(str(ROOT))
     from rigl_sparse.train import build_parser  # imports torch: only for this block
 
-    saved = {key: os.environ.get(key) for key in ("COLUMNS", "NO_COLOR")}
-    os.environ.update(COLUMNS="100", NO_COLOR="1")  # argparse reads the width from COLUMNS
-    try:
+    with mock.patch.dict(os.environ, COLUMNS="100", NO_COLOR="1"):  # argparse reads the width from COLUMNS
         text = build_parser().format_help()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     return "```text\n" + text.rstrip("\n") + "\n```"
 
 
@@ -411,6 +404,13 @@ def pages(root: Path = ROOT) -> list[Path]:
     return ([readme] if readme.exists() else []) + sorted((root / "docs").rglob("*.md"))
 
 
+def _stale_images() -> list[tuple[Path, Path]]:
+    """(copy in docs/images, its result) for every copy that is missing or differs from its result."""
+    copies = [(DOCS / "images" / name, source) for name, source in IMAGES.items()]
+    return [(copy, source) for copy, source in copies
+            if not copy.exists() or copy.read_bytes() != source.read_bytes()]
+
+
 def stale(files=None, only=None, images: bool = True) -> list[str]:
     """One line per block (and copied image) that differs from what this script generates."""
     out = []
@@ -419,10 +419,8 @@ def stale(files=None, only=None, images: bool = True) -> list[str]:
         for block in parse(path, text):
             if (only is None or block.name in only) and block.content != generate(block.name, path):
                 out.append(f"{_where(path, block.begin)}: block {block.name!r} is stale")
-    for name, source in IMAGES.items() if images and only is None else ():
-        copy = DOCS / "images" / name
-        if not copy.exists() or copy.read_bytes() != source.read_bytes():
-            out.append(f"{copy.relative_to(ROOT)}: not a copy of {source.relative_to(ROOT)}")
+    for copy, source in _stale_images() if images and only is None else ():
+        out.append(f"{copy.relative_to(ROOT)}: not a copy of {source.relative_to(ROOT)}")
     return out
 
 
@@ -435,12 +433,10 @@ def write(files=None, only=None, images: bool = True) -> list[Path]:
         if new != text:
             path.write_text(new)
             changed.append(path)
-    for name, source in IMAGES.items() if images and only is None else ():
-        copy = DOCS / "images" / name
-        if not copy.exists() or copy.read_bytes() != source.read_bytes():
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, copy)
-            changed.append(copy)
+    for copy, source in _stale_images() if images and only is None else ():
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, copy)
+        changed.append(copy)
     return changed
 
 
