@@ -3,6 +3,9 @@
 
 #include <torch/extension.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "isa.h"
 
 namespace rigl_sparse {
@@ -49,8 +52,8 @@ inline void check_float_or_bf16(const at::Tensor& t, const char* name) {
 
 // How many work items one task must hold so that it does at least ~64K multiply-adds (tens of
 // microseconds): waking a thread for less costs more than the work (a 4x slowdown on small layers).
+constexpr int64_t kMinWork = int64_t{1} << 16;
 inline int64_t grain_for(int64_t work_per_item) {
-  constexpr int64_t kMinWork = int64_t{1} << 16;
   return std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, work_per_item));
 }
 
@@ -114,8 +117,31 @@ T* out_ptr(at::Tensor& out) {
   return reinterpret_cast<T*>(out.data_ptr());
 }
 
+// The parts of a view split among threads so that each holds about as many slots: part p covers view
+// entries [bounds[p], bounds[p + 1]).  (Split evenly by entry, a part holding the denser block rows would
+// set the pace of the call.)
+inline std::vector<int64_t> balanced_parts(const int32_t* ptr, int64_t entries, int64_t parts) {
+  std::vector<int64_t> bounds(parts + 1, entries);
+  bounds[0] = 0;
+  const int64_t nnzb = ptr[entries];
+  for (int64_t p = 1; p < parts; ++p)
+    bounds[p] = std::lower_bound(ptr, ptr + entries + 1, (nnzb * p + parts - 1) / parts) - ptr;
+  for (int64_t p = 1; p <= parts; ++p) bounds[p] = std::max(bounds[p], bounds[p - 1]);
+  return bounds;
+}
+
+// Whether a product over M rows is split among threads by rows (each thread: its rows, every block) rather
+// than by blocks: when every thread gets at least two register tiles of rows per call.  With fewer rows,
+// a row split would make every thread read every block for a few rows each.
+inline bool split_by_rows(int64_t M, int64_t rows_per_tile) {
+  return M >= 2 * rows_per_tile * at::get_num_threads();
+}
+
 // out[M, n_out] = a[M, n_a] @ (the layout's blocks, over one view): the body shared by dsd (row view,
 // W.T blocks, bias) and dds (column view, W blocks).  names = {a, ptr, slots, coord} for messages.
+// A forward of at most kernels().dot_rows rows takes W's blocks as stored (dot_rows: each block read once,
+// none transposed, no register tile of padding rows); any other call runs view_rows, split by rows or by
+// slot-balanced parts of the view.
 inline void view_matmul_out(const at::Tensor& a, const at::Tensor& values, bool transpose, const at::Tensor& ptr,
                             const at::Tensor& slots, const at::Tensor& coord, const float* bias, at::Tensor& out,
                             const char* const names[4]) {
@@ -128,23 +154,75 @@ inline void view_matmul_out(const at::Tensor& a, const at::Tensor& values, bool 
   TORCH_CHECK(values.dim() == 3 && values.size(1) == values.size(2), "values must be [nnzb, b, b]");
   TORCH_CHECK(a.scalar_type() == values.scalar_type() && out.scalar_type() == a.scalar_type(), names[0],
               ", values and out must share a dtype");
-  const int64_t B = values.size(1), M = a.size(0), n_out_blocks = ptr.numel() - 1;
-  const int64_t a_blocks = (a.size(1) + B - 1) / B, n_out = out.size(1);
-  TORCH_CHECK(out.size(0) == M && (n_out + B - 1) / B == n_out_blocks, "out must be [M, ", n_out_blocks,
-              " blocks of ", B, "] to match ", names[1]);
-  check_view(ptr, slots, coord, values.size(0), a_blocks, names[1], names[2], names[3]);
-  const at::Tensor blocks = float_blocks(values, transpose);  // oriented as [s][k][n]
+  const int64_t B = values.size(1), M = a.size(0), n_view = ptr.numel() - 1, n_a = a.size(1);
+  const int64_t a_blocks = (n_a + B - 1) / B, n_out = out.size(1), nnzb = values.size(0);
+  TORCH_CHECK(out.size(0) == M && (n_out + B - 1) / B == n_view, "out must be [M, ", n_view, " blocks of ", B,
+              "] to match ", names[1]);
+  check_view(ptr, slots, coord, nnzb, a_blocks, names[1], names[2], names[3]);
   const int b = block_index(B), MR = rows_per_tile(B);
-  const at::Tensor panels = block_columns(a, a_blocks, B, (M + MR - 1) / MR * MR);
-  const int64_t per_block = M * B * B * std::max<int64_t>(1, values.size(0) / std::max<int64_t>(1, n_out_blocks));
+  if (M == 0) return;
+  const int32_t* p = ptr.data_ptr<int32_t>();
+  const bool dot = transpose && M <= kernels().dot_rows;
+  const at::Tensor blocks = float_blocks(values, transpose && !dot);  // oriented [s][k][n], or as stored
+  at::Tensor a_padded;  // dot_rows: a as fp32 [M][a_blocks * B], zero past n_a
+  if (dot) a_padded = at::constant_pad_nd(a.to(at::kFloat), {0, a_blocks * B - n_a}).contiguous();
   with_dtype(a.scalar_type(), [&](const auto& k, auto tag) {
     using T = decltype(tag);
-    at::parallel_for(0, n_out_blocks, grain_for(per_block), [&](int64_t begin, int64_t end) {
-      k.sparse_matmul[b](panels.data_ptr<float>(), M, blocks.data_ptr<float>(), ptr.data_ptr<int32_t>(),
-                         slots.data_ptr<int32_t>(), coord.data_ptr<int32_t>(), bias, out_ptr<T>(out), n_out, begin,
-                         end);
+    auto run = [&](int64_t m_begin, int64_t m_end, int64_t j_begin, int64_t j_end) {
+      if (dot) {
+        k.dot_rows[b](a_padded.data_ptr<float>(), a_blocks * B, M, blocks.data_ptr<float>(), p,
+                      slots.data_ptr<int32_t>(), coord.data_ptr<int32_t>(), bias, out_ptr<T>(out), n_out, n_out,
+                      j_begin, j_end);
+      } else {
+        k.view_rows[b](in_ptr<T>(a), n_a, n_a, blocks.data_ptr<float>(), p, slots.data_ptr<int32_t>(),
+                       coord.data_ptr<int32_t>(), bias, out_ptr<T>(out), n_out, n_out, m_begin, m_end, j_begin,
+                       j_end);
+      }
+    };
+    if (!dot && split_by_rows(M, MR)) {
+      const int64_t tiles = (M + MR - 1) / MR;
+      at::parallel_for(0, tiles, grain_for(MR * nnzb * B * B), [&](int64_t begin, int64_t end) {
+        run(begin * MR, std::min(M, end * MR), 0, n_view);
+      });
+      return;
+    }
+    const int64_t parts = M * nnzb * B * B >= 2 * kMinWork ? at::get_num_threads() : 1;
+    const std::vector<int64_t> bounds = balanced_parts(p, n_view, parts);
+    at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t q = begin; q < end; ++q) run(0, M, bounds[q], bounds[q + 1]);
     });
   });
+}
+
+// acc_parts[q] (fp32 [nnzb, B, B] each, zeroed) += dy.T @ x on the active blocks for the rows of part q of
+// `parts` equal row ranges, every slot (sdd_rows), one part per task; when `slot_split`, instead one
+// accumulator and parts of the slots over all the rows.
+inline void sdd_parts(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_slots,
+                      const at::Tensor& block_row, const at::Tensor& block_col, int64_t B, float* const* acc_parts,
+                      int64_t parts, bool slot_split) {
+  const int64_t M = x.size(0), nnzb = block_row.numel();
+  with_dtype(x.scalar_type(), [&](const auto& k, auto tag) {
+    using T = decltype(tag);
+    at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t q = begin; q < end; ++q) {
+        const int64_t p0 = slot_split ? nnzb * q / parts : 0, p1 = slot_split ? nnzb * (q + 1) / parts : nnzb;
+        const int64_t m0 = slot_split ? 0 : M * q / parts, m1 = slot_split ? M : M * (q + 1) / parts;
+        k.sdd_rows[block_index(B)](in_ptr<T>(dy), dy.size(1), dy.size(1), in_ptr<T>(x), x.size(1), x.size(1),
+                                   row_slots.data_ptr<int32_t>(), block_row.data_ptr<int32_t>(),
+                                   block_col.data_ptr<int32_t>(), acc_parts[slot_split ? 0 : q], p0, p1, m0, m1);
+      }
+    });
+  });
+}
+
+// The weight gradient's rows are split among threads (each summing into its own accumulator, added up at
+// the end) when each thread gets at least this many rows; with fewer, threads split the slots.
+constexpr int64_t kSddRowsPerThread = 256;
+
+inline int64_t sdd_row_parts(int64_t M) {
+  return M >= kSddRowsPerThread * 2 ? std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
+                                                                                M / kSddRowsPerThread))
+                                    : 1;
 }
 
 }  // namespace cpu

@@ -140,14 +140,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dsd_backward_cpu(const at::Tensor
         .cast<std::tuple<at::Tensor, at::Tensor, at::Tensor>>();
   }
   const at::Tensor dy = grad_y.contiguous();
-  at::Tensor grad_x = at::empty({0}, x.options()), grad_values = at::empty({0}, x.options());
-  at::Tensor grad_bias = at::empty({0}, x.options());
-  if (need_x) {
-    grad_x = at::empty({x.size(0), x.size(1)}, x.options());
-    dds_out(dy, values.contiguous(), topology[4], topology[5], topology[0], grad_x);
-  }
-  if (need_values) grad_values = sdd_out_new(dy, x, topology, values.size(1));
-  if (need_bias) grad_bias = dy.sum({0}, /*keepdim=*/false, at::kFloat).to(dy.scalar_type());
+  at::Tensor grad_x = need_x ? at::empty({x.size(0), x.size(1)}, x.options()) : at::empty({0}, x.options());
+  at::Tensor grad_values = need_values ? at::empty_like(values) : at::empty({0}, x.options());
+  at::Tensor grad_bias = need_bias ? at::empty({dy.size(1)}, x.options()) : at::empty({0}, x.options());
+  dsd_backward_out(dy, x.contiguous(), values.contiguous(), topology[4], topology[5], topology[0], topology[3],
+                   topology[1], need_x, need_values, need_bias, grad_x, grad_values, grad_bias);
   return {grad_x, grad_values, grad_bias};
 }
 

@@ -15,6 +15,12 @@ void dsd_out(const at::Tensor& x, const at::Tensor& values, const c10::optional<
              const at::Tensor& row_ptr, const at::Tensor& row_slots, const at::Tensor& block_col, at::Tensor& out);
 void dds_out(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& col_ptr, const at::Tensor& col_slots,
              const at::Tensor& block_row, at::Tensor& out);
+void dsd_backward_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& values, const at::Tensor& col_ptr,
+                      const at::Tensor& col_slots, const at::Tensor& block_row, const at::Tensor& row_slots,
+                      const at::Tensor& block_col, bool need_x, bool need_values, bool need_bias, at::Tensor& grad_x,
+                      at::Tensor& grad_values, at::Tensor& grad_bias);
+void check_sdd_args(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_slots,
+                    const at::Tensor& block_row, const at::Tensor& block_col, const at::Tensor& out);
 void sdd_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_slots, const at::Tensor& block_row,
              const at::Tensor& block_col, at::Tensor& out);
 void block_scores_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& block_row,

@@ -19,8 +19,9 @@ template <typename T, int... Bs>
 TypedKernels<T> typed_kernels(std::integer_sequence<int, Bs...>) {
   return TypedKernels<T>{
       &pack_block_columns<T>,       &float_blocks<T>,
-      {&sparse_matmul<T, Bs>...},   {&sdd<T, Bs>...},           {&conv_forward<T, Bs>...},
-      {&conv_input_grad<T, Bs>...}, {&conv_weight_grad<T, Bs>...},
+      {&view_rows<T, Bs>...},       {&dot_rows<T, Bs>...},      {&sdd_rows<T, Bs>...},
+      &column_sums<T>,              {&conv_forward<T, Bs>...},  {&conv_input_grad<T, Bs>...},
+      {&conv_weight_grad<T, Bs>...},
   };
 }
 
@@ -33,6 +34,7 @@ KernelTable make_table(std::integer_sequence<int, Bs...> sizes) {
                                         : "4-float vectors, 32 registers: tiles up to 24 accumulators")
                       : "4-float vectors, 16 registers, no FMA: 8 accumulators (4 x 8 floats)",
       {rows_per_tile<Bs>()...},
+      kDotRows,
       typed_kernels<float>(sizes),
       typed_kernels<bf16>(sizes),
       &band_scores,

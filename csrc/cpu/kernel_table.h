@@ -42,14 +42,23 @@ struct TypedKernels {
                              int64_t begin, int64_t end, float* dst);
   // Blocks [nnzb, B, B] as fp32, transposed when asked, slots [begin, end).
   void (*float_blocks)(const T* values, int B, bool transpose, int64_t begin, int64_t end, float* dst);
-  // out[:, j*B:(j+1)*B] = A @ blocks over the view, output block columns [begin, end).
-  void (*sparse_matmul[kNumBlockSizes])(const float* panels, int64_t M, const float* blocks,
-                                        const int32_t* ptr, const int32_t* slots, const int32_t* coord,
-                                        const float* bias, T* out, int64_t n_cols, int64_t begin, int64_t end);
-  // dvalues[s] = dy[:, rows(s)].T @ x[:, cols(s)] for the slots row_slots[begin, end).
-  void (*sdd[kNumBlockSizes])(const float* dy, const float* x, int64_t M, const int32_t* row_slots,
-                              const int32_t* block_row, const int32_t* block_col, T* out, int64_t begin,
-                              int64_t end);
+  // out[m, j*B:(j+1)*B] (+ bias) = a[m, :] @ (blocks of view entry j), rows [m_begin, m_end), view
+  // entries [j_begin, j_end) (view_rows in kernels.h): dsd with W.T blocks, dds with W blocks.
+  void (*view_rows[kNumBlockSizes])(const T* a, int64_t lda, int64_t a_cols, const float* blocks, const int32_t* ptr,
+                                    const int32_t* slots, const int32_t* coord, const float* bias, T* out, int64_t ldo,
+                                    int64_t n_cols, int64_t m_begin, int64_t m_end, int64_t j_begin, int64_t j_end);
+  // The forward of M <= kDotRows rows with W's blocks as stored: a is fp32 [M][lda], zero-padded.
+  void (*dot_rows[kNumBlockSizes])(const float* a, int64_t lda, int64_t M, const float* blocks,
+                                   const int32_t* row_ptr, const int32_t* row_slots, const int32_t* block_col,
+                                   const float* bias, T* out, int64_t ldo, int64_t n_cols, int64_t j_begin,
+                                   int64_t j_end);
+  // acc[s] += dy[m, rows(s)].T @ x[m, cols(s)] (acc fp32 [nnzb, B, B]) for the slots slot_list[p_begin, p_end)
+  // over rows [m_begin, m_end).
+  void (*sdd_rows[kNumBlockSizes])(const T* dy, int64_t ldy, int64_t n_out, const T* x, int64_t ldx, int64_t n_in,
+                                   const int32_t* slot_list, const int32_t* block_row, const int32_t* block_col,
+                                   float* acc, int64_t p_begin, int64_t p_end, int64_t m_begin, int64_t m_end);
+  // sums[e] += sum of src[m * ld + e] over rows [m_begin, m_end), e < n (the bias gradient).
+  void (*column_sums)(const T* src, int64_t ld, int64_t n, int64_t m_begin, int64_t m_end, float* sums);
   // Implicit-GEMM convolution: forward over row panels [begin, end), input gradient over images
   // [begin, end) (x is T, dx fp32), weight gradient over the slots row_slots[begin, end).
   void (*conv_forward[kNumBlockSizes])(const T* x, const ConvShape& g, const float* blocks, const int32_t* row_ptr,
@@ -66,7 +75,8 @@ struct TypedKernels {
 struct KernelTable {
   const char* isa;                      // "baseline", "avx2" or "avx512"
   const char* tile;                     // the register tiles, for info
-  int rows_per_tile[kNumBlockSizes];    // MR: dsd/dds pad their dense operand to a multiple of it
+  int rows_per_tile[kNumBlockSizes];    // MR: the rows of one register tile
+  int dot_rows;                         // the most rows the few-row forward (dot_rows) takes
   TypedKernels<float> f32;
   TypedKernels<bf16> b16;
   // Block scores of a band of the dense gradient (see band_scores in kernels.h).

@@ -331,52 +331,228 @@ inline void panel_times_view(const float* panel, int64_t a_stride, const float* 
     matmul_tile<B>(panel, a_stride, slots + ptr[j], ptr[j + 1] - ptr[j], coord, blocks, h * S::NV * S::LANES, tile);
 }
 
-// out[:, j*B:(j+1)*B] = A @ blocks over the view, for output block columns j in [j_begin, j_end).
-//   a: A as block columns [*][Mp][B] (pack_block_columns with rows_out = Mp, M rounded up to a
-//      multiple of MR = rows_per_tile<B>());
-//   blocks: [nnzb, B, B] fp32, already oriented (W.T blocks for dsd, W for dds);
-//   ptr/slots/coord: the view; bias: [n_cols] fp32 or null; out: [M, n_cols].
-// For each output block column, the column chunks of its blocks (a few KiB each) stay in L1 while
-// a group of row tiles, whose A chunks fit in L2, passes under them once per chunk.
+// ---- dense rows times a sparse view: dsd (row view, W.T blocks) and dds (column view, W blocks) ------
+
+// Calls f(Rows<R>{}) for the compile-time R == r, r in [1, MAX]: a tile of the last, partial row tile
+// gets its own register tile instead of padding rows.
+template <int R>
+struct Rows {
+  static constexpr int value = R;
+};
+template <int MAX, typename F>
+__attribute__((always_inline)) inline void with_rows(int r, F&& f) {
+  if constexpr (MAX > 1) {
+    if (r < MAX) return with_rows<MAX - 1>(r, f);
+  }
+  f(Rows<MAX>{});
+}
+
+// out[R][cols) (row stride ldo) = (+ bias) sum over the n slots slots[p] of
+//   A chunk (a + coord[s] * a_block) [R][B] @ blocks[s][:, col0 : col0 + cols),
+// each A chunk contiguous (row i at + i * B, zero past the real columns).  The R x NV accumulators stay
+// in registers across all the slots.
+template <typename T, int B, int R>
+inline void view_tile(const float* a, int64_t a_block, const int32_t* slots, int32_t n, const int32_t* coord,
+                      const float* blocks, int col0, const float* bias, T* out, int64_t ldo, int64_t cols) {
+  using S = Tile<B>;
+  constexpr int NV = S::NV, LANES = S::LANES, WIDTH = NV * LANES;
+  constexpr int A_LINES = R * B / 16;  // 64-byte lines of one A chunk
+  vec<LANES> acc[R][NV] = {};
+  for (int32_t p = 0; p < n; ++p) {
+    const int64_t s = slots[p];
+    const float* ak = a + coord[s] * a_block;
+    const float* b = blocks + s * B * B + col0;
+    // The next slot's operands lie elsewhere, where no hardware prefetcher looks: fetch them a line per
+    // step while this slot's products run.
+    const int64_t s_next = p + 1 < n ? slots[p + 1] : s;
+    const float* a_next = a + coord[s_next] * a_block;
+    const float* b_next = blocks + s_next * B * B + col0;
+#pragma GCC unroll 2
+    for (int l = 0; l < B; ++l) {
+      __builtin_prefetch(b_next + l * B);
+      if constexpr (WIDTH > 16) __builtin_prefetch(b_next + l * B + 16);
+      if (l < A_LINES) __builtin_prefetch(a_next + l * 16);
+      vec<LANES> row[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) row[v] = load<LANES>(b + l * B + v * LANES);
+#pragma GCC unroll 16
+      for (int i = 0; i < R; ++i) {
+        const vec<LANES> av = broadcast<LANES>(ak[i * B + l]);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[i][v] += av * row[v];
+      }
+    }
+  }
+  if (sizeof(T) == sizeof(float) && cols == WIDTH) {  // straight from the registers
+    float* o = reinterpret_cast<float*>(out);
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v)
+        store<LANES>(o + i * ldo + v * LANES, bias ? acc[i][v] + load<LANES>(bias + v * LANES) : acc[i][v]);
+    return;
+  }
+  alignas(64) float tile[R * WIDTH];
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < NV; ++v) store<LANES>(tile + i * WIDTH + v * LANES, acc[i][v]);
+  for (int i = 0; i < R; ++i) narrow(tile + i * WIDTH, bias, cols, out + i * ldo);
+}
+
+// out[m, j*B : (j+1)*B] (+ bias) = A[m, :] @ (the blocks of view entry j) for rows m in [m_begin, m_end)
+// and view entries j in [j_begin, j_end): the forward (row view, W.T blocks) and the input gradient
+// (column view, W blocks) of a layer, with any number of rows.
+//   a: [M, a_cols] T, row stride lda; blocks: [nnzb, B, B] fp32, oriented [k][n]; ptr/slots/coord: the
+//   view; bias: [n_cols] fp32 or null; out: [M, n_cols] T, row stride ldo.
+// The rows are taken a group at a time, sized so that the group's A rows stay in L2, where they are laid
+// out as block columns (pack_block_columns: each row tile's chunk of a block column contiguous, fp32,
+// zero-padded); for each output block column the group's row tiles pass under that column's blocks (a
+// few KiB, in L1).  Read in place instead, the rows of a chunk lie a row stride apart, and at power-of-two
+// widths in the same few L1 sets (measured: 10-15% slower).  The caller splits the ranges, over rows or
+// over view entries.
 template <typename T, int B>
-void sparse_matmul(const float* a, int64_t M, const float* blocks, const int32_t* ptr,
-                   const int32_t* slots, const int32_t* coord, const float* bias, T* out, int64_t n_cols,
-                   int64_t j_begin, int64_t j_end) {
+void view_rows(const T* a, int64_t lda, int64_t a_cols, const float* blocks, const int32_t* ptr,
+               const int32_t* slots, const int32_t* coord, const float* bias, T* out, int64_t ldo, int64_t n_cols,
+               int64_t m_begin, int64_t m_end, int64_t j_begin, int64_t j_end) {
   using S = Tile<B>;
   constexpr int MR = S::MR, WIDTH = S::NV * S::LANES;
-  constexpr int64_t kGroupBytes = 256 << 10;
-  alignas(64) float tile[MR * B];
-  const int64_t panels = (M + MR - 1) / MR, a_stride = panels * MR * B;
-  for (int64_t j = j_begin; j < j_end; ++j) {
-    const int32_t n = ptr[j + 1] - ptr[j];
-    const int64_t col0 = j * B, cols = min64(B, n_cols - col0);
-    const int64_t group = max64(1, kGroupBytes / (max64(n, 1) * MR * B * static_cast<int64_t>(sizeof(float))));
-    for (int64_t t0 = 0; t0 < panels; t0 += group) {
+  constexpr int64_t kGroupBytes = 192 << 10;
+  const int64_t a_blocks = (a_cols + B - 1) / B;
+  const int64_t group = max64(MR, kGroupBytes / (a_blocks * B * 4) / MR * MR);
+  Buffer<> panel(min64(group, m_end - m_begin) * a_blocks * B);
+  for (int64_t m0 = m_begin; m0 < m_end; m0 += group) {
+    const int64_t rows = min64(group, m_end - m0);
+    pack_block_columns(a + m0 * lda, rows, rows, lda, a_cols, B, 0, a_blocks, panel.get());
+    for (int64_t j = j_begin; j < j_end; ++j) {
+      const int32_t n = ptr[j + 1] - ptr[j];
+      const int64_t col0 = j * B, cols = min64(B, n_cols - col0);
       for (int h = 0; h < S::CHUNKS && h * WIDTH < cols; ++h) {
-        for (int64_t t = t0; t < min64(t0 + group, panels); ++t) {
-          matmul_tile<B>(a + t * MR * B, a_stride, slots + ptr[j], n, coord, blocks, h * WIDTH, tile);
-          store_tile<T, B>(tile + h * WIDTH, min64(MR, M - t * MR), min64(WIDTH, cols - h * WIDTH),
-                           bias ? bias + col0 + h * WIDTH : nullptr, out + t * MR * n_cols + col0 + h * WIDTH,
-                           n_cols);
+        const int64_t c0 = col0 + h * WIDTH, width = min64(WIDTH, cols - h * WIDTH);
+        for (int64_t t = 0; t < rows; t += MR) {
+          with_rows<MR>(static_cast<int>(min64(MR, rows - t)), [&](auto r) {
+            view_tile<T, B, decltype(r)::value>(panel.get() + t * B, rows * B, slots + ptr[j], n, coord, blocks,
+                                                h * WIDTH, bias ? bias + c0 : nullptr, out + (m0 + t) * ldo + c0,
+                                                ldo, width);
+          });
         }
       }
     }
   }
 }
 
-// dvalues[s] = dy[:, rows(s)].T @ x[:, cols(s)] for the slots row_slots[p], p in [p_begin, p_end).
-//   dy, x: packed [n_blocks][M][B] fp32; out: [nnzb, B, B].
+// ---- the few-row forward: y = x @ W.T with W's blocks as stored ----------------------------------------
+
+template <int N>
+inline float horizontal_sum(vec<N> v) {
+  if constexpr (N == 1) {
+    return v[0];
+  } else {
+    vec<N / 2> lo, hi;
+    std::memcpy(&lo, &v, sizeof lo);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+    return horizontal_sum<N / 2>(lo + hi);
+  }
+}
+
+// Rows a dot-product tile takes: with one row, 8 block rows at a time; with two or three, 4.
+constexpr int kDotRows = 3;
+
+// sums[m][ii] = sum over the n slots slots[p] of a[m * lda + coord[s] * B : + B] . blocks[s][i0 + ii][:]
+// for m < M, ii < IG: dot products along a block row of W as stored, so each block is read once and
+// nothing is transposed (the operand of the forward when M is below a register tile).
+template <int B, int M, int IG>
+inline void dot_tile(const float* a, int64_t lda, const int32_t* slots, int32_t n, const int32_t* coord,
+                     const float* blocks, int i0, float* sums) {
+  constexpr int LANES = B < kMaxLanes ? B : kMaxLanes, V = B / LANES;
+  vec<LANES> acc[M][IG] = {};
+  for (int32_t p = 0; p < n; ++p) {
+    const int64_t s = slots[p];
+    const float* x = a + static_cast<int64_t>(coord[s]) * B;
+    const float* w = blocks + s * B * B + i0 * B;
+    if (p + 1 < n) {
+      const float* w_next = blocks + static_cast<int64_t>(slots[p + 1]) * B * B + i0 * B;
+      for (int e = 0; e < IG * B; e += 16) __builtin_prefetch(w_next + e);
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) {
+      vec<LANES> xv[M];
+#pragma GCC unroll 4
+      for (int m = 0; m < M; ++m) xv[m] = load<LANES>(x + m * lda + v * LANES);
+#pragma GCC unroll 8
+      for (int ii = 0; ii < IG; ++ii) {
+        const vec<LANES> wv = load<LANES>(w + ii * B + v * LANES);
+#pragma GCC unroll 4
+        for (int m = 0; m < M; ++m) acc[m][ii] += wv * xv[m];
+      }
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int ii = 0; ii < IG; ++ii) sums[m * IG + ii] = horizontal_sum<LANES>(acc[m][ii]);
+}
+
+// out[m, j*B + i] (+ bias) = sum over the slots s of block row j of a[m, coord[s]*B : +B] . blocks[s][i]
+// for the M <= kDotRows rows and block rows j in [j_begin, j_end).
+//   a: [M][lda] fp32, zero from the real columns up to lda >= C * B; blocks: [nnzb, B, B] fp32 as stored
+//   (W, not W.T); out: [M, n_cols] T, row stride ldo.
 template <typename T, int B>
-void sdd(const float* dy, const float* x, int64_t M, const int32_t* row_slots, const int32_t* block_row,
-         const int32_t* block_col, T* out, int64_t p_begin, int64_t p_end) {
-  Buffer<> acc(static_cast<int64_t>(B) * B);
-  for (int64_t p = p_begin; p < p_end; ++p) {
-    const int64_t s = row_slots[p];
-    const float* dy_slab = dy + static_cast<int64_t>(block_row[s]) * M * B;
-    const float* x_slab = x + static_cast<int64_t>(block_col[s]) * M * B;
-    fill_zero(acc.get(), B * B);
-    micro_kernel<B, B>(dy_slab, 1, B, x_slab, B, M, acc.get());
-    narrow(acc.get(), static_cast<const float*>(nullptr), B * B, out + s * B * B);
+void dot_rows(const float* a, int64_t lda, int64_t M, const float* blocks, const int32_t* row_ptr,
+              const int32_t* row_slots, const int32_t* block_col, const float* bias, T* out, int64_t ldo,
+              int64_t n_cols, int64_t j_begin, int64_t j_end) {
+  with_rows<kDotRows>(static_cast<int>(M), [&](auto rows) {
+    constexpr int MM = decltype(rows)::value, IG = (MM == 1 ? 8 : 4) < B ? (MM == 1 ? 8 : 4) : B;
+    float sums[MM * IG];
+    for (int64_t j = j_begin; j < j_end; ++j) {
+      const int64_t col0 = j * B, cols = min64(B, n_cols - col0);
+      for (int i0 = 0; i0 < cols; i0 += IG) {
+        dot_tile<B, MM, IG>(a, lda, row_slots + row_ptr[j], row_ptr[j + 1] - row_ptr[j], block_col, blocks, i0,
+                            sums);
+        const int64_t width = min64(IG, cols - i0);
+        for (int m = 0; m < MM; ++m) {
+          if (bias)
+            for (int64_t ii = 0; ii < width; ++ii) sums[m * IG + ii] += bias[col0 + i0 + ii];
+          narrow(sums + m * IG, static_cast<const float*>(nullptr), width, out + m * ldo + col0 + i0);
+        }
+      }
+    }
+  });
+}
+
+// ---- the weight gradient on the active blocks ----------------------------------------------------------
+
+// acc[s] += dy[m, rows(s)].T @ x[m, cols(s)] over rows m in [m_begin, m_end), for the slots slot_list[p],
+// p in [p_begin, p_end); acc is [nnzb, B, B] fp32, indexed by slot.
+//   dy: [M, n_out] T (row stride ldy); x: [M, n_in] T (row stride ldx).
+// The rows go a chunk at a time in the outer loop, so a chunk of dy and of x is read from memory once for
+// all the slots.  Each chunk is first laid out as block columns [n_blocks][rows][B] in scratch that stays
+// in L2 (pack_block_columns): a slot then reads two contiguous slabs.  Read in place, the rows of a slab
+// lie a row stride apart, and at power-of-two widths they all fall in the same few L1 sets (measured: the
+// kernel at half speed from 1024 wide).
+template <typename T, int B>
+void sdd_rows(const T* dy, int64_t ldy, int64_t n_out, const T* x, int64_t ldx, int64_t n_in,
+              const int32_t* slot_list, const int32_t* block_row, const int32_t* block_col, float* acc,
+              int64_t p_begin, int64_t p_end, int64_t m_begin, int64_t m_end) {
+  constexpr int64_t kChunkBytes = 192 << 10;
+  const int64_t R = (n_out + B - 1) / B, C = (n_in + B - 1) / B;
+  const int64_t chunk = max64(32, min64(256, kChunkBytes / ((R + C) * B * 4)));
+  Buffer<> dy_cols(chunk * R * B), x_cols(chunk * C * B);
+  for (int64_t m0 = m_begin; m0 < m_end; m0 += chunk) {
+    const int64_t rows = min64(chunk, m_end - m0);
+    pack_block_columns(dy + m0 * ldy, rows, rows, ldy, n_out, B, 0, R, dy_cols.get());
+    pack_block_columns(x + m0 * ldx, rows, rows, ldx, n_in, B, 0, C, x_cols.get());
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      const int64_t s = slot_list[p];
+      micro_kernel<B, B>(dy_cols.get() + block_row[s] * rows * B, 1, B, x_cols.get() + block_col[s] * rows * B, B,
+                         rows, acc + s * B * B);
+    }
+  }
+}
+
+// sums[e] += sum over rows m in [m_begin, m_end) of src[m * ld + e], e < n (the bias gradient).
+template <typename T>
+void column_sums(const T* src, int64_t ld, int64_t n, int64_t m_begin, int64_t m_end, float* sums) {
+  for (int64_t m = m_begin; m < m_end; ++m) {
+    const T* row = src + m * ld;
+#pragma omp simd
+    for (int64_t e = 0; e < n; ++e) sums[e] += to_float(row[e]);
   }
 }
 

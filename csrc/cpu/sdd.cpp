@@ -1,11 +1,12 @@
 // rigl_sparse::sdd on the CPU: out[s] = dy[:, rows(s)].T @ x[:, cols(s)] for every active slot.
 #include "common.h"
+#include "entry_points.h"
 
 namespace rigl_sparse {
 namespace cpu {
 
-void sdd_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_slots, const at::Tensor& block_row,
-             const at::Tensor& block_col, at::Tensor& out) {
+void check_sdd_args(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_slots,
+                    const at::Tensor& block_row, const at::Tensor& block_col, const at::Tensor& out) {
   check_float_or_bf16(dy, "dy");
   check_float_or_bf16(x, "x");
   check_float_or_bf16(out, "out");
@@ -17,22 +18,33 @@ void sdd_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_sl
   TORCH_CHECK(out.dim() == 3 && out.size(0) == block_row.numel() && out.size(1) == out.size(2),
               "out must be [nnzb, b, b]");
   TORCH_CHECK(dy.size(0) == x.size(0), "dy and x must have the same number of rows");
-  const int64_t B = out.size(1), M = x.size(0);
-  const int b = block_index(B);  // checked before packing
+  const int64_t B = out.size(1);
+  block_index(B);  // checked before anything runs
   const int64_t n_rows = (dy.size(1) + B - 1) / B, n_cols = (x.size(1) + B - 1) / B;
   TORCH_CHECK(row_slots.numel() == block_row.numel() && block_col.numel() == block_row.numel(),
               "row_slots, block_row and block_col must have one entry per block (", block_row.numel(), ")");
   check_range(row_slots, block_row.numel(), "row_slots");
   check_range(block_row, n_rows, "block_row");
   check_range(block_col, n_cols, "block_col");
-  const at::Tensor dy_p = block_columns(dy, n_rows, B, M), x_p = block_columns(x, n_cols, B, M);
-  with_dtype(x.scalar_type(), [&](const auto& k, auto tag) {
-    using T = decltype(tag);
-    at::parallel_for(0, row_slots.numel(), grain_for(M * B * B), [&](int64_t begin, int64_t end) {
-      k.sdd[b](dy_p.data_ptr<float>(), x_p.data_ptr<float>(), M, row_slots.data_ptr<int32_t>(),
-               block_row.data_ptr<int32_t>(), block_col.data_ptr<int32_t>(), out_ptr<T>(out), begin, end);
-    });
-  });
+}
+
+void sdd_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_slots, const at::Tensor& block_row,
+             const at::Tensor& block_col, at::Tensor& out) {
+  check_sdd_args(dy, x, row_slots, block_row, block_col, out);
+  const int64_t B = out.size(1), M = x.size(0), row_parts = sdd_row_parts(M);
+  const bool slot_split = row_parts == 1;
+  const int64_t parts = slot_split ? (M * out.numel() * B >= 2 * kMinWork ? at::get_num_threads() : 1) : row_parts;
+  // One accumulator per row part (one in all for a slot split).  fp32: the first is out itself; the others
+  // are added to it at the end.
+  const int64_t n_acc = slot_split ? 1 : row_parts;
+  const bool in_out = out.scalar_type() == at::kFloat;
+  out.zero_();
+  at::Tensor acc = at::zeros({n_acc - (in_out ? 1 : 0), out.size(0), B, B}, out.options().dtype(at::kFloat));
+  std::vector<float*> acc_parts;
+  if (in_out) acc_parts.push_back(out.data_ptr<float>());
+  for (int64_t q = 0; q < acc.size(0); ++q) acc_parts.push_back(acc[q].data_ptr<float>());
+  sdd_parts(dy, x, row_slots, block_row, block_col, B, acc_parts.data(), parts, slot_split);
+  if (acc.size(0) > 0) out.add_(acc.sum(0).to(out.scalar_type()));
 }
 
 }  // namespace cpu

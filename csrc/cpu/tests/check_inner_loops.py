@@ -3,8 +3,8 @@ needs, and no accumulator spilled to the stack.
 
     python check_inner_loops.py <isa> <object file of isa_kernels.cpp>
 
-For the forward/input-gradient kernel (sparse_matmul, whose register tile is matmul_tile) and the
-weight-gradient kernel (sdd, through tile_accumulate) at block sizes 16, 32, 64 and 128, it
+For the forward/input-gradient kernel (view_rows, whose register tile is view_tile) and the
+weight-gradient kernel (sdd_rows, through tile_accumulate) at block sizes 16, 32, 64 and 128, it
 disassembles the object, finds the innermost loop holding vector multiply-adds, and checks that the
 loop holds exactly MR x NV of them (the tile of kernels.h's Tile<B>) and no vector load or store
 addressed off the stack.  Prints one line per kernel.
@@ -74,8 +74,9 @@ def main(isa: str, obj: str) -> int:
     failures = 0
     for b in (16, 32, 64, 128):
         mr, nv = tile(isa, b)
-        for kernel, pattern, rows in (("sparse_matmul", rf"::sparse_matmul<float, {b}>\(", mr),
-                                      ("sdd", rf"::(sdd<float, {b}>|accumulate_rows<{b}, |micro_kernel<{b}, {b}>)", mr)):
+        for kernel, pattern, rows in (("view_rows", rf"::(view_rows<float, {b}>\(|view_tile<float, {b}, {mr}>)", mr),
+                                      ("sdd_rows", rf"::(sdd_rows<float, {b}>|accumulate_rows<{b}, |micro_kernel<{b}, {b}>)",
+                                       mr)):
             bodies = [body for name, body in funcs.items() if re.search(pattern, name)]
             found = multiply_loops(bodies, multiply)
             expected = rows * nv
@@ -83,7 +84,7 @@ def main(isa: str, obj: str) -> int:
                 print(f"FAIL {isa} {kernel} b={b}: no loop of {multiply} found")
                 failures += 1
                 continue
-            count = max(c for c, _ in found)  # the full tile; smaller ones are the remainder rows of sdd
+            count = max(c for c, _ in found)  # the full tile; smaller ones are the remainder rows
             spills = [t for _, sp in found for t in sp]
             ok = count == expected and not spills
             failures += not ok

@@ -63,7 +63,6 @@ Topology make_topology(int R, int C, int B, int nnzb, std::mt19937& rng) {
 
 template <int B>
 void test_matmuls(int M, int out_f, int in_f, double density, std::mt19937& rng) {
-  constexpr int MR = rows_per_tile<B>();
   const int R = (out_f + B - 1) / B, C = (in_f + B - 1) / B;
   const int nnzb = std::max(1, static_cast<int>(density * R * C));
   Topology t = make_topology(R, C, B, nnzb, rng);
@@ -81,27 +80,52 @@ void test_matmuls(int M, int out_f, int in_f, double density, std::mt19937& rng)
       }
   auto W = [&](int r, int c) { return dense[r * C * B + c]; };
 
-  // dsd: y = x @ W.T
-  const int Mp = (M + MR - 1) / MR * MR;
-  std::vector<float> wt(values.size()), panels_x(static_cast<size_t>(C) * Mp * B), y(M * out_f);
+  std::vector<float> bias(out_f);
+  for (auto& v : bias) v = normal(rng);
+  auto want_y = [&](int m, int n) {
+    double want = bias[n];
+    for (int k = 0; k < in_f; ++k) want += double(x[m * in_f + k]) * W(n, k);
+    return float(want);
+  };
+
+  // dsd: y = x @ W.T + bias, split over rows (two ranges) and over block rows (two ranges)
+  std::vector<float> wt(values.size()), y(M * out_f);
   for (int s = 0; s < nnzb; ++s)
     for (int i = 0; i < B; ++i)
       for (int j = 0; j < B; ++j) wt[(s * B + j) * B + i] = values[(s * B + i) * B + j];
-  pack_block_columns(x.data(), M, Mp, in_f, in_f, B, 0, C, panels_x.data());
-  sparse_matmul<float, B>(panels_x.data(), M, wt.data(), t.row_ptr.data(), t.row_slots.data(), t.block_col.data(),
-                          nullptr, y.data(), out_f, 0, R);
-  for (int m = 0; m < M; ++m)
-    for (int n = 0; n < out_f; ++n) {
-      double want = 0;
-      for (int k = 0; k < in_f; ++k) want += double(x[m * in_f + k]) * W(n, k);
-      expect_close(y[m * out_f + n], float(want), 1e-4f * B, "dsd", m * out_f + n);
+  for (int split = 0; split < 2; ++split) {
+    std::fill(y.begin(), y.end(), NAN);
+    if (split == 0) {
+      view_rows<float, B>(x.data(), in_f, in_f, wt.data(), t.row_ptr.data(), t.row_slots.data(), t.block_col.data(),
+                          bias.data(), y.data(), out_f, out_f, 0, M / 2, 0, R);
+      view_rows<float, B>(x.data(), in_f, in_f, wt.data(), t.row_ptr.data(), t.row_slots.data(), t.block_col.data(),
+                          bias.data(), y.data(), out_f, out_f, M / 2, M, 0, R);
+    } else {
+      view_rows<float, B>(x.data(), in_f, in_f, wt.data(), t.row_ptr.data(), t.row_slots.data(), t.block_col.data(),
+                          bias.data(), y.data(), out_f, out_f, 0, M, 0, R / 2);
+      view_rows<float, B>(x.data(), in_f, in_f, wt.data(), t.row_ptr.data(), t.row_slots.data(), t.block_col.data(),
+                          bias.data(), y.data(), out_f, out_f, 0, M, R / 2, R);
     }
+    for (int m = 0; m < M; ++m)
+      for (int n = 0; n < out_f; ++n) expect_close(y[m * out_f + n], want_y(m, n), 1e-4f * B, "dsd", m * out_f + n);
+  }
+
+  // dsd of the first rows (up to kDotRows) with W as stored: x zero-padded to C * B columns
+  for (int rows = 1; rows <= kDotRows && rows <= M; ++rows) {
+    std::vector<float> padded(rows * C * B, 0.0f);
+    for (int m = 0; m < rows; ++m)
+      for (int k = 0; k < in_f; ++k) padded[m * C * B + k] = x[m * in_f + k];
+    std::fill(y.begin(), y.end(), NAN);
+    dot_rows<float, B>(padded.data(), C * B, rows, values.data(), t.row_ptr.data(), t.row_slots.data(),
+                       t.block_col.data(), bias.data(), y.data(), out_f, out_f, 0, R);
+    for (int m = 0; m < rows; ++m)
+      for (int n = 0; n < out_f; ++n) expect_close(y[m * out_f + n], want_y(m, n), 1e-4f * B, "dot", m * out_f + n);
+  }
 
   // dds: dx = dy @ W
-  std::vector<float> panels_dy(static_cast<size_t>(R) * Mp * B), dx(M * in_f);
-  pack_block_columns(dy.data(), M, Mp, out_f, out_f, B, 0, R, panels_dy.data());
-  sparse_matmul<float, B>(panels_dy.data(), M, values.data(), t.col_ptr.data(), t.col_slots.data(),
-                          t.block_row.data(), nullptr, dx.data(), in_f, 0, C);
+  std::vector<float> dx(M * in_f, NAN);
+  view_rows<float, B>(dy.data(), out_f, out_f, values.data(), t.col_ptr.data(), t.col_slots.data(), t.block_row.data(),
+                      nullptr, dx.data(), in_f, in_f, 0, M, 0, C);
   for (int m = 0; m < M; ++m)
     for (int k = 0; k < in_f; ++k) {
       double want = 0;
@@ -109,12 +133,12 @@ void test_matmuls(int M, int out_f, int in_f, double density, std::mt19937& rng)
       expect_close(dx[m * in_f + k], float(want), 1e-4f * B, "dds", m * in_f + k);
     }
 
-  // sdd: dvalues[s] = dy[:, rows].T @ x[:, cols]
-  std::vector<float> cols_dy(R * M * B), cols_x(C * M * B), dv(nnzb * B * B);
-  pack_block_columns(dy.data(), M, M, out_f, out_f, B, 0, R, cols_dy.data());
-  pack_block_columns(x.data(), M, M, in_f, in_f, B, 0, C, cols_x.data());
-  sdd<float, B>(cols_dy.data(), cols_x.data(), M, t.row_slots.data(), t.block_row.data(), t.block_col.data(),
-                dv.data(), 0, nnzb);
+  // sdd: dvalues[s] = dy[:, rows].T @ x[:, cols], the rows in two ranges summed into one accumulator
+  std::vector<float> dv(nnzb * B * B, 0.0f);
+  sdd_rows<float, B>(dy.data(), out_f, out_f, x.data(), in_f, in_f, t.row_slots.data(), t.block_row.data(),
+                     t.block_col.data(), dv.data(), 0, nnzb, 0, M / 3);
+  sdd_rows<float, B>(dy.data(), out_f, out_f, x.data(), in_f, in_f, t.row_slots.data(), t.block_row.data(),
+                     t.block_col.data(), dv.data(), 0, nnzb, M / 3, M);
   for (int s = 0; s < nnzb; ++s)
     for (int i = 0; i < B; ++i)
       for (int j = 0; j < B; ++j) {
@@ -124,6 +148,15 @@ void test_matmuls(int M, int out_f, int in_f, double density, std::mt19937& rng)
           for (int m = 0; m < M; ++m) want += double(dy[m * out_f + r]) * x[m * in_f + c];
         expect_close(dv[(s * B + i) * B + j], float(want), 1e-4f * M, "sdd", (s * B + i) * B + j);
       }
+
+  // bias gradient: column sums of dy
+  std::vector<float> sums(out_f, 0.0f);
+  column_sums(dy.data(), out_f, out_f, 0, M, sums.data());
+  for (int n = 0; n < out_f; ++n) {
+    double want = 0;
+    for (int m = 0; m < M; ++m) want += dy[m * out_f + n];
+    expect_close(sums[n], float(want), 1e-5f * M, "column_sums", n);
+  }
 }
 
 void test_bf16_round_trip() {
@@ -231,7 +264,10 @@ int run_all() {
   test_matmuls<4>(13, 10, 7, 0.5, rng);
   test_matmuls<8>(9, 24, 17, 0.4, rng);
   test_matmuls<16>(21, 40, 50, 0.3, rng);
+  test_matmuls<16>(2, 40, 50, 0.3, rng);
   test_matmuls<32>(17, 70, 64, 0.5, rng);
+  test_matmuls<32>(301, 64, 95, 0.5, rng);  // several row tiles and sdd micro-kernel pieces
+  test_matmuls<16>(100, 40, 700, 0.2, rng);  // several row groups (dsd) and sdd chunks
   test_matmuls<64>(5, 128, 100, 0.5, rng);
   test_matmuls<128>(3, 130, 256, 0.5, rng);
   test_bf16_round_trip();
