@@ -127,6 +127,36 @@ def step_summary(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def layer_sizes_summary(results: Path = RESULTS, density: float = 0.1) -> str:
+    """bench_layer_sizes.py across the variants: the speed-up over torch's dense layers of one training step
+    at the most rows measured and of no-grad inference of one row, fp32 at ``density``, by width."""
+    lines = []
+    for folder in sorted(results.glob("cpu-*")):
+        data = _load(folder / "layer_sizes.json")
+        rows = [r for r in data["rows"] if r["kind"] == "linear" and r["dtype"] == "float32"
+                and r["density"] == density] if data else []
+        if not rows:
+            continue
+        widths = sorted({r["width"] for r in rows})
+        if not lines:
+            lines = ["| variant | layer | rows | step | block | " + " | ".join(f"w={w}" for w in widths) + " |",
+                     "|---|---|---|---|---|" + "---|" * len(widths)]
+        cases = sorted({(r["shape"], r["mode"], r["rows"], r["block_size"]) for r in rows},
+                       key=lambda c: (c[1] != "train", c[0] != "square", -c[2], c[3]))
+        for shape, mode, m, block in cases:
+            if (mode == "train") != (m == max(r["rows"] for r in rows if r["mode"] == "train")) and mode == "train":
+                continue
+            if mode == "infer" and m != 1:
+                continue
+            speed = {r["width"]: r["speedup"] for r in rows
+                     if (r["shape"], r["mode"], r["rows"], r["block_size"]) == (shape, mode, m, block)}
+            layer = "w × w" if shape == "square" else "w → 4w → w"
+            step = "training (fwd + dX + dW)" if mode == "train" else "inference, no grad"
+            lines.append(f"| {folder.name.removeprefix('cpu-')} | {layer} | {m} | {step} | {block} | "
+                         + " | ".join(f"{speed[w]:.2f}×" if w in speed else "-" for w in widths) + " |")
+    return "\n".join(lines) if lines else "(no layer_sizes.json recorded)"
+
+
 def measured_on(results: Path = RESULTS, names: tuple[str, ...] = ("cpu_float32.json",)) -> str:
     """One line per record of ``names`` in each ``cpu-<variant>/``: the environment it was measured in."""
     lines = []

@@ -70,6 +70,10 @@ def _cpu_lines() -> list[str]:
     if status["note"]:
         lines.append(f"at install: {status['note']}")
     lines.append(f"kernels {_cpu.dispatch_status()}")
+    lines.append("paths by rows M (block size 32; the thresholds scale with the register tile and the threads):")
+    for op in ("dsd", "dsd_backward"):
+        for rows in (1, 16, 2048):
+            lines.append(f"  {op:12s} M={rows:<5d} {_cpu.kernel_path(op, rows, 32)}")
     return lines
 
 

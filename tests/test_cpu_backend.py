@@ -283,3 +283,55 @@ def test_fallbacks_are_counted_per_op_and_reason_and_info_lists_them():
     assert "dsd              3 call(s): cpu: block_size 3" in info.report()
     backends.fallbacks(clear=True)
     assert backends.fallbacks() == {} and "fallbacks in this process: none" in info.report()
+
+
+# Each path of the native kernels: the forward of up to three rows on W's blocks as stored (dot products),
+# fewer rows than two register tiles per thread (split by slot-balanced block rows), more (split by rows);
+# the weight gradient split by slots (under 512 rows) or by rows into per-thread accumulators; the backward
+# of dX, dW and the bias in one pass over the rows (512 rows and more).  Two threads, so the splits happen.
+@pytest.fixture
+def two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("b", [4, 8, 16, 32, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("M", [1, 2, 3, 5, 37, 301, 700])
+def test_every_cpu_path_matches_the_reference(b, dtype, M, cpu_isa, two_threads):
+    layout, values, x, dy, bias = _case(2 * b + 3, 3 * b - 1, b, 0.4, M, dtype, seed=M)
+    check_backend("cpu", layout, values, x, dy, bias, 3)
+    # The same ops as autograd reaches them (the native kernels on torch's dispatcher, no backend forced).
+    assert_matches_dense(ops.dsd(x, values, layout, bias), masked_dense_op("dsd", layout), x, values, bias)
+    topology = layout.topology()
+    for need_bias in (True, False):
+        dx, dv, db = torch.ops.rigl_sparse.dsd_backward(dy, x, values, topology, True, True, need_bias)
+        assert_matches_dense(dx, masked_dense_op("dds", layout), dy, values, name="dX")
+        assert_matches_dense(dv, masked_dense_op("sdd", layout), dy, x, name="dvalues")
+        if need_bias:
+            assert_matches_dense(db, lambda d: d.sum(0), dy, name="dbias")
+    dx, dv, _ = torch.ops.rigl_sparse.dsd_backward(dy, x, values, topology, True, False, False)
+    assert dv.numel() == 0
+    assert_matches_dense(dx, masked_dense_op("dds", layout), dy, values, name="dX alone")
+    _, dv, _ = torch.ops.rigl_sparse.dsd_backward(dy, x, values, topology, False, True, False)
+    assert_matches_dense(dv, masked_dense_op("sdd", layout), dy, x, name="dvalues alone")
+
+
+def test_the_forward_split_over_block_rows_keeps_empty_block_rows_at_the_bias(two_threads):
+    # One dense block row among empty ones: the slot-balanced split gives one part everything.
+    layout, values = rs.BlockSparseLayout.from_dense(torch.zeros(64, 32).index_fill_(0, torch.arange(16), 1.0),
+                                                     density=0.25, block_size=16)
+    assert layout.block_row.tolist() == [0, 0]
+    x, bias = torch.randn(5, 32), torch.randn(64)
+    assert_matches_dense(ops.dsd(x, values, layout, bias), masked_dense_op("dsd", layout), x, values, bias)
+
+
+def test_info_says_which_cpu_path_each_row_count_takes():
+    from rigl_sparse.ops import cpu_extension as _cpu
+
+    paths = {M: _cpu.kernel_path("dsd", M, 32) for M in (1, 4, 2048)}
+    assert "dot products" in paths[1] and "block rows" in paths[4] and "split by rows" in paths[2048]
+    assert "one pass" in _cpu.kernel_path("dsd_backward", 2048, 32)
+    assert "one pass" not in _cpu.kernel_path("dsd_backward", 16, 32)

@@ -29,6 +29,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("active_isa", [] { return std::string(rigl_sparse::cpu::kernels().isa); }, "the variant in use");
   m.def("tile_description", [] { return std::string(rigl_sparse::cpu::kernels().tile); },
         "the register tiles of the variant in use");
+  m.def("kernel_path", &rigl_sparse::cpu::kernel_path,
+        "which path the kernels take for an op (dsd, dds, sdd, dsd_backward) on M rows of block size b, in words");
   m.def("rows_per_tile", &rigl_sparse::cpu::rows_per_tile, "rows of one register tile for a block size");
   m.attr("openmp") =
 #if defined(_OPENMP)

@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include "isa.h"
@@ -164,8 +165,9 @@ inline void view_matmul_out(const at::Tensor& a, const at::Tensor& values, bool 
   const int32_t* p = ptr.data_ptr<int32_t>();
   const bool dot = transpose && M <= kernels().dot_rows;
   const at::Tensor blocks = float_blocks(values, transpose && !dot);  // oriented [s][k][n], or as stored
-  at::Tensor a_padded;  // dot_rows: a as fp32 [M][a_blocks * B], zero past n_a
-  if (dot) a_padded = at::constant_pad_nd(a.to(at::kFloat), {0, a_blocks * B - n_a}).contiguous();
+  at::Tensor a_padded = a;  // dot_rows: a as fp32 [M][a_blocks * B], zero past n_a
+  if (dot && (a.scalar_type() != at::kFloat || n_a != a_blocks * B))
+    a_padded = at::constant_pad_nd(a.to(at::kFloat), {0, a_blocks * B - n_a}).contiguous();
   with_dtype(a.scalar_type(), [&](const auto& k, auto tag) {
     using T = decltype(tag);
     auto run = [&](int64_t m_begin, int64_t m_end, int64_t j_begin, int64_t j_end) {
@@ -223,6 +225,30 @@ inline int64_t sdd_row_parts(int64_t M) {
   return M >= kSddRowsPerThread * 2 ? std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
                                                                                 M / kSddRowsPerThread))
                                     : 1;
+}
+
+// Which path the native kernels take for `op` ("dsd", "dds", "sdd" or "dsd_backward") on M rows of block
+// size B with the threads and instruction set in use, in words (for info).
+inline std::string kernel_path(const std::string& op, int64_t M, int64_t B) {
+  const int MR = rows_per_tile(B);
+  const std::string threads = std::to_string(at::get_num_threads()) + " threads";
+  const std::string tiles = "register tiles of " + std::to_string(MR) + " rows";
+  if (op == "dsd" && M <= kernels().dot_rows)
+    return "dot products along W's blocks as stored (no transpose), split by slot-balanced block rows over " + threads;
+  if (op == "dsd" || op == "dds")
+    return split_by_rows(M, MR) ? tiles + ", split by rows over " + threads
+                                : tiles + ", split by slot-balanced block " + (op == "dsd" ? "rows" : "columns") +
+                                      " over " + threads + " (fewer than " + std::to_string(2 * MR) +
+                                      " rows a thread)";
+  const int64_t parts = sdd_row_parts(M);
+  if (op == "sdd")
+    return parts > 1 ? "rows split over " + std::to_string(parts) + " threads, each summing into its own accumulator"
+                     : "slots split over " + threads + " (fewer than " + std::to_string(2 * kSddRowsPerThread) +
+                           " rows)";
+  TORCH_CHECK(op == "dsd_backward", "op must be dsd, dds, sdd or dsd_backward, got ", op);
+  return parts > 1 ? "dX, dW and the bias in one pass over chunks of rows, split over " + std::to_string(parts) +
+                         " threads"
+                   : "dds, sdd and a column sum, each by itself";
 }
 
 }  // namespace cpu

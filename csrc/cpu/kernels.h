@@ -4,11 +4,12 @@
 // (block_row[s], block_col[s]) in values[s] (row-major B x B).  The row view lists each block row's
 // slots (row_ptr/row_slots), the column view each block column's (col_ptr/col_slots).
 //
-// Every kernel works on a range of its parallel dimension, so the caller chooses the threading, and
-// writes into caller-provided outputs.  Dense operands are first packed (row panels for dsd/dds,
-// block columns for sdd) as fp32, so that every slab a kernel reads is contiguous.  Results are
-// written only inside the real [M, out] / [M, K] bounds.  Arithmetic is fp32; bf16 is widened on
-// packing and rounded to nearest-even on store.
+// Every kernel works on a range of rows and/or of its view, so the caller chooses the threading, and
+// writes into caller-provided outputs.  Dense operands are read a cache-sized group of rows at a time
+// and laid out as fp32 block columns in scratch that stays in L2, so that every slab a register tile
+// reads is contiguous; no full-size copy of an operand is made.  Results are written only inside the
+// real [M, out] / [M, K] bounds.  Arithmetic is fp32; bf16 is widened on packing and rounded to
+// nearest-even on store.
 //
 // This header is compiled once per instruction set (isa_kernels.cpp): RIGL_SPARSE_ISA names the
 // namespace that holds that compilation, so variants built with different flags never share a
@@ -107,7 +108,7 @@ struct Tile {
   static_assert(B % LANES == 0 && V % NV == 0, "block sizes are powers of two from 4");
 };
 
-// Rows of one register tile for block size B: dsd and dds pad their dense operand to a multiple of it.
+// Rows of one register tile for block size B (the convolution kernels pad their row panels to it).
 template <int B>
 constexpr int rows_per_tile() {
   return Tile<B>::MR;

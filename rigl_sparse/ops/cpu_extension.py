@@ -109,6 +109,12 @@ def isa_status() -> dict:
             "tiles": module.tile_description(), "openmp": bool(module.openmp), "note": build_note()}
 
 
+def kernel_path(op: str, rows: int, block_size: int) -> str:
+    """Which path the native kernels take for ``op`` (``dsd``, ``dds``, ``sdd``, ``dsd_backward``) on ``rows``
+    rows of ``block_size`` blocks, with this process's threads and instruction set, in words."""
+    return extension().kernel_path(op, rows, block_size)
+
+
 def supports(dtype: torch.dtype, block_size: int) -> str | None:
     if dtype not in CPU_DTYPES:
         return f"dtype {dtype} (the cpu kernels take float32, bfloat16)"
