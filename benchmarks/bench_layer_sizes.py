@@ -39,7 +39,7 @@ from rigl_sparse import backends  # noqa: E402
 
 WIDTHS = [256, 512, 768, 1024, 2048, 4096]
 ROWS = [1, 4, 16, 256, 2048]
-CONVS = [(64, 64, 28), (128, 128, 14), (256, 256, 7)]  # (in, out, image side): 3x3, padding 1, batch 32
+CONVS = [(64, 64, 28), (128, 128, 14), (256, 256, 7)]  # (in, out, image side): 3x3, padding 1
 
 
 def fastest(fn, seconds: float) -> float:
@@ -107,8 +107,8 @@ def grid(args):
                 if args.convs:
                     for channels_in, channels_out, side in CONVS:
                         for mode in args.modes:
-                            yield "conv", f"{channels_in}->{channels_out}@{side}", channels_in, 32, block, density, \
-                                dtype, mode
+                            yield "conv", f"{channels_in}->{channels_out}@{side}", channels_in, args.conv_batch, block, \
+                                density, dtype, mode
 
 
 def run_case(kind, shape, width, rows, block, density, dtype_name, mode, seconds) -> dict:
@@ -175,6 +175,7 @@ def main(argv=None):
     p.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16"], default=["float32", "bfloat16"])
     p.add_argument("--modes", nargs="+", choices=["train", "infer"], default=["train", "infer"])
     p.add_argument("--no-convs", dest="convs", action="store_false", help="skip the convolutions")
+    p.add_argument("--conv-batch", type=int, default=32, help="images per convolution call")
     p.add_argument("--seconds", type=float, default=0.2, help="time each side this long per trial")
     p.add_argument("--acceptance", action="store_true",
                    help="fp32, density 0.1, blocks 16 and 32, M = 1 and 2048, widths 512-4096, no convolutions")
@@ -188,7 +189,7 @@ def main(argv=None):
         args.dtypes, args.convs = ["float32"], False
     if args.quick:
         args.widths, args.rows, args.blocks, args.densities = [64], [1, 40], [16], [0.25]
-        args.dtypes, args.seconds, args.shapes = ["float32"], 0.01, ["square"]
+        args.dtypes, args.seconds, args.conv_batch = ["float32"], 0.01, 1
     apply_isa(args)
     reason = backends.BACKENDS["cpu"].unavailable_reason()
     if reason:

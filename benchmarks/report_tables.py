@@ -68,6 +68,7 @@ IMAGES = {
     **{f"accuracy_vs_{what}_{model}.png": RESULTS / "accuracy" / f"accuracy_vs_{what}_{model}.png"
        for what in ("density", "block_size") for model in ("mlp", "cnn")},
     "cpu_memory.png": RESULTS / "cpu" / "memory.png",
+    "cpu_layer_sizes.png": RESULTS / "cpu-avx2" / "layer_sizes.png",
 }
 MATMUL_RECORDS = ("cpu_float32.json", "cpu_bfloat16.json", "cpu_bfloat16_vs_float32.json")
 CPU_RECORDS = {"cpu_float32.json": "fp32 matmuls", "cpu_bfloat16.json": "bf16 matmuls",
@@ -87,6 +88,11 @@ def _json(path: Path) -> dict:
 def cpu_matmul() -> str:
     return (report_cpu.summary() + "\n\nMeasured in (each record's environment):\n\n"
             + report_cpu.measured_on(names=MATMUL_RECORDS))
+
+
+def cpu_layer_sizes() -> str:
+    return (report_cpu.layer_sizes_summary() + "\n\nMeasured in:\n\n"
+            + report_cpu.measured_on(names=("layer_sizes.json",)))
 
 
 def cpu_conv() -> str:
@@ -274,10 +280,20 @@ def headline(page: Path) -> str:
     """A few measured numbers, each computed from its record, with a link to the page that has the table."""
     perf, acc, iso = (_link(doc, page) for doc in ("performance.md", "accuracy.md", "iso_cost.md"))
     lines = ["| measured | result | details |", "|---|---|---|"]
+    layers = _json(RESULTS / "cpu-avx2" / "layer_sizes.json")
+    train = {r["block_size"]: r for r in layers["rows"] if r["kind"] == "linear" and r["shape"] == "square"
+             and r["width"] == 1024 and r["rows"] == 2048 and r["mode"] == "train" and r["density"] == 0.1
+             and r["dtype"] == "float32"}
+    env = layers["environment"]
+    lines.append(f"| training step (forward, dX, dW) of a 1024 × 1024 `SparseLinear`, 2048 rows, density 0.1, against "
+                 f"`nn.Linear` on {env['threads']} CPU cores | "
+                 + ", ".join(f"{train[b]['speedup']:.2f}× (block {b})" for b in sorted(train))
+                 + f" ({env['instruction_set']}, {env['device']}, one sitting) | "
+                 f"[layer sizes]({perf}#layers-at-the-sizes-people-train-and-serve) |")
     fwd = {isa: _cpu_row(isa, 32, 0.1) for isa in ("avx2", "avx512")}
     case = fwd["avx2"]
     lines.append(f"| forward of a {case['features']} × {case['features']} layer ({case['rows']} rows), block 32, "
-                 f"density 0.1, against dense MKL on {case['threads']} CPU cores | "
+                 f"density 0.1, against dense MKL on {case['threads']} CPU cores, earlier kernels | "
                  f"{fwd['avx2']['speedup_fwd_vs_dense']:.2f}× (AVX2), {fwd['avx512']['speedup_fwd_vs_dense']:.2f}× "
                  f"(AVX-512) | [CPU matmuls]({perf}#cpu-matmuls) |")
     step = {isa: _step_row(isa, "transformer", 0.1) for isa in ("avx2", "avx512")}
@@ -309,6 +325,7 @@ def headline(page: Path) -> str:
 
 
 TABLES = {
+    "cpu-layer-sizes": cpu_layer_sizes,
     "cpu-matmul": cpu_matmul,
     "cpu-conv": cpu_conv,
     "cpu-train-step": cpu_train_step,

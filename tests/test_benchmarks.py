@@ -176,3 +176,18 @@ def test_iso_cost_study_runs_a_tiny_configuration_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     study.main(["--quick", "--out-dir", str(out), "--plays-dir", str(plays), "--only", "dense"])
     assert capsys.readouterr().out == ""  # the records exist: nothing runs again
+
+
+def test_bench_layer_sizes_times_both_modes_and_writes_its_record(tmp_path, capsys):
+    bench = _load("benchmarks", "bench_layer_sizes")
+    bench.main(["--quick", "--out-dir", str(tmp_path), "--threads", "1"])
+    record = json.loads((tmp_path / "layer_sizes.json").read_text())
+    rows = record["rows"]
+    assert record["environment"]["instruction_set"]
+    linear = {(r["shape"], r["rows"], r["mode"]) for r in rows if r["kind"] == "linear"}
+    assert linear == {(shape, m, mode) for shape in ("square", "ffn") for m in (1, 40) for mode in ("train", "infer")}
+    assert {r["shape"] for r in rows if r["kind"] == "conv"} == {"64->64@28", "128->128@14", "256->256@7"}
+    for r in rows:
+        assert r["dense_ms"] > 0 and r["sparse_ms"] > 0
+        assert r["speedup"] == pytest.approx(r["dense_ms"] / r["sparse_ms"], rel=1.0)  # a median of ratios
+    assert "results:" in capsys.readouterr().out
