@@ -275,24 +275,22 @@ inline void micro_kernel(const float* a, int64_t a_i, int64_t a_l, const float* 
   }
 }
 
-// out[MR][NV * LANES] (row stride B) = sum over the n slots slots[p] of
-// A chunk (panel + coord[s] * a_stride) [MR][B] @ blocks[s][:, col0 : col0 + NV * LANES]: the
-// accumulators stay in registers across all the slots of one output block.
-template <int B>
-inline void matmul_tile(const float* panel, int64_t a_stride, const int32_t* slots, int32_t n, const int32_t* coord,
-                        const float* blocks, int col0, float* out) {
-  using S = Tile<B>;
-  constexpr int MR = S::MR, NV = S::NV, LANES = S::LANES;
-  constexpr int A_LINES = MR * B / 16;  // 64-byte lines of one A chunk
-  vec<LANES> acc[MR][NV] = {};
+// acc[R][NV] += sum over the n slots slots[p] of A chunk (a + coord[s] * a_block) [R][B] @
+// blocks[s][:, col0 : col0 + NV * LANES], each A chunk contiguous (row i at + i * B): the register tile of
+// the forward and input-gradient kernels, its accumulators in registers across all the slots.
+template <int B, int R, int NV = Tile<B>::NV, int LANES = Tile<B>::LANES>
+__attribute__((always_inline)) inline void slot_products(const float* a, int64_t a_block, const int32_t* slots,
+                                                         int32_t n, const int32_t* coord, const float* blocks,
+                                                         int col0, vec<LANES> (&acc)[R][NV]) {
+  constexpr int A_LINES = R * B / 16;  // 64-byte lines of one A chunk
   for (int32_t p = 0; p < n; ++p) {
     const int64_t s = slots[p];
-    const float* a = panel + coord[s] * a_stride;
+    const float* ak = a + coord[s] * a_block;
     const float* b = blocks + s * B * B + col0;
-    // The next slot's operands jump elsewhere in memory, where no hardware prefetcher looks: fetch
-    // them a line per step while this slot's products run.
+    // The next slot's operands lie elsewhere, where no hardware prefetcher looks: fetch them a line per
+    // step while this slot's products run.
     const int64_t s_next = p + 1 < n ? slots[p + 1] : s;
-    const float* a_next = panel + coord[s_next] * a_stride;
+    const float* a_next = a + coord[s_next] * a_block;
     const float* b_next = blocks + s_next * B * B + col0;
 #pragma GCC unroll 1
     for (int l = 0; l < B; ++l) {
@@ -303,13 +301,24 @@ inline void matmul_tile(const float* panel, int64_t a_stride, const int32_t* slo
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) row[v] = load<LANES>(b + l * B + v * LANES);
 #pragma GCC unroll 16
-      for (int i = 0; i < MR; ++i) {
-        const vec<LANES> av = broadcast<LANES>(a[i * B + l]);
+      for (int i = 0; i < R; ++i) {
+        const vec<LANES> av = broadcast<LANES>(ak[i * B + l]);
 #pragma GCC unroll 8
         for (int v = 0; v < NV; ++v) acc[i][v] += av * row[v];
       }
     }
   }
+}
+
+// out[MR][NV * LANES] (row stride B) = sum over the n slots slots[p] of
+// A chunk (panel + coord[s] * a_stride) [MR][B] @ blocks[s][:, col0 : col0 + NV * LANES].
+template <int B>
+inline void matmul_tile(const float* panel, int64_t a_stride, const int32_t* slots, int32_t n, const int32_t* coord,
+                        const float* blocks, int col0, float* out) {
+  using S = Tile<B>;
+  constexpr int MR = S::MR, NV = S::NV, LANES = S::LANES;
+  vec<LANES> acc[MR][NV] = {};
+  slot_products<B, MR>(panel, a_stride, slots, n, coord, blocks, col0, acc);
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
@@ -349,41 +358,14 @@ __attribute__((always_inline)) inline void with_rows(int r, F&& f) {
 }
 
 // out[R][cols) (row stride ldo) = (+ bias) sum over the n slots slots[p] of
-//   A chunk (a + coord[s] * a_block) [R][B] @ blocks[s][:, col0 : col0 + cols),
-// each A chunk contiguous (row i at + i * B, zero past the real columns).  The R x NV accumulators stay
-// in registers across all the slots.
+//   A chunk (a + coord[s] * a_block) [R][B] @ blocks[s][:, col0 : col0 + cols)  (slot_products).
 template <typename T, int B, int R>
 inline void view_tile(const float* a, int64_t a_block, const int32_t* slots, int32_t n, const int32_t* coord,
                       const float* blocks, int col0, const float* bias, T* out, int64_t ldo, int64_t cols) {
   using S = Tile<B>;
   constexpr int NV = S::NV, LANES = S::LANES, WIDTH = NV * LANES;
-  constexpr int A_LINES = R * B / 16;  // 64-byte lines of one A chunk
   vec<LANES> acc[R][NV] = {};
-  for (int32_t p = 0; p < n; ++p) {
-    const int64_t s = slots[p];
-    const float* ak = a + coord[s] * a_block;
-    const float* b = blocks + s * B * B + col0;
-    // The next slot's operands lie elsewhere, where no hardware prefetcher looks: fetch them a line per
-    // step while this slot's products run.
-    const int64_t s_next = p + 1 < n ? slots[p + 1] : s;
-    const float* a_next = a + coord[s_next] * a_block;
-    const float* b_next = blocks + s_next * B * B + col0;
-#pragma GCC unroll 2
-    for (int l = 0; l < B; ++l) {
-      __builtin_prefetch(b_next + l * B);
-      if constexpr (WIDTH > 16) __builtin_prefetch(b_next + l * B + 16);
-      if (l < A_LINES) __builtin_prefetch(a_next + l * 16);
-      vec<LANES> row[NV];
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) row[v] = load<LANES>(b + l * B + v * LANES);
-#pragma GCC unroll 16
-      for (int i = 0; i < R; ++i) {
-        const vec<LANES> av = broadcast<LANES>(ak[i * B + l]);
-#pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) acc[i][v] += av * row[v];
-      }
-    }
-  }
+  slot_products<B, R>(a, a_block, slots, n, coord, blocks, col0, acc);
   if (sizeof(T) == sizeof(float) && cols == WIDTH) {  // straight from the registers
     float* o = reinterpret_cast<float*>(out);
 #pragma GCC unroll 16
