@@ -83,7 +83,7 @@ const T* in_ptr(const at::Tensor& t) {
 }
 
 // A dense [M, n] operand as fp32 block columns [n_blocks][rows_out][B] (pack_block_columns), zero
-// past column n and past row M: dsd and dds take rows_out = M rounded up to the register tile, sdd M.
+// past column n and past row M (the convolution's weight gradient takes dy so, with rows_out = M).
 inline at::Tensor block_columns(const at::Tensor& t, int64_t n_blocks, int64_t B, int64_t rows_out) {
   const int64_t M = t.size(0), n = t.size(1);
   at::Tensor out = at::empty({n_blocks, rows_out, B}, t.options().dtype(at::kFloat));
@@ -216,6 +216,30 @@ inline void sdd_parts(const at::Tensor& dy, const at::Tensor& x, const at::Tenso
     });
   });
 }
+
+// `count` fp32 [nnzb, B, B] accumulators whose sum becomes `out` (zeroed here), one per part of a weight
+// gradient split by rows: for fp32 `out` the first is out itself, the others (for bf16, all) zeroed scratch
+// that add_to_out() adds to it at the end.
+class SlotAccumulators {
+ public:
+  SlotAccumulators(at::Tensor& out, int64_t count) : out_(out) {
+    const bool in_out = out.scalar_type() == at::kFloat;
+    out.zero_();
+    scratch_ = at::zeros({count - (in_out ? 1 : 0), out.size(0), out.size(1), out.size(2)},
+                         out.options().dtype(at::kFloat));
+    if (in_out) parts_.push_back(out.data_ptr<float>());
+    for (int64_t q = 0; q < scratch_.size(0); ++q) parts_.push_back(scratch_[q].data_ptr<float>());
+  }
+  float* const* parts() const { return parts_.data(); }
+  void add_to_out() {
+    if (scratch_.size(0) > 0) out_.add_(scratch_.sum(0).to(out_.scalar_type()));
+  }
+
+ private:
+  at::Tensor& out_;
+  at::Tensor scratch_;
+  std::vector<float*> parts_;
+};
 
 // The weight gradient's rows are split among threads (each summing into its own accumulator, added up at
 // the end) when each thread gets at least this many rows; with fewer, threads split the slots.

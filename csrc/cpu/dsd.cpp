@@ -65,15 +65,9 @@ void dsd_backward_out(const at::Tensor& dy, const at::Tensor& x, const at::Tenso
   const int64_t B = values.size(1), nnzb = values.size(0), N = dy.size(1), K = x.size(1), C = col_ptr.numel() - 1;
   const int b = block_index(B);
   const at::Tensor blocks = float_blocks(values, /*transpose=*/false);
-  // Each row part sums its dvalues and bias into its own accumulators (fp32: the first dvalues one is
-  // grad_values itself), added up at the end.
-  const bool in_out = grad_values.scalar_type() == at::kFloat;
-  grad_values.zero_();
-  at::Tensor acc = at::zeros({row_parts - (in_out ? 1 : 0), nnzb, B, B}, x.options().dtype(at::kFloat));
+  // Each row part sums its dvalues and bias into its own accumulators, added up at the end.
+  SlotAccumulators acc(grad_values, row_parts);
   at::Tensor sums = at::zeros({need_bias ? row_parts : 0, N}, x.options().dtype(at::kFloat));
-  std::vector<float*> acc_parts;
-  if (in_out) acc_parts.push_back(grad_values.data_ptr<float>());
-  for (int64_t q = 0; q < acc.size(0); ++q) acc_parts.push_back(acc[q].data_ptr<float>());
   with_dtype(x.scalar_type(), [&](const auto& k, auto tag) {
     using T = decltype(tag);
     at::parallel_for(0, row_parts, 1, [&](int64_t begin, int64_t end) {
@@ -85,13 +79,13 @@ void dsd_backward_out(const at::Tensor& dy, const at::Tensor& x, const at::Tenso
                          col_slots.data_ptr<int32_t>(), block_row.data_ptr<int32_t>(), nullptr, out_ptr<T>(grad_x), K,
                          K, m0, m1, 0, C);
           k.sdd_rows[b](in_ptr<T>(dy), N, N, in_ptr<T>(x), K, K, row_slots.data_ptr<int32_t>(),
-                        block_row.data_ptr<int32_t>(), block_col.data_ptr<int32_t>(), acc_parts[q], 0, nnzb, m0, m1);
+                        block_row.data_ptr<int32_t>(), block_col.data_ptr<int32_t>(), acc.parts()[q], 0, nnzb, m0, m1);
           if (need_bias) k.column_sums(in_ptr<T>(dy), N, N, m0, m1, sums[q].data_ptr<float>());
         }
       }
     });
   });
-  if (acc.size(0) > 0) grad_values.add_(acc.sum(0).to(grad_values.scalar_type()));
+  acc.add_to_out();
   if (need_bias) grad_bias.copy_(sums.sum(0));
 }
 

@@ -34,17 +34,9 @@ void sdd_out(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_sl
   const int64_t B = out.size(1), M = x.size(0), row_parts = sdd_row_parts(M);
   const bool slot_split = row_parts == 1;
   const int64_t parts = slot_split ? (M * out.numel() * B >= 2 * kMinWork ? at::get_num_threads() : 1) : row_parts;
-  // One accumulator per row part (one in all for a slot split).  fp32: the first is out itself; the others
-  // are added to it at the end.
-  const int64_t n_acc = slot_split ? 1 : row_parts;
-  const bool in_out = out.scalar_type() == at::kFloat;
-  out.zero_();
-  at::Tensor acc = at::zeros({n_acc - (in_out ? 1 : 0), out.size(0), B, B}, out.options().dtype(at::kFloat));
-  std::vector<float*> acc_parts;
-  if (in_out) acc_parts.push_back(out.data_ptr<float>());
-  for (int64_t q = 0; q < acc.size(0); ++q) acc_parts.push_back(acc[q].data_ptr<float>());
-  sdd_parts(dy, x, row_slots, block_row, block_col, B, acc_parts.data(), parts, slot_split);
-  if (acc.size(0) > 0) out.add_(acc.sum(0).to(out.scalar_type()));
+  SlotAccumulators acc(out, slot_split ? 1 : row_parts);  // one per row part, one in all for a slot split
+  sdd_parts(dy, x, row_slots, block_row, block_col, B, acc.parts(), parts, slot_split);
+  acc.add_to_out();
 }
 
 }  // namespace cpu
