@@ -143,10 +143,9 @@ def layer_sizes_summary(results: Path = RESULTS, density: float = 0.1) -> str:
                      "|---|---|---|---|---|" + "---|" * len(widths)]
         cases = sorted({(r["shape"], r["mode"], r["rows"], r["block_size"]) for r in rows},
                        key=lambda c: (c[1] != "train", c[0] != "square", -c[2], c[3]))
+        shown_rows = {"train": max((r["rows"] for r in rows if r["mode"] == "train"), default=0), "infer": 1}
         for shape, mode, m, block in cases:
-            if (mode == "train") != (m == max(r["rows"] for r in rows if r["mode"] == "train")) and mode == "train":
-                continue
-            if mode == "infer" and m != 1:
+            if m != shown_rows[mode]:
                 continue
             speed = {r["width"]: r["speedup"] for r in rows
                      if (r["shape"], r["mode"], r["rows"], r["block_size"]) == (shape, mode, m, block)}
