@@ -328,7 +328,7 @@ def test_the_forward_split_over_block_rows_keeps_empty_block_rows_at_the_bias(tw
     assert_matches_dense(ops.dsd(x, values, layout, bias), masked_dense_op("dsd", layout), x, values, bias)
 
 
-def test_info_says_which_cpu_path_each_row_count_takes():
+def test_info_says_which_cpu_path_each_row_count_takes(two_threads):
     from rigl_sparse.ops import cpu_extension as _cpu
 
     paths = {M: _cpu.kernel_path("dsd", M, 32) for M in (1, 4, 2048)}
