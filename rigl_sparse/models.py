@@ -83,7 +83,7 @@ def mobilenet(in_channels: int = 3, classes: int = 10, width: int = 32) -> nn.Se
     return nn.Sequential(*layers)
 
 
-MODELS = {"mlp": mlp, "cnn": cnn, "resnet18": lambda: resnet18(in_channels=1),
+MODELS = {"mlp": mlp, "wide-mlp": lambda: mlp(hidden=(2048, 2048)), "cnn": cnn, "resnet18": lambda: resnet18(in_channels=1),
           "mobilenet": lambda: mobilenet(in_channels=1)}
 
 

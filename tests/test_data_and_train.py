@@ -195,8 +195,10 @@ def test_train_cli_compare_dense_trains_both_and_reports_both_wall_clocks(tmp_pa
     assert dense["training_flops"] == record["dense_training_flops"] > record["training_flops"]
     assert record["wall_time_vs_dense"] == pytest.approx(record["wall_time_s"] / dense["wall_time_s"])
     printed = capsys.readouterr().out
+    ratio = record["wall_time_vs_dense"]
+    pace = f"{1 / ratio:.2f}x faster" if ratio <= 1 else f"{ratio:.2f}x slower"
     assert f"training wall-clock: sparse {record['wall_time_s']:.1f} s, dense {dense['wall_time_s']:.1f} s " \
-           f"({record['wall_time_vs_dense']:.2f}x)" in printed
+           f"(sparse {pace})" in printed
     assert f"dense {dense['final_accuracy'] * 100:.2f}%" in printed
 
 
@@ -205,12 +207,16 @@ def test_train_cli_compare_dense_trains_both_and_reports_both_wall_clocks(tmp_pa
     (["--algorithm", "rigl"], "rigl on Fashion-MNIST: mlp, compressed block-sparse layers (4x4 blocks, density 0.1 "
                               "by erk)"),
     (["--algorithm", "set", "--block-size", "1"], "set on Fashion-MNIST: mlp, dense layers under 1x1 block masks"),
+    (["--model", "wide-mlp", "--block-size", "16"], "rigl on Fashion-MNIST: wide-mlp, compressed block-sparse layers "
+                                                    "(16x16 blocks, density 0.1 by erk)"),
 ])
 def test_train_cli_header_says_what_the_layers_are(tmp_path, capsys, argv, header):
     _fake_dataset(tmp_path, 64, 32)
     assert train.main(["--data-dir", str(tmp_path), "--epochs", "1", "--no-progress", *argv]) == 0
     printed = capsys.readouterr().out
     assert header in printed
+    if "wide-mlp" in argv:
+        assert "(2048, 784)" in printed and "(2048, 2048)" in printed and "(10, 2048)" in printed
     if argv[1] == "dense":
         assert "compressed" not in printed and "block-sparse" not in printed
 

@@ -268,6 +268,7 @@ int run_all() {
   test_matmuls<32>(17, 70, 64, 0.5, rng);
   test_matmuls<32>(301, 64, 95, 0.5, rng);  // several row tiles and sdd micro-kernel pieces
   test_matmuls<16>(100, 40, 700, 0.2, rng);  // several row groups (dsd) and sdd chunks
+  test_matmuls<16>(200, 2048, 1000, 0.5, rng);  // 4 MB of blocks: row groups past L2 (group_bytes), several
   test_matmuls<64>(5, 128, 100, 0.5, rng);
   test_matmuls<128>(3, 130, 256, 0.5, rng);
   test_bf16_round_trip();
