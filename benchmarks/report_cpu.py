@@ -127,14 +127,20 @@ def step_summary(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def speed_range(speeds: list[float]) -> str:
+    """``a×``, or ``lo–hi×`` over the sittings that measured one case."""
+    lo, hi = f"{min(speeds):.2f}", f"{max(speeds):.2f}"
+    return f"{lo}×" if lo == hi else f"{lo}–{hi}×"
+
+
 def layer_sizes_summary(results: Path = RESULTS, density: float = 0.1) -> str:
     """bench_layer_sizes.py across the variants: the speed-up over torch's dense layers of one training step
-    at the most rows measured and of no-grad inference of one row, fp32 at ``density``, by width."""
+    at the most rows measured and of no-grad inference of one row, fp32 at ``density``, by width; the range
+    over the sittings recorded in a variant's folder (``layer_sizes*.json``)."""
     lines = []
     for folder in sorted(results.glob("cpu-*")):
-        data = _load(folder / "layer_sizes.json")
-        rows = [r for r in data["rows"] if r["kind"] == "linear" and r["dtype"] == "float32"
-                and r["density"] == density] if data else []
+        rows = [r for path in sorted(folder.glob("layer_sizes*.json")) for r in _load(path)["rows"]
+                if r["kind"] == "linear" and r["dtype"] == "float32" and r["density"] == density]
         if not rows:
             continue
         widths = sorted({r["width"] for r in rows})
@@ -147,23 +153,26 @@ def layer_sizes_summary(results: Path = RESULTS, density: float = 0.1) -> str:
         for shape, mode, m, block in cases:
             if m != shown_rows[mode]:
                 continue
-            speed = {r["width"]: r["speedup"] for r in rows
-                     if (r["shape"], r["mode"], r["rows"], r["block_size"]) == (shape, mode, m, block)}
+            speed: dict[int, list[float]] = {}
+            for r in rows:
+                if (r["shape"], r["mode"], r["rows"], r["block_size"]) == (shape, mode, m, block):
+                    speed.setdefault(r["width"], []).append(r["speedup"])
             layer = "w × w" if shape == "square" else "w → 4w → w"
             step = "training (fwd + dX + dW)" if mode == "train" else "inference, no grad"
             lines.append(f"| {folder.name.removeprefix('cpu-')} | {layer} | {m} | {step} | {block} | "
-                         + " | ".join(f"{speed[w]:.2f}×" if w in speed else "-" for w in widths) + " |")
+                         + " | ".join(speed_range(speed[w]) if w in speed else "-" for w in widths) + " |")
     return "\n".join(lines) if lines else "(no layer_sizes.json recorded)"
 
 
 def measured_on(results: Path = RESULTS, names: tuple[str, ...] = ("cpu_float32.json",)) -> str:
-    """One line per record of ``names`` in each ``cpu-<variant>/``: the environment it was measured in."""
+    """One line per record of ``names`` (file names or glob patterns) in each ``cpu-<variant>/``: the
+    environment it was measured in and the day."""
     lines = []
     for folder in sorted(results.glob("cpu-*")):
-        for name in names:
-            data = _load(folder / name)
-            if data:
-                lines.append(f"- `benchmarks/results/{folder.name}/{name}`: {env_line(data['environment'])}")
+        for path in (path for name in names for path in sorted(folder.glob(name))):
+            env = _load(path)["environment"]
+            day = f", {env['date'][:10]}" if env.get("date") else ""
+            lines.append(f"- `benchmarks/results/{folder.name}/{path.name}`: {env_line(env)}{day}")
     return "\n".join(lines)
 
 

@@ -92,7 +92,7 @@ def cpu_matmul() -> str:
 
 def cpu_layer_sizes() -> str:
     return (report_cpu.layer_sizes_summary() + "\n\nMeasured in:\n\n"
-            + report_cpu.measured_on(names=("layer_sizes.json",)))
+            + report_cpu.measured_on(names=("layer_sizes*.json",)))
 
 
 def cpu_conv() -> str:
@@ -280,15 +280,18 @@ def headline(page: Path) -> str:
     """A few measured numbers, each computed from its record, with a link to the page that has the table."""
     perf, acc, iso = (_link(doc, page) for doc in ("performance.md", "accuracy.md", "iso_cost.md"))
     lines = ["| measured | result | details |", "|---|---|---|"]
-    layers = _json(RESULTS / "cpu-avx2" / "layer_sizes.json")
-    train = {r["block_size"]: r for r in layers["rows"] if r["kind"] == "linear" and r["shape"] == "square"
-             and r["width"] == 1024 and r["rows"] == 2048 and r["mode"] == "train" and r["density"] == 0.1
-             and r["dtype"] == "float32"}
-    env = layers["environment"]
+    sittings = [_json(path) for path in sorted((RESULTS / "cpu-avx2").glob("layer_sizes*.json"))]
+    train: dict[int, list[float]] = {}
+    for r in (r for data in sittings for r in data["rows"]):
+        if (r["kind"], r["shape"], r["width"], r["rows"], r["mode"], r["density"], r["dtype"]) == \
+                ("linear", "square", 1024, 2048, "train", 0.1, "float32"):
+            train.setdefault(r["block_size"], []).append(r["speedup"])
+    env = sittings[0]["environment"]
     lines.append(f"| training step (forward, dX, dW) of a 1024 × 1024 `SparseLinear`, 2048 rows, density 0.1, against "
                  f"`nn.Linear` on {env['threads']} CPU cores | "
-                 + ", ".join(f"{train[b]['speedup']:.2f}× (block {b})" for b in sorted(train))
-                 + f" ({env['instruction_set']}, {env['device']}, one sitting) | "
+                 + ", ".join(f"{report_cpu.speed_range(train[b])} (block {b})" for b in sorted(train))
+                 + f" ({env['instruction_set']}, {env['device']}, {len(sittings)} sitting"
+                 + ("s" if len(sittings) > 1 else "") + ") | "
                  f"[layer sizes]({perf}#layers-at-the-sizes-people-train-and-serve) |")
     fwd = {isa: _cpu_row(isa, 32, 0.1) for isa in ("avx2", "avx512")}
     case = fwd["avx2"]

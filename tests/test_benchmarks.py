@@ -130,6 +130,29 @@ def test_report_cpu_tables_come_from_the_committed_results(tmp_path):
     assert report_cpu.summary().count("\n") > 2  # the committed results of this repository tabulate
 
 
+def test_layer_sizes_table_gives_the_range_over_the_sittings(tmp_path):
+    import json
+
+    report_cpu = _load("benchmarks", "report_cpu")
+    folder = tmp_path / "cpu-avx2"
+    folder.mkdir()
+    for name, day, speeds in (("layer_sizes.json", "2026-12-06", (6.0, 1.5)),
+                              ("layer_sizes_2.json", "2026-12-07", (7.25, 1.5))):
+        env = {"device": "Some CPU", "instruction_set": "avx2", "torch": "2.13.0", "threads": 2, "git_sha": "0123456",
+               "date": day + "T01:00:00Z"}
+        rows = [{"kind": "linear", "shape": "square", "width": 1024, "rows": m, "block_size": 32, "density": 0.1,
+                 "dtype": "float32", "mode": mode, "speedup": speed}
+                for (m, mode), speed in zip(((2048, "train"), (1, "infer")), speeds)]
+        (folder / name).write_text(json.dumps({"environment": env, "rows": rows}))
+    table = report_cpu.layer_sizes_summary(tmp_path)
+    assert "| avx2 | w × w | 2048 | training (fwd + dX + dW) | 32 | 6.00–7.25× |" in table
+    assert "| avx2 | w × w | 1 | inference, no grad | 32 | 1.50× |" in table
+    measured = report_cpu.measured_on(tmp_path, names=("layer_sizes*.json",)).splitlines()
+    assert [line.split("`")[1] for line in measured] == ["benchmarks/results/cpu-avx2/layer_sizes.json",
+                                                         "benchmarks/results/cpu-avx2/layer_sizes_2.json"]
+    assert measured[0].endswith(", 2026-12-06") and measured[1].endswith(", 2026-12-07")
+
+
 def test_every_committed_cpu_result_names_its_instruction_set():
     import json
 
