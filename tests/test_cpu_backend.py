@@ -335,3 +335,26 @@ def test_info_says_which_cpu_path_each_row_count_takes(two_threads):
     assert "dot products" in paths[1] and "block rows" in paths[4] and "split by rows" in paths[2048]
     assert "one pass" in _cpu.kernel_path("dsd_backward", 2048, 32)
     assert "one pass" not in _cpu.kernel_path("dsd_backward", 16, 32)
+
+
+def _huge_pages_on_request() -> bool:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[madvise]" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _huge_pages_on_request(), reason="Linux transparent huge pages are not in madvise mode")
+def test_a_large_output_is_written_without_a_page_fault_per_4_kib():
+    import resource
+
+    layer = rs.SparseLinear.from_dense(torch.nn.Linear(1024, 4096), density=0.1, block_size=32)
+    x = torch.randn(2048, 1024)
+    with torch.no_grad():
+        layer(x)  # anything allocated once per process
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        y = layer(x)  # 32 MiB, fresh from the allocator: 8192 pages of 4 KiB
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert y.nbytes == 32 << 20
+    assert faults < 2048, f"{faults} page faults for a 32 MiB output"

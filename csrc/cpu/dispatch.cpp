@@ -11,6 +11,7 @@
 #include <atomic>
 #include <memory>
 
+#include "common.h"
 #include "entry_points.h"
 
 namespace py = pybind11;
@@ -95,7 +96,7 @@ at::Tensor dsd_cpu(const at::Tensor& x, const at::Tensor& values, const c10::opt
     return python_kernels->dsd(x, values, optional_to_python(bias), as_vector(topology), out_features)
         .cast<at::Tensor>();
   }
-  at::Tensor out = at::empty({x.size(0), out_features}, x.options());
+  at::Tensor out = empty_huge({x.size(0), out_features}, x.options());
   c10::optional<at::Tensor> b;
   if (bias.has_value()) b = bias->contiguous();
   dsd_out(x.contiguous(), values.contiguous(), b, topology[2], topology[3], topology[1], out);
@@ -106,7 +107,7 @@ at::Tensor dds_cpu(const at::Tensor& dy, const at::Tensor& values, at::TensorLis
   const int64_t in_features = in_features_.expect_int();
   if (!take(fast() && matmul_fits(dy, values, topology, dy.dim() == 2 ? dy.size(1) : -1, in_features)))
     return in_python<at::Tensor>(python_kernels->dds, dy, values, as_vector(topology), in_features);
-  at::Tensor out = at::empty({dy.size(0), in_features}, dy.options());
+  at::Tensor out = empty_huge({dy.size(0), in_features}, dy.options());
   dds_out(dy.contiguous(), values.contiguous(), topology[4], topology[5], topology[0], out);
   return out;
 }
@@ -117,7 +118,7 @@ bool pair_fits(const at::Tensor& dy, const at::Tensor& x) {
 }
 
 at::Tensor sdd_out_new(const at::Tensor& dy, const at::Tensor& x, at::TensorList topology, int64_t b) {
-  at::Tensor out = at::empty({topology[0].size(0), b, b}, x.options());
+  at::Tensor out = empty_huge({topology[0].size(0), b, b}, x.options());
   sdd_out(dy.contiguous(), x.contiguous(), topology[3], topology[0], topology[1], out);
   return out;
 }
@@ -140,8 +141,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dsd_backward_cpu(const at::Tensor
         .cast<std::tuple<at::Tensor, at::Tensor, at::Tensor>>();
   }
   const at::Tensor dy = grad_y.contiguous();
-  at::Tensor grad_x = need_x ? at::empty({x.size(0), x.size(1)}, x.options()) : at::empty({0}, x.options());
-  at::Tensor grad_values = need_values ? at::empty_like(values) : at::empty({0}, x.options());
+  at::Tensor grad_x = need_x ? empty_huge({x.size(0), x.size(1)}, x.options()) : at::empty({0}, x.options());
+  at::Tensor grad_values = need_values ? empty_huge(values.sizes(), values.options()) : at::empty({0}, x.options());
   at::Tensor grad_bias = need_bias ? at::empty({dy.size(1)}, x.options()) : at::empty({0}, x.options());
   dsd_backward_out(dy, x.contiguous(), values.contiguous(), topology[4], topology[5], topology[0], topology[3],
                    topology[1], need_x, need_values, need_bias, grad_x, grad_values, grad_bias);
@@ -209,7 +210,7 @@ at::Tensor conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const c10::
         .cast<at::Tensor>();
   }
   const int64_t n = x.size(0);
-  at::Tensor y = at::empty({n * g.out_h * g.out_w, out_channels}, x.options());
+  at::Tensor y = empty_huge({n * g.out_h * g.out_w, out_channels}, x.options());
   c10::optional<at::Tensor> b;
   if (bias.has_value()) b = bias->contiguous();
   conv_forward_out(padded_nhwc(x, g), values.contiguous(), b, topology[2], topology[3], topology[1],
