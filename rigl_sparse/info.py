@@ -70,11 +70,25 @@ def _cpu_lines() -> list[str]:
     if status["note"]:
         lines.append(f"at install: {status['note']}")
     lines.append(f"kernels {_cpu.dispatch_status()}")
+    lines.append(huge_pages_line())
     lines.append("paths by rows M (block size 32; the thresholds scale with the register tile and the threads):")
     for op in ("dsd", "dsd_backward"):
         for rows in (1, 16, 2048):
             lines.append(f"  {op:12s} M={rows:<5d} {_cpu.kernel_path(op, rows, 32)}")
     return lines
+
+
+def huge_pages_line(path: str = "/sys/kernel/mm/transparent_hugepage/enabled") -> str:
+    """Whether the CPU kernels' large outputs get 2 MiB pages: they ask for them (madvise) where Linux's
+    transparent huge pages are in madvise mode; without them a fresh output takes a page fault per 4 KiB."""
+    try:
+        with open(path) as f:
+            mode = f.read().split("[", 1)[1].split("]", 1)[0]
+    except (OSError, IndexError):
+        return f"huge pages: unavailable ({path} not readable): a fresh output takes a page fault per 4 KiB"
+    if mode == "never":
+        return f"huge pages: unavailable ({path} is [never]): a fresh output takes a page fault per 4 KiB"
+    return f"huge pages: {mode} mode: outputs and scratch of 4 MiB or more get 2 MiB pages"
 
 
 def _measured_lines(device_name: str) -> list[str]:

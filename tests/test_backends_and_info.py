@@ -111,3 +111,16 @@ def test_a_backward_on_another_thread_runs_on_the_backend_forced_for_its_forward
         backends.select = real
     assert {op for op, _ in seen} >= {"dds", "sdd", "block_scores"}
     assert all(forced == "reference" for _, forced in seen), seen
+
+
+@pytest.mark.parametrize("content, says", [
+    ("always [madvise] never\n", "huge pages: madvise mode: outputs and scratch of 4 MiB or more get 2 MiB pages"),
+    ("[always] madvise never\n", "huge pages: always mode"),
+    ("always madvise [never]\n", "is [never]): a fresh output takes a page fault per 4 KiB"),
+    (None, "not readable): a fresh output takes a page fault per 4 KiB"),
+])
+def test_info_says_whether_large_outputs_get_huge_pages(tmp_path, content, says):
+    path = tmp_path / "enabled"
+    if content is not None:
+        path.write_text(content)
+    assert says in info.huge_pages_line(str(path))
