@@ -133,34 +133,45 @@ def speed_range(speeds: list[float]) -> str:
     return f"{lo}×" if lo == hi else f"{lo}–{hi}×"
 
 
+def layer_size_sittings(folder: Path) -> list[dict]:
+    """The bench_layer_sizes.py records of a variant's folder, one per sitting (``layer_sizes*.json``)."""
+    return [_load(path) for path in sorted(folder.glob("layer_sizes*.json"))]
+
+
+def layer_size_speeds(sittings: list[dict], density: float = 0.1) -> dict[tuple, list[float]]:
+    """The speed-ups of the fp32 linear layers at ``density`` by (shape, mode, rows, block, width), one per
+    sitting that measured the case."""
+    speeds: dict[tuple, list[float]] = {}
+    for r in (r for data in sittings for r in data["rows"]):
+        if r["kind"] == "linear" and r["dtype"] == "float32" and r["density"] == density:
+            key = (r["shape"], r["mode"], r["rows"], r["block_size"], r["width"])
+            speeds.setdefault(key, []).append(r["speedup"])
+    return speeds
+
+
 def layer_sizes_summary(results: Path = RESULTS, density: float = 0.1) -> str:
     """bench_layer_sizes.py across the variants: the speed-up over torch's dense layers of one training step
     at the most rows measured and of no-grad inference of one row, fp32 at ``density``, by width; the range
     over the sittings recorded in a variant's folder (``layer_sizes*.json``)."""
     lines = []
     for folder in sorted(results.glob("cpu-*")):
-        rows = [r for path in sorted(folder.glob("layer_sizes*.json")) for r in _load(path)["rows"]
-                if r["kind"] == "linear" and r["dtype"] == "float32" and r["density"] == density]
-        if not rows:
+        speeds = layer_size_speeds(layer_size_sittings(folder), density)
+        if not speeds:
             continue
-        widths = sorted({r["width"] for r in rows})
+        widths = sorted({key[4] for key in speeds})
         if not lines:
             lines = ["| variant | layer | rows | step | block | " + " | ".join(f"w={w}" for w in widths) + " |",
                      "|---|---|---|---|---|" + "---|" * len(widths)]
-        cases = sorted({(r["shape"], r["mode"], r["rows"], r["block_size"]) for r in rows},
-                       key=lambda c: (c[1] != "train", c[0] != "square", -c[2], c[3]))
-        shown_rows = {"train": max((r["rows"] for r in rows if r["mode"] == "train"), default=0), "infer": 1}
+        cases = sorted({key[:4] for key in speeds}, key=lambda c: (c[1] != "train", c[0] != "square", -c[2], c[3]))
+        shown_rows = {"train": max((c[2] for c in cases if c[1] == "train"), default=0), "infer": 1}
         for shape, mode, m, block in cases:
             if m != shown_rows[mode]:
                 continue
-            speed: dict[int, list[float]] = {}
-            for r in rows:
-                if (r["shape"], r["mode"], r["rows"], r["block_size"]) == (shape, mode, m, block):
-                    speed.setdefault(r["width"], []).append(r["speedup"])
             layer = "w × w" if shape == "square" else "w → 4w → w"
             step = "training (fwd + dX + dW)" if mode == "train" else "inference, no grad"
+            cells = (speeds.get((shape, mode, m, block, w)) for w in widths)
             lines.append(f"| {folder.name.removeprefix('cpu-')} | {layer} | {m} | {step} | {block} | "
-                         + " | ".join(speed_range(speed[w]) if w in speed else "-" for w in widths) + " |")
+                         + " | ".join(speed_range(c) if c else "-" for c in cells) + " |")
     return "\n".join(lines) if lines else "(no layer_sizes.json recorded)"
 
 

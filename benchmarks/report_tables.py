@@ -280,12 +280,10 @@ def headline(page: Path) -> str:
     """A few measured numbers, each computed from its record, with a link to the page that has the table."""
     perf, acc, iso = (_link(doc, page) for doc in ("performance.md", "accuracy.md", "iso_cost.md"))
     lines = ["| measured | result | details |", "|---|---|---|"]
-    sittings = [_json(path) for path in sorted((RESULTS / "cpu-avx2").glob("layer_sizes*.json"))]
-    train: dict[int, list[float]] = {}
-    for r in (r for data in sittings for r in data["rows"]):
-        if (r["kind"], r["shape"], r["width"], r["rows"], r["mode"], r["density"], r["dtype"]) == \
-                ("linear", "square", 1024, 2048, "train", 0.1, "float32"):
-            train.setdefault(r["block_size"], []).append(r["speedup"])
+    sittings = report_cpu.layer_size_sittings(RESULTS / "cpu-avx2")
+    train = {block: speeds
+             for (shape, mode, rows, block, width), speeds in report_cpu.layer_size_speeds(sittings).items()
+             if (shape, mode, rows, width) == ("square", "train", 2048, 1024)}
     env = sittings[0]["environment"]
     lines.append(f"| training step (forward, dX, dW) of a 1024 × 1024 `SparseLinear`, 2048 rows, density 0.1, against "
                  f"`nn.Linear` on {env['threads']} CPU cores | "
