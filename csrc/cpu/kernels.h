@@ -381,6 +381,8 @@ inline void view_tile(const float* a, int64_t a_block, const int32_t* slots, int
   for (int i = 0; i < R; ++i) narrow(tile + i * WIDTH, bias, cols, out + i * ldo);
 }
 
+constexpr int64_t kL2Group = 192 << 10;  // bytes of packed rows that stay in L2 beside the other operand
+
 // Bytes of packed rows a kernel takes at a time when it reads blocks_bytes of blocks once per group of
 // rows: a group that stays in L2 (192 KiB) while the blocks are few; when they are many, and come from L3
 // or memory, a group of up to 3 MiB (in L3), so that each pass over the blocks serves more rows.  Measured
@@ -388,7 +390,7 @@ inline void view_tile(const float* a, int64_t a_block, const int32_t* slots, int
 // times a 16384 x 4096 layer's blocks (27 MB) went from 65 to 147 GFLOP/s (b = 32) and 106 to 159
 // (b = 16); times a 4096 x 4096 layer's (6.7 MB), 128 to 158 (b = 32); from 1024 wide, unchanged.
 inline int64_t group_bytes(int64_t blocks_bytes) {
-  constexpr int64_t kL2Group = 192 << 10, kL3Group = 3 << 20;
+  constexpr int64_t kL3Group = 3 << 20;
   return min64(kL3Group, max64(kL2Group, blocks_bytes / 8));
 }
 
@@ -523,9 +525,8 @@ template <typename T, int B>
 void sdd_rows(const T* dy, int64_t ldy, int64_t n_out, const T* x, int64_t ldx, int64_t n_in,
               const int32_t* slot_list, const int32_t* block_row, const int32_t* block_col, float* acc,
               int64_t p_begin, int64_t p_end, int64_t m_begin, int64_t m_end) {
-  constexpr int64_t kChunkBytes = 192 << 10;
   const int64_t R = (n_out + B - 1) / B, C = (n_in + B - 1) / B;
-  const int64_t chunk = max64(32, min64(256, kChunkBytes / ((R + C) * B * 4)));
+  const int64_t chunk = max64(32, min64(256, kL2Group / ((R + C) * B * 4)));
   Buffer<> dy_cols(chunk * R * B), x_cols(chunk * C * B);
   for (int64_t m0 = m_begin; m0 < m_end; m0 += chunk) {
     const int64_t rows = min64(chunk, m_end - m0);
