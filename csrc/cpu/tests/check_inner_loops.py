@@ -7,7 +7,8 @@ For the forward/input-gradient kernel (view_rows, whose register tile is view_ti
 weight-gradient kernel (sdd_rows, through tile_accumulate) at block sizes 16, 32, 64 and 128, it
 disassembles the object, finds the innermost loop holding vector multiply-adds, and checks that the
 loop holds exactly MR x NV of them (the tile of kernels.h's Tile<B>) and no vector load or store
-addressed off the stack.  Prints one line per kernel.
+addressed off the stack; and that the fp32 packing copies no block row with a copy of run-time length
+(rep movs or a call of memcpy).  Prints one line per kernel.
 """
 
 import re
@@ -91,6 +92,15 @@ def main(isa: str, obj: str) -> int:
             print(f"{'ok  ' if ok else 'FAIL'} {isa} {kernel:13s} b={b:<3d}: tile {rows}x{nv} vectors, inner loop "
                   f"{count} {multiply} (expected {expected}), {len(spills)} vector stack accesses in its loops"
                   + (f": {spills[:3]}" if spills else ""))
+    # The packing copies a block row at a time: a copy of run-time length there (rep movs, or a call of
+    # memcpy) costs more to start than the copy itself (widen in kernels.h).
+    for name, body in funcs.items():
+        if re.search(r"::(pack_block_columns<float>|view_rows<float, \d+>|sdd_rows<float, \d+>)\(", name):
+            copies = [t for _, t in body if re.match(r"rep movs|call\s.*<(memcpy|memmove)", t)]
+            if copies:
+                print(f"FAIL {isa} {name.split('(')[0]}: copies of run-time length {copies[:3]}")
+                failures += 1
+    print(f"{isa}: checked the packing for copies of run-time length")
     return 1 if failures else 0
 
 
