@@ -162,7 +162,7 @@ inline bf16 from_float<bf16>(float f) {  // branch-free, so that loops of it vec
 // and a copy whose length is known only at run time compiles to rep movsq or a call of memcpy, whose
 // start-up took 12% of a 1024-wide forward (measured on Zen 3; 512 wide, 2 threads: forward 123 -> 147
 // GFLOP/s).  The compiler turns a loop of plain copies back into one memcpy: the empty asm statement in the
-// loop keeps it a loop (tests/check_inner_loops.py looks for such copies).
+// loop keeps it a loop (csrc/cpu/tests/check_inner_loops.py looks for such copies).
 inline void copy_floats(const float* src, int64_t n, float* dst) {
   int64_t e = 0;
   for (; e + 16 <= n; e += 16) {
