@@ -78,13 +78,23 @@ def _cpu_lines() -> list[str]:
     return lines
 
 
-def huge_pages_line(path: str = "/sys/kernel/mm/transparent_hugepage/enabled") -> str:
-    """Whether the CPU kernels' large outputs get 2 MiB pages: they ask for them (madvise) where Linux's
-    transparent huge pages are in madvise mode; without them a fresh output takes a page fault per 4 KiB."""
+THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def huge_page_mode(path: str = THP_MODE) -> str | None:
+    """Linux's transparent huge page mode (``always``, ``madvise`` or ``never``), None where it cannot be read."""
     try:
         with open(path) as f:
-            mode = f.read().split("[", 1)[1].split("]", 1)[0]
+            return f.read().split("[", 1)[1].split("]", 1)[0]
     except (OSError, IndexError):
+        return None
+
+
+def huge_pages_line(path: str = THP_MODE) -> str:
+    """Whether the CPU kernels' large outputs get 2 MiB pages: they ask for them (madvise) where Linux's
+    transparent huge pages are in madvise mode; without them a fresh output takes a page fault per 4 KiB."""
+    mode = huge_page_mode(path)
+    if mode is None:
         return f"huge pages: unavailable ({path} not readable): a fresh output takes a page fault per 4 KiB"
     if mode == "never":
         return f"huge pages: unavailable ({path} is [never]): a fresh output takes a page fault per 4 KiB"

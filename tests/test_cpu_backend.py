@@ -7,7 +7,7 @@ import torch
 from op_cases import check_backend
 
 import rigl_sparse as rs
-from rigl_sparse import backends, ops
+from rigl_sparse import backends, info, ops
 from rigl_sparse.ops import cpu_extension as _cpu
 from rigl_sparse.testing import assert_matches_dense, masked_dense_op, random_block_sparse
 
@@ -337,16 +337,8 @@ def test_info_says_which_cpu_path_each_row_count_takes(two_threads):
     assert "one pass" not in _cpu.kernel_path("dsd_backward", 16, 32)
 
 
-def _huge_pages_on_request() -> bool:
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            mode = f.read()
-    except OSError:
-        return False
-    return "[madvise]" in mode or "[always]" in mode
-
-
-@pytest.mark.skipif(not _huge_pages_on_request(), reason="Linux transparent huge pages are off (or not Linux)")
+@pytest.mark.skipif(info.huge_page_mode() not in ("madvise", "always"),
+                    reason="Linux transparent huge pages are off (or not Linux)")
 def test_a_large_output_is_written_without_a_page_fault_per_4_kib():
     import resource
 
