@@ -145,6 +145,30 @@ def test_eager_fast_path_equals_the_custom_op_path():
         assert torch.equal(a, b)
 
 
+def test_forward_records_the_op_alone_for_two_dimensional_input_and_reads_reassigned_parameters():
+    # A 2-D input goes to the op as it is: no reshape view in autograd's graph (a node more in every
+    # forward and backward); an N-D input is flattened and its output viewed back.
+    torch.manual_seed(0)
+    layer = rs.SparseLinear(40, 24, density=0.4, block_size=8)
+    x = torch.randn(6, 40, requires_grad=True)
+    y = layer(x)
+    inputs = [fn for fn, _ in y.grad_fn.next_functions if fn is not None]
+    assert sum(type(fn).__name__ == "AccumulateGrad" and fn.variable is x for fn in inputs) == 1
+    x3 = x.detach().view(2, 3, 40).requires_grad_()
+    y3 = layer(x3)
+    assert y3.shape == (2, 3, 24) and torch.equal(y3.detach().view(6, 24), y.detach())
+    # The forward reads the parameters as registered now: a replaced bias, a removed one, values swapped
+    # by torch.func.functional_call.
+    layer.bias = nn.Parameter(torch.ones(24))
+    assert torch.allclose(layer(x), x @ layer.to_dense().T + 1, atol=1e-5)
+    layer.bias = None
+    assert torch.allclose(layer(x), x @ layer.to_dense().T, atol=1e-5)
+    values = torch.randn_like(layer.values) * layer.layout.padding_mask().float() \
+        if layer.layout.padding_mask() is not None else torch.randn_like(layer.values)
+    swapped = torch.func.functional_call(layer, {"values": values}, (x,))
+    assert torch.allclose(swapped, x @ layer.layout.to_dense(values).T, atol=1e-5)
+
+
 def test_double_backward_through_sparse_linear():
     layer = rs.SparseLinear(12, 8, density=0.5, block_size=4, dtype=torch.float64)
     x = torch.randn(3, 12, dtype=torch.float64, requires_grad=True)

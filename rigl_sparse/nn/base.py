@@ -15,6 +15,9 @@ from rigl_sparse.nn.grow import GrowRecorder
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+# Whether autocast is on for any device: one call, where asking for the input's device first costs more.
+_autocast_anywhere = torch._C._is_any_autocast_enabled
+
 
 class SparseModule(nn.Module):
     """Base of the block-sparse layers.
@@ -115,15 +118,22 @@ class SparseModule(nn.Module):
     def _operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(x, values, bias)`` in the dtype the layer computes in: under ``torch.autocast`` (for the
         input's device) the autocast dtype, as ``nn.Linear`` does (the parameters stay in their own
-        dtype and receive their gradients there); otherwise the parameters' dtype, which ``x`` must have."""
-        device_type = x.device.type
-        if torch.is_autocast_enabled(device_type) and x.is_floating_point():
-            dtype = torch.get_autocast_dtype(device_type)
-            bias = None if self.bias is None else self.bias.to(dtype)
-            return x.to(dtype), self.values.to(dtype), bias
-        if x.dtype != self.values.dtype:
-            raise TypeError(f"input dtype {x.dtype} does not match the layer's dtype {self.values.dtype}")
-        return x, self.values, self.bias
+        dtype and receive their gradients there); otherwise the parameters' dtype, which ``x`` must have.
+
+        Every forward calls this, so it reads the parameters from the module's own dictionary (each name
+        through ``nn.Module.__getattr__`` costs about 1.5 us, as much as a one-row layer's kernel) and
+        asks for the input's device only under autocast."""
+        params = self._parameters
+        values = params["values"]
+        bias = params["bias"] if "bias" in params else self.bias
+        if _autocast_anywhere() and x.is_floating_point():
+            device_type = x.device.type
+            if torch.is_autocast_enabled(device_type):
+                dtype = torch.get_autocast_dtype(device_type)
+                return x.to(dtype), values.to(dtype), None if bias is None else bias.to(dtype)
+        if x.dtype != values.dtype:
+            raise TypeError(f"input dtype {x.dtype} does not match the layer's dtype {values.dtype}")
+        return x, values, bias
 
     # -------------------------------------------------------------- construction
     def _create(self, shape: tuple[int, int], *, block_size: int, density: float, bias: bool, device, dtype,

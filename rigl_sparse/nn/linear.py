@@ -53,11 +53,13 @@ class SparseLinear(SparseModule):
             raise ValueError(f"input must have {self.in_features} features in its last dimension, got shape "
                              f"{tuple(x.shape)}")
         x, values, bias = self._operands(x)
-        x2 = x.reshape(-1, self.in_features)
-        y = ops.dsd(x2, values, self.layout, bias)
+        layout = self._modules["layout"]  # not through nn.Module.__getattr__: see _operands
+        flat = x.dim() == 2  # a reshape would add a view to autograd's graph even when it changes nothing
+        x2 = x if flat else x.reshape(-1, self.in_features)
+        y = ops.dsd(x2, values, layout, bias)
         if self.grow.armed:  # checked here: the unarmed forward pays one attribute read
-            y = self.grow.tap(y, x2, self.layout)
-        return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
+            y = self.grow.tap(y, x2, layout)
+        return y if flat else y.view(*x.shape[:-1], self.out_features)
 
     def _supports_exact_grow_scores(self) -> bool:
         return True

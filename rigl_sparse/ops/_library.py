@@ -30,6 +30,9 @@ LIBRARY = torch.library.Library(NAMESPACE, "FRAGMENT")
 _below_autograd = torch._C._AutoDispatchBelowAutograd
 _any_requires_grad = torch._C._any_requires_grad
 _functorch_active = torch._C._are_functorch_transforms_active
+# Tensors left behind by a finished torch.func transform, as their plain tensors (what
+# ``autograd.Function.apply`` does first).
+_unwrap_dead_wrappers = torch._functorch.utils.unwrap_dead_wrappers
 
 
 class Operator:
@@ -42,11 +45,14 @@ class Operator:
     the operator), one dispatch instead of two.  Under ``torch.compile`` and ``torch.func`` transforms
     the call is the overload's."""
 
-    __slots__ = ("overload", "function")
+    __slots__ = ("overload", "function", "_apply")
 
     def __init__(self, overload, function=None) -> None:
         self.overload = overload
         self.function = function
+        # The function's apply without its Python wrapper, whose checks for torch.func transforms are already
+        # made where this is called: 5-10 us of a one-row layer's 30 us forward.
+        self._apply = None if function is None else super(torch.autograd.Function, function).apply
 
     def __call__(self, *args):
         if torch.compiler.is_compiling():  # first: what follows is not for graphs
@@ -54,7 +60,7 @@ class Operator:
         if _functorch_active():
             return self.overload(*args)
         if torch.is_grad_enabled() and _any_requires_grad(*args):
-            return self.overload(*args) if self.function is None else self.function.apply(*args)
+            return self.overload(*args) if self._apply is None else self._apply(*_unwrap_dead_wrappers(args))
         with _below_autograd():  # what the autograd kernel does then, without entering it (5 us a call)
             return self.overload(*args)
 
