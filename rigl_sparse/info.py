@@ -75,6 +75,9 @@ def _cpu_lines() -> list[str]:
     for op in ("dsd", "dsd_backward"):
         for rows in (1, 16, 2048):
             lines.append(f"  {op:12s} M={rows:<5d} {_cpu.kernel_path(op, rows, 32)}")
+    large = 4096 * 4096 // 10 * 4  # a 4096 x 4096 layer's blocks at density 0.1
+    lines.append(f"  {'dsd_backward':12s} M={2048:<5d} {_cpu.kernel_path('dsd_backward', 2048, 32, large)} "
+                 f"[a 4096 x 4096 layer at density 0.1]")
     return lines
 
 

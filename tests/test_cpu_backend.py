@@ -319,6 +319,20 @@ def test_every_cpu_path_matches_the_reference(b, dtype, M, cpu_isa, two_threads)
     assert_matches_dense(dv, masked_dense_op("sdd", layout), dy, x, name="dvalues alone")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_backward_of_a_layer_with_4_mib_of_blocks_matches_the_reference(dtype, cpu_isa, two_threads):
+    # 2048 x 2048 at density 0.25, b = 32: 4 MiB of fp32 blocks, where dX and dW run each by itself even
+    # with rows enough to split the weight gradient's rows over the threads.
+    from rigl_sparse.ops import cpu_extension as _cpu
+
+    layout, values, x, dy, bias = _case(2048, 2048, 32, 0.25, 515, dtype, seed=1)
+    assert values.numel() * 4 == 4 << 20 and "4 MiB or more" in _cpu.kernel_path("dsd_backward", 515, 32, 4 << 20)
+    dx, dv, db = torch.ops.rigl_sparse.dsd_backward(dy, x, values, layout.topology(), True, True, True)
+    assert_matches_dense(dx, masked_dense_op("dds", layout), dy, values, name="dX")
+    assert_matches_dense(dv, masked_dense_op("sdd", layout), dy, x, name="dvalues")
+    assert_matches_dense(db, lambda d: d.sum(0), dy, name="dbias")
+
+
 def test_the_forward_split_over_block_rows_keeps_empty_block_rows_at_the_bias(two_threads):
     # One dense block row among empty ones: the slot-balanced split gives one part everything.
     layout, values = rs.BlockSparseLayout.from_dense(torch.zeros(64, 32).index_fill_(0, torch.arange(16), 1.0),
@@ -335,6 +349,8 @@ def test_info_says_which_cpu_path_each_row_count_takes(two_threads):
     assert "dot products" in paths[1] and "block rows" in paths[4] and "split by rows" in paths[2048]
     assert "one pass" in _cpu.kernel_path("dsd_backward", 2048, 32)
     assert "one pass" not in _cpu.kernel_path("dsd_backward", 16, 32)
+    assert "one pass" in _cpu.kernel_path("dsd_backward", 2048, 32, (4 << 20) - 4)
+    assert "4 MiB or more" in _cpu.kernel_path("dsd_backward", 2048, 32, 4 << 20)
 
 
 @pytest.mark.skipif(info.huge_page_mode() not in ("madvise", "always"),

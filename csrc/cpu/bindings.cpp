@@ -30,7 +30,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("tile_description", [] { return std::string(rigl_sparse::cpu::kernels().tile); },
         "the register tiles of the variant in use");
   m.def("kernel_path", &rigl_sparse::cpu::kernel_path,
-        "which path the kernels take for an op (dsd, dds, sdd, dsd_backward) on M rows of block size b, in words");
+        "which path the kernels take for an op (dsd, dds, sdd, dsd_backward) on M rows of block size b, for a "
+        "layer whose blocks take blocks_bytes in fp32, in words",
+        pybind11::arg("op"), pybind11::arg("M"), pybind11::arg("B"), pybind11::arg("blocks_bytes") = 0);
   m.def("rows_per_tile", &rigl_sparse::cpu::rows_per_tile, "rows of one register tile for a block size");
   m.attr("openmp") =
 #if defined(_OPENMP)

@@ -109,10 +109,11 @@ def isa_status() -> dict:
             "tiles": module.tile_description(), "openmp": bool(module.openmp), "note": build_note()}
 
 
-def kernel_path(op: str, rows: int, block_size: int) -> str:
+def kernel_path(op: str, rows: int, block_size: int, blocks_bytes: int = 0) -> str:
     """Which path the native kernels take for ``op`` (``dsd``, ``dds``, ``sdd``, ``dsd_backward``) on ``rows``
-    rows of ``block_size`` blocks, with this process's threads and instruction set, in words."""
-    return extension().kernel_path(op, rows, block_size)
+    rows of ``block_size`` blocks, for a layer whose blocks take ``blocks_bytes`` in fp32 (the backward's
+    path depends on it), with this process's threads and instruction set, in words."""
+    return extension().kernel_path(op, rows, block_size, blocks_bytes)
 
 
 def supports(dtype: torch.dtype, block_size: int) -> str | None:
