@@ -101,7 +101,7 @@ def huge_pages_line(path: str = THP_MODE) -> str:
         return f"huge pages: unavailable ({path} not readable): a fresh output takes a page fault per 4 KiB"
     if mode == "never":
         return f"huge pages: unavailable ({path} is [never]): a fresh output takes a page fault per 4 KiB"
-    return f"huge pages: {mode} mode: outputs and scratch of 4 MiB or more get 2 MiB pages"
+    return f"huge pages: {mode} mode: outputs and scratch of 32 MiB or more get 2 MiB pages"
 
 
 def _measured_lines(device_name: str) -> list[str]:

@@ -114,7 +114,7 @@ def test_a_backward_on_another_thread_runs_on_the_backend_forced_for_its_forward
 
 
 @pytest.mark.parametrize("content, says", [
-    ("always [madvise] never\n", "huge pages: madvise mode: outputs and scratch of 4 MiB or more get 2 MiB pages"),
+    ("always [madvise] never\n", "huge pages: madvise mode: outputs and scratch of 32 MiB or more get 2 MiB pages"),
     ("[always] madvise never\n", "huge pages: always mode"),
     ("always madvise [never]\n", "is [never]): a fresh output takes a page fault per 4 KiB"),
     (None, "not readable): a fresh output takes a page fault per 4 KiB"),

@@ -16,18 +16,24 @@ namespace rigl_sparse {
 namespace cpu {
 
 // at::empty, with the kernel asked for 2 MiB pages (madvise MADV_HUGEPAGE, where Linux's transparent huge
-// pages are in "madvise" mode) under the whole 2 MiB spans of a buffer of 4 MiB or more: the outputs and
-// the large scratch of the ops.  Such a buffer is fresh from mmap on every call, and written a 4 KiB page
-// fault at a time it cost ~15% of a 2048 x 2048 -> 8192 forward at density 0.1 (2 threads, Zen 3: 103-110
-// GFLOP/s; 150 with 2 MiB pages; 17780 page faults per call, 1014 with the hint).  A buffer that the
-// allocator reuses is already mapped, and the hint changes nothing there.
+// pages are in "madvise" mode) under the whole 2 MiB spans of a buffer of kFreshBytes or more: the outputs
+// and the large scratch of the ops.  glibc's malloc maps a block that large afresh on every call (32 MiB is
+// its largest mmap threshold), and written a 4 KiB page fault at a time it cost ~15% of a 2048 x 2048 ->
+// 8192 forward at density 0.1 (2 threads, Zen 3: 103-110 GFLOP/s; 150 with 2 MiB pages; 17780 page faults
+// per call, 1014 with the hint).  A smaller block comes back from malloc's heap, already mapped, and the
+// hint there cost time instead: on the same Zen 3 with 2 threads, the sparse projections of a 512-wide
+// transformer's training step (2048 rows, outputs of 4-16 MiB) took 292-308 ms with huge pages off and
+// 425-436 ms with the hint on those outputs (khugepaged collapsing the heap's pages meanwhile).
+constexpr int64_t kFreshBytes = int64_t(32) << 20;
+
 inline at::Tensor empty_huge(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor out = at::empty(sizes, options);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
   const uintptr_t start = reinterpret_cast<uintptr_t>(out.data_ptr());
   const uintptr_t begin = (start + kHuge - 1) & ~(kHuge - 1), end = (start + out.nbytes()) & ~(kHuge - 1);
-  if (out.nbytes() >= 2 * kHuge && end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+  if (static_cast<int64_t>(out.nbytes()) >= kFreshBytes && end > begin)
+    madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 #endif
   return out;
 }
