@@ -4,10 +4,11 @@
     python benchmarks/report_cpu.py --summary  # tables across the variants: matmuls, convolution, training step
 
 For each ``cpu-<variant>/`` it reads ``cpu_float32.json`` and ``cpu_bfloat16.json`` (or
-``cpu_bfloat16_vs_float32.json``, bf16 against torch's fp32; bench_cpu.py), ``conv_cpu.json`` (bench_conv.py) and ``train_step_cpu.json``
-(bench_train_step.py) where present, and prints the speed-ups over torch measured in the same
-runs, with the environment they were measured in; bf16 rows also give our bf16 time over our fp32
-time for the same op and case.
+``cpu_bfloat16_vs_float32.json``, bf16 against torch's fp32; bench_cpu.py), ``conv_cpu.json``
+(bench_conv.py) and ``train_step_cpu.json`` (bench_train_step.py) where present, and prints the speed-ups
+over torch measured in the same runs, with the environment they were measured in; bf16 rows also give our
+bf16 time over our fp32 time for the same op and case, where both records are of one build.  The summaries
+give the range over a benchmark's sittings where a folder holds several (``<record>_1.json``, ...).
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ def matmul_table(fp32: dict, bf16: dict | None) -> list[str]:
             f"{r[f'speedup_{op}_vs_dense']:.2f}×" for op in OPS) + f" | {r['speedup_fwd_vs_bsr']:.2f}× | "
             f"{r['speedup_dx_vs_bsr']:.2f}× | {r['scores_over_dense_matmul']:.2f} |")
     if bf16:
-        ours = {(r["block_size"], r["density"]): r for r in fp32["rows"]}
+        ours = _by_case(fp32) if same_build(fp32, bf16) else {}
         base = bf16["rows"][0].get("baseline_dtype", "bfloat16")
         lines += ["", f"bf16 (baseline: torch's {base} dense and BSR; torch's CPU BSR has no bf16 matmul; last columns: "
-                  "our bf16 time / our fp32 time):",
+                  "our bf16 time / our fp32 time, where both records are of one build):",
                   "", "| block | density | fwd | dX | dW | fwd vs BSR | bf16/fp32 fwd | dX | dW |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in bf16["rows"]:
@@ -72,26 +73,38 @@ def step_table(step: dict) -> list[str]:
     return lines
 
 
+def _by_case(record: dict | None) -> dict[tuple, dict]:
+    return {(r["block_size"], r["density"]): r for r in (record["rows"] if record else [])}
+
+
+def same_build(a: dict | None, b: dict | None) -> bool:
+    """Whether two records were measured at one git SHA (our bf16 time over our fp32 time means something
+    only then)."""
+    return bool(a and b) and a["environment"]["git_sha"] == b["environment"]["git_sha"]
+
+
 def summary(results: Path = RESULTS, cases=((16, 0.1), (32, 0.1), (64, 0.1), (32, 0.5))) -> str:
-    """One table across the variants: fp32 and bf16 speed-ups at a few (block, density) cases."""
-    lines = ["| variant | block | density | fwd | dX | dW | fwd vs BSR | bf16 fwd | bf16 dX | bf16 dW | bf16 vs | "
-             "bf16 / fp32 time (fwd, dX, dW) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    """One table across the variants: fp32 and bf16 speed-ups at a few (block, density) cases.  An fp32 cell
+    gives the range over the sittings in the variant's folder (``cpu_float32*.json``); the bf16 record is one
+    sitting, and its time over our fp32 time comes from the fp32 sitting of the same build."""
+    lines = ["| variant | block | density | fp32 sittings | fwd | dX | dW | fwd vs BSR | bf16 fwd | bf16 dX | bf16 dW "
+             "| bf16 vs | bf16 / fp32 time (fwd, dX, dW) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for folder in sorted(results.glob("cpu-*")):
-        fp32 = _load(folder / "cpu_float32.json")
+        fp32 = sittings(folder, "cpu_float32")
         bf16 = _load(folder / "cpu_bfloat16.json") or _load(folder / "cpu_bfloat16_vs_float32.json")
-        if not fp32:
-            continue
-        by_case = {(r["block_size"], r["density"]): r for r in fp32["rows"]}
-        bf_case = {(r["block_size"], r["density"]): r for r in (bf16["rows"] if bf16 else [])}
+        paired = _by_case(next((f for f in fp32 if same_build(f, bf16)), None))
+        bf_case = _by_case(bf16)
         for case in cases:
-            r, q = by_case.get(case), bf_case.get(case)
-            if r is None:
+            rows = [r for r in (_by_case(f).get(case) for f in fp32) if r]
+            if not rows:
                 continue
-            cells = [f"{r[f'speedup_{op}_vs_dense']:.2f}×" for op in OPS] + [f"{r['speedup_fwd_vs_bsr']:.2f}×"]
+            cells = [str(len(rows))] + [speed_range([r[f"speedup_{op}_vs_dense"] for r in rows]) for op in OPS]
+            cells.append(speed_range([r["speedup_fwd_vs_bsr"] for r in rows]))
+            q, f = bf_case.get(case), paired.get(case)
             if q:
                 cells += [f"{q[f'speedup_{op}_vs_dense']:.2f}×" for op in OPS] + [
                     f"torch {q.get('baseline_dtype', 'bfloat16')}",
-                    ", ".join(f"{q[f'ours_{op}_ms'] / r[f'ours_{op}_ms']:.2f}" for op in OPS)]
+                    ", ".join(f"{q[f'ours_{op}_ms'] / f[f'ours_{op}_ms']:.2f}" for op in OPS) if f else "-"]
             else:
                 cells += ["-"] * 5
             lines.append(f"| {folder.name.removeprefix('cpu-')} | {case[0]} | {case[1]} | " + " | ".join(cells) + " |")
@@ -110,32 +123,55 @@ def conv_summary(results: Path = RESULTS, block: int = 32, density: float = 0.1)
     return "\n".join(lines)
 
 
-def step_summary(results: Path = RESULTS) -> str:
-    """The training step across the variants (compressed and masked RigL against dense)."""
-    lines = ["| variant | workload | density | dense step | RigL step (amortised) | RigL vs dense | masked RigL vs dense "
-             "| RigL update step |", "|---|---|---|---|---|---|---|---|"]
-    for folder in sorted(results.glob("cpu-*")):
-        step = _load(folder / "train_step_cpu.json")
-        rows = step["rows"] if step else []
-        masked = {(r["model"], r["density"]): r for r in rows if r["method"] == "masked"}
-        for r in (r for r in rows if r["method"] == "rigl"):
-            m = masked.get((r["model"], r["density"]))
-            masked_ratio = f"{m['speedup_vs_dense']:.2f}×" if m else "-"
-            lines.append(f"| {folder.name.removeprefix('cpu-')} | {r['model']} | {r['density']} | {r['dense_ms']:.0f} ms | "
-                         f"{r['amortised_ms']:.0f} ms | {r['speedup_vs_dense']:.2f}× | "
-                         f"{masked_ratio} | {r['update_step_ms']:.0f} ms |")
-    return "\n".join(lines)
+def sittings(folder: Path, stem: str) -> list[dict]:
+    """The records of one benchmark in a variant's folder, one per sitting: ``<stem>.json``, ``<stem>_1.json``..."""
+    return [_load(path) for path in sorted(folder.glob(f"{stem}*.json"))]
+
+
+def value_range(values: list[float], spec: str = ".2f", unit: str = "×") -> str:
+    """``a<unit>``, or ``lo–hi<unit>`` over the sittings that measured one case."""
+    lo, hi = format(min(values), spec), format(max(values), spec)
+    return f"{lo}{unit}" if lo == hi else f"{lo}–{hi}{unit}"
 
 
 def speed_range(speeds: list[float]) -> str:
-    """``a×``, or ``lo–hi×`` over the sittings that measured one case."""
-    lo, hi = f"{min(speeds):.2f}", f"{max(speeds):.2f}"
-    return f"{lo}×" if lo == hi else f"{lo}–{hi}×"
+    return value_range(speeds)
+
+
+def step_values(records: list[dict]) -> dict[tuple, dict[str, list[float]]]:
+    """bench_train_step.py's rows over ``records`` (the sittings): by (model, method, density), each field's
+    values, one per sitting that measured the case."""
+    values: dict[tuple, dict[str, list[float]]] = {}
+    for r in (r for data in records for r in data["rows"]):
+        fields = values.setdefault((r["model"], r["method"], r["density"]), {})
+        for field in ("dense_ms", "amortised_ms", "speedup_vs_dense", "update_step_ms"):
+            fields.setdefault(field, []).append(r[field])
+    return values
+
+
+def step_summary(results: Path = RESULTS) -> str:
+    """The training step across the variants (compressed and masked RigL against dense): the range over the
+    sittings recorded in a variant's folder (``train_step_cpu*.json``)."""
+    lines = ["| variant | workload | density | sittings | dense step | RigL step (amortised) | RigL vs dense "
+             "| masked RigL vs dense | RigL update step |", "|---|---|---|---|---|---|---|---|---|"]
+    for folder in sorted(results.glob("cpu-*")):
+        records = sittings(folder, "train_step_cpu")
+        values = step_values(records)
+        for (model, method, density), v in values.items():
+            if method != "rigl":
+                continue
+            masked = values.get((model, "masked", density))
+            lines.append(f"| {folder.name.removeprefix('cpu-')} | {model} | {density} | {len(v['dense_ms'])} | "
+                         f"{value_range(v['dense_ms'], '.0f', ' ms')} | {value_range(v['amortised_ms'], '.0f', ' ms')} | "
+                         f"{speed_range(v['speedup_vs_dense'])} | "
+                         f"{speed_range(masked['speedup_vs_dense']) if masked else '-'} | "
+                         f"{value_range(v['update_step_ms'], '.0f', ' ms')} |")
+    return "\n".join(lines)
 
 
 def layer_size_sittings(folder: Path) -> list[dict]:
     """The bench_layer_sizes.py records of a variant's folder, one per sitting (``layer_sizes*.json``)."""
-    return [_load(path) for path in sorted(folder.glob("layer_sizes*.json"))]
+    return sittings(folder, "layer_sizes")
 
 
 def layer_size_speeds(sittings: list[dict], density: float = 0.1) -> dict[tuple, list[float]]:

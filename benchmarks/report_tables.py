@@ -70,7 +70,7 @@ IMAGES = {
     "cpu_memory.png": RESULTS / "cpu" / "memory.png",
     "cpu_layer_sizes.png": RESULTS / "cpu-avx2" / "layer_sizes.png",
 }
-MATMUL_RECORDS = ("cpu_float32.json", "cpu_bfloat16.json", "cpu_bfloat16_vs_float32.json")
+MATMUL_RECORDS = ("cpu_float32*.json", "cpu_bfloat16.json", "cpu_bfloat16_vs_float32.json")
 CPU_RECORDS = {"cpu_float32.json": "fp32 matmuls", "cpu_bfloat16.json": "bf16 matmuls",
                "cpu_bfloat16_vs_float32.json": "bf16 matmuls", "conv_cpu.json": "convolution",
                "train_step_cpu.json": "training step"}
@@ -101,7 +101,7 @@ def cpu_conv() -> str:
 
 def cpu_train_step() -> str:
     return (report_cpu.step_summary() + "\n\nMeasured in:\n\n"
-            + report_cpu.measured_on(names=("train_step_cpu.json",)))
+            + report_cpu.measured_on(names=("train_step_cpu*.json",)))
 
 
 def _mib(value, spec: str = ".1f") -> str:
@@ -251,14 +251,29 @@ def where_it_runs(page: Path) -> str:
     return "\n".join(lines)
 
 
-def _cpu_row(variant: str, block: int, density: float) -> dict:
-    rows = _json(RESULTS / f"cpu-{variant}" / "cpu_float32.json")["rows"]
-    return next(r for r in rows if r["block_size"] == block and r["density"] == density)
+def _forward_speeds(variant: str, block: int, density: float) -> tuple[dict, list[float], list[dict]]:
+    """The fp32 forward's speed-up over dense at (block, density), one per sitting of the variant, with the
+    first sitting's row and the sittings' records."""
+    records = report_cpu.sittings(RESULTS / f"cpu-{variant}", "cpu_float32")
+    rows = [next(r for r in data["rows"] if r["block_size"] == block and r["density"] == density) for data in records]
+    return rows[0], [r["speedup_fwd_vs_dense"] for r in rows], records
 
 
-def _step_row(variant: str, model: str, density: float) -> dict:
-    rows = _json(RESULTS / f"cpu-{variant}" / "train_step_cpu.json")["rows"]
-    return next(r for r in rows if r["model"] == model and r["method"] == "rigl" and r["density"] == density)
+def _measured_where(records: list[dict]) -> str:
+    """``<CPU model>, <n> sittings at `sha`, ...`` of a benchmark's records."""
+    devices = sorted({data["environment"]["device"] for data in records})
+    shas = sorted({data["environment"]["git_sha"][:7] for data in records})
+    return f"{', '.join(devices)}, {_sittings(len(records))} at " + ", ".join(f"`{sha}`" for sha in shas)
+
+
+def _step_speeds(variant: str, model: str, density: float) -> tuple[list[float], list[dict]]:
+    """RigL's training-step speed-up over dense, one per sitting of the variant, and the sittings' records."""
+    records = report_cpu.sittings(RESULTS / f"cpu-{variant}", "train_step_cpu")
+    return report_cpu.step_values(records)[(model, "rigl", density)]["speedup_vs_dense"], records
+
+
+def _sittings(n: int) -> str:
+    return f"{n} sitting" + ("s" if n > 1 else "")
 
 
 # what the headline takes from the larger-than-dense log, by the pattern of its line
@@ -288,19 +303,21 @@ def headline(page: Path) -> str:
     lines.append(f"| training step (forward, dX, dW) of a 1024 × 1024 `SparseLinear`, 2048 rows, density 0.1, against "
                  f"`nn.Linear` on {env['threads']} CPU cores | "
                  + ", ".join(f"{report_cpu.speed_range(train[b])} (block {b})" for b in sorted(train))
-                 + f" ({env['instruction_set']}, {env['device']}, {len(sittings)} sitting"
-                 + ("s" if len(sittings) > 1 else "") + ") | "
+                 + f" ({env['instruction_set']}, {_measured_where(sittings)}) | "
                  f"[layer sizes]({perf}#layers-at-the-sizes-people-train-and-serve) |")
-    fwd = {isa: _cpu_row(isa, 32, 0.1) for isa in ("avx2", "avx512")}
-    case = fwd["avx2"]
+    fwd = {isa: _forward_speeds(isa, 32, 0.1) for isa in ("avx2", "avx512")}
+    case = fwd["avx2"][0]
+    cells = [f"{report_cpu.speed_range(speeds)} ({name}, {_measured_where(records)})"
+             for name, (_, speeds, records) in (("AVX2", fwd["avx2"]), ("AVX-512", fwd["avx512"]))]
     lines.append(f"| forward of a {case['features']} × {case['features']} layer ({case['rows']} rows), block 32, "
-                 f"density 0.1, against dense MKL on {case['threads']} CPU cores, earlier kernels | "
-                 f"{fwd['avx2']['speedup_fwd_vs_dense']:.2f}× (AVX2), {fwd['avx512']['speedup_fwd_vs_dense']:.2f}× "
-                 f"(AVX-512) | [CPU matmuls]({perf}#cpu-matmuls) |")
-    step = {isa: _step_row(isa, "transformer", 0.1) for isa in ("avx2", "avx512")}
+                 f"density 0.1, against dense MKL on {case['threads']} CPU cores | {', '.join(cells)} | "
+                 f"[CPU matmuls]({perf}#cpu-matmuls) |")
+    step = {isa: _step_speeds(isa, "transformer", 0.1) for isa in ("avx2", "avx512")}
     lines.append(f"| a RigL training step of the benchmark transformer at density 0.1 (updates amortised), "
-                 f"against its dense step | {step['avx2']['speedup_vs_dense']:.2f}× (AVX2), "
-                 f"{step['avx512']['speedup_vs_dense']:.2f}× (AVX-512) | [training step]({perf}#training-step) |")
+                 f"against its dense step | "
+                 + ", ".join(f"{report_cpu.speed_range(speeds)} ({name}, {_measured_where(records)})"
+                             for name, (speeds, records) in (("AVX2", step["avx2"]), ("AVX-512", step["avx512"])))
+                 + f" | [training step]({perf}#training-step) |")
     memory = {(r["model"], r["method"], r["density"]): r for r in _json(RESULTS / "cpu" / "memory.json")["rows"]}
     lines.append(f"| peak memory of a RigL training step at density 0.1, against dense | "
                  f"{memory[('mlp', 'rigl', 0.1)]['peak_step_vs_dense']:.3f}× (MLP), "

@@ -123,10 +123,19 @@ def test_report_cpu_tables_come_from_the_committed_results(tmp_path):
     (folder / "cpu_float32.json").write_text(json.dumps({"environment": env, "rows": [row]}))
     (folder / "cpu_bfloat16_vs_float32.json").write_text(json.dumps({"environment": env, "rows": [bf16]}))
     summary = report_cpu.summary(tmp_path)
-    assert "| avx2 | 32 | 0.1 | 8.25× | 9.00× | 7.50× | 4.50× | 8.25× |" in summary
+    assert "| avx2 | 32 | 0.1 | 1 | 8.25× | 9.00× | 7.50× | 4.50× | 8.25× |" in summary
     assert "torch float32 | 1.20, 1.20, 1.20 |" in summary
     full = report_cpu.report(tmp_path)
     assert "our kernels: `avx2`" in full and "MKL_ENABLE_INSTRUCTIONS=AVX2" in full
+    # a second sitting of another build: the fp32 cells give the range; bf16 / fp32 stays with its own build
+    other = dict(env, git_sha="abcdef0123")
+    faster = dict(row, speedup_fwd_vs_dense=9.5, **{f"ours_{op}_ms": 5.0 for op in ("fwd", "dx", "dw")})
+    (folder / "cpu_float32_1.json").write_text(json.dumps({"environment": other, "rows": [faster]}))
+    summary = report_cpu.summary(tmp_path)
+    assert "| avx2 | 32 | 0.1 | 2 | 8.25–9.50× | 9.00× | 7.50× | 4.50× | 8.25× |" in summary
+    assert "torch float32 | 1.20, 1.20, 1.20 |" in summary
+    (folder / "cpu_float32.json").unlink()  # the bf16 record's build has no fp32 sitting left
+    assert "torch float32 | - |" in report_cpu.summary(tmp_path)
     assert report_cpu.summary().count("\n") > 2  # the committed results of this repository tabulate
 
 
@@ -151,6 +160,31 @@ def test_layer_sizes_table_gives_the_range_over_the_sittings(tmp_path):
     assert [line.split("`")[1] for line in measured] == ["benchmarks/results/cpu-avx2/layer_sizes.json",
                                                          "benchmarks/results/cpu-avx2/layer_sizes_2.json"]
     assert measured[0].endswith(", 2026-12-06") and measured[1].endswith(", 2026-12-07")
+
+
+def test_training_step_table_gives_the_range_over_the_sittings(tmp_path):
+    import json
+
+    report_cpu = _load("benchmarks", "report_cpu")
+    folder = tmp_path / "cpu-avx2"
+    (folder / "train_step_earlier").mkdir(parents=True)
+    env = {"device": "Some CPU", "instruction_set": "avx2", "torch": "2.13.0", "threads": 2, "git_sha": "0123456"}
+
+    def record(path, dense_ms, rigl_ms, masked_speed):
+        rows = [{"model": "transformer", "method": "rigl", "density": 0.1, "dense_ms": dense_ms,
+                 "amortised_ms": rigl_ms, "speedup_vs_dense": dense_ms / rigl_ms, "update_step_ms": 3 * rigl_ms},
+                {"model": "transformer", "method": "masked", "density": 0.1, "dense_ms": dense_ms,
+                 "amortised_ms": dense_ms / masked_speed, "speedup_vs_dense": masked_speed,
+                 "update_step_ms": dense_ms}]
+        path.write_text(json.dumps({"environment": env, "rows": rows}))
+
+    record(folder / "train_step_cpu.json", 2000.0, 400.0, 0.9)
+    record(folder / "train_step_cpu_1.json", 3000.0, 500.0, 0.9)
+    record(folder / "train_step_earlier" / "train_step_cpu.json", 2000.0, 1000.0, 0.5)  # not a sitting
+    table = report_cpu.step_summary(tmp_path)
+    assert ("| avx2 | transformer | 0.1 | 2 | 2000–3000 ms | 400–500 ms | 5.00–6.00× | 0.90× | 1200–1500 ms |"
+            in table)
+    assert table.count("| avx2 |") == 1
 
 
 def test_every_committed_cpu_result_names_its_instruction_set():
