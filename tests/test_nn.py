@@ -208,3 +208,36 @@ def test_grow_recorders_of_copies_are_their_own_and_freed_ones_keep_nothing():
     assert token not in grow._KEPT  # dropped with its recorder, and no token is ever reused
     grow.keep_grow_inputs(torch.zeros(2, 8), torch.zeros(2, 16), token, torch.zeros((), dtype=torch.int64))
     assert token not in grow._KEPT
+
+
+def test_forward_mode_and_torch_func_transforms_raise_instead_of_dropping_the_tangent():
+    # The ops have reverse-mode derivatives only; the kernels themselves would drop a tangent (a zero
+    # derivative, silently), so forward-mode AD and torch.func's transforms are refused by name.
+    import copy
+
+    from torch.autograd import forward_ad
+
+    torch.manual_seed(0)
+    layer = rs.SparseLinear(64, 32, density=0.5, block_size=16)
+    frozen = copy.deepcopy(layer).requires_grad_(False)
+    x, t = torch.randn(4, 64), torch.randn(4, 64)
+    for module in (layer, frozen):
+        with pytest.raises(NotImplementedError, match=r"rigl_sparse\.dsd.*no forward-mode derivative"):
+            torch.func.jvp(module, (x,), (t,))
+        with forward_ad.dual_level(), pytest.raises(NotImplementedError, match="no forward-mode derivative"):
+            module(forward_ad.make_dual(x, t))
+        with forward_ad.dual_level():  # a dual level without tangents on the op's arguments is no obstacle
+            assert torch.equal(module(x), layer(x))
+    conv = rs.SparseConv2d(8, 16, 3, density=0.5, block_size=8)
+    images = torch.randn(2, 8, 6, 6)
+    with pytest.raises(NotImplementedError, match="no forward-mode derivative"):
+        torch.func.jvp(conv, (images,), (torch.randn_like(images),))
+    with pytest.raises(NotImplementedError, match=r"rigl_sparse\.dsd.*torch\.func's transforms"):
+        torch.func.grad(lambda x: layer(x).sum())(x)
+    with pytest.raises(NotImplementedError, match="torch.func's transforms"):
+        torch.func.grad(lambda v: torch.func.functional_call(layer, {"values": v}, (x,)).sum())(layer.values.detach())
+    # Reverse mode over functional_call is the way.
+    values = layer.values.detach().clone().requires_grad_()
+    (grad,) = torch.autograd.grad(torch.func.functional_call(layer, {"values": values}, (x,)).sum(), values)
+    layer(x).sum().backward()
+    assert torch.equal(grad, layer.values.grad)

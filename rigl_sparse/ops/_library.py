@@ -3,7 +3,9 @@
 ``define`` puts ``rigl_sparse::<name>`` on the dispatcher with its Python kernel for every device (it checks
 the arguments and calls the implementation the backend registry selects, so ``use_backend`` and ``info``
 keep working), a fake for fake and meta tensors, and an autograd kernel.  Eager calls, ``torch.compile``
-graphs, fake tensors and ``torch.func`` transforms all reach the kernels through these operators.  For CPU
+graphs, fake tensors and ``torch.func.functional_call`` all reach the kernels through these operators.  The
+operators have reverse-mode derivatives only: forward-mode AD and ``torch.func``'s transforms are refused
+with an error naming the operator, where a kernel would otherwise drop a tangent.  For CPU
 tensors the native extension may also register the cpu backend's kernels with the dispatcher
 (``csrc/cpu/dispatch.cpp``); they hand every call they do not take to the Python kernel.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+from torch.autograd import forward_ad
 
 NAMESPACE = "rigl_sparse"
 LIBRARY = torch.library.Library(NAMESPACE, "FRAGMENT")
@@ -33,6 +36,16 @@ _functorch_active = torch._C._are_functorch_transforms_active
 # Tensors left behind by a finished torch.func transform, as their plain tensors (what
 # ``autograd.Function.apply`` does first).
 _unwrap_dead_wrappers = torch._functorch.utils.unwrap_dead_wrappers
+
+
+def _refuse_tangents(overload, args) -> None:
+    """Raise if forward-mode AD (``torch.func.jvp``, ``torch.autograd.forward_ad``) gives an argument a
+    tangent: the operators have no forward-mode derivative, and the kernels would drop the tangent, a
+    derivative of zero where it is not.  Called only while a dual level is active."""
+    if any(isinstance(a, torch.Tensor) and forward_ad.unpack_dual(a).tangent is not None for a in args):
+        raise NotImplementedError(
+            f"{overload} has no forward-mode derivative: torch.func.jvp, jacfwd and torch.autograd.forward_ad "
+            "cannot differentiate through it (reverse mode, loss.backward() or torch.autograd.grad, can)")
 
 
 class Operator:
@@ -57,6 +70,8 @@ class Operator:
     def __call__(self, *args):
         if torch.compiler.is_compiling():  # first: what follows is not for graphs
             return self.overload(*args)
+        if forward_ad._current_level >= 0:  # a dual level is active
+            _refuse_tangents(self.overload, args)
         if _functorch_active():
             return self.overload(*args)
         if torch.is_grad_enabled() and _any_requires_grad(*args):
@@ -91,6 +106,8 @@ def define(name: str, kernel: Callable, fake: Callable, *, mutates_args: Sequenc
 
 def _register_composite(name: str, overload, composite: Callable) -> None:
     def autograd_kernel(*args):
+        if forward_ad._current_level >= 0:
+            _refuse_tangents(overload, args)
         if torch.is_grad_enabled() and _any_requires_grad(*args):
             return composite(*args)
         with _below_autograd():
@@ -112,7 +129,14 @@ def _register_autograd(name: str, overload, setup_context: Callable, backward: C
                     {"forward": staticmethod(forward), "backward": staticmethod(backward)})
 
     def autograd_kernel(*args):
+        if forward_ad._current_level >= 0:
+            _refuse_tangents(overload, args)
         if torch.is_grad_enabled() and _any_requires_grad(*args):
+            if _functorch_active():
+                raise NotImplementedError(
+                    f"{overload} does not support torch.func's transforms (grad, vjp, jacrev, vmap): "
+                    "differentiate with loss.backward() or torch.autograd.grad, over torch.func.functional_call "
+                    "where the parameters must be swapped")
             return function.apply(*args)
         with _below_autograd():
             return overload(*args)

@@ -1,5 +1,5 @@
 """``rigl_sparse::conv2d``: a block-sparse 2-D convolution as an operator (``ops/_library.py``: the one path
-of eager calls, compiled graphs, fake tensors and ``torch.func``).
+of eager calls, compiled graphs, fake tensors and ``torch.func.functional_call``).
 
 Its autograd calls ``rigl_sparse::conv2d_backward``; both run the computation of ``compute.py`` (implicit
 GEMM on the native ``cpu`` and the ``triton`` backends, per-chunk patches through the selected backend's
