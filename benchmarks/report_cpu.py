@@ -43,8 +43,8 @@ def matmul_table(fp32: dict, bf16: dict | None) -> list[str]:
     if bf16:
         ours = _by_case(fp32) if same_build(fp32, bf16) else {}
         base = bf16["rows"][0].get("baseline_dtype", "bfloat16")
-        lines += ["", f"bf16 (baseline: torch's {base} dense and BSR; torch's CPU BSR has no bf16 matmul; last columns: "
-                  "our bf16 time / our fp32 time, where both records are of one build):",
+        lines += ["", f"bf16 (baseline: torch's {base} dense and BSR; torch's CPU BSR has no bf16 matmul; last "
+                  "columns: our bf16 time / our fp32 time, where both records are of one build):",
                   "", "| block | density | fwd | dX | dW | fwd vs BSR | bf16/fp32 fwd | dX | dW |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in bf16["rows"]:
@@ -161,11 +161,11 @@ def step_summary(results: Path = RESULTS) -> str:
             if method != "rigl":
                 continue
             masked = values.get((model, "masked", density))
-            lines.append(f"| {folder.name.removeprefix('cpu-')} | {model} | {density} | {len(v['dense_ms'])} | "
-                         f"{value_range(v['dense_ms'], '.0f', ' ms')} | {value_range(v['amortised_ms'], '.0f', ' ms')} | "
-                         f"{speed_range(v['speedup_vs_dense'])} | "
-                         f"{speed_range(masked['speedup_vs_dense']) if masked else '-'} | "
-                         f"{value_range(v['update_step_ms'], '.0f', ' ms')} |")
+            cells = [str(len(v["dense_ms"]))] + [value_range(v[field], ".0f", " ms")
+                                                  for field in ("dense_ms", "amortised_ms")]
+            cells += [speed_range(v["speedup_vs_dense"]), speed_range(masked["speedup_vs_dense"]) if masked else "-",
+                      value_range(v["update_step_ms"], ".0f", " ms")]
+            lines.append(f"| {folder.name.removeprefix('cpu-')} | {model} | {density} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

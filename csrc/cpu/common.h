@@ -313,9 +313,9 @@ inline std::string kernel_path(const std::string& op, int64_t M, int64_t B, int6
   TORCH_CHECK(op == "dsd_backward", "op must be dsd, dds, sdd or dsd_backward, got ", op);
   if (fused_backward(M, blocks_bytes))
     return "dX, dW and the bias in one pass over chunks of rows, split over " + std::to_string(parts) + " threads";
-  return parts > 1 ? "dds, sdd and a column sum, each by itself (the blocks take " +
-                         std::to_string(kFusedBackwardBytes >> 20) + " MiB or more)"
-                   : "dds, sdd and a column sum, each by itself";
+  const std::string separate = "dds, sdd and a column sum, each by itself";
+  return parts > 1 ? separate + " (the blocks take " + std::to_string(kFusedBackwardBytes >> 20) + " MiB or more)"
+                   : separate;
 }
 
 }  // namespace cpu

@@ -53,8 +53,8 @@ void dsd_backward_out(const at::Tensor& dy, const at::Tensor& x, const at::Tenso
                       const at::Tensor& col_slots, const at::Tensor& block_row, const at::Tensor& row_slots,
                       const at::Tensor& block_col, bool need_x, bool need_values, bool need_bias, at::Tensor& grad_x,
                       at::Tensor& grad_values, at::Tensor& grad_bias) {
-  const int64_t M = x.size(0), row_parts = sdd_row_parts(M);
-  if (!(need_x && need_values && fused_backward(M, values.numel() * static_cast<int64_t>(sizeof(float))))) {  // each by itself
+  const int64_t M = x.size(0), row_parts = sdd_row_parts(M), blocks_bytes = values.numel() * int64_t(sizeof(float));
+  if (!(need_x && need_values && fused_backward(M, blocks_bytes))) {  // each gradient by itself
     if (need_x) dds_out(dy, values, col_ptr, col_slots, block_row, grad_x);
     if (need_values) sdd_out(dy, x, row_slots, block_row, block_col, grad_values);
     if (need_bias) grad_bias.copy_(dy.sum({0}, /*keepdim=*/false, at::kFloat));
