@@ -33,7 +33,13 @@ def load(out: Path) -> tuple[list[dict], list[dict]]:
 def label(record: dict) -> str:
     if record["method"] == "dense":
         return f"dense w={record['config']['width']}"
+    if record.get("widen", "model") == "ffn":
+        return f"{METHODS[record['method']]} FFN {record['multiplier']}x b{record['block_size']}"
     return f"{METHODS[record['method']]} {record['multiplier']}w b{record['block_size']}"
+
+
+def order(record: dict) -> tuple:
+    return record["multiplier"], list(METHODS).index(record["method"]), record["block_size"], record["seed"]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -43,7 +49,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def summarise(records: list[dict]) -> dict[str, dict]:
     """Label -> the model's numbers over its seeds (dense first, then by width, block size and method)."""
     groups = defaultdict(list)
-    for r in sorted(records, key=lambda r: (r["multiplier"], list(METHODS).index(r["method"]), r["block_size"])):
+    for r in sorted(records, key=order):
         groups[label(r)].append(r)
     summary = {}
     for name, runs in groups.items():
@@ -60,7 +66,7 @@ def summarise(records: list[dict]) -> dict[str, dict]:
             "peak_rss_mib": mean_std([r["peak_rss_mib"] for r in runs]),
             "trainable_parameters": runs[0]["equal_tokens"]["trainable_parameters"],
             "training_gflop_per_step": runs[0]["equal_tokens"]["training_flops_per_step"] / 1e9,
-            "width": runs[0]["config"]["width"] * runs[0]["multiplier"],
+            "width": runs[0]["config"]["width"] * (1 if runs[0].get("widen") == "ffn" else runs[0]["multiplier"]),
         }
     return summary
 
@@ -90,10 +96,41 @@ def _pm(value: tuple[float, float], digits: int = 3) -> str:
 
 
 def sweep_table(sweep: list[dict]) -> list[str]:
-    """The learning-rate sweep: the dense model's loss at equal tokens per rate."""
-    lines = ["| lr | validation loss (nats/char) |", "|---|---|"]
-    return lines + [f"| {r['lr']:g} | {r['equal_tokens']['final_val_loss']:.3f} |"
-                    for r in sorted(sweep, key=lambda r: r["lr"])]
+    """The learning-rate sweeps: each swept model's loss at equal tokens per rate (a model column where more
+    than one model was swept)."""
+    swept = sorted(sweep, key=lambda r: (order(r), r["lr"]))
+    if len({label(r) for r in swept}) == 1:
+        lines = ["| lr | validation loss (nats/char) |", "|---|---|"]
+        return lines + [f"| {r['lr']:g} | {r['equal_tokens']['final_val_loss']:.3f} |" for r in swept]
+    lines = ["| model | lr | validation loss (nats/char) |", "|---|---|---|"]
+    return lines + [f"| {label(r)} | {r['lr']:g} | {r['equal_tokens']['final_val_loss']:.3f} |" for r in swept]
+
+
+def pace_table(pace: dict) -> list[str]:
+    """The step times measured apart (``pace.json``): per model, its ordinary and update step in each sitting
+    (ms) and its ordinary step against dense's of the same sitting."""
+    sittings = pace["sittings"]
+    lines = ["| model | " + " | ".join(f"sitting {i + 1}: step, update (ms) | vs dense" for i in range(len(sittings)))
+             + " |", "|---" * (1 + 2 * len(sittings)) + "|"]
+    for name in sittings[0]["models"]:
+        cells = []
+        for sitting in sittings:
+            t, dense = sitting["models"][name], sitting["models"]["dense"]
+            update = f"{t['update_ms']:.0f}" if name != "dense" else "n/a"
+            cells += [f"{t['ordinary_ms']:.0f}, {update}", f"{t['ordinary_ms'] / dense['ordinary_ms']:.2f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def equal_memory(summary: dict[str, dict]) -> str:
+    """Which sparse models' peak resident memory fits the dense model's."""
+    dense_name, dense = next((n, s) for n, s in summary.items() if n.startswith("dense"))
+    fits = [n for n, s in summary.items() if n != dense_name and s["peak_rss_mib"][0] <= dense["peak_rss_mib"][0]]
+    if fits:
+        return f"Equal memory: {', '.join(fits)} peak at or below {dense_name}'s {dense['peak_rss_mib'][0]:.0f} MiB."
+    least = min((s["peak_rss_mib"][0], n) for n, s in summary.items() if n != dense_name)
+    return (f"Equal memory: no sparse model fits {dense_name}'s peak of {dense['peak_rss_mib'][0]:.0f} MiB; the "
+            f"smallest, {least[1]}, peaks at {least[0]:.0f} MiB ({least[0] / dense['peak_rss_mib'][0]:.2f}x).")
 
 
 def models_table(summary: dict[str, dict]) -> list[str]:
@@ -127,21 +164,31 @@ def measured_on(summary: dict[str, dict], records: list[dict]) -> str:
     if env is None:
         return ""
     shas = sorted({r["environment"]["git_sha"][:10] for r in records if "environment" in r})
+    config = records[0]["config"]
+    if config.get("equal_time") == "paced":
+        timing = (f"Equal time: each model trains for the wall-clock of the dense model's {config['steps']} steps "
+                  f"({summary[next(iter(summary))]['budget_seconds'][0]:.0f} s), every model's time from its step "
+                  "times measured apart (pace.json: the models alternated in rounds, the median over the sittings).")
+    else:
+        timing = (f"Equal time: each model trains for the wall-clock the dense model of its seed took over "
+                  f"{config['steps']} steps (mean {summary[next(iter(summary))]['budget_seconds'][0]:.0f} s).")
     return (f"Measured on {env['device']} ({env['instruction_set']} kernels; CPU flags "
             f"{' '.join(env['cpu_flags'])}), {env['threads']} threads, torch {env['torch']}, git "
-            f"{', '.join(shas)}. Equal time: each model trains for the wall-clock the dense model "
-            f"of its seed took over {records[0]['config']['steps']} steps (mean "
-            f"{summary[next(iter(summary))]['budget_seconds'][0]:.0f} s).")
+            f"{', '.join(shas)}. {timing}")
 
 
-def markdown(sweep: list[dict], summary: dict[str, dict], rows: list[dict], records: list[dict]) -> str:
+def markdown(sweep: list[dict], summary: dict[str, dict], rows: list[dict], records: list[dict],
+             pace: dict | None = None) -> str:
     lines = []
     if sweep:
-        lines += ["Learning-rate sweep (dense, seed 0, equal tokens; the lowest is used by every run):", "",
+        lines += ["Learning-rate sweep (seed 0, equal tokens; the lowest of a family is used by its runs):", "",
                   *sweep_table(sweep), ""]
     lines += models_table(summary)
     lines += ["", "Against the dense model, seed by seed (loss difference, mean ± std; negative: lower than dense):",
               "", *against_dense_table(rows)]
+    lines += ["", equal_memory(summary)]
+    if pace:
+        lines += ["", "Step times measured apart (pace.json):", "", *pace_table(pace)]
     measured = measured_on(summary, records)
     if measured:
         lines += ["", measured]
@@ -172,7 +219,7 @@ def plot(records: list[dict], path: Path) -> bool:
         return False
     fig, (timed, tokens) = plt.subplots(1, 2, figsize=(12, 4.5))
     colours = {}
-    for r in sorted(records, key=lambda r: (r["multiplier"], r["method"], r["block_size"], r["seed"])):
+    for r in sorted(records, key=order):
         name = label(r)
         first = name not in colours
         colours.setdefault(name, f"C{len(colours)}")
@@ -200,7 +247,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"no dense record under {args.out_dir}: run benchmarks/iso_cost/run_study.py first")
     summary = summarise(records)
     rows = comparisons(summary)
-    table = markdown(sweep, summary, rows, records)
+    pace_path = args.out_dir / "pace.json"
+    table = markdown(sweep, summary, rows, records, json.loads(pace_path.read_text()) if pace_path.exists() else None)
     (args.out_dir / "table.md").write_text(table)
     (args.out_dir / "summary.json").write_text(json.dumps({"models": summary, "against_dense": rows}, indent=1))
     plot(records, args.out_dir / "loss_vs_time.png")
