@@ -7,12 +7,14 @@ Public API (everything else is private)::
     rs.apply_masks, rs.BlockMask, rs.PruningScheduler   (masked reference mode)
     rs.TopologyHistory, rs.plot_topology                (pictures of the topology)
     rs.flops, rs.memory_report, rs.use_backend
+    rs.save_checkpoint, rs.load_state_dict              (atomic save, all-or-nothing load)
 
 Importing the package compiles nothing and touches no GPU.
 """
 
 from rigl_sparse.accounting import FlopReport, MemoryReport, flops, memory_report
 from rigl_sparse.backends import use_backend
+from rigl_sparse.checkpoint import load_state_dict, save_checkpoint
 from rigl_sparse.layout import BlockSparseLayout
 from rigl_sparse.nn import SparseConv2d, SparseLinear, SparseModule
 from rigl_sparse.rigl import (BlockMask, PruningScheduler, RigLOptimizer, RigLScheduler, TopologyHistory,
@@ -23,5 +25,6 @@ __version__ = "0.1.0"
 __all__ = [
     "BlockSparseLayout", "SparseLinear", "SparseConv2d", "SparseModule", "sparsify", "layer_densities", "drop_fraction",
     "RigLScheduler", "RigLOptimizer", "PruningScheduler", "apply_masks", "BlockMask", "flops", "memory_report",
-    "FlopReport", "MemoryReport", "use_backend", "TopologyHistory", "plot_topology", "__version__",
+    "FlopReport", "MemoryReport", "use_backend", "TopologyHistory", "plot_topology", "save_checkpoint",
+    "load_state_dict", "__version__",
 ]

@@ -7,6 +7,7 @@ expected; none returns anything.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -16,7 +17,7 @@ TOPOLOGY = ("block_row", "block_col", "row_ptr", "row_slots", "col_ptr", "col_sl
 
 def check_density(density) -> None:
     """``density`` is a number in (0, 1]."""
-    if isinstance(density, bool) or not isinstance(density, (int, float)):
+    if isinstance(density, bool) or not isinstance(density, numbers.Real):
         raise TypeError(f"density must be a float in (0, 1], got {type(density).__name__} {density!r}")
     if not (0.0 < float(density) <= 1.0):  # also rejects NaN
         raise ValueError(f"density must be in (0, 1], got {density!r}")

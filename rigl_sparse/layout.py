@@ -173,14 +173,7 @@ class BlockSparseLayout(nn.Module):
 
     def padding_mask(self) -> torch.Tensor | None:
         """``[nnzb, b, b] bool``: True on real entries; None when no dimension is padded."""
-        out, K = self.shape
-        b = self.block_size
-        if out % b == 0 and K % b == 0:
-            return None
-        ar = torch.arange(b, device=self.block_row.device)
-        rows = self.block_row.long()[:, None] * b + ar  # [nnzb, b]
-        cols = self.block_col.long()[:, None] * b + ar
-        return (rows < out)[:, :, None] & (cols < K)[:, None, :]
+        return padding_mask(self.shape, self.block_size, self.block_row, self.block_col)
 
     def topology(self) -> tuple[torch.Tensor, ...]:
         """The six topology tensors in the order the ops take them."""
@@ -284,6 +277,20 @@ class BlockSparseLayout(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self.check_state(state_dict, prefix)  # before anything is copied: a bad checkpoint leaves it untouched
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def padding_mask(shape: tuple[int, int], block_size: int, block_row: torch.Tensor,
+                 block_col: torch.Tensor) -> torch.Tensor | None:
+    """``[nnzb, b, b] bool``: True on the real entries of the blocks at ``block_row``/``block_col`` of a
+    ``shape`` weight; None when no dimension is padded."""
+    out, K = shape
+    b = block_size
+    if out % b == 0 and K % b == 0:
+        return None
+    ar = torch.arange(b, device=block_row.device)
+    rows = block_row.long()[:, None] * b + ar  # [nnzb, b]
+    cols = block_col.long()[:, None] * b + ar
+    return (rows < out)[:, :, None] & (cols < K)[:, None, :]
 
 
 @torch.no_grad()

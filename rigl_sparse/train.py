@@ -21,8 +21,10 @@ process and reports both wall-clocks and accuracies (``dense_baseline`` and
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
+import os
 import platform
 import resource
 import sys
@@ -80,6 +82,71 @@ class _OldSpelling(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+# ---- argument types: a bad value is refused by argparse, with the flag's name, before any data loads ----------
+
+def _number(text: str, kind, test, what: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if kind is float and not math.isfinite(value) or not test(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, lambda v: v > 0, "a positive integer")
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, lambda v: v > 0, "a positive finite number")
+
+
+def non_negative_float(text: str) -> float:
+    return _number(text, float, lambda v: v >= 0, "a finite number >= 0")
+
+
+def density(text: str) -> float:
+    return _number(text, float, lambda v: 0 < v <= 1, "in (0, 1]")
+
+
+def fraction(text: str) -> float:
+    return _number(text, float, lambda v: 0 <= v <= 1, "in [0, 1]")
+
+
+def device(text: str) -> str:
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this torch has no usable CUDA device "
+                                         f"(torch {torch.__version__}, torch.cuda.is_available() is False)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: there are {torch.cuda.device_count()} CUDA devices")
+    return text
+
+
+def output_file(text: str) -> str:
+    folder = Path(text).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: the folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: the folder {str(folder)!r} is not writable")
+    return text
+
+
+def pictures_folder(text: str) -> str:
+    if importlib.util.find_spec("matplotlib") is None:
+        raise argparse.ArgumentTypeError("drawing the pictures needs matplotlib: pip install matplotlib (or "
+                                         "pip install 'rigl-sparse[plot]')")
+    folder = Path(text).expanduser().resolve()
+    parent = folder if folder.exists() else folder.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot draw into {text!r}: {str(parent)!r} is not a writable folder")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rigl_sparse.train", description=DESCRIPTION,
                                 epilog=EPILOG, formatter_class=_HelpFormatter)
@@ -88,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the network: mlp (LeNet-300-100), wide-mlp (two hidden layers of 2048: wide enough "
                             "that the saved FLOPs show in the wall-clock), cnn (two conv stages and an MLP head), "
                             "resnet18 or mobilenet (rigl_sparse.models)")
-    model.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, cuda:1, ...)")
+    model.add_argument("--device", type=device, default="cpu", help="torch device to train on (cpu, cuda, cuda:1, ...)")
     model.add_argument("--seed", type=int, default=0,
                        help="seed of the initial weights, the initial topology, SET's random growth and the data "
                             "order")
@@ -101,13 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     sparsity.add_argument("--method", action=_OldSpelling, new="--algorithm", dest="algorithm",
                           choices=list(ALGORITHMS), metavar="ALGORITHM", default=argparse.SUPPRESS,
                           help="old spelling of --algorithm (deprecated; still accepted, with a note on stderr)")
-    sparsity.add_argument("--density", type=float, default=0.1,
+    sparsity.add_argument("--density", type=density, default=0.1,
                           help="overall density of the sparse layers: the fraction of their weights that are active")
     sparsity.add_argument("--distribution", choices=("uniform", "er", "erk"), default="erk",
                           help="how the density is shared out over the layers: uniform (the same in every layer), er "
                                "(Erdos-Renyi: by fan-in + fan-out) or erk (Erdos-Renyi-Kernel: by all the weight's "
                                "dimensions, kernel included)")
-    sparsity.add_argument("--block-size", type=int, default=4, metavar="B",
+    sparsity.add_argument("--block-size", type=positive_int, default=4, metavar="B",
                           help="side B of the B x B weight blocks that are active or not; 1 is unstructured")
     sparsity.add_argument("--first-dense", action=argparse.BooleanOptionalAction, default=None,
                           help="keep the first layer dense and outside the density budget (default: only for "
@@ -118,16 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
                                "compressed")
 
     schedule = p.add_argument_group("RigL schedule")
-    schedule.add_argument("--delta-t", type=int, default=100, metavar="STEPS",
+    schedule.add_argument("--delta-t", type=positive_int, default=100, metavar="STEPS",
                           help="training steps between two topology updates (or pruning steps)")
-    schedule.add_argument("--alpha", type=float, default=0.3,
+    schedule.add_argument("--alpha", type=fraction, default=0.3,
                           help="fraction of the active blocks dropped and regrown at the first update, "
                                "cosine-decayed to 0 at t_end")
-    schedule.add_argument("--t-end-fraction", type=float, default=0.75,
+    schedule.add_argument("--t-end-fraction", type=fraction, default=0.75,
                           help="t_end as a fraction of all steps: the last topology update, or the end of pruning")
-    schedule.add_argument("--prune-start-fraction", type=float, default=0.1,
+    schedule.add_argument("--prune-start-fraction", type=fraction, default=0.1,
                           help="first pruning step as a fraction of all steps (--algorithm prune)")
-    schedule.add_argument("--multiplier", type=int, default=1, metavar="M",
+    schedule.add_argument("--multiplier", type=positive_int, default=1, metavar="M",
                           help="RigL_{Mx}: train M times longer; t_end and the learning-rate schedule stretch with it")
 
     optimisation = p.add_argument_group("optimisation")
@@ -136,20 +203,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "default because Adam hurts RigL here: a grown weight starts with zero Adam moments "
                                    "and moves several times faster than an old one for hundreds of steps "
                                    "(benchmarks/results/accuracy_adam)")
-    optimisation.add_argument("--lr", type=float, default=None,
+    optimisation.add_argument("--lr", type=positive_float, default=None,
                               help="learning rate at the first step, cosine-decayed to 0 over training (default: "
                                    f"{DEFAULT_LR['sgd']:g} for sgd, as in the paper and the accuracy study; "
                                    f"{DEFAULT_LR['adam']:g} for adam)")
-    optimisation.add_argument("--weight-decay", type=float, default=0.0, help="the optimiser's L2 weight decay")
-    optimisation.add_argument("--epochs", type=int, default=10,
+    optimisation.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="the optimiser's L2 weight decay")
+    optimisation.add_argument("--epochs", type=positive_int, default=10,
                               help="passes over the training set (times --multiplier)")
-    optimisation.add_argument("--batch-size", type=int, default=128, help="training examples per step")
+    optimisation.add_argument("--batch-size", type=positive_int, default=128, help="training examples per step")
 
     inputs = p.add_argument_group("data")
     inputs.add_argument("--data-dir", default=None, metavar="DIR",
                         help="directory with the four Fashion-MNIST IDX files (default: found as rigl_sparse.data "
                              "says; python -m rigl_sparse.data fetch downloads them)")
-    inputs.add_argument("--train-subset", type=int, default=None, metavar="N",
+    inputs.add_argument("--train-subset", type=positive_int, default=None, metavar="N",
                         help="train on the first N training images only, for quick runs of large models; test on "
                              "all of them (default: train on all)")
 
@@ -157,12 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--compare-dense", action="store_true",
                         help="after the sparse run, train the dense model of the same architecture with the same "
                              "recipe and epochs, and print both training wall-clocks and test accuracies")
-    output.add_argument("--out", default=None, metavar="JSON",
+    output.add_argument("--out", type=output_file, default=None, metavar="JSON",
                         help="write the run's record as JSON here (default: not written)")
-    output.add_argument("--loss-log", default=None, metavar="CSV",
+    output.add_argument("--loss-log", type=output_file, default=None, metavar="CSV",
                         help="write every step's training loss, learning rate and whether the step changed the "
                              "topology (columns step, loss, lr, topology_update) as CSV here (default: not written)")
-    output.add_argument("--pictures", default=None, metavar="DIR",
+    output.add_argument("--pictures", type=pictures_folder, default=None, metavar="DIR",
                         help="draw the sparse layers' topology into DIR as PNGs: the active blocks coloured by age, "
                              "a strip of snapshots over training and the blocks moved per update (needs matplotlib; "
                              "default: none drawn)")
@@ -174,10 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
-    if not 0.0 < args.t_end_fraction <= 1.0:
-        p.error(f"--t-end-fraction must be in (0, 1], got {args.t_end_fraction}")
-    if args.epochs <= 0 or args.batch_size <= 0 or args.multiplier <= 0:
-        p.error("--epochs, --batch-size and --multiplier must be positive")
+    if args.t_end_fraction == 0:
+        p.error("argument --t-end-fraction: must be in (0, 1], got 0")
     if not 0.0 <= args.prune_start_fraction < args.t_end_fraction:
         p.error(f"--prune-start-fraction must be in [0, --t-end-fraction), got {args.prune_start_fraction}")
     if args.mode == "compressed" and args.algorithm in MASKED_ONLY:

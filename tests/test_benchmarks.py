@@ -201,13 +201,17 @@ def test_every_committed_cpu_result_names_its_instruction_set():
             assert all(row["instruction_set"] == isa for row in data["rows"]), path
 
 
+def _tiny_plays(folder: Path) -> Path:
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"play{i}.md").write_text(" ".join(["thou art the king", "good night sweet prince"][i % 2]
+                                                     for _ in range(300)))
+    return folder
+
+
 def test_iso_cost_study_runs_a_tiny_configuration_and_resumes(tmp_path, capsys):
     study = _load("benchmarks/iso_cost", "run_study")
-    plays = tmp_path / "plays"
-    plays.mkdir()
-    for i in range(3):
-        (plays / f"play{i}.md").write_text(" ".join(["thou art the king", "good night sweet prince"][i % 2]
-                                                    for _ in range(300)))
+    plays = _tiny_plays(tmp_path / "plays")
     train, validation = study.plays(plays)
     assert len(train) == 2 and len(validation) == 1  # split by play
     runs = [study.run_name(r) for r in study.configurations(study.QUICK)]
@@ -235,6 +239,35 @@ def test_iso_cost_study_runs_a_tiny_configuration_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     study.main(["--quick", "--out-dir", str(out), "--plays-dir", str(plays), "--only", "dense"])
     assert capsys.readouterr().out == ""  # the records exist: nothing runs again
+
+
+def test_iso_cost_second_design_widens_the_ffns_and_times_the_models_apart(tmp_path):
+    study = _load("benchmarks/iso_cost", "run_study")
+    cfg, out = study.QUICK_SECOND, tmp_path / "records"
+    run = dict(method="rigl", multiplier=2, block_size=16, seed=0, widen="ffn")
+    model, _, scheduler = study.build(run, cfg, 1e-3, horizon=cfg["steps"])
+    block = model.blocks[0]
+    assert isinstance(block.ffn_in, rs.SparseLinear) and isinstance(block.ffn_out, rs.SparseLinear)
+    assert (block.ffn_in.in_features, block.ffn_in.out_features) == (cfg["width"], 4 * cfg["width"] * 2)
+    assert type(block.q) is nn.Linear and block.q.in_features == cfg["width"]  # attention stays dense
+    assert block.ffn_in.density == pytest.approx(0.5, abs=0.05)  # as many weights as dense's FFN
+    updates = sum(scheduler.is_update_step(t) for t in range(cfg["steps"]))
+    assert updates == study.update_steps(cfg["steps"], cfg["steps"], cfg["delta_t"]) == 3
+
+    study.main(["--study", "second", "--quick", "--out-dir", str(out), "--plays-dir", str(_tiny_plays(tmp_path / "p"))])
+    sitting = json.loads((out / "pace.json").read_text())["sittings"][0]
+    assert set(sitting["models"]) == {"dense", "rigl_ffn2x_b16"} and sitting["environment"]["git_sha"]
+    dense, sparse = (json.loads((out / f"{name}_s0.json").read_text()) for name in ("dense", "rigl_ffn2x_b16"))
+    assert dense["lr"] == study.tuned_lr(cfg, out) and sparse["lr"] == study.tuned_lr(cfg, out, sparse)
+    assert sparse["equal_tokens_from"] == f"sweep_rigl_ffn2x_b16_lr{sparse['lr']:g}.json"  # not trained twice
+    pace = study.pace(out)
+    assert sparse["pace_ms"] == {"dense": pace["dense"], "rigl_ffn2x_b16": pace["rigl_ffn2x_b16"]}
+    budget = cfg["steps"] * pace["dense"]["ordinary_ms"] / 1e3
+    assert dense["equal_time"]["seconds"] == pytest.approx(budget) == sparse["budget_seconds"]
+    timed, times = sparse["equal_time"], pace["rigl_ffn2x_b16"]
+    n = timed["steps"]
+    assert timed["seconds"] <= budget < study.paced_seconds(times, n + 1, n + 1, cfg["delta_t"], updates=True)
+    assert timed["curve"][-1][:2] == [n, pytest.approx(timed["seconds"])] and timed["measured_seconds"] > 0
 
 
 def test_bench_layer_sizes_times_both_modes_and_writes_its_record(tmp_path, capsys):

@@ -163,3 +163,168 @@ def test_an_update_interrupted_between_drop_and_grow_moves_nothing_and_the_run_r
     assert all(torch.equal(a, b) for a, b in zip(losses, expected))
     for (name, a), b in zip(reference[0].state_dict().items(), resumed[0].state_dict().values()):
         assert torch.equal(a, b), name
+
+
+# ----------------------------------------------------------------------------- checkpoints of another layer
+def _linear(in_features, out_features, bias=True, seed=0):
+    torch.manual_seed(seed)
+    return rs.sparsify(nn.Sequential(nn.Linear(in_features, out_features, bias=bias)), density=0.5,
+                       distribution="uniform", first_dense=False, block_size=4,
+                       generator=torch.Generator().manual_seed(seed))
+
+
+def _conv(in_channels, kernel, seed=0):
+    torch.manual_seed(seed)
+    return rs.sparsify(nn.Sequential(nn.Conv2d(in_channels, 16, kernel)), density=0.5, distribution="uniform",
+                       first_dense=False, block_size=8, generator=torch.Generator().manual_seed(seed))
+
+
+OTHER_GEOMETRY = [  # (source, target, what the error says of each): equal tensor shapes, another layer
+    (lambda: _linear(16, 12), lambda: _linear(15, 12, seed=1), "in_features=16, out_features=12, block_size=4",
+     "in_features=15, out_features=12, block_size=4"),
+    (lambda: _linear(16, 12, bias=False), lambda: _linear(16, 10, bias=False, seed=1),
+     "in_features=16, out_features=12", "in_features=16, out_features=10"),
+    (lambda: _conv(8, 3), lambda: _conv(72, 1, seed=1), "in_channels=8, out_channels=16, kernel_height=3",
+     "in_channels=72, out_channels=16, kernel_height=1"),
+]
+
+
+@pytest.mark.parametrize("source, target, theirs, ours", OTHER_GEOMETRY, ids=["linear-in", "linear-out", "conv"])
+def test_a_checkpoint_of_a_layer_of_another_shape_is_refused_naming_both(source, target, theirs, ours):
+    state, model = source().state_dict(), target()
+    assert all(state[k].shape == v.shape for k, v in model.state_dict().items())  # only the geometry differs
+    before = _model_state(model)
+    with pytest.raises(ValueError, match=rf"'0._extra_state' is of a Sparse\w+ of another shape \({theirs}.*\); this "
+                                         rf"layer has {ours}"):
+        model.load_state_dict(state)
+    assert all(torch.equal(before[name], t) for name, t in model.state_dict().items())
+
+
+def test_a_checkpoint_without_the_geometry_loads_strictly_and_is_still_checked_for_padding():
+    source, model = _linear(15, 12), _linear(15, 12, seed=1)
+    state = {k: v for k, v in source.state_dict().items() if not k.endswith("_extra_state")}  # an older checkpoint
+    model.load_state_dict(state)  # strict: the missing geometry is not an error
+    x = torch.randn(3, 15)
+    assert torch.equal(model(x), source(x))
+    wider = {k: v for k, v in _linear(16, 12).state_dict().items() if not k.endswith("_extra_state")}
+    with pytest.raises(ValueError, match=r"'0.values' holds non-zeros outside this layer's \[12, 15\] weight"):
+        model.load_state_dict(wider)  # 16 inputs into 15: the 16th input's weights would be lost
+    assert torch.equal(model(x), source(x))
+
+
+def test_values_with_non_zeros_in_the_padding_of_edge_blocks_are_refused():
+    model = _linear(15, 10)
+    state = model.state_dict()
+    state["0.values"] = state["0.values"] + 1.0  # the padding entries too
+    with pytest.raises(ValueError, match=r"'0.values' holds non-zeros outside this layer's \[10, 15\] weight"):
+        _linear(15, 10, seed=2).load_state_dict(state)
+    model.load_state_dict(model.state_dict())  # its own state: zero padding, loads
+
+
+def test_a_sparsified_model_pickles_whole_and_stays_guarded(tmp_path):
+    import copy
+    import pickle
+
+    model, optimizer, scheduler = _build("compressed", "gradient", seed=0)
+    _steps(model, optimizer, scheduler, 0, 4)
+    x = torch.randn(5, 20)
+    for restored in (pickle.loads(pickle.dumps(model)), pickle.loads(pickle.dumps(copy.deepcopy(model)))):
+        assert torch.equal(restored(x), model(x))
+    torch.save(model, tmp_path / "model.pt")
+    restored = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert torch.equal(restored(x), model(x))
+    state = model.state_dict()
+    state["0.values"] = state["0.values"] + 1
+    state["2.layout.block_row"] = state["2.layout.block_row"] + 100  # the last sparse layer is broken
+    before = _model_state(restored)
+    with pytest.raises(ValueError, match="'2.layout.' holds an invalid topology"):
+        restored.load_state_dict(state)
+    assert all(torch.equal(before[name], t) for name, t in restored.state_dict().items())  # layer 0 untouched
+
+
+@pytest.mark.parametrize("mode", ["compressed", "masked"])
+@pytest.mark.parametrize("fault", ["unexpected", "missing", "size"])
+def test_a_refused_load_changes_nothing_even_where_torch_would_copy_first(mode, fault):
+    """torch's load_state_dict copies the entries it can before it reports key or size mismatches: a guarded
+    model (sparsified, masked, or under a scheduler) refuses another size first, and rs.load_state_dict the keys
+    as well."""
+    source, _, _ = _build(mode, "gradient", seed=0)
+    state = {k: v + 1 if v.is_floating_point() else v for k, v in source.state_dict().items()}
+    if fault == "unexpected":
+        state["extra.weight"] = torch.zeros(3)
+    elif fault == "missing":
+        del state["4.bias"]
+    else:
+        state["4.weight"] = torch.zeros(5, 31)
+    model, _, _ = _build(mode, "gradient", seed=3)
+    before = _model_state(model)
+    load = model.load_state_dict if fault == "size" else lambda state: rs.load_state_dict(model, state)
+    with pytest.raises(RuntimeError, match=r"\(nothing was loaded\): " + {"unexpected": "unexpected key.*extra.weight",
+                                                                         "missing": "missing key.*4.bias",
+                                                                         "size": "size mismatch for '4.weight'"}[fault]):
+        load(state)
+    assert all(torch.equal(before[name], t) for name, t in model.state_dict().items())
+    if fault == "unexpected":
+        rs.load_state_dict(model, state, strict=False)  # not strict: the rest loads
+        assert torch.equal(model.state_dict()["0.bias"], state["0.bias"])
+
+
+def test_save_checkpoint_keeps_the_last_good_file_when_the_process_is_killed_mid_write(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "run.pt"
+    rs.save_checkpoint({"step": 1, "weights": torch.arange(10.0)}, path)
+    assert torch.load(path, weights_only=True)["step"] == 1 and not list(tmp_path.glob(".*.tmp"))
+    child = textwrap.dedent(f"""
+        import os, signal, torch, rigl_sparse as rs
+        def dying_save(obj, f, *args, **kwargs):
+            f.write(b"PK" + b"x" * 100000)  # half a zip file on disk
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.save = dying_save
+        rs.save_checkpoint({{"step": 2}}, {str(path)!r})
+    """)
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True)
+    assert result.returncode == -9, result.stderr.decode()
+    assert torch.load(path, weights_only=True)["step"] == 1  # the last good checkpoint, whole
+    assert len(list(tmp_path.glob(".run.pt.*.tmp"))) == 1  # what the killed process left beside it
+    rs.save_checkpoint({"step": 3}, path)
+    assert torch.load(path, weights_only=True)["step"] == 3
+
+
+def test_save_checkpoint_removes_its_temporary_file_when_the_save_fails(tmp_path, monkeypatch):
+    path = tmp_path / "run.pt"
+    rs.save_checkpoint({"step": 1}, path)
+
+    def failing_save(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        rs.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["step"] == 1 and sorted(tmp_path.iterdir()) == [path]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        rs.save_checkpoint({}, tmp_path / "missing" / "run.pt")
+
+
+def test_load_state_dict_is_all_or_nothing_where_only_a_part_of_the_model_is_sparse():
+    def model(seed):
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 4)))
+        rs.sparsify(net[2], density=0.5, distribution="uniform", first_dense=False, block_size=4)
+        return net
+
+    state = model(0).state_dict()
+    state["2.1.layout.block_row"] = state["2.1.layout.block_row"] + 100  # a bad sparse layer after '0'
+    target = model(1)
+    before = _model_state(target)
+    with pytest.raises(ValueError, match="'2.1.layout.' holds an invalid topology"):
+        rs.load_state_dict(target, state)
+    assert all(torch.equal(before[name], t) for name, t in target.state_dict().items())  # '0' untouched too
+    good = model(0).state_dict()
+    rs.load_state_dict(target, good)
+    assert all(torch.equal(good[name], t) for name, t in target.state_dict().items())

@@ -1,10 +1,15 @@
 import gzip
+import importlib.util
 import json
+import re
 import struct
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
+import rigl_sparse as rs
 from rigl_sparse import data, train
 
 
@@ -224,3 +229,47 @@ def test_train_cli_header_says_what_the_layers_are(tmp_path, capsys, argv, heade
 def test_train_cli_reports_missing_data(tmp_path, capsys):
     assert train.main(["--data-dir", str(tmp_path), "--epochs", "1"]) == 2
     assert "Fashion-MNIST" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "nan"], "argument --lr: must be a positive finite number, got nan"),
+    (["--lr", "-1"], "argument --lr: must be a positive finite number, got -1"),
+    (["--density", "1.5"], r"argument --density: must be in \(0, 1\], got 1.5"),
+    (["--block-size", "0"], "argument --block-size: must be a positive integer, got 0"),
+    (["--delta-t", "0"], "argument --delta-t: must be a positive integer, got 0"),
+    (["--alpha", "2"], r"argument --alpha: must be in \[0, 1\], got 2"),
+    (["--epochs", "abc"], "argument --epochs: 'abc' is not an integer"),
+    (["--weight-decay", "inf"], "argument --weight-decay: must be a finite number >= 0, got inf"),
+    (["--train-subset", "0"], "argument --train-subset: must be a positive integer, got 0"),
+    (["--out", "/nonexistent/run.json"], "argument --out: cannot write '/nonexistent/run.json': the folder "
+                                         "'/nonexistent' does not exist"),
+    (["--loss-log", "/nonexistent/loss.csv"], "argument --loss-log: cannot write"),
+    (["--t-end-fraction", "0"], r"argument --t-end-fraction: must be in \(0, 1\], got 0"),
+    (["--device", "tpu:9"], "argument --device: 'tpu:9' is not a torch device"),
+])
+def test_train_cli_refuses_a_bad_value_at_parse_time_naming_the_flag(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as stop:
+        train.main(argv + ["--data-dir", str(tmp_path / "no-data-here")])  # refused before any data loads
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert re.search(message, err[-1]) and "Traceback" not in "\n".join(err)
+
+
+def test_train_cli_refuses_cuda_without_it_and_pictures_without_matplotlib(capsys, monkeypatch):
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            train.parse_args(["--device", "cuda"])
+        assert "argument --device: 'cuda': this torch has no usable CUDA device" in capsys.readouterr().err
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    with pytest.raises(SystemExit):
+        train.parse_args(["--pictures", "pics"])
+    assert "argument --pictures: drawing the pictures needs matplotlib" in capsys.readouterr().err
+
+
+def test_schedule_arguments_take_numpy_numbers():
+    model = rs.sparsify(nn.Sequential(nn.Linear(16, 16)), density=np.float32(0.5), distribution="uniform",
+                        first_dense=False, block_size=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = rs.RigLScheduler(model, optimizer, delta_t=2, t_end=10, alpha=np.float32(0.3))
+    assert scheduler.alpha == pytest.approx(0.3)

@@ -84,7 +84,8 @@ def test_state_dict_holds_values_and_topology_and_round_trips():
     b = rs.SparseLinear(64, 48, density=0.3, block_size=8, generator=torch.Generator().manual_seed(2))
     sd = a.state_dict()
     assert {"values", "bias", "layout.block_row", "layout.block_col", "layout.row_ptr", "layout.row_slots",
-            "layout.col_ptr", "layout.col_slots"} == set(sd)
+            "layout.col_ptr", "layout.col_slots", "_extra_state"} == set(sd)
+    assert sd["_extra_state"].tolist() == [64, 48, 8]  # the geometry: in_features, out_features, block_size
     b.load_state_dict(sd)
     x = torch.randn(5, 64)
     torch.testing.assert_close(a(x), b(x))

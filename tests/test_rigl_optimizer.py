@@ -68,6 +68,44 @@ def test_step_is_the_hand_written_loop():
     assert_same(model, reference)
 
 
+def test_a_failed_inner_step_is_not_counted_and_the_retry_gives_the_uninterrupted_run(monkeypatch):
+    reference, ref_scheduler = plain()
+    model, inner, scheduler = build()
+    optimizer = rs.RigLOptimizer(inner, scheduler)
+    step, failed = type(inner).step, []
+
+    def failing_once(self, *args, **kwargs):
+        if len(failed) == 0 and scheduler.step_count == 5:  # step 4 (ordinary) has been counted by the scheduler
+            failed.append(True)
+            raise RuntimeError("the inner optimizer failed")
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(inner), "step", failing_once)
+    for x, y in batches():
+        nn.functional.mse_loss(model(x), y).backward()
+        try:
+            optimizer.step()
+        except RuntimeError:
+            assert scheduler.step_count == 4  # taken back
+            optimizer.step()  # the user's retry, the same gradients
+        optimizer.zero_grad()
+    assert failed and scheduler.step_count == ref_scheduler.step_count
+    assert scheduler.stats == ref_scheduler.stats
+    assert_same(model, reference)
+    with pytest.raises(RuntimeError, match="step 3 cannot be undone: it updated the topology"):
+        _scheduler_after(4).undo_step()
+
+
+def _scheduler_after(steps):
+    model, inner, scheduler = build()
+    for x, y in batches(steps):
+        nn.functional.mse_loss(model(x), y).backward()
+        if scheduler.step():
+            inner.step()
+        inner.zero_grad()
+    return scheduler
+
+
 def test_closure_and_lr_scheduler_act_on_the_inner_optimizer():
     model, inner, scheduler = build()
     optimizer = rs.RigLOptimizer(inner, scheduler)

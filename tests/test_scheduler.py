@@ -1,5 +1,6 @@
 """RigLScheduler: the update rule against a brute-force masked-dense RigL, and its invariants."""
 
+import warnings
 
 import pytest
 import torch
@@ -78,12 +79,18 @@ def test_update_matches_brute_force_masked_dense_rigl(b):
     assert checked >= 8  # updates that moved blocks were checked, in both layers
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+OPTIMIZERS = {"sgd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+              "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2), "adafactor": lambda p: torch.optim.Adafactor(p, lr=1e-2),
+              "rmsprop": lambda p: torch.optim.RMSprop(p, lr=1e-3, momentum=0.5),
+              "adagrad": lambda p: torch.optim.Adagrad(p, lr=1e-2)}
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
 def test_grown_blocks_have_zero_value_and_optimizer_state(optimizer):
+    """Every state tensor with an entry per slot is zeroed on the moved slots, whatever its other dimensions
+    (Adafactor's factored [nnzb, b, 1] and [nnzb, 1, b])."""
     model = _model(seed=3)
-    make = {"sgd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
-            "adam": lambda p: torch.optim.Adam(p, lr=1e-2), "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2)}
-    opt = make[optimizer](model.parameters())
+    opt = OPTIMIZERS[optimizer](model.parameters())
     sched = rs.RigLScheduler(model, opt, delta_t=4, t_end=30, alpha=0.5)
     layers = [m for m in model if isinstance(m, rs.SparseLinear)]
     moved_total = 0
@@ -99,12 +106,34 @@ def test_grown_blocks_have_zero_value_and_optimizer_state(optimizer):
                 moved_total += int(moved.sum())
                 assert torch.all(m.values[moved] == 0)
                 assert torch.equal(m.values[~moved], old_values[~moved])
-                for name, state in opt.state[m.values].items():
-                    if torch.is_tensor(state) and state.shape == m.values.shape:
-                        assert torch.all(state[moved] == 0), name
-                        assert state[~moved].abs().sum() > 0, name
+                per_slot = [(name, state) for name, state in opt.state[m.values].items()
+                            if torch.is_tensor(state) and state.dim() > 0]
+                assert per_slot and all(state.shape[0] == m.layout.nnzb for _, state in per_slot)
+                for name, state in per_slot:
+                    assert torch.all(state[moved] == 0), name
+                    assert state[~moved].abs().sum() > 0, name
         opt.zero_grad()
     assert moved_total > 0
+
+
+def test_masked_layers_refuse_factored_optimizer_state_before_anything_moves():
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    rs.apply_masks(model, density=0.5, distribution="uniform", first_dense=False, block_size=4)
+    opt = torch.optim.Adafactor(model.parameters(), lr=1e-2)
+    sched = rs.RigLScheduler(model, opt, delta_t=2, t_end=10, alpha=0.5)
+    for step in range(3):
+        x, y = _batch(step)
+        nn.functional.cross_entropy(model(x[:, :16]), y % 8).backward()
+        if step < 2:
+            assert sched.step()
+            opt.step()
+            opt.zero_grad()
+    masks = [m.block_mask.active.clone() for m in (model[0], model[2])]
+    with pytest.raises(NotImplementedError, match=r"masked layer '0': the optimizer's state 'row_var' .* use "
+                                                  r"compressed layers"):
+        sched.step()
+    assert all(torch.equal(m.block_mask.active, before) for m, before in zip((model[0], model[2]), masks))
+    assert sched.step_count == 2 and sched.stats["blocks_moved"] == 0
 
 
 def test_active_count_constant_and_topology_frozen_after_t_end():
@@ -330,3 +359,17 @@ def test_old_scheduler_checkpoints_without_new_counters_load():
     state["stats"] = {k: v for k, v in state["stats"].items() if k not in ("skipped_zero_gradient", "skipped_overflow")}
     sched.load_state_dict(state)
     assert sched.stats["skipped_zero_gradient"] == 0 and sched.stats["skipped_overflow"] == 0
+
+
+def test_a_schedule_whose_t_end_comes_before_the_first_update_says_so_at_the_first_step():
+    model = _model(seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = rs.RigLScheduler(model, opt, delta_t=100, t_end=50)
+    x, y = _batch(0)
+    nn.functional.cross_entropy(model(x), y).backward()
+    with pytest.warns(UserWarning, match=r"t_end=50 comes before the first update step \(delta_t=100\)"):
+        sched.step()
+    static = rs.RigLScheduler(model, opt, delta_t=100, t_end=50, grow="none")  # a static topology: nothing to say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        static.step()

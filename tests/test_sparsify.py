@@ -1,3 +1,5 @@
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -53,3 +55,53 @@ def test_sparsify_errors():
         rs.sparsify(mlp(), density=0.5, dense=["missing"])
     with pytest.raises(ValueError, match="density"):
         rs.sparsify(mlp(), density=1.5)
+
+
+def test_a_transformer_encoder_with_sparse_feed_forward_layers_runs_in_eval_as_in_training():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=True)
+    with pytest.warns(UserWarning, match=r"nn.MultiheadAttention \['layers.0.self_attn', 'layers.1.self_attn'\] "
+                                         r"stays dense"):
+        rs.sparsify(model, density=0.5, distribution="uniform", first_dense=False, block_size=8)
+    assert isinstance(model.layers[0].linear1, rs.SparseLinear) and isinstance(model.layers[1].linear2, rs.SparseLinear)
+    x = torch.randn(3, 5, 32)
+    padding = torch.tensor([[False] * 5, [False] * 3 + [True] * 2, [False] * 4 + [True]])
+    with torch.no_grad():
+        trained = model(x, src_key_padding_mask=padding)  # training mode: torch's ordinary path
+        model.eval()
+        for kwargs in ({"src_key_padding_mask": padding}, {}):  # the nested-tensor path and the layers' fused one
+            evaluated = model(x, **kwargs)
+            expected = trained if kwargs else model.train()(x)
+            model.eval()
+            real = ~padding[..., None] if kwargs else torch.ones(3, 5, 1, dtype=torch.bool)
+            torch.testing.assert_close(evaluated * real, expected * real)
+    restored = pickle.loads(pickle.dumps(model))  # the hook pickles with the model
+    with torch.no_grad():
+        torch.testing.assert_close(restored(x), model(x))
+
+
+@pytest.mark.parametrize("stage", ["building", "replacing"])
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_sparsify_converts_all_layers_or_none(monkeypatch, stage, error):
+    import importlib
+
+    module = importlib.import_module("rigl_sparse.rigl.sparsify")  # the module, not the function of that name
+
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 8))
+    layers = [model[0], model[2], model[4]]
+    real, calls = getattr(module, "_sparse_layer" if stage == "building" else "_replace"), []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise error("out of memory on the second layer")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "_sparse_layer" if stage == "building" else "_replace", failing)
+    with pytest.raises(error, match="out of memory on the second layer"):
+        rs.sparsify(model, density=0.5, distribution="uniform", first_dense=False, block_size=8)
+    monkeypatch.undo()
+    assert [model[0], model[2], model[4]] == layers  # the same dense modules, none converted
+    rs.sparsify(model, density=0.5, distribution="uniform", first_dense=False, block_size=8)  # a retry converts all
+    assert all(isinstance(model[i], rs.SparseLinear) for i in (0, 2, 4))

@@ -10,7 +10,7 @@ from torch import nn
 
 from rigl_sparse import ops
 from rigl_sparse._checks import check_density, check_positive_int
-from rigl_sparse.layout import BlockSparseLayout
+from rigl_sparse.layout import BlockSparseLayout, padding_mask
 from rigl_sparse.nn.grow import GrowRecorder
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -48,9 +48,39 @@ class SparseModule(nn.Module):
     values: nn.Parameter
     layout: BlockSparseLayout
 
+    # ------------------------------------------------------------ checkpoints
+    def geometry(self) -> dict[str, int]:
+        """The numbers that fix what the weight means (a subclass's features or channels, kernel and block
+        size): saved with the layer's state (``_extra_state``), and a checkpoint of another geometry is
+        refused even when its tensors have the right shapes."""
+        raise NotImplementedError(f"{type(self).__name__} must say its geometry")
+
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.tensor(list(self.geometry().values()), dtype=torch.int64)
+
+    def set_extra_state(self, state) -> None:
+        self._check_geometry(state, "_extra_state")  # nothing to copy: the geometry is the layer's own
+
+    def _check_geometry(self, state, key: str) -> None:
+        own = self.geometry()
+        if not (isinstance(state, torch.Tensor) and state.dtype == torch.int64 and state.shape == (len(own),)):
+            raise ValueError(f"state dict entry {key!r} is not the geometry of a {type(self).__name__} "
+                             f"(int64 [{len(own)}]: {', '.join(own)}), got "
+                             f"{f'{state.dtype} {tuple(state.shape)}' if isinstance(state, torch.Tensor) else state!r}")
+        got = dict(zip(own, state.tolist()))
+        if got != own:
+            def words(geometry):
+                return ", ".join(f"{name}={value}" for name, value in geometry.items())
+
+            raise ValueError(f"state dict entry {key!r} is of a {type(self).__name__} of another shape ({words(got)}); "
+                             f"this layer has {words(own)}")
+
     def check_state(self, state_dict: dict, prefix: str = "") -> None:
         """Raise ``ValueError`` naming the entry unless what ``state_dict`` holds under ``prefix`` for this layer
-        can be loaded into it as it is: ``values`` and ``bias`` of its shapes and dtype, a valid topology."""
+        can be loaded into it as it is: its geometry (where the checkpoint has one), ``values`` and ``bias`` of
+        its shapes and dtype, a valid topology, and zeros in the padding of edge blocks."""
+        if prefix + "_extra_state" in state_dict:
+            self._check_geometry(state_dict[prefix + "_extra_state"], prefix + "_extra_state")
         own = {"values": self.values, **({} if self.bias is None else {"bias": self.bias})}
         for name, tensor in own.items():
             key = prefix + name
@@ -63,9 +93,29 @@ class SparseModule(nn.Module):
                                  f"{tuple(tensor.shape)} (nnzb={self.layout.nnzb}, block_size={self.block_size}), "
                                  f"got {what}")
         self.layout.check_state(state_dict, prefix + "layout.")
+        if prefix + "values" in state_dict:
+            self._check_padding(state_dict, prefix)
+
+    def _check_padding(self, state_dict: dict, prefix: str) -> None:
+        """The incoming values must be zero outside the weight (the padding of edge blocks, under the incoming
+        topology where the checkpoint has one): elsewhere those entries would rank their blocks at the next
+        drop, and a checkpoint of a larger layer would lose weights without a word."""
+        topology = [state_dict.get(prefix + "layout." + name) for name in ("block_row", "block_col")]
+        block_row, block_col = topology if all(t is not None for t in topology) else self.layout.topology()[:2]
+        values = state_dict[prefix + "values"]
+        values = values.full_tensor() if hasattr(values, "full_tensor") else values  # FSDP2's DTensor
+        pad = padding_mask(self.weight_shape(), self.block_size, block_row.to(values.device),
+                           block_col.to(values.device))
+        if pad is not None and bool(values.detach().masked_select(~pad).ne(0).any()):
+            out, K = self.weight_shape()
+            raise ValueError(f"state dict entry {prefix + 'values'!r} holds non-zeros outside this layer's "
+                             f"[{out}, {K}] weight (the padding of its edge blocks of {self.block_size}): a "
+                             "checkpoint of a larger layer, or values written without the padding zeroed")
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self.check_state(state_dict, prefix)
+        # a checkpoint from before the geometry was saved: nothing to check it against, nothing missing
+        state_dict.setdefault(prefix + "_extra_state", self.get_extra_state())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def __init__(self) -> None:
@@ -198,16 +248,30 @@ _GUARDED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
 def guard_state_loading(model: nn.Module) -> None:
-    """Make ``model.load_state_dict`` check every sparse layer's entries before it copies anything, so that
-    a checkpoint with one bad sparse layer leaves the whole model as it was (``rs.sparsify`` and the
-    schedulers call this; each layer also checks its own entries before its own copy)."""
+    """Make ``model.load_state_dict`` check the whole checkpoint before it copies anything
+    (``check_before_loading``), so that a refused checkpoint leaves ``model`` as it was (``rs.sparsify``,
+    ``rs.apply_masks`` and the schedulers call this; each sparse layer also checks its own entries before its
+    own copy)."""
     if model in _GUARDED:
         return
     _GUARDED.add(model)
+    model.register_load_state_dict_pre_hook(check_before_loading)
 
-    def check_every_sparse_layer(module, state_dict, prefix, *args):
-        for name, layer in module.named_modules():
-            if isinstance(layer, SparseModule):
-                layer.check_state(state_dict, prefix + (name + "." if name else ""))
 
-    model.register_load_state_dict_pre_hook(check_every_sparse_layer)
+def check_before_loading(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """``load_state_dict``'s pre-hook on a guarded model: raise before anything is copied if a sparse layer
+    refuses its entries (``SparseModule.check_state``) or an entry has another shape than the model's (which
+    torch refuses too, but only after it copied the others).  Missing and unexpected keys are torch's to report
+    (it never tells a hook whether ``strict`` is on); ``rs.load_state_dict`` checks those first as well.  A
+    module-level function, so that the model still pickles."""
+    for name, layer in module.named_modules():
+        if isinstance(layer, SparseModule):
+            layer.check_state(state_dict, prefix + (name + "." if name else ""))
+    mismatched = [(key, tuple(got.shape), tuple(tensor.shape))
+                  for key, tensor in module.state_dict(prefix=prefix, keep_vars=True).items()
+                  if isinstance(tensor, torch.Tensor) and isinstance(got := state_dict.get(key), torch.Tensor)
+                  and got.shape != tensor.shape]
+    if mismatched:
+        raise RuntimeError(f"Error(s) in loading state_dict for {type(module).__name__} (nothing was loaded): "
+                           + "; ".join(f"size mismatch for {key!r}: the checkpoint has {got}, the model {own}"
+                                       for key, got, own in mismatched))

@@ -70,6 +70,11 @@ class SparseConv2d(SparseModule):
         self._create((out_channels, self.fan_in), block_size=block_size, density=density, bias=bias, device=device,
                      dtype=dtype, generator=generator)
 
+    def geometry(self) -> dict[str, int]:
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_height": self.kernel_size[0], "kernel_width": self.kernel_size[1], "groups": self.groups,
+                "block_size": self.block_size}
+
     @property
     def fan_in(self) -> int:
         return self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]

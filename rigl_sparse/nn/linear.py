@@ -44,6 +44,9 @@ class SparseLinear(SparseModule):
         self._create((out_features, in_features), block_size=block_size, density=density, bias=bias, device=device,
                      dtype=dtype, generator=generator)
 
+    def geometry(self) -> dict[str, int]:
+        return {"in_features": self.in_features, "out_features": self.out_features, "block_size": self.block_size}
+
     def reset_parameters(self, *, generator: torch.Generator | None = None) -> None:
         """Uniform ``±1/sqrt(in_features)`` on active weights and bias, as ``nn.Linear``."""
         self._reset_uniform(self.in_features, generator)

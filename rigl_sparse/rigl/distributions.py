@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import numbers
 import warnings
 from collections.abc import Iterable, Mapping
 
@@ -73,7 +74,7 @@ def layer_densities(
         raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
     if not shapes:
         raise ValueError("shapes is empty: there is no layer to give a density")
-    if isinstance(erk_power_scale, bool) or not isinstance(erk_power_scale, (int, float)) \
+    if isinstance(erk_power_scale, bool) or not isinstance(erk_power_scale, numbers.Real) \
             or not math.isfinite(erk_power_scale) or erk_power_scale < 0:
         raise ValueError(f"erk_power_scale must be a finite number >= 0, got {erk_power_scale!r}")
     if isinstance(dense, str):

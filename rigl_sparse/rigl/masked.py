@@ -28,6 +28,7 @@ from torch import nn
 
 from rigl_sparse._checks import check_positive_int
 from rigl_sparse.layout import BlockSparseLayout
+from rigl_sparse.nn import guard_state_loading
 from rigl_sparse.nn.conv import weight_matrix
 from rigl_sparse.rigl.distributions import accepts_method_alias
 from rigl_sparse.rigl.sparsify import densities_of, select_layers
@@ -169,6 +170,7 @@ def apply_masks(model: nn.Module, *, density: float, distribution: str = "erk", 
         layer.block_mask = mask
         with torch.no_grad():
             layer.weight.mul_(mask.expand())
+    guard_state_loading(model)  # load_state_dict checks the whole checkpoint before it copies anything
     return model
 
 

@@ -132,7 +132,11 @@ class RigLOptimizer(torch.optim.Optimizer):
             return loss
         stats = dict(self.scheduler.stats)
         if self._scheduler_step(found_inf is not None, grad_scale):
-            self.inner.step()
+            try:
+                self.inner.step()
+            except BaseException:
+                self.scheduler.undo_step()  # the step was not taken: retried, it counts once
+                raise
         changed = self.scheduler.stats != stats  # an update (or pruning) step
         if changed and self.writer is not None:
             write_scalars(self.writer, self.scheduler.last_update)

@@ -87,6 +87,13 @@ class PruningScheduler:
         self.step_count = t + 1
         return True
 
+    def undo_step(self) -> None:
+        """Take back the last ``step()``, one that pruned nothing, whose optimizer step then failed."""
+        t = self.step_count - 1
+        if t < 0 or self.is_update_step(t):
+            raise RuntimeError(f"step {t} cannot be undone: " + ("no step was taken" if t < 0 else "it pruned"))
+        self.step_count = t
+
     def _prune(self, layer: torch.nn.Module, t: int) -> None:
         mask = layer.block_mask
         active = mask.active.flatten()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 
 def drop_fraction(step: int, *, alpha: float, t_end: int) -> float:
@@ -23,7 +24,7 @@ def drop_fraction(step: int, *, alpha: float, t_end: int) -> float:
 
 
 def check_alpha(alpha) -> None:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0.0 <= alpha <= 1.0):
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not (0.0 <= alpha <= 1.0):
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
 
 
@@ -50,7 +51,7 @@ def check_scaler(scaler) -> None:
 
 def check_loss_scale(loss_scale) -> float:
     """``loss_scale``: a finite number > 0 (what a ``GradScaler`` multiplied the loss by); returns it as float."""
-    if isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float)) or not 0 < loss_scale < math.inf:
+    if isinstance(loss_scale, bool) or not isinstance(loss_scale, numbers.Real) or not 0 < loss_scale < math.inf:
         raise ValueError(f"loss_scale must be a finite number > 0, got {loss_scale!r}")
     return float(loss_scale)
 
@@ -66,12 +67,12 @@ def check_t_start(t_start, t_end: int) -> None:
 
 
 def check_exponent(exponent) -> None:
-    if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or not exponent > 0:
+    if isinstance(exponent, bool) or not isinstance(exponent, numbers.Real) or not exponent > 0:
         raise ValueError(f"exponent must be a number > 0, got {exponent!r}")
 
 
 def check_momentum(momentum) -> None:
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
 
 

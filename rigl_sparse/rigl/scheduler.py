@@ -167,12 +167,19 @@ class RigLScheduler:
                     return self.skip_step()
                 self._score_scale = 1.0 / scaler.get_scale()  # grow scores come from the scaled dY
         t = self.step_count
+        if t == 0 and self.grow != "none" and self.t_end < self.delta_t:
+            warnings.warn(f"RigLScheduler: t_end={self.t_end} comes before the first update step (delta_t="
+                          f"{self.delta_t}), so the topology will never change: lower delta_t or train longer",
+                          UserWarning, stacklevel=2)
         updated = self.is_update_step(t)
         with torch.no_grad():
             if self.grow == "momentum":
                 accumulate_average(self.masked, self.gradient_average, self.momentum)
             if updated:  # every layer decides before any moves: an error leaves the model as it was
                 decisions = [(target, self._decide(target, t)) for target in self.targets]
+                for target, decision in decisions:
+                    if decision is not None:
+                        target.check_optimizer_state(self.optimizer)
                 self.last_update = {}
                 for target, decision in decisions:
                     moved = 0 if decision is None else target.move(*decision, self.optimizer)
@@ -187,6 +194,16 @@ class RigLScheduler:
         self.step_count = t + 1
         self._arm()
         return not updated
+
+    def undo_step(self) -> None:
+        """Take back the last ``step()``, an ordinary one, whose optimizer step then failed: retried, it counts
+        once.  An update step cannot be taken back (its topology has moved)."""
+        t = self.step_count - 1
+        if t < 0 or self.is_update_step(t):
+            raise RuntimeError(f"step {t} cannot be undone: " + ("no step was taken" if t < 0 else
+                                                                 "it updated the topology"))
+        self.step_count = t
+        self._arm()
 
     def skip_step(self) -> bool:
         """The gradients overflowed: drop this step's grow scores, retry it at the same ``t`` (counted in

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import fnmatch
+import warnings
+import weakref
 
 import torch
 from torch import nn
 
 from rigl_sparse._checks import check_positive_int
 from rigl_sparse.layout import BlockSparseLayout
-from rigl_sparse.nn import SparseConv2d, SparseLinear, guard_state_loading
+from rigl_sparse.nn import SparseConv2d, SparseLinear, SparseModule, guard_state_loading
 from rigl_sparse.nn.conv import weight_matrix
 from rigl_sparse.rigl.distributions import accepts_method_alias, layer_densities
 
@@ -44,6 +46,10 @@ def sparsify(model: nn.Module, *, density: float, distribution: str = "erk", blo
     zeros stay dense ``nn.Conv2d`` (outside the budget).
     A sparse layer keeps the dense layer's initial values on its active blocks
     (the official code's dense init then random mask) and its bias.
+    ``nn.MultiheadAttention`` stays dense (its packed ``in_proj_weight`` and
+    ``out_proj`` are not ``nn.Linear``; a warning names it); an
+    ``nn.TransformerEncoderLayer`` whose feed-forward layers become sparse is kept
+    off torch's fused inference kernel, which needs their dense weights.
 
     A model built on the ``meta`` device is materialised sparse on ``device``
     (default CPU): its sparse layers are initialised as ``SparseLinear`` and the
@@ -59,17 +65,55 @@ def sparsify(model: nn.Module, *, density: float, distribution: str = "erk", blo
         raise ValueError("model has no nn.Linear, Conv1D or nn.Conv2d (zero padding; block_size dividing "
                          "out/groups) layer to sparsify" + (" among those include/exclude select" if include or exclude
                                                              else ""))
+    attention = [name for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    if attention:
+        warnings.warn(f"nn.MultiheadAttention {attention} stays dense: its packed in_proj_weight and its out_proj "
+                      "are not nn.Linear layers; build attention from nn.Linear projections (as "
+                      "rigl_sparse.models.TransformerLM does) for sparse attention", UserWarning, stacklevel=3)
     densities = densities_of(layers, density, distribution, dense, custom, erk_power_scale, first_dense, last_dense)
     target = None if device is None else torch.device(device)
 
-    for name, layer in layers.items():
-        if densities[name] >= 1.0:
-            continue
-        _replace(model, name, _sparse_layer(layer, densities[name], block_size, target, generator))
-
-    _materialise_meta(model, target or torch.device("cpu"))
+    # Every sparse layer is built before the model changes, and an error (or an interrupt) while they go in
+    # puts the dense ones back: the model is converted whole or not at all.
+    replacements = {name: _sparse_layer(layer, densities[name], block_size, target, generator)
+                    for name, layer in layers.items() if densities[name] < 1.0}
+    replaced = {}
+    try:
+        for name, new in replacements.items():
+            replaced[name] = _replace(model, name, new)
+        _materialise_meta(model, target or torch.device("cpu"))
+    except BaseException:
+        for name, old in replaced.items():
+            _replace(model, name, old)
+        raise
+    keep_transformers_off_fused_paths(model)
     guard_state_loading(model)  # load_state_dict checks every sparse layer before it copies anything
     return model
+
+
+def keep_transformers_off_fused_paths(model: nn.Module) -> None:
+    """``nn.TransformerEncoderLayer``'s inference fast path (and ``nn.TransformerEncoder``'s nested-tensor
+    one) hand ``linear1.weight``/``linear2.weight`` to a fused kernel, which a sparse layer does not have: an
+    encoder layer with a sparse feed-forward network gets a forward pre-hook that does nothing (torch takes its
+    ordinary path for a layer with hooks), and an encoder of such layers ``use_nested_tensor = False``."""
+    for module in model.modules():
+        if isinstance(module, nn.TransformerEncoderLayer) and _sparse_ffn(module) and module not in _OFF_FUSED:
+            module.register_forward_pre_hook(_ordinary_path)
+            _OFF_FUSED.add(module)
+        if isinstance(module, nn.TransformerEncoder) and any(_sparse_ffn(layer) for layer in module.layers):
+            module.use_nested_tensor = False
+
+
+_OFF_FUSED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+def _sparse_ffn(layer: nn.Module) -> bool:
+    return any(isinstance(getattr(layer, name, None), SparseModule) for name in ("linear1", "linear2"))
+
+
+def _ordinary_path(module: nn.Module, args) -> None:
+    """A forward pre-hook that changes nothing: its presence keeps torch off the fused encoder kernel."""
+    return None
 
 
 def densities_of(layers: dict[str, nn.Module], density, distribution, dense, custom, erk_power_scale,
@@ -175,10 +219,13 @@ def _sparse_layer(layer: nn.Module, density: float, block_size: int, target, gen
     return SparseConv2d.from_parts(layer, layout, layout.gather(matrix), bias)
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Puts ``new`` at ``name``; returns the module that was there."""
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, attr)
     setattr(parent, attr, new)
+    return old
 
 
 def _materialise_meta(model: nn.Module, device: torch.device) -> None:

@@ -143,10 +143,12 @@ class CompressedTarget:
             zero_slots(values.data, slots)
         if values.grad is not None:
             zero_slots(values.grad, slots)
-        for state in optimizer.state.get(values, {}).values():
-            if torch.is_tensor(state) and state.shape == values.shape:
-                zero_slots(state, slots)
+        for state in slot_states(self.name, values, optimizer):
+            zero_slots(state, slots)
         return slots.numel()
+
+    def check_optimizer_state(self, optimizer) -> None:
+        slot_states(self.name, self.layer.values, optimizer)
 
 
 class MaskedTarget:
@@ -183,11 +185,38 @@ class MaskedTarget:
         index = torch.nonzero(pool).flatten()
         return mask.block_norms(source)[index], index
 
+    def check_optimizer_state(self, optimizer) -> None:
+        weight = self.layer.weight
+        for key, state in optimizer.state.get(weight, {}).items():
+            if torch.is_tensor(state) and state.dim() > 0 and state.shape != weight.shape:
+                raise NotImplementedError(
+                    f"masked layer {self.name!r}: the optimizer's state {key!r} of shape {tuple(state.shape)} is "
+                    f"shared by the blocks of the {tuple(weight.shape)} weight (factored, as Adafactor's), so a "
+                    "grown block's state cannot be zeroed alone; use compressed layers (rs.sparsify), whose "
+                    "factored state is per block")
+
     def move(self, flat, dropped, grown, optimizer) -> int:
         new_active = self.layer.block_mask.active.flatten().clone()
         new_active[flat[dropped]] = False
         new_active[grown] = True
         return set_active_blocks(self.layer, optimizer, new_active)
+
+
+def slot_states(name: str, values: torch.Tensor, optimizer) -> list[torch.Tensor]:
+    """The optimizer's state tensors of a compressed layer's ``values`` that hold one entry per slot (leading
+    dimension ``nnzb``, whatever the others: Adam's moments, Adafactor's factored ``[nnzb, b, 1]`` and
+    ``[nnzb, 1, b]``); scalars (step counts) are left alone, and any other shape is refused: its grown blocks'
+    state could not be zeroed."""
+    states = []
+    for key, state in optimizer.state.get(values, {}).items():
+        if not torch.is_tensor(state) or state.dim() == 0:
+            continue
+        if state.shape[0] != values.shape[0]:
+            raise NotImplementedError(f"sparse layer {name!r}: the optimizer's state {key!r} of shape "
+                                      f"{tuple(state.shape)} has no entry per block slot ({values.shape[0]}), so a "
+                                      "grown block's state cannot be zeroed")
+        states.append(state)
+    return states
 
 
 def find_targets(model: nn.Module) -> list:
