@@ -1,4 +1,4 @@
-"""Stop a RigL run, save it with ``torch.save``, resume it in fresh objects: the resumed run equals the
+"""Stop a RigL run, save it with ``rs.save_checkpoint``, resume it in fresh objects: the resumed run equals the
 uninterrupted one bitwise.
 
     python examples/resume_checkpoint.py                  # about 8 s on 2 CPU cores
@@ -96,8 +96,8 @@ def main(argv=None) -> dict:
     model, optimizer, lr_schedule = build(args, args.seed)
     losses = train(model, optimizer, lr_schedule, 0, args.stop_at, args.batch_size)
     args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "lr_schedule": lr_schedule.state_dict()}, args.checkpoint)
+    rs.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),  # atomic: a kill
+                        "lr_schedule": lr_schedule.state_dict()}, args.checkpoint)   # keeps the last good file
     print(f"stopped after {args.stop_at} steps (RigL step count {optimizer.scheduler.step_count}, "
           f"{optimizer.scheduler.stats['updates']} updates so far); checkpoint: {args.checkpoint}")
     del model, optimizer, lr_schedule

@@ -45,3 +45,14 @@ def test_the_site_builds_strict(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     assert "RigLScheduler" in api and "delta_t" in api  # the reference comes from the signatures
+
+
+def test_every_test_the_reliability_page_names_exists():
+    import ast
+
+    page = (DOCS / "reliability.md").read_text()
+    named = set(re.findall(r"`(test_\w+\.py)::(test_\w+)`", page))
+    assert len(named) >= 25
+    for file, name in named:
+        tree = ast.parse((ROOT / "tests" / file).read_text())
+        assert name in {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}, f"{file}::{name}"
