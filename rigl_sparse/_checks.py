@@ -23,6 +23,14 @@ def check_density(density) -> None:
         raise ValueError(f"density must be in (0, 1], got {density!r}")
 
 
+def check_generator(generator) -> None:
+    """``generator`` is a ``torch.Generator`` or None."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        hint = f" (a seed: generator=torch.Generator().manual_seed({generator}))" if isinstance(generator, int) else ""
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__} "
+                        f"{generator!r}{hint}")
+
+
 def check_positive_int(name: str, value) -> None:
     """``value`` (the argument ``name``) is an int > 0."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -71,9 +71,12 @@ def read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         data = f.read()
-    if data[:2] != b"\x00\x00" or data[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file" + (" (shorter than its header)" if len(data) < 4
+                                                                       else ""))
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is truncated: its header of {ndim} dimensions ends early ({len(data)} bytes)")
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if array.size != int(np.prod(dims)):
@@ -86,8 +89,22 @@ def load(data_dir=None) -> dict[str, torch.Tensor]:
     directory = find(data_dir)
     out = {}
     for key, stem in FILES.items():
-        array = read_idx(_file(directory, stem))
-        out[key] = torch.from_numpy(array.copy()).long() if key.endswith("labels") else torch.from_numpy(array.copy())
+        path = _file(directory, stem)
+        array = read_idx(path)
+        if key.endswith("labels"):
+            if array.ndim != 1 or (array.size and int(array.max()) >= 10):
+                raise ValueError(f"{path} does not hold Fashion-MNIST labels: expected one dimension of classes "
+                                 f"0-9, got shape {array.shape}" + (f" and a label {int(array.max())}"
+                                                                    if array.size and array.ndim == 1 else ""))
+            out[key] = torch.from_numpy(array.copy()).long()
+        else:
+            if array.ndim != 3 or array.shape[1:] != (28, 28):
+                raise ValueError(f"{path} does not hold 28 x 28 images: shape {array.shape}")
+            out[key] = torch.from_numpy(array.copy())
+    for split in ("train", "test"):
+        if len(out[f"{split}_images"]) != len(out[f"{split}_labels"]):
+            raise ValueError(f"the {split} files disagree: {len(out[f'{split}_images'])} images, "
+                             f"{len(out[f'{split}_labels'])} labels")
     return out
 
 

@@ -26,7 +26,7 @@ import math
 import torch
 from torch import nn
 
-from rigl_sparse._checks import TOPOLOGY, check_density, check_positive_int, check_topology
+from rigl_sparse._checks import TOPOLOGY, check_density, check_generator, check_positive_int, check_topology
 
 __all__ = ["BlockSparseLayout", "block_count", "build_views", "check_topology", "rebuild_views"]
 
@@ -109,10 +109,11 @@ class BlockSparseLayout(nn.Module):
         generator if None), so a CPU seed gives the same topology on every device.
         """
         check_positive_int("block_size", block_size)
+        check_generator(generator)
         R, C = math.ceil(shape[0] / block_size), math.ceil(shape[1] / block_size)
         nnzb = block_count(density, R * C)
         draw_device = generator.device if generator is not None else "cpu"
-        flat = torch.randperm(R * C, generator=generator, device=draw_device)[:nnzb].sort().values
+        flat = random_subset(R * C, nnzb, generator, draw_device).sort().values
         return cls.from_flat(shape, block_size, flat, device=device)
 
     @classmethod
@@ -277,6 +278,28 @@ class BlockSparseLayout(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self.check_state(state_dict, prefix)  # before anything is copied: a bad checkpoint leaves it untouched
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+# Grids of more blocks than this draw a few blocks among many without a permutation of them all.
+_PERMUTED_BLOCKS = 1 << 24
+
+
+def random_subset(n: int, k: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    """``k`` distinct indices in ``[0, n)``, uniformly at random, in the order drawn.  Up to 2**24 blocks, or
+    when a sixteenth of them or more are drawn, the first ``k`` of a random permutation (so seeded topologies
+    stay what they were); beyond, the first ``k`` distinct values of uniform draws, in O(k) memory (a 131072²
+    layer in blocks of 4 at density 1e-5 would otherwise permute 8 GiB of indices)."""
+    if n <= _PERMUTED_BLOCKS or 16 * k >= n:
+        return torch.randperm(n, generator=generator, device=device)[:k]
+    chosen = torch.empty(0, dtype=torch.long, device=device)
+    while chosen.numel() < k:
+        drawn = torch.cat([chosen, torch.randint(n, (2 * (k - chosen.numel()) + 16,), generator=generator,
+                                                 device=device)])
+        values, inverse = torch.unique(drawn, return_inverse=True)
+        first = torch.full((values.numel(),), drawn.numel(), dtype=torch.long, device=device)
+        first.scatter_reduce_(0, inverse, torch.arange(drawn.numel(), device=device), reduce="amin")
+        chosen = drawn[first.sort().values]  # each value once, at its first draw, in draw order
+    return chosen[:k]
 
 
 def padding_mask(shape: tuple[int, int], block_size: int, block_row: torch.Tensor,

@@ -139,6 +139,15 @@ CASES = [
         t_end=5), ValueError, "t_end"),
     ("drop fraction at a negative step", lambda: rs.drop_fraction(-1, alpha=0.3, t_end=10), ValueError, "step"),
     ("unknown backend", lambda: rs.use_backend("magic").__enter__(), ValueError, "magic"),
+    ("a seed as the generator", lambda: rs.SparseLinear(8, 8, density=0.5, block_size=4, generator=42), TypeError,
+     "generator"),
+    ("a seed as sparsify's generator", lambda: rs.sparsify(_mlp(), density=0.5, generator=7), TypeError, "generator"),
+    ("a seed as apply_masks' generator", lambda: rs.apply_masks(_mlp(), density=0.5, generator=7), TypeError,
+     "generator"),
+    ("a float padding", lambda: rs.SparseConv2d(8, 8, 3, padding=1.0, density=0.5, block_size=4), TypeError,
+     "padding"),
+    ("a 0-d input", lambda: _linear()(torch.tensor(1.0)), ValueError, "input"),
+    ("more grow candidates than blocks", lambda: _linear().request_grow_scores(10 ** 12), ValueError, "k"),
 ]
 
 
@@ -176,3 +185,24 @@ def test_zero_size_and_non_contiguous_inputs_work():
     assert layer(torch.randn(0, 16)).shape == (0, 12)
     x = torch.randn(16, 6).T  # non-contiguous
     torch.testing.assert_close(layer(x), layer(x.contiguous()))
+
+
+def test_a_layer_moved_to_meta_still_has_a_repr():
+    model = _sparse_mlp().to("meta")
+    assert "density=unknown (on meta)" in repr(model)
+
+
+def test_a_very_sparse_layer_on_a_huge_grid_draws_its_blocks_without_permuting_the_grid():
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    g = torch.Generator().manual_seed(0)
+    layout = BlockSparseLayout.random((131072, 131072), 4, density=1e-5, generator=g)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert layout.nnzb == round(1e-5 * 32768 ** 2) and grown_mib < 200  # a permutation would take 8 GiB
+    flat = layout.flat_index()
+    assert flat.unique().numel() == layout.nnzb and int(flat.max()) < 32768 ** 2
+    again = BlockSparseLayout.random((131072, 131072), 4, density=1e-5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.flat_index(), flat)  # seeded
+    rows = layout.block_row.float()  # spread over the grid, not bunched at the start
+    assert 0.4 < float(rows.mean()) / 32768 < 0.6

@@ -328,3 +328,39 @@ def test_load_state_dict_is_all_or_nothing_where_only_a_part_of_the_model_is_spa
     good = model(0).state_dict()
     rs.load_state_dict(target, good)
     assert all(torch.equal(good[name], t) for name, t in target.state_dict().items())
+
+
+@pytest.mark.parametrize("mode", ["compressed", "masked"])
+def test_ctrl_c_during_the_moves_of_an_update_waits_until_every_layer_has_moved(mode, monkeypatch):
+    import os
+    import signal
+
+    from rigl_sparse.rigl import targets
+
+    reference = _build(mode, "gradient", seed=0)
+    expected = _steps(*reference, 0, STEPS)
+    model, optimizer, scheduler = _build(mode, "gradient", seed=0)
+    _steps(model, optimizer, scheduler, 0, 3)
+    kind = targets.CompressedTarget if mode == "compressed" else targets.MaskedTarget
+    move = kind.move
+
+    def interrupted_move(self, *args):
+        if self.name == "0":
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the first layer moves
+        return move(self, *args)
+
+    monkeypatch.setattr(kind, "move", interrupted_move)
+    with pytest.raises(KeyboardInterrupt):
+        _steps(model, optimizer, scheduler, 3, 4)  # step 3 updates the topology
+    monkeypatch.undo()
+    assert scheduler.step_count == 4 and scheduler.stats["updates"] == 1  # the whole update, counted
+    assert set(scheduler.last_update) == {"0", "2"}
+    checkpoint = _save(model, optimizer, scheduler)  # what a handler of the interrupt saves
+    resumed = _build(mode, "gradient", seed=7)
+    state = torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=True)
+    for part, key in zip(resumed, ("model", "optimizer", "scheduler")):
+        part.load_state_dict(state[key])
+    losses = _steps(*resumed, 4, STEPS)  # the run goes on as if uninterrupted
+    assert all(torch.equal(a, b) for a, b in zip(losses, expected[4:]))
+    for (name, a), b in zip(reference[0].state_dict().items(), resumed[0].state_dict().values()):
+        assert torch.equal(a, b), name

@@ -56,6 +56,32 @@ def test_truncated_idx_is_rejected(tmp_path):
     path.write_bytes(struct.pack(">BBBBI", 0, 0, 8, 1, 100) + b"\x00" * 10)
     with pytest.raises(ValueError, match="truncated"):
         data.read_idx(path)
+    path.write_bytes(struct.pack(">BBBB", 0, 0, 8, 3) + b"\x00\x00")  # cut inside the header
+    with pytest.raises(ValueError, match="truncated: its header of 3 dimensions ends early"):
+        data.read_idx(path)
+    path.write_bytes(b"\x00\x00")
+    with pytest.raises(ValueError, match="shorter than its header"):
+        data.read_idx(path)
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("label 200", "does not hold Fashion-MNIST labels: expected one dimension of classes 0-9, got shape \\(20,\\) "
+                  "and a label 200"),
+    ("images 27 wide", "does not hold 28 x 28 images"),
+    ("fewer labels", "the train files disagree: 20 images, 19 labels"),
+])
+def test_files_that_are_not_fashion_mnist_are_refused(tmp_path, fault, message):
+    _fake_dataset(tmp_path, 20, 10, compress=False)
+    labels = np.arange(20) % 10
+    if fault == "label 200":
+        labels[3] = 200
+        _write_idx(tmp_path / "train-labels-idx1-ubyte", labels, False)
+    elif fault == "fewer labels":
+        _write_idx(tmp_path / "train-labels-idx1-ubyte", labels[:19], False)
+    else:
+        _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((20, 28, 27)), False)
+    with pytest.raises(ValueError, match=message):
+        data.load(tmp_path)
 
 
 # 32 steps on 512 synthetic images at density 0.1: enough for Adam to learn the stripes, not for the default SGD

@@ -242,3 +242,44 @@ def test_forward_mode_and_torch_func_transforms_raise_instead_of_dropping_the_ta
     (grad,) = torch.autograd.grad(torch.func.functional_call(layer, {"values": values}, (x,)).sum(), values)
     layer(x).sum().backward()
     assert torch.equal(grad, layer.values.grad)
+
+
+def test_a_backward_pass_that_fails_records_no_grow_candidates_and_an_oom_names_the_layer(monkeypatch):
+    from rigl_sparse.nn import grow
+
+    torch.manual_seed(0)
+    model = nn.Sequential(rs.SparseLinear(16, 32, density=0.5, block_size=4), nn.Tanh(),
+                          rs.SparseLinear(32, 8, density=0.5, block_size=4))
+    x = torch.randn(6, 16, requires_grad=True)
+
+    def failing_hook(grad):
+        raise RuntimeError("out of memory further down")
+
+    def pass_(fail=False):
+        for layer in (model[0], model[2]):
+            layer.request_grow_scores(3)
+        out = model(x)
+        handle = x.register_hook(failing_hook) if fail else None  # autograd reaches x after both layers' taps
+        try:
+            out.square().sum().backward()
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    pass_()
+    clean = [layer.take_grow_scores() for layer in (model[0], model[2])]
+    with pytest.raises(RuntimeError, match="out of memory further down"):
+        pass_(fail=True)
+    assert [layer.grow.take_candidates() for layer in (model[0], model[2])] == [None, None]  # nothing recorded
+    pass_()  # the retry: one pass's candidates, as if the failed one had never run
+    for layer, (scores, index) in zip((model[0], model[2]), clean):
+        got = layer.take_grow_scores()
+        assert layer.grow.passes_taken == 1 and torch.equal(got[1], index) and torch.equal(got[0], scores)
+
+    def out_of_memory(*args):
+        raise MemoryError("std::bad_alloc")
+
+    monkeypatch.setattr(grow.ops, "block_scores", out_of_memory)
+    with pytest.raises(MemoryError, match=r"grow scores of a \[8, 32\] sparse layer \(blocks of 4, top 3 .*6 rows\) "
+                                          r"ran out of memory \(std::bad_alloc\); nothing was recorded"):
+        pass_()

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from rigl_sparse import ops
-from rigl_sparse._checks import check_density, check_positive_int
+from rigl_sparse._checks import check_density, check_generator, check_positive_int
 from rigl_sparse.layout import BlockSparseLayout, padding_mask
 from rigl_sparse.nn.grow import GrowRecorder
 
@@ -128,6 +128,8 @@ class SparseModule(nn.Module):
         ``exact`` keeps their ``dY`` and ``X`` and scores at ``take_grow_scores`` instead."""
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
             raise ValueError(f"k must be a non-negative int or None, got {k!r}")
+        if k is not None and k > self.layout.n_blocks:
+            raise ValueError(f"k must be at most the layer's number of blocks ({self.layout.n_blocks}), got {k}")
         if not isinstance(exact, bool):
             raise TypeError(f"exact must be a bool, got {type(exact).__name__}")
         if exact and k is not None and not self._supports_exact_grow_scores():
@@ -192,6 +194,7 @@ class SparseModule(nn.Module):
         ``values`` and ``bias``, and initialise them with ``reset_parameters``."""
         check_positive_int("block_size", block_size)
         check_density(density)
+        check_generator(generator)
         dtype = torch.get_default_dtype() if dtype is None else dtype
         if dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"dtype must be one of float16, bfloat16, float32, float64, got {dtype}")
@@ -223,6 +226,11 @@ class SparseModule(nn.Module):
     def density(self) -> float:
         """Fraction of the real weight entries that are active."""
         return self.layout.density()
+
+    def _density_words(self) -> str:
+        if self.layout.block_row.is_meta:  # moved to meta: the topology is gone
+            return "density=unknown (on meta)"
+        return f"density={self.density():.4f}"
 
     def weight_shape(self) -> tuple[int, int]:
         """``(out, K)``: the shape of the weight as a matrix."""

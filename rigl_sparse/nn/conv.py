@@ -13,9 +13,11 @@ from rigl_sparse.ops.conv2d import ConvGeometry, conv2d
 
 
 def _pair(name: str, value) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    pair = tuple(value) if isinstance(value, (tuple, list)) else ()
     if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in pair):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        raise TypeError(f"{name} must be an int or a pair of ints, got {type(value).__name__} {value!r}")
     return pair
 
 
@@ -199,7 +201,7 @@ class SparseConv2d(SparseModule):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
-                f"bias={self.bias is not None}, density={self.density():.4f}, block_size={self.block_size}")
+                f"bias={self.bias is not None}, {self._density_words()}, block_size={self.block_size}")
 
 
 def _check_groups(groups: int, in_channels: int, out_channels: int, block_size: int) -> None:

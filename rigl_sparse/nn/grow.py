@@ -191,9 +191,27 @@ class _GrowScoreTap(torch.autograd.Function):
     def backward(ctx, grad_y):
         (x,) = ctx.saved_tensors
         recorder, layout = ctx.recorder, ctx.layout
+        # What this pass found is recorded when the whole backward pass has finished: a pass that fails later
+        # (out of memory in another layer, an interrupt) leaves nothing to be mixed into its retry.
         if recorder.k is not None and recorder.exact:
-            recorder.keep(grad_y.detach().to(x.dtype), x.detach())
+            kept = (grad_y.detach().to(x.dtype), x.detach())
+            _when_backward_ends(lambda: recorder.keep(*kept))
         elif recorder.k is not None:
             with torch.no_grad(), backends.forced_again(ctx):
-                recorder.record(ops.block_scores(grad_y.detach().to(x.dtype), x.detach(), layout, recorder.k))
+                try:
+                    candidates = ops.block_scores(grad_y.detach().to(x.dtype), x.detach(), layout, recorder.k)
+                except MemoryError as err:
+                    out, K = layout.shape
+                    raise MemoryError(
+                        f"the grow scores of a [{out}, {K}] sparse layer (blocks of {layout.block_size}, top "
+                        f"{recorder.k} of its inactive blocks, {grad_y.shape[0]} rows) ran out of memory ({err}); "
+                        "nothing was recorded: a smaller batch, or RigLScheduler(grow_scores='exact'), needs less"
+                    ) from err
+            _when_backward_ends(lambda: recorder.record(candidates))
         return grad_y, None, None, None
+
+
+def _when_backward_ends(callback) -> None:
+    """Run ``callback`` once the running backward pass has finished without error (autograd drops the callbacks
+    of a pass that fails)."""
+    torch.autograd.Variable._execution_engine.queue_callback(callback)

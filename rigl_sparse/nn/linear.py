@@ -52,7 +52,7 @@ class SparseLinear(SparseModule):
         self._reset_uniform(self.in_features, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"input must have {self.in_features} features in its last dimension, got shape "
                              f"{tuple(x.shape)}")
         x, values, bias = self._operands(x)
@@ -122,5 +122,5 @@ class SparseLinear(SparseModule):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"density={self.density():.4f}, block_size={self.block_size}")
+                f"{self._density_words()}, block_size={self.block_size}")
 

@@ -26,7 +26,7 @@ import math
 import torch
 from torch import nn
 
-from rigl_sparse._checks import check_positive_int
+from rigl_sparse._checks import check_generator, check_positive_int
 from rigl_sparse.layout import BlockSparseLayout
 from rigl_sparse.nn import guard_state_loading
 from rigl_sparse.nn.conv import weight_matrix
@@ -140,6 +140,7 @@ def apply_masks(model: nn.Module, *, density: float, distribution: str = "erk", 
     (``PruningScheduler``).  Returns ``model``.
     """
     check_positive_int("block_size", block_size)
+    check_generator(generator)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if start not in STARTS:

@@ -26,7 +26,10 @@ through one update path (``targets.py``), with the same decisions for the same t
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import warnings
 
 import torch
@@ -42,6 +45,23 @@ from rigl_sparse.rigl.targets import (CompressedTarget, accumulate_average, best
                                       random_pick, smallest, uncompiled)
 
 GROW_SCORES = ("backward", "exact")
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """SIGINT (Ctrl-C) that arrives inside the block is delivered when it ends, so the block runs whole (on
+    the main thread; elsewhere signals cannot arrive anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            signal.raise_signal(signal.SIGINT)  # to the handler that was there before: KeyboardInterrupt
 
 
 class RigLScheduler:
@@ -180,20 +200,25 @@ class RigLScheduler:
                 for target, decision in decisions:
                     if decision is not None:
                         target.check_optimizer_state(self.optimizer)
-                self.last_update = {}
-                for target, decision in decisions:
-                    moved = 0 if decision is None else target.move(*decision, self.optimizer)
-                    self.stats["blocks_moved"] += moved
-                    target.release()
-                    self.last_update[target.name] = update_record(target, decision, t, moved,
-                                                                  self._grown_scores.pop(target.name, None))
-                self.stats["updates"] += 1
+                with interrupts_deferred():  # Ctrl-C waits for the whole update: every layer moves, or none
+                    self.last_update = {}
+                    for target, decision in decisions:
+                        moved = 0 if decision is None else target.move(*decision, self.optimizer)
+                        self.stats["blocks_moved"] += moved
+                        target.release()
+                        self.last_update[target.name] = update_record(target, decision, t, moved,
+                                                                      self._grown_scores.pop(target.name, None))
+                    self.stats["updates"] += 1
+                    mask_gradients(self.masked)
+                    self.step_count = t + 1
+                    self._arm()
                 if self.process_group is not None and self.check_topology:
                     check_same_topology(self.targets, self.process_group, t)
+                return False
             mask_gradients(self.masked)
         self.step_count = t + 1
         self._arm()
-        return not updated
+        return True
 
     def undo_step(self) -> None:
         """Take back the last ``step()``, an ordinary one, whose optimizer step then failed: retried, it counts

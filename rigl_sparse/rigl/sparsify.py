@@ -9,7 +9,7 @@ import weakref
 import torch
 from torch import nn
 
-from rigl_sparse._checks import check_positive_int
+from rigl_sparse._checks import check_generator, check_positive_int
 from rigl_sparse.layout import BlockSparseLayout
 from rigl_sparse.nn import SparseConv2d, SparseLinear, SparseModule, guard_state_loading
 from rigl_sparse.nn.conv import weight_matrix
@@ -57,6 +57,7 @@ def sparsify(model: nn.Module, *, density: float, distribution: str = "erk", blo
     converted layer ever exists.  Returns ``model``.
     """
     check_positive_int("block_size", block_size)
+    check_generator(generator)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     layers = select_layers(model, lambda m: type(m) is nn.Linear or is_conv1d(m) or _convertible_conv(m, block_size),
