@@ -373,3 +373,28 @@ def test_a_schedule_whose_t_end_comes_before_the_first_update_says_so_at_the_fir
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         static.step()
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_calling_step_twice_per_backward_is_said_once_and_an_ordinary_loop_says_nothing(set_to_none):
+    model = _model(seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = rs.RigLScheduler(model, opt, delta_t=3, t_end=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for step in range(8):  # an ordinary loop, with gradient accumulation over two passes at step 5
+            for _ in range(2 if step == 5 else 1):
+                x, y = _batch(step)
+                nn.functional.cross_entropy(model(x), y).backward()
+            if sched.step():
+                opt.step()
+            opt.zero_grad(set_to_none=set_to_none)
+    x, y = _batch(8)
+    nn.functional.cross_entropy(model(x), y).backward()
+    sched.step()
+    with pytest.warns(UserWarning, match=r"step\(\) was called without a backward pass since its last call \(the "
+                                         r"same gradients\)"):
+        sched.step()  # twice for one backward
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sched.step()  # said once

@@ -31,6 +31,7 @@ import math
 import signal
 import threading
 import warnings
+import weakref
 
 import torch
 
@@ -145,6 +146,7 @@ class RigLScheduler:
         self._mask_hook = register_mask_hook(optimizer, self.masked) if self.masked else None
         self._score_scale, self._grown_scores = 1.0, {}
         self.last_update: dict[str, dict] = {}  # layer name -> what the last update did (history.update_record)
+        self._seen_grads, self._said_no_backward = None, False  # _check_new_gradients
         self._arm()
 
     def is_update_step(self, t: int) -> bool:
@@ -186,6 +188,7 @@ class RigLScheduler:
                 if not gradients_finite(grads):
                     return self.skip_step()
                 self._score_scale = 1.0 / scaler.get_scale()  # grow scores come from the scaled dY
+        self._check_new_gradients()
         t = self.step_count
         if t == 0 and self.grow != "none" and self.t_end < self.delta_t:
             warnings.warn(f"RigLScheduler: t_end={self.t_end} comes before the first update step (delta_t="
@@ -212,13 +215,34 @@ class RigLScheduler:
                     mask_gradients(self.masked)
                     self.step_count = t + 1
                     self._arm()
+                    self._remember_gradients()
                 if self.process_group is not None and self.check_topology:
                     check_same_topology(self.targets, self.process_group, t)
                 return False
             mask_gradients(self.masked)
         self.step_count = t + 1
         self._arm()
+        self._remember_gradients()
         return True
+
+    def _check_new_gradients(self) -> None:
+        """Say once if ``step()`` runs with no gradient at all, or with the very gradients of its last call
+        (no backward pass in between): each call advances the schedule one step, so a loop that calls it twice
+        per backward runs the schedule twice as fast."""
+        grads = [target.parameter.grad for target in self.targets]
+        same = self._seen_grads is not None and all(
+            g is not None and seen is not None and seen[0]() is g and seen[1] == g._version
+            for g, seen in zip(grads, self._seen_grads))
+        if (same or all(g is None for g in grads)) and not self._said_no_backward:
+            self._said_no_backward = True
+            warnings.warn("RigLScheduler.step() was called without a backward pass since its last call (" +
+                          ("the same gradients" if same else "no gradients") + "): each call advances the schedule "
+                          "one step, so call it once per optimizer step, after loss.backward()", UserWarning,
+                          stacklevel=3)
+
+    def _remember_gradients(self) -> None:
+        self._seen_grads = [None if t.parameter.grad is None else
+                            (weakref.ref(t.parameter.grad), t.parameter.grad._version) for t in self.targets]
 
     def undo_step(self) -> None:
         """Take back the last ``step()``, an ordinary one, whose optimizer step then failed: retried, it counts
@@ -228,6 +252,7 @@ class RigLScheduler:
             raise RuntimeError(f"step {t} cannot be undone: " + ("no step was taken" if t < 0 else
                                                                  "it updated the topology"))
         self.step_count = t
+        self._seen_grads = None  # the retry comes with these gradients again
         self._arm()
 
     def skip_step(self) -> bool:
