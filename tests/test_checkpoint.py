@@ -364,3 +364,35 @@ def test_ctrl_c_during_the_moves_of_an_update_waits_until_every_layer_has_moved(
     assert all(torch.equal(a, b) for a, b in zip(losses, expected[4:]))
     for (name, a), b in zip(reference[0].state_dict().items(), resumed[0].state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("mode", ["compressed", "masked"])
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_an_error_in_a_later_layer_s_move_puts_back_the_layers_moved_before_it(mode, error, monkeypatch):
+    from rigl_sparse.rigl import targets
+
+    model, optimizer, scheduler = _build(mode, "gradient", seed=0)
+    _steps(model, optimizer, scheduler, 0, 3)
+    x = torch.randn(16, 20, generator=torch.Generator().manual_seed(103))
+    y = torch.randint(5, (16,), generator=torch.Generator().manual_seed(103))
+    nn.functional.cross_entropy(model(x), y).backward()  # step 3's backward: an update step
+    before, stats = _model_state(model), dict(scheduler.stats)
+    moments = {id(p): {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for p, s in optimizer.state.items()}
+    kind = targets.CompressedTarget if mode == "compressed" else targets.MaskedTarget
+    move = kind.move
+
+    def failing_move(self, *args):
+        if self.name == "2":
+            raise error("out of memory in the second layer's move")
+        return move(self, *args)
+
+    monkeypatch.setattr(kind, "move", failing_move)
+    with pytest.raises(error, match="second layer's move"):
+        scheduler.step()
+    assert all(torch.equal(before[name], t) for name, t in model.state_dict().items())  # layer "0" put back too
+    assert scheduler.stats == stats and scheduler.step_count == 3
+    for p, s in optimizer.state.items():
+        assert all(torch.equal(moments[id(p)][k], v) for k, v in s.items() if torch.is_tensor(v))
+    for layer in model.modules():
+        if isinstance(layer, rs.SparseModule):
+            layer.layout.validate(layer.values)  # the views rebuilt with the topology

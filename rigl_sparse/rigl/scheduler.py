@@ -204,13 +204,7 @@ class RigLScheduler:
                     if decision is not None:
                         target.check_optimizer_state(self.optimizer)
                 with interrupts_deferred():  # Ctrl-C waits for the whole update: every layer moves, or none
-                    self.last_update = {}
-                    for target, decision in decisions:
-                        moved = 0 if decision is None else target.move(*decision, self.optimizer)
-                        self.stats["blocks_moved"] += moved
-                        target.release()
-                        self.last_update[target.name] = update_record(target, decision, t, moved,
-                                                                      self._grown_scores.pop(target.name, None))
+                    self._move_all(decisions, t)
                     self.stats["updates"] += 1
                     mask_gradients(self.masked)
                     self.step_count = t + 1
@@ -224,6 +218,28 @@ class RigLScheduler:
         self._arm()
         self._remember_gradients()
         return True
+
+    def _move_all(self, decisions, t: int) -> None:
+        """Every layer's move; an error in one puts back the layers moved before it (and the counters), so the
+        update happens whole or not at all."""
+        stats, last_update, undos = dict(self.stats), self.last_update, []
+        self.last_update = {}
+        try:
+            for target, decision in decisions:
+                if decision is not None:
+                    undos.append(target.undo_of_move(*decision, self.optimizer))
+                moved = 0 if decision is None else target.move(*decision, self.optimizer)
+                self.stats["blocks_moved"] += moved
+                target.release()
+                self.last_update[target.name] = update_record(target, decision, t, moved,
+                                                              self._grown_scores.pop(target.name, None))
+        except BaseException:
+            for undo in reversed(undos):
+                if undo is not None:
+                    undo()
+            self.stats.update(stats)
+            self.last_update = last_update
+            raise
 
     def _check_new_gradients(self) -> None:
         """Say once if ``step()`` runs with no gradient at all, or with the very gradients of its last call

@@ -127,13 +127,37 @@ class CompressedTarget:
         return (torch.cat([scores[valid] * score_scale, full(grad)[dropped].float().flatten(1).norm(dim=1)]),
                 torch.cat([index[valid], flat[dropped]]))
 
+    @staticmethod
+    def _moving(flat, dropped, grown):
+        """(the slots that change block, sorted; the blocks they take, sorted)."""
+        dropped_flat = flat[dropped]
+        return dropped[~torch.isin(dropped_flat, grown)].sort().values, grown[~torch.isin(grown, dropped_flat)].sort().values
+
+    def undo_of_move(self, flat, dropped, grown, optimizer):
+        """What ``move`` with these arguments changes, kept aside: returns a function that puts it back (or None
+        for values sharded by FSDP2, whose move cannot be taken back here)."""
+        layout, values = self.layer.layout, self.layer.values
+        if is_dtensor(values):
+            return None
+        slots, _ = self._moving(flat, dropped, grown)
+        rows, cols = layout.block_row.clone(), layout.block_col.clone()
+        kept = [(t, t[slots].clone()) for t in [values.data, values.grad, *slot_states(self.name, values, optimizer)]
+                if t is not None]
+
+        def undo():
+            with torch.no_grad():
+                layout.block_row.copy_(rows)
+                layout.block_col.copy_(cols)
+                layout.rebuild_views()
+                for tensor, rows_of_slots in kept:
+                    tensor[slots] = rows_of_slots
+        return undo
+
     def move(self, flat, dropped, grown, optimizer) -> int:
         """Grown blocks into the freed slots (value, gradient and optimizer state zero); a regrown block
         keeps its slot.  Returns the number of slots moved."""
         layout, values = self.layer.layout, self.layer.values
-        dropped_flat = flat[dropped]
-        slots = dropped[~torch.isin(dropped_flat, grown)].sort().values
-        new_flat = grown[~torch.isin(grown, dropped_flat)].sort().values
+        slots, new_flat = self._moving(flat, dropped, grown)
         n_cols = layout.grid[1]
         whole = self._whole if self._whole is not None else full(values.detach())
         # under FSDP2 the op moves the topology on the gathered copy, and each rank zeroes its own shard
@@ -195,11 +219,31 @@ class MaskedTarget:
                     "grown block's state cannot be zeroed alone; use compressed layers (rs.sparsify), whose "
                     "factored state is per block")
 
-    def move(self, flat, dropped, grown, optimizer) -> int:
+    def _new_active(self, flat, dropped, grown):
         new_active = self.layer.block_mask.active.flatten().clone()
         new_active[flat[dropped]] = False
         new_active[grown] = True
-        return set_active_blocks(self.layer, optimizer, new_active)
+        return new_active
+
+    def undo_of_move(self, flat, dropped, grown, optimizer):
+        """What ``move`` changes (the mask, and the weight, gradient and optimizer state of the blocks that change),
+        kept aside: returns a function that puts it back."""
+        mask, weight = self.layer.block_mask, self.layer.weight
+        active = mask.active.clone()
+        changed = mask.expand((active.flatten() ^ self._new_active(flat, dropped, grown)).view(mask.grid))
+        tensors = [weight.data, weight.grad, *(state for state in optimizer.state.get(weight, {}).values()
+                                               if torch.is_tensor(state) and state.shape == weight.shape)]
+        kept = [(t, t[changed].clone()) for t in tensors if t is not None]
+
+        def undo():
+            with torch.no_grad():
+                mask.active.copy_(active)
+                for tensor, entries in kept:
+                    tensor[changed] = entries
+        return undo
+
+    def move(self, flat, dropped, grown, optimizer) -> int:
+        return set_active_blocks(self.layer, optimizer, self._new_active(flat, dropped, grown))
 
 
 def slot_states(name: str, values: torch.Tensor, optimizer) -> list[torch.Tensor]:
