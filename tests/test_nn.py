@@ -237,6 +237,9 @@ def test_forward_mode_and_torch_func_transforms_raise_instead_of_dropping_the_ta
         torch.func.grad(lambda x: layer(x).sum())(x)
     with pytest.raises(NotImplementedError, match="torch.func's transforms"):
         torch.func.grad(lambda v: torch.func.functional_call(layer, {"values": v}, (x,)).sum())(layer.values.detach())
+    for module in (layer, frozen):  # vmap: our refusal, not torch's missing batching rule
+        with pytest.raises(NotImplementedError, match=r"rigl_sparse\.dsd.*does not support torch\.func\.vmap"):
+            torch.func.vmap(module)(torch.randn(3, 4, 64))
     # Reverse mode over functional_call is the way.
     values = layer.values.detach().clone().requires_grad_()
     (grad,) = torch.autograd.grad(torch.func.functional_call(layer, {"values": values}, (x,)).sum(), values)

@@ -97,11 +97,20 @@ def define(name: str, kernel: Callable, fake: Callable, *, mutates_args: Sequenc
     LIBRARY.impl(name, kernel, "CompositeExplicitAutograd")
     torch.library.register_fake(f"{NAMESPACE}::{name}", fake, lib=LIBRARY)
     overload = getattr(getattr(torch.ops, NAMESPACE), name).default
+    LIBRARY.impl(name, _refuse_vmap(overload), "FuncTorchBatched")
     if composite is not None:
         _register_composite(name, overload, composite)
     if backward is None:
         return Operator(overload)
     return Operator(overload, _register_autograd(name, overload, setup_context, backward))
+
+
+def _refuse_vmap(overload) -> Callable:
+    """The kernel ``torch.func.vmap`` reaches: our refusal, in words, instead of torch's missing batching rule."""
+    def refuse(*args):
+        raise NotImplementedError(f"{overload} does not support torch.func.vmap: call the layer on the whole batch "
+                                  "(its kernels take any number of rows), or loop over the samples")
+    return refuse
 
 
 def _register_composite(name: str, overload, composite: Callable) -> None:
