@@ -250,7 +250,7 @@ def test_iso_cost_second_design_widens_the_ffns_and_times_the_models_apart(tmp_p
     assert isinstance(block.ffn_in, rs.SparseLinear) and isinstance(block.ffn_out, rs.SparseLinear)
     assert (block.ffn_in.in_features, block.ffn_in.out_features) == (cfg["width"], 4 * cfg["width"] * 2)
     assert type(block.q) is nn.Linear and block.q.in_features == cfg["width"]  # attention stays dense
-    assert block.ffn_in.density == pytest.approx(0.5, abs=0.05)  # as many weights as dense's FFN
+    assert block.ffn_in.density() == pytest.approx(0.5, abs=0.05)  # as many weights as dense's FFN
     updates = sum(scheduler.is_update_step(t) for t in range(cfg["steps"]))
     assert updates == study.update_steps(cfg["steps"], cfg["steps"], cfg["delta_t"]) == 3
 
