@@ -3,7 +3,7 @@
 Public API (everything else is private)::
 
     rs.SparseLinear, rs.SparseConv2d, rs.SparseModule, rs.BlockSparseLayout
-    rs.sparsify, rs.layer_densities, rs.drop_fraction, rs.RigLScheduler, rs.RigLOptimizer
+    rs.sparsify, rs.densify, rs.layer_densities, rs.drop_fraction, rs.RigLScheduler, rs.RigLOptimizer
     rs.apply_masks, rs.BlockMask, rs.PruningScheduler   (masked reference mode)
     rs.TopologyHistory, rs.plot_topology                (pictures of the topology)
     rs.flops, rs.memory_report, rs.use_backend
@@ -18,13 +18,13 @@ from rigl_sparse.checkpoint import load_state_dict, save_checkpoint
 from rigl_sparse.layout import BlockSparseLayout
 from rigl_sparse.nn import SparseConv2d, SparseLinear, SparseModule
 from rigl_sparse.rigl import (BlockMask, PruningScheduler, RigLOptimizer, RigLScheduler, TopologyHistory,
-                              apply_masks, drop_fraction, layer_densities, plot_topology, sparsify)
+                              apply_masks, densify, drop_fraction, layer_densities, plot_topology, sparsify)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockSparseLayout", "SparseLinear", "SparseConv2d", "SparseModule", "sparsify", "layer_densities", "drop_fraction",
-    "RigLScheduler", "RigLOptimizer", "PruningScheduler", "apply_masks", "BlockMask", "flops", "memory_report",
-    "FlopReport", "MemoryReport", "use_backend", "TopologyHistory", "plot_topology", "save_checkpoint",
-    "load_state_dict", "__version__",
+    "BlockSparseLayout", "SparseLinear", "SparseConv2d", "SparseModule", "sparsify", "densify", "layer_densities",
+    "drop_fraction", "RigLScheduler", "RigLOptimizer", "PruningScheduler", "apply_masks", "BlockMask", "flops",
+    "memory_report", "FlopReport", "MemoryReport", "use_backend", "TopologyHistory", "plot_topology",
+    "save_checkpoint", "load_state_dict", "__version__",
 ]

@@ -207,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="learning rate at the first step, cosine-decayed to 0 over training (default: "
                                    f"{DEFAULT_LR['sgd']:g} for sgd, as in the paper and the accuracy study; "
                                    f"{DEFAULT_LR['adam']:g} for adam)")
-    optimisation.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="the optimiser's L2 weight decay")
+    optimisation.add_argument("--weight-decay", type=non_negative_float, default=0.0,
+                              help="the optimiser's L2 weight decay")
     optimisation.add_argument("--epochs", type=positive_int, default=10,
                               help="passes over the training set (times --multiplier)")
     optimisation.add_argument("--batch-size", type=positive_int, default=128, help="training examples per step")

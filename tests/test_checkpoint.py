@@ -259,9 +259,9 @@ def test_a_refused_load_changes_nothing_even_where_torch_would_copy_first(mode, 
     model, _, _ = _build(mode, "gradient", seed=3)
     before = _model_state(model)
     load = model.load_state_dict if fault == "size" else lambda state: rs.load_state_dict(model, state)
-    with pytest.raises(RuntimeError, match=r"\(nothing was loaded\): " + {"unexpected": "unexpected key.*extra.weight",
-                                                                         "missing": "missing key.*4.bias",
-                                                                         "size": "size mismatch for '4.weight'"}[fault]):
+    says = {"unexpected": "unexpected key.*extra.weight", "missing": "missing key.*4.bias",
+            "size": "size mismatch for '4.weight'"}[fault]
+    with pytest.raises(RuntimeError, match=r"\(nothing was loaded\): " + says):
         load(state)
     assert all(torch.equal(before[name], t) for name, t in model.state_dict().items())
     if fault == "unexpected":

@@ -79,8 +79,9 @@ def test_update_matches_brute_force_masked_dense_rigl(b):
     assert checked >= 8  # updates that moved blocks were checked, in both layers
 
 
-OPTIMIZERS = {"sgd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
-              "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2), "adafactor": lambda p: torch.optim.Adafactor(p, lr=1e-2),
+OPTIMIZERS = {"sgd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+              "adam": lambda p: torch.optim.Adam(p, lr=1e-2), "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2),
+              "adafactor": lambda p: torch.optim.Adafactor(p, lr=1e-2),
               "rmsprop": lambda p: torch.optim.RMSprop(p, lr=1e-3, momentum=0.5),
               "adagrad": lambda p: torch.optim.Adagrad(p, lr=1e-2)}
 

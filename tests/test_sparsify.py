@@ -105,3 +105,44 @@ def test_sparsify_converts_all_layers_or_none(monkeypatch, stage, error):
     assert [model[0], model[2], model[4]] == layers  # the same dense modules, none converted
     rs.sparsify(model, density=0.5, distribution="uniform", first_dense=False, block_size=8)  # a retry converts all
     assert all(isinstance(model[i], rs.SparseLinear) for i in (0, 2, 4))
+
+
+def test_densify_gives_back_dense_modules_with_the_same_function():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Sequential(nn.Linear(16 * 8 * 8, 64), nn.ReLU(), nn.Linear(64, 10)))
+    rs.sparsify(model, density=0.3, distribution="uniform", first_dense=False, block_size=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = rs.RigLScheduler(model, optimizer, delta_t=2, t_end=6)
+    for step in range(5):  # a few updates: the topology is no longer the initial one
+        x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(step))
+        model(x).square().mean().backward()
+        if scheduler.step():
+            optimizer.step()
+        optimizer.zero_grad()
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        assert rs.densify(model) is model
+        assert [type(m) for m in (model[0], model[3][0], model[3][2])] == [nn.Conv2d, nn.Linear, nn.Linear]
+        assert not any(isinstance(m, rs.SparseModule) for m in model.modules())
+        torch.testing.assert_close(model(x), expected)
+    layer = rs.SparseLinear(32, 16, density=0.5, block_size=8)
+    dense = rs.densify(layer)  # a sparse layer itself: its dense counterpart
+    assert type(dense) is nn.Linear and float((dense.weight != 0).float().mean()) <= 0.5
+    torch.testing.assert_close(dense(torch.ones(2, 32)), layer(torch.ones(2, 32)).detach())
+
+
+def test_densify_puts_a_transformer_encoder_back_on_torch_s_fused_path():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=True)
+    with pytest.warns(UserWarning, match="stays dense"):
+        rs.sparsify(model, density=0.5, distribution="uniform", first_dense=False, block_size=8)
+    x = torch.randn(3, 5, 32)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+        rs.densify(model)
+        assert model.use_nested_tensor and not any(m._forward_pre_hooks for m in model.layers)
+        torch.testing.assert_close(model(x), expected)

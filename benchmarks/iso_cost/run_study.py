@@ -73,7 +73,8 @@ SECOND = dict(width=256, layers=4, heads=4, length=128, batch=16, steps=1600, ev
 QUICK_SECOND = dict(SECOND, width=32, layers=1, heads=2, length=32, batch=8, steps=40, eval_every=20,
                     cells=((2, 16),), seeds=(0,), delta_t=10, sweep_lrs=(1e-3, 3e-3),
                     sparse_sweep=dict(multiplier=2, block_size=16, lrs=(1e-3, 3e-3)), pace_rounds=2, pace_steps=2)
-STUDIES = {"first": (FULL, QUICK, DEFAULT_OUT), "second": (SECOND, QUICK_SECOND, HERE.parent / "results" / "iso_cost_2")}
+STUDIES = {"first": (FULL, QUICK, DEFAULT_OUT),
+           "second": (SECOND, QUICK_SECOND, HERE.parent / "results" / "iso_cost_2")}
 PROJECTIONS = ("*.q", "*.k", "*.v", "*.out", "*.ffn_in", "*.ffn_out")
 FFN = ("*.ffn_in", "*.ffn_out")
 

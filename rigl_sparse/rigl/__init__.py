@@ -7,7 +7,9 @@ from rigl_sparse.rigl.optimizer import RigLOptimizer
 from rigl_sparse.rigl.pruning import PruningScheduler
 from rigl_sparse.rigl.schedule import drop_fraction
 from rigl_sparse.rigl.scheduler import RigLScheduler
-from rigl_sparse.rigl.sparsify import sparsify
+from rigl_sparse.rigl.sparsify import densify, sparsify
 
-__all__ = ["layer_densities", "drop_fraction", "RigLScheduler", "RigLOptimizer", "PruningScheduler", "sparsify",
-           "apply_masks", "BlockMask", "TopologyHistory", "plot_topology"]
+__all__ = [
+    "layer_densities", "drop_fraction", "RigLScheduler", "RigLOptimizer", "PruningScheduler", "sparsify",
+    "densify", "apply_masks", "BlockMask", "TopologyHistory", "plot_topology",
+]

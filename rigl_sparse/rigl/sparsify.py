@@ -99,13 +99,54 @@ def keep_transformers_off_fused_paths(model: nn.Module) -> None:
     ordinary path for a layer with hooks), and an encoder of such layers ``use_nested_tensor = False``."""
     for module in model.modules():
         if isinstance(module, nn.TransformerEncoderLayer) and _sparse_ffn(module) and module not in _OFF_FUSED:
-            module.register_forward_pre_hook(_ordinary_path)
-            _OFF_FUSED.add(module)
-        if isinstance(module, nn.TransformerEncoder) and any(_sparse_ffn(layer) for layer in module.layers):
+            _OFF_FUSED[module] = module.register_forward_pre_hook(_ordinary_path)
+        if isinstance(module, nn.TransformerEncoder) and any(_sparse_ffn(layer) for layer in module.layers) \
+                and module not in _OFF_FUSED:
+            _OFF_FUSED[module] = module.use_nested_tensor
             module.use_nested_tensor = False
 
 
-_OFF_FUSED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+# module -> what keeps it off the fused path: an encoder layer's hook handle, an encoder's own use_nested_tensor
+_OFF_FUSED: "weakref.WeakKeyDictionary[nn.Module, object]" = weakref.WeakKeyDictionary()
+
+
+def densify(model: nn.Module) -> nn.Module:
+    """The inverse of ``sparsify``: every ``SparseLinear`` and ``SparseConv2d`` of ``model``, however nested (or
+    ``model`` itself), back to an ``nn.Linear`` / ``nn.Conv2d`` with the same function (the dense weight, zero
+    outside the active blocks; its bias), on the layer's device and dtype; transformer encoders go back to
+    torch's fused inference path.  In place, all or nothing; returns the model (the new layer when ``model``
+    itself is sparse).  A layer that was a Hugging Face ``Conv1D`` comes back as the equivalent ``nn.Linear``.
+    Masked layers (``apply_masks``) are dense already and are left as they are."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(model, SparseModule):
+        return _dense_layer(model)
+    replacements = {name: _dense_layer(m) for name, m in model.named_modules() if isinstance(m, SparseModule)}
+    replaced = {}
+    try:
+        for name, new in replacements.items():
+            replaced[name] = _replace(model, name, new)
+    except BaseException:
+        for name, old in replaced.items():
+            _replace(model, name, old)
+        raise
+    for module in model.modules():
+        if module in _OFF_FUSED and not (_sparse_ffn(module) if isinstance(module, nn.TransformerEncoderLayer)
+                                         else any(_sparse_ffn(layer) for layer in module.layers)):
+            kept = _OFF_FUSED.pop(module)
+            if isinstance(module, nn.TransformerEncoderLayer):
+                kept.remove()
+            else:
+                module.use_nested_tensor = kept
+    return model
+
+
+def _dense_layer(layer: SparseModule) -> nn.Module:
+    if isinstance(layer, SparseLinear):
+        return layer.to_linear()
+    if isinstance(layer, SparseConv2d):
+        return layer.to_conv()
+    raise TypeError(f"{type(layer).__name__} has no dense counterpart to go back to")
 
 
 def _sparse_ffn(layer: nn.Module) -> bool:

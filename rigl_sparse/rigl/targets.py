@@ -131,7 +131,8 @@ class CompressedTarget:
     def _moving(flat, dropped, grown):
         """(the slots that change block, sorted; the blocks they take, sorted)."""
         dropped_flat = flat[dropped]
-        return dropped[~torch.isin(dropped_flat, grown)].sort().values, grown[~torch.isin(grown, dropped_flat)].sort().values
+        slots = dropped[~torch.isin(dropped_flat, grown)].sort().values
+        return slots, grown[~torch.isin(grown, dropped_flat)].sort().values
 
     def undo_of_move(self, flat, dropped, grown, optimizer):
         """What ``move`` with these arguments changes, kept aside: returns a function that puts it back (or None
