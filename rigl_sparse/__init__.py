@@ -6,13 +6,13 @@ Public API (everything else is private)::
     rs.sparsify, rs.densify, rs.layer_densities, rs.drop_fraction, rs.RigLScheduler, rs.RigLOptimizer
     rs.apply_masks, rs.BlockMask, rs.PruningScheduler   (masked reference mode)
     rs.TopologyHistory, rs.plot_topology                (pictures of the topology)
-    rs.flops, rs.memory_report, rs.use_backend
+    rs.flops, rs.memory_report, rs.summary, rs.use_backend
     rs.save_checkpoint, rs.load_state_dict              (atomic save, all-or-nothing load)
 
 Importing the package compiles nothing and touches no GPU.
 """
 
-from rigl_sparse.accounting import FlopReport, MemoryReport, flops, memory_report
+from rigl_sparse.accounting import FlopReport, MemoryReport, ModelSummary, flops, memory_report, summary
 from rigl_sparse.backends import use_backend
 from rigl_sparse.checkpoint import load_state_dict, save_checkpoint
 from rigl_sparse.layout import BlockSparseLayout
@@ -26,5 +26,5 @@ __all__ = [
     "BlockSparseLayout", "SparseLinear", "SparseConv2d", "SparseModule", "sparsify", "densify", "layer_densities",
     "drop_fraction", "RigLScheduler", "RigLOptimizer", "PruningScheduler", "apply_masks", "BlockMask", "flops",
     "memory_report", "FlopReport", "MemoryReport", "use_backend", "TopologyHistory", "plot_topology",
-    "save_checkpoint", "load_state_dict", "__version__",
+    "save_checkpoint", "load_state_dict", "summary", "ModelSummary", "__version__",
 ]

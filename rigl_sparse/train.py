@@ -308,6 +308,8 @@ def train_model(args: argparse.Namespace, train_set, test_set, label: str = "") 
         rs.sparsify(model, **sparse_options)
     elif args.algorithm != "dense":
         rs.apply_masks(model, start="dense" if args.algorithm == "prune" else "random", **sparse_options)
+    if args.algorithm != "dense" and not args.no_progress:
+        print(f"{label}{rs.summary(model)}", flush=True)
     if args.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     else:
@@ -472,7 +474,8 @@ def summary(record: dict) -> str:
     lines.append(f"training FLOPs: {record['training_flops']:.3e} vs {record['dense_training_flops']:.3e} dense "
                  f"({record['training_flops'] / record['dense_training_flops']:.3f}x)")
     if record["scheduler_stats"]:
-        lines.append(f"topology: {record['scheduler_stats']}")
+        lines.append("topology: " + ", ".join(f"{key.replace('_', ' ')} {value:,}"
+                                              for key, value in record["scheduler_stats"].items()))
     if record.get("pictures"):
         lines.append(f"pictures of the topology: {', '.join(record['pictures'])}")
     dense = record.get("dense_baseline")

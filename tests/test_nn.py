@@ -286,3 +286,29 @@ def test_a_backward_pass_that_fails_records_no_grow_candidates_and_an_oom_names_
     with pytest.raises(MemoryError, match=r"grow scores of a \[8, 32\] sparse layer \(blocks of 4, top 3 .*6 rows\) "
                                           r"ran out of memory \(std::bad_alloc\); nothing was recorded"):
         pass_()
+
+
+def test_summary_lists_every_weight_layer_sparse_or_dense_and_why():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    rs.sparsify(model, density=0.25, distribution="uniform", block_size=8, exclude=("4",))  # first_dense: layer 0
+    rows = {r["name"]: r for r in rs.summary(model).rows}
+    assert list(rows) == ["0", "2", "4"]
+    assert rows["0"]["why_dense"] == "the first layer (first_dense)" and not rows["0"]["sparse"]
+    assert rows["4"]["why_dense"] == "left out by include/exclude"
+    layer = model[2]
+    assert rows["2"]["sparse"] and rows["2"]["shape"] == (32, 64) and rows["2"]["block_size"] == 8
+    assert rows["2"]["active_weights"] == layer.layout.nnz() and rows["2"]["flops_per_row"] == 2 * layer.layout.nnz()
+    assert rows["2"]["parameters"] == layer.values.numel() + 32 and rows["0"]["flops_per_row"] == 2 * 64 * 64
+    text = str(rs.summary(model))
+    assert "SparseLinear" in text and "the first layer (first_dense)" in text
+    assert f"1 of 3 weight layers sparse, {layer.layout.nnz():,} of their 2,048 weights active" in text
+    conv = rs.sparsify(nn.Sequential(nn.Conv2d(8, 16, 3), nn.Conv2d(16, 16, 3, groups=16)), density=0.5,
+                       distribution="uniform", first_dense=False, block_size=8)
+    rows = {r["name"]: r for r in rs.summary(conv).rows}
+    assert rows["0"]["shape"] == (16, 8, 3, 3) and rows["0"]["sparse"]
+    assert rows["1"]["why_dense"] == "its groups hold 1 output channels, not whole blocks of 8"
+    masked = rs.apply_masks(nn.Sequential(nn.Linear(16, 16)), density=0.5, distribution="uniform",
+                            first_dense=False, block_size=4)
+    (row,) = rs.summary(masked).rows
+    assert row["sparse"] and row["kind"] == "Linear (masked)" and row["active_weights"] == 128

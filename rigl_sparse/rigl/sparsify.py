@@ -73,6 +73,7 @@ def sparsify(model: nn.Module, *, density: float, distribution: str = "erk", blo
                       "rigl_sparse.models.TransformerLM does) for sparse attention", UserWarning, stacklevel=3)
     densities = densities_of(layers, density, distribution, dense, custom, erk_power_scale, first_dense, last_dense)
     target = None if device is None else torch.device(device)
+    reasons = _why_dense(model, layers, densities, block_size, dense, first_dense, last_dense, distribution)
 
     # Every sparse layer is built before the model changes, and an error (or an interrupt) while they go in
     # puts the dense ones back: the model is converted whole or not at all.
@@ -89,7 +90,35 @@ def sparsify(model: nn.Module, *, density: float, distribution: str = "erk", blo
         raise
     keep_transformers_off_fused_paths(model)
     guard_state_loading(model)  # load_state_dict checks every sparse layer before it copies anything
+    DENSE_BECAUSE[model] = reasons
     return model
+
+
+# model -> {name of a weight layer sparsify left dense: why}, for rs.summary
+DENSE_BECAUSE: "weakref.WeakKeyDictionary[nn.Module, dict[str, str]]" = weakref.WeakKeyDictionary()
+
+
+def _why_dense(model, layers, densities, block_size, dense, first_dense, last_dense, distribution) -> dict[str, str]:
+    """Why each weight layer of ``model`` that ``sparsify`` leaves dense stays so, in words."""
+    names = list(layers)
+    first_dense = distribution == "uniform" if first_dense is None else first_dense
+    reasons = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.MultiheadAttention):
+            reasons[name] = "nn.MultiheadAttention: a packed in_proj_weight, not nn.Linear"
+            if m.out_proj is not None:
+                reasons[f"{name}.out_proj" if name else "out_proj"] = "nn.MultiheadAttention's out_proj"
+        elif name in layers and densities[name] >= 1.0:
+            reasons[name] = ("the first layer (first_dense)" if first_dense and name == names[0] else
+                             "the last layer (last_dense)" if last_dense and name == names[-1] else
+                             "named in dense=" if name in tuple(dense) else f"{distribution} gives it density 1")
+        elif name not in layers and type(m) is nn.Conv2d and not _convertible_conv(m, block_size):
+            reasons[name] = ("padding_mode is not 'zeros'" if m.padding_mode != "zeros" else
+                             f"its groups hold {m.out_channels // m.groups} output channels, not whole blocks of "
+                             f"{block_size}")
+        elif name not in layers and name not in reasons and (type(m) in (nn.Linear, nn.Conv2d) or is_conv1d(m)):
+            reasons[name] = "left out by include/exclude"
+    return reasons
 
 
 def keep_transformers_off_fused_paths(model: nn.Module) -> None:
