@@ -45,6 +45,7 @@ ALGORITHMS = {"rigl": "gradient", "set": "random", "static": "none", "snfs": "mo
 MASKED_ONLY = ("snfs", "prune")
 # --lr's default per --optimizer; --optimizer's help says why SGD is the default (benchmarks/results/accuracy_adam)
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
+DEFAULT_DENSITY = 0.1
 DESCRIPTION = """\
 Train a model on Fashion-MNIST, sparse (block-sparse RigL or a baseline) or dense, and report its
 test accuracy, per-layer densities, parameters and training FLOPs against the dense model."""
@@ -168,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     sparsity.add_argument("--method", action=_OldSpelling, new="--algorithm", dest="algorithm",
                           choices=list(ALGORITHMS), metavar="ALGORITHM", default=argparse.SUPPRESS,
                           help="old spelling of --algorithm (deprecated; still accepted, with a note on stderr)")
-    sparsity.add_argument("--density", type=density, default=0.1,
-                          help="overall density of the sparse layers: the fraction of their weights that are active")
+    sparsity.add_argument("--density", type=density, default=None,
+                          help="overall density of the sparse layers: the fraction of their weights that are active "
+                               f"(default {DEFAULT_DENSITY}; not with --algorithm dense)")
     sparsity.add_argument("--distribution", choices=("uniform", "er", "erk"), default="erk",
                           help="how the density is shared out over the layers: uniform (the same in every layer), er "
                                "(Erdos-Renyi: by fan-in + fan-out) or erk (Erdos-Renyi-Kernel: by all the weight's "
@@ -250,6 +252,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--algorithm {args.algorithm} needs dense weights or gradients: use --mode masked (or auto)")
     if args.compare_dense and args.algorithm == "dense":
         p.error("--compare-dense compares a sparse run with the dense one: use a sparse --algorithm")
+    if args.algorithm == "dense" and args.density is not None:
+        p.error(f"argument --density: --algorithm dense trains every weight; drop --density {args.density:g} or "
+                "choose a sparse --algorithm")
+    if args.density is None:
+        args.density = DEFAULT_DENSITY
     if args.lr is None:
         args.lr = DEFAULT_LR[args.optimizer]
     if args.mode == "auto":
@@ -457,11 +464,15 @@ def peak_memory(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
+def plural(count: int, word: str) -> str:
+    return f"{count:,} {word}" + ("" if count == 1 else "s")
+
+
 def summary(record: dict) -> str:
     cfg = record["config"]
     mult = f" x{cfg['multiplier']}" if cfg.get("multiplier", 1) != 1 else ""
     lines = [f"\n{cfg['algorithm']}{mult} on Fashion-MNIST: {cfg['model']}, {layer_kind(cfg)}, "
-             f"{cfg['optimizer']} lr {cfg['lr']:g}, {cfg['epochs'] * cfg.get('multiplier', 1)} epochs, "
+             f"{cfg['optimizer']} lr {cfg['lr']:g}, {plural(cfg['epochs'] * cfg.get('multiplier', 1), 'epoch')}, "
              f"{record['wall_time_s']:.0f} s",
              f"test accuracy: {record['final_accuracy'] * 100:.2f}%", "layers:"]
     for name, layer in record["layers"].items():
