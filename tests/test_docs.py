@@ -56,3 +56,12 @@ def test_every_test_the_reliability_page_names_exists():
     for file, name in named:
         tree = ast.parse((ROOT / "tests" / file).read_text())
         assert name in {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}, f"{file}::{name}"
+
+
+def test_the_readme_training_snippet_runs_as_written():
+    text = (ROOT / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    assert "loader" in snippet and "total_steps = " in snippet  # defined in the snippet itself
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "SparseLinear" in result.stdout and "'updates': 2" in result.stdout  # steps 100 and 200 of 300
