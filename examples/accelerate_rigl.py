@@ -60,7 +60,9 @@ def main(argv=None) -> dict:
 
         writer = SummaryWriter(str(args.out_dir / "tensorboard"))
     inner = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    optimizer = rs.RigLOptimizer(inner, rs.RigLScheduler(model, inner, delta_t=args.delta_t, t_end=None), writer=writer)
+    # grow_scores="exact": with gradient accumulation, rank the inactive blocks by the accumulated gradient
+    scheduler = rs.RigLScheduler(model, inner, delta_t=args.delta_t, t_end=None, grow_scores="exact")
+    optimizer = rs.RigLOptimizer(inner, scheduler, writer=writer)
     windows = Windows(train, args.length, args.steps * args.batch_size * args.accumulation, seed=args.seed)
     model, prepared, loader = accelerator.prepare(model, optimizer, DataLoader(windows, batch_size=args.batch_size))
     attach(prepared, total_steps=math.ceil(len(loader) / args.accumulation))  # this process's optimizer steps

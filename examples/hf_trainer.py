@@ -53,7 +53,9 @@ def main(argv=None) -> dict:
     rs.sparsify(model, density=args.density, distribution="erk", block_size=args.block_size, exclude="lm_head",
                 generator=torch.Generator().manual_seed(args.seed))
     inner = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    optimizer = rs.RigLOptimizer(inner, rs.RigLScheduler(model, inner, delta_t=args.delta_t, t_end=None))
+    # grow_scores="exact": with gradient accumulation, rank the inactive blocks by the accumulated gradient
+    optimizer = rs.RigLOptimizer(inner, rs.RigLScheduler(model, inner, delta_t=args.delta_t, t_end=None,
+                                                         grow_scores="exact"))
     training = transformers.TrainingArguments(
         output_dir=str(args.out_dir), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=args.accumulation, lr_scheduler_type="cosine", warmup_steps=args.steps // 20,

@@ -51,7 +51,9 @@ def main(argv=None) -> dict:
 
         def configure_optimizers(self):
             inner = torch.optim.AdamW(self.parameters(), lr=args.lr, weight_decay=0.0)
-            self.rigl = rs.RigLOptimizer(inner, rs.RigLScheduler(self, inner, delta_t=args.delta_t, t_end=None))
+            # grow_scores="exact": with gradient accumulation, rank the inactive blocks by the accumulated gradient
+            self.rigl = rs.RigLOptimizer(inner, rs.RigLScheduler(self, inner, delta_t=args.delta_t, t_end=None,
+                                                                 grow_scores="exact"))
             return self.rigl
 
     module = LanguageModel()

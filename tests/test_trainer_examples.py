@@ -4,6 +4,7 @@ a lower validation loss, and a resume that continues the schedule."""
 
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,12 @@ def example(tmp_path, monkeypatch):
 
     def run(name, *extra):
         module = __import__(name)
-        return module.main(TINY + ["--plays-dir", str(plays), "--out-dir", str(tmp_path / name), *extra])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = module.main(TINY + ["--plays-dir", str(plays), "--out-dir", str(tmp_path / name), *extra])
+        own = [str(w.message) for w in caught if "RigLScheduler" in str(w.message)]
+        assert not own, own  # the examples' own defaults say nothing against themselves
+        return result
 
     yield run
     for name in ("hf_trainer", "lightning_rigl", "accelerate_rigl", "char_windows", "gpt2_shakespeare"):
