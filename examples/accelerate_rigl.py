@@ -45,7 +45,8 @@ def main(argv=None) -> dict:
     try:
         import accelerate
     except ImportError:
-        raise SystemExit("this example needs accelerate: pip install accelerate") from None
+        raise SystemExit("this example needs accelerate: pip install accelerate "
+                         "(rigl_sparse's [accelerate] extra)") from None
     from rigl_sparse.integrations import attach
 
     accelerator = accelerate.Accelerator(gradient_accumulation_steps=args.accumulation)

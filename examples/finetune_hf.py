@@ -133,7 +133,8 @@ def main(argv=None) -> dict:
     try:
         import transformers
     except ImportError:
-        raise SystemExit("this example needs Hugging Face transformers: pip install 'rigl_sparse[hf]'") from None
+        raise SystemExit("this example needs Hugging Face transformers: pip install transformers accelerate "
+                         "(rigl_sparse's [hf] extra)") from None
     from transformers.pytorch_utils import Conv1D
 
     torch.manual_seed(args.seed)

@@ -123,8 +123,8 @@ def main(argv=None) -> dict:
     try:
         import transformers
     except ImportError:
-        raise SystemExit("this example needs Hugging Face transformers: pip install transformers "
-                         "(rigl_sparse's `hf` extra)") from None
+        raise SystemExit("this example needs Hugging Face transformers: pip install transformers accelerate "
+                         "(rigl_sparse's [hf] extra)") from None
 
     torch.manual_seed(args.seed)
     device = torch.device(args.device)

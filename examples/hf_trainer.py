@@ -42,7 +42,8 @@ def main(argv=None) -> dict:
     try:
         import transformers
     except ImportError:
-        raise SystemExit("this example needs Hugging Face transformers: pip install 'rigl_sparse[hf]'") from None
+        raise SystemExit("this example needs Hugging Face transformers: pip install transformers accelerate "
+                         "(rigl_sparse's [hf] extra)") from None
     from rigl_sparse.integrations.huggingface import RigLCallback
 
     torch.manual_seed(args.seed)

@@ -30,7 +30,8 @@ def main(argv=None) -> dict:
     try:
         import lightning.pytorch as pl
     except ImportError:
-        raise SystemExit("this example needs Lightning: pip install 'rigl_sparse[lightning]'") from None
+        raise SystemExit("this example needs Lightning: pip install lightning "
+                         "(rigl_sparse's [lightning] extra)") from None
     from rigl_sparse.integrations.lightning import RigLCallback
 
     pl.seed_everything(args.seed, verbose=False)

@@ -75,7 +75,7 @@ def _triton_interpreting() -> bool:
 
 def _probe_triton() -> str | None:
     if importlib.util.find_spec("triton") is None:
-        return "the triton package is not installed (pip install triton)"
+        return "the triton package is not installed: pip install triton (rigl_sparse's [gpu] extra)"
     if not _triton_interpreting() and not torch.cuda.is_available():
         return "no CUDA GPU is visible to torch (set TRITON_INTERPRET=1 to run the kernels on the CPU interpreter)"
     return None

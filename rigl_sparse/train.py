@@ -139,8 +139,8 @@ def output_file(text: str) -> str:
 
 def pictures_folder(text: str) -> str:
     if importlib.util.find_spec("matplotlib") is None:
-        raise argparse.ArgumentTypeError("drawing the pictures needs matplotlib: pip install matplotlib (or "
-                                         "pip install 'rigl-sparse[plot]')")
+        raise argparse.ArgumentTypeError("drawing the pictures needs matplotlib: pip install matplotlib "
+                                         "(rigl_sparse's [bench] extra)")
     folder = Path(text).expanduser().resolve()
     parent = folder if folder.exists() else folder.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):

@@ -65,3 +65,17 @@ def test_the_readme_training_snippet_runs_as_written():
     result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "SparseLinear" in result.stdout and "'updates': 2" in result.stdout  # steps 100 and 200 of 300
+
+
+def test_every_hint_for_a_missing_package_takes_one_form_valid_for_a_checkout():
+    """``pip install <packages> (rigl_sparse's [<extra>] extra)``: rigl_sparse is on no package index, so
+    ``pip install 'rigl_sparse[extra]'`` would fail."""
+    files = [*ROOT.glob("rigl_sparse/**/*.py"), *ROOT.glob("examples/*.py")]
+    hints = [(f, m) for f in files for m in re.findall(r"pip install [^\"\n]*", f.read_text())
+             if "--no-build-isolation" not in m and "--no-deps" not in m]
+    assert len(hints) >= 6
+    for file, hint in hints:
+        assert "rigl_sparse[" not in hint and "rigl-sparse[" not in hint, f"{file.name}: {hint}"
+    extras = re.findall(r"rigl_sparse's \[(\w+)\] extra", "\n".join(f.read_text() for f in files))
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert extras and all(re.search(rf"^{extra} = ", pyproject, re.M) for extra in extras), extras

@@ -6,7 +6,8 @@ from torch import nn
 
 import rigl_sparse as rs
 
-transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install rigl_sparse[hf])")
+transformers = pytest.importorskip(
+    "transformers", reason="transformers is not installed: pip install transformers accelerate (the [hf] extra)")
 
 
 def _sparse_names(model):

@@ -142,7 +142,8 @@ def _figure(**kwargs):
     try:
         from matplotlib.figure import Figure
     except ImportError as err:
-        raise ImportError("drawing the topology needs matplotlib: pip install matplotlib") from err
+        raise ImportError("drawing the topology needs matplotlib: pip install matplotlib "
+                          "(rigl_sparse's [bench] extra)") from err
     return Figure(**kwargs)
 
 
