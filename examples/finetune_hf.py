@@ -139,7 +139,12 @@ def main(argv=None) -> dict:
 
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    model = transformers.AutoModelForCausalLM.from_pretrained(args.model).float().to(device)
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(args.model).float().to(device)
+    except (OSError, ValueError) as error:  # offline, or a name the hub does not know
+        raise SystemExit(f"cannot load the model {args.model!r} ({str(error).splitlines()[0]}); without a network, "
+                         "pass --model DIR, a folder written by save_pretrained (with --tokenizer bytes if it has no "
+                         "tokenizer), or set HF_HOME to a cache that holds the model") from None
     train, val, tokenizer = encode(args, model.config.vocab_size)
     print(f"{args.model}: {type(model).__name__}; text: {len(train):,} training and {len(val):,} validation tokens")
 

@@ -109,3 +109,19 @@ def test_flops_of_gpt2_count_its_conv1d_layers_dense_and_sparse():
     sparse = rs.flops(model, (2, 8), dtype=torch.long)
     assert sparse.dense_forward == dense.dense_forward
     assert sparse.forward == 2 * rows * (2 * per_layer // 4 + 40 * 64)
+
+
+def test_the_finetune_example_says_how_to_work_offline(monkeypatch):
+    import pathlib
+    import sys
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parent.parent / "examples"))
+    import finetune_hf
+
+    try:
+        with pytest.raises(SystemExit, match=r"cannot load the model 'no-such-model-here' .*pass --model DIR, a "
+                                             r"folder written by save_pretrained"):
+            finetune_hf.main(["--model", "no-such-model-here"])
+    finally:
+        sys.modules.pop("finetune_hf", None)
