@@ -146,3 +146,33 @@ def test_densify_puts_a_transformer_encoder_back_on_torch_s_fused_path():
         rs.densify(model)
         assert model.use_nested_tensor and not any(m._forward_pre_hooks for m in model.layers)
         torch.testing.assert_close(model(x), expected)
+
+
+def test_export_bsr_runs_in_a_process_without_rigl_sparse(tmp_path):
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 64), nn.ReLU(), nn.Linear(64, 20, bias=False), nn.ReLU(), nn.Linear(20, 5))
+    rs.sparsify(model, density=0.3, distribution="uniform", first_dense=False, block_size=8)  # 30 and 20: padded
+    x = torch.randn(7, 30)
+    with torch.no_grad():
+        expected = model(x)
+    exported = rs.export_bsr(model)
+    assert all(isinstance(model[i], rs.SparseLinear) for i in (0, 2, 4))  # the model itself unchanged
+    path = tmp_path / "model.pt"
+    exported.save(str(path))
+    torch.save(x, tmp_path / "x.pt")
+    child = (f"import sys; sys.modules['rigl_sparse'] = None\nimport torch\n"  # importing rigl_sparse now fails
+             f"model = torch.jit.load({str(path)!r})\n"
+             f"torch.save(model(torch.load({str(tmp_path / 'x.pt')!r})), {str(tmp_path / 'y.pt')!r})")
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected)
+    traced = rs.export_bsr(model, example_inputs=x)  # for a model that does not script
+    torch.testing.assert_close(traced(x), expected)
+    conv = rs.sparsify(nn.Sequential(nn.Conv2d(8, 16, 3)), density=0.5, distribution="uniform", first_dense=False,
+                       block_size=8)
+    images = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(rs.export_bsr(conv)(images), conv(images))  # convolutions go dense
