@@ -60,3 +60,62 @@ def load_state_dict(model: nn.Module, state_dict: dict, *, strict: bool = True, 
                                            if keys))
     guard_state_loading(model)
     return model.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def load_sparse(model: nn.Module, state_dict: dict, *, strict: bool = True) -> nn.Module:
+    """Load the state dict of a sparse model (a sparsified model's ``state_dict()``: values, topology and
+    geometry, as saved by ``rs.save_checkpoint`` or safetensors) into ``model`` built dense: each layer that
+    the state dict holds sparse becomes the ``SparseLinear`` / ``SparseConv2d`` of that topology, then every
+    entry loads as ``rs.load_state_dict`` loads it.  All or nothing: a refused checkpoint leaves ``model``
+    dense and as it was.  No density or seed is needed: the topology comes from the checkpoint.  Returns
+    ``model``."""
+    from rigl_sparse.layout import BlockSparseLayout
+    from rigl_sparse.nn import SparseConv2d, SparseLinear, SparseModule
+    from rigl_sparse.rigl.sparsify import is_conv1d
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    suffix = "layout.block_row"
+    names = [key[: -len(suffix)].rstrip(".") for key in state_dict if key.endswith(suffix)]
+    replacements = {}
+    for name in names:
+        prefix = name + "." if name else ""
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"the state dict holds a sparse layer {name!r} that the model does not have") from None
+        if isinstance(layer, SparseModule):
+            continue  # sparse already: load_state_dict checks it
+        values, rows, cols = (state_dict.get(prefix + key) for key in ("values", "layout.block_row", "layout.block_col"))
+        if not all(isinstance(t, torch.Tensor) for t in (values, rows, cols)) or values.dim() != 3:
+            raise ValueError(f"the state dict's sparse layer {name!r} has no [nnzb, b, b] 'values' beside its "
+                             "topology")
+        weight = layer.weight
+        if isinstance(layer, nn.Conv2d):
+            shape = (layer.out_channels, weight[0].numel())
+        elif isinstance(layer, nn.Linear) or is_conv1d(layer):
+            shape = tuple(weight.T.shape) if is_conv1d(layer) else tuple(weight.shape)
+        else:
+            raise ValueError(f"the state dict holds {name!r} sparse, but it is a {type(layer).__name__} in the model")
+        layout = BlockSparseLayout(shape, values.shape[-1], rows.to(weight.device), cols.to(weight.device))
+        placeholder = torch.zeros(values.shape, dtype=weight.dtype, device=weight.device)
+        bias = None if layer.bias is None else torch.zeros_like(layer.bias)
+        replacements[name] = (SparseConv2d.from_parts(layer, layout, placeholder, bias) if isinstance(layer, nn.Conv2d)
+                              else SparseLinear.from_parts(layout, placeholder, bias))
+    if "" in replacements:
+        new = replacements.pop("")
+        load_state_dict(new, state_dict, strict=strict)
+        return new
+    replaced = {}
+    try:
+        for name, new in replacements.items():
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            replaced[name] = (parent, attr, getattr(parent, attr))
+            setattr(parent, attr, new)
+        load_state_dict(model, state_dict, strict=strict)
+    except BaseException:
+        for parent, attr, old in replaced.values():
+            setattr(parent, attr, old)
+        raise
+    return model

@@ -396,3 +396,33 @@ def test_an_error_in_a_later_layer_s_move_puts_back_the_layers_moved_before_it(m
     for layer in model.modules():
         if isinstance(layer, rs.SparseModule):
             layer.layout.validate(layer.values)  # the views rebuilt with the topology
+
+
+def test_load_sparse_rebuilds_the_sparse_model_from_its_state_dict_alone(tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch")
+
+    def dense_model(features=20):
+        torch.manual_seed(5)
+        return nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, features),
+                             nn.ReLU(), nn.Linear(features, 5))
+
+    model = rs.sparsify(dense_model(), density=0.3, distribution="uniform", first_dense=False, block_size=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = rs.RigLScheduler(model, optimizer, delta_t=2, t_end=6)
+    for step in range(5):
+        model(torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(step))).square().mean().backward()
+        if scheduler.step():
+            optimizer.step()
+        optimizer.zero_grad()
+    safetensors.save_file(model.state_dict(), str(tmp_path / "sparse.safetensors"))
+    state = safetensors.load_file(str(tmp_path / "sparse.safetensors"))
+    fresh = rs.load_sparse(dense_model(), state)  # no density, seed or sparsify call: the topology is in the file
+    assert [type(fresh[i]) for i in (0, 3, 5)] == [rs.SparseConv2d, rs.SparseLinear, rs.SparseLinear]
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))
+    other = dense_model(features=24)  # another shape: refused, and the model stays dense as it was
+    before = _model_state(other)
+    with pytest.raises((ValueError, RuntimeError)):
+        rs.load_sparse(other, state)
+    assert type(other[3]) is nn.Linear and all(torch.equal(before[k], v) for k, v in other.state_dict().items())
