@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="old spelling of --algorithm (deprecated; still accepted, with a note on stderr)")
     sparsity.add_argument("--density", type=density, default=None,
                           help="overall density of the sparse layers: the fraction of their weights that are active "
-                               f"(default {DEFAULT_DENSITY}; not with --algorithm dense)")
+                               f"(default {DEFAULT_DENSITY}; none with --algorithm dense)")
     sparsity.add_argument("--distribution", choices=("uniform", "er", "erk"), default="erk",
                           help="how the density is shared out over the layers: uniform (the same in every layer), er "
                                "(Erdos-Renyi: by fan-in + fan-out) or erk (Erdos-Renyi-Kernel: by all the weight's "
@@ -253,8 +253,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.compare_dense and args.algorithm == "dense":
         p.error("--compare-dense compares a sparse run with the dense one: use a sparse --algorithm")
     if args.algorithm == "dense" and args.density is not None:
-        p.error(f"argument --density: --algorithm dense trains every weight; drop --density {args.density:g} or "
-                "choose a sparse --algorithm")
+        print(f"{p.prog}: --density {args.density:g} has no effect: --algorithm dense trains every weight",
+              file=sys.stderr)
     if args.density is None:
         args.density = DEFAULT_DENSITY
     if args.lr is None:
