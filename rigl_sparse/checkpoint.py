@@ -51,7 +51,7 @@ def load_state_dict(model: nn.Module, state_dict: dict, *, strict: bool = True, 
     if strict:
         own = model.state_dict()
         # a sparse layer's geometry may be missing: checkpoints from before it was saved load without it
-        missing = [key for key in own if key not in state_dict and not key.endswith("._extra_state")]
+        missing = [key for key in own if key not in state_dict and key.rpartition(".")[2] != "_extra_state"]
         unexpected = [key for key in state_dict if key not in own]
         if missing or unexpected:
             raise RuntimeError(f"Error(s) in loading state_dict for {type(model).__name__} (nothing was loaded): "
@@ -67,17 +67,18 @@ def load_sparse(model: nn.Module, state_dict: dict, *, strict: bool = True) -> n
     geometry, as saved by ``rs.save_checkpoint`` or safetensors) into ``model`` built dense: each layer that
     the state dict holds sparse becomes the ``SparseLinear`` / ``SparseConv2d`` of that topology, then every
     entry loads as ``rs.load_state_dict`` loads it.  All or nothing: a refused checkpoint leaves ``model``
-    dense and as it was.  No density or seed is needed: the topology comes from the checkpoint.  Returns
-    ``model``."""
+    dense and as it was.  No density or seed is needed: the topology comes from the checkpoint.  Values of
+    another floating dtype are cast to the model's, as torch casts.  Returns ``model`` (the new sparse layer
+    when ``model`` itself is one layer)."""
     from rigl_sparse.layout import BlockSparseLayout
     from rigl_sparse.nn import SparseConv2d, SparseLinear, SparseModule
-    from rigl_sparse.rigl.sparsify import is_conv1d
+    from rigl_sparse.rigl.sparsify import is_conv1d, keep_transformers_off_fused_paths
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     suffix = "layout.block_row"
     names = [key[: -len(suffix)].rstrip(".") for key in state_dict if key.endswith(suffix)]
-    replacements = {}
+    state_dict, replacements = dict(state_dict), {}
     for name in names:
         prefix = name + "." if name else ""
         try:
@@ -86,11 +87,14 @@ def load_sparse(model: nn.Module, state_dict: dict, *, strict: bool = True) -> n
             raise ValueError(f"the state dict holds a sparse layer {name!r} that the model does not have") from None
         if isinstance(layer, SparseModule):
             continue  # sparse already: load_state_dict checks it
-        values, rows, cols = (state_dict.get(prefix + key) for key in ("values", "layout.block_row", "layout.block_col"))
+        values, rows, cols = (state_dict.get(prefix + key)
+                              for key in ("values", "layout.block_row", "layout.block_col"))
         if not all(isinstance(t, torch.Tensor) for t in (values, rows, cols)) or values.dim() != 3:
             raise ValueError(f"the state dict's sparse layer {name!r} has no [nnzb, b, b] 'values' beside its "
                              "topology")
         weight = layer.weight
+        if values.is_floating_point() and values.dtype != weight.dtype:
+            values = state_dict[prefix + "values"] = values.to(weight.dtype)  # as torch casts into a dense weight
         if isinstance(layer, nn.Conv2d):
             shape = (layer.out_channels, weight[0].numel())
         elif isinstance(layer, nn.Linear) or is_conv1d(layer):
@@ -114,6 +118,7 @@ def load_sparse(model: nn.Module, state_dict: dict, *, strict: bool = True) -> n
             replaced[name] = (parent, attr, getattr(parent, attr))
             setattr(parent, attr, new)
         load_state_dict(model, state_dict, strict=strict)
+        keep_transformers_off_fused_paths(model)  # as sparsify does: an encoder with sparse FFNs needs it
     except BaseException:
         for parent, attr, old in replaced.values():
             setattr(parent, attr, old)

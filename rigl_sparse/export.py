@@ -57,7 +57,8 @@ def export_bsr(model: nn.Module, example_inputs=None) -> torch.jit.ScriptModule:
     becomes a ``BsrLinear`` (torch's BSR matmul on the active blocks only), every ``SparseConv2d`` the dense
     ``nn.Conv2d`` of the same function (torch has no BSR convolution); ``model`` itself is left as it is.
     Scripted (``torch.jit.script``), or traced on ``example_inputs`` (a tensor or a tuple of them) for models
-    that do not script.  Save it with ``.save(path)``; ``torch.jit.load(path)`` runs it with torch alone."""
+    that do not script (``nn.TransformerEncoderLayer``'s fused-path check reads ``linear1.weight``: trace it).
+    Save it with ``.save(path)``; ``torch.jit.load(path)`` runs it with torch alone."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     exported = copy.deepcopy(model).eval()

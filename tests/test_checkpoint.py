@@ -426,3 +426,26 @@ def test_load_sparse_rebuilds_the_sparse_model_from_its_state_dict_alone(tmp_pat
     with pytest.raises((ValueError, RuntimeError)):
         rs.load_sparse(other, state)
     assert type(other[3]) is nn.Linear and all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+
+
+def test_load_sparse_casts_values_keeps_an_encoder_off_the_fused_path_and_bare_layers_load_old_checkpoints():
+    import warnings
+
+    torch.manual_seed(0)
+
+    def encoder():
+        torch.manual_seed(0)
+        layer = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, dropout=0.0, batch_first=True)
+        return nn.TransformerEncoder(layer, num_layers=1, enable_nested_tensor=False)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nn.MultiheadAttention stays dense
+        sparse = rs.sparsify(encoder(), density=0.5, distribution="uniform", first_dense=False, block_size=8)
+    state = {k: v.to(torch.bfloat16) if k.endswith("values") else v for k, v in sparse.state_dict().items()}
+    fresh = rs.load_sparse(encoder().eval(), state)  # bf16 values into an fp32 model: cast, as torch casts
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():  # eval: torch's fused path would read linear1.weight
+        assert fresh.layers[0].linear1.values.dtype == torch.float32 and fresh(x).shape == (2, 5, 32)
+    layer = rs.SparseLinear(16, 8, density=0.5, block_size=4)
+    old = {k: v for k, v in layer.state_dict().items() if k != "_extra_state"}  # from before the geometry
+    rs.load_state_dict(layer, old)

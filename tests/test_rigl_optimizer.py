@@ -243,3 +243,23 @@ def test_t_end_none_must_be_set_before_stepping():
     assert scheduler.step_count == 1
     with pytest.raises(ValueError, match="loss_scale"):
         scheduler.step(loss_scale=0.0)
+
+
+def test_a_failed_inner_step_after_a_pruning_step_raises_the_user_s_error(monkeypatch):
+    torch.manual_seed(0)
+    model = rs.apply_masks(nn.Sequential(nn.Linear(16, 16)), density=0.5, distribution="uniform", first_dense=False,
+                           block_size=4, start="dense")
+    inner = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = rs.PruningScheduler(model, inner, t_start=0, t_end=4, delta_t=2)
+    optimizer = rs.RigLOptimizer(inner, scheduler)
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("the inner optimizer failed")
+
+    monkeypatch.setattr(type(inner), "step", failing)
+    for t in range(3):
+        model(torch.randn(4, 16)).sum().backward()
+        with pytest.raises(RuntimeError, match="the inner optimizer failed"):  # not the undo's own complaint
+            optimizer.step()
+        optimizer.zero_grad()
+    assert scheduler.stats["pruning_steps"] >= 1  # a pruning step stays counted

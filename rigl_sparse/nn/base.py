@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from rigl_sparse import ops
-from rigl_sparse._checks import check_density, check_generator, check_positive_int
+from rigl_sparse._checks import TOPOLOGY, check_density, check_generator, check_positive_int
 from rigl_sparse.layout import BlockSparseLayout, padding_mask
 from rigl_sparse.nn.grow import GrowRecorder
 
@@ -100,8 +100,9 @@ class SparseModule(nn.Module):
         """The incoming values must be zero outside the weight (the padding of edge blocks, under the incoming
         topology where the checkpoint has one): elsewhere those entries would rank their blocks at the next
         drop, and a checkpoint of a larger layer would lose weights without a word."""
-        topology = [state_dict.get(prefix + "layout." + name) for name in ("block_row", "block_col")]
-        block_row, block_col = topology if all(t is not None for t in topology) else self.layout.topology()[:2]
+        topology = [state_dict.get(prefix + "layout." + name) for name in TOPOLOGY]
+        # the incoming topology where the checkpoint has all of it (then layout.check_state has validated it)
+        block_row, block_col = (topology if all(t is not None for t in topology) else self.layout.topology())[:2]
         values = state_dict[prefix + "values"]
         values = values.full_tensor() if hasattr(values, "full_tensor") else values  # FSDP2's DTensor
         pad = padding_mask(self.weight_shape(), self.block_size, block_row.to(values.device),

@@ -200,7 +200,9 @@ class _GrowScoreTap(torch.autograd.Function):
             with torch.no_grad(), backends.forced_again(ctx):
                 try:
                     candidates = ops.block_scores(grad_y.detach().to(x.dtype), x.detach(), layout, recorder.k)
-                except MemoryError as err:
+                except (MemoryError, RuntimeError) as err:  # torch's allocators raise RuntimeError subclasses
+                    if not (isinstance(err, MemoryError) or "memory" in str(err).lower()):
+                        raise
                     out, K = layout.shape
                     raise MemoryError(
                         f"the grow scores of a [{out}, {K}] sparse layer (blocks of {layout.block_size}, top "

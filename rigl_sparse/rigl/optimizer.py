@@ -135,7 +135,10 @@ class RigLOptimizer(torch.optim.Optimizer):
             try:
                 self.inner.step()
             except BaseException:
-                self.scheduler.undo_step()  # the step was not taken: retried, it counts once
+                try:
+                    self.scheduler.undo_step()  # the step was not taken: retried, it counts once
+                except RuntimeError:
+                    pass  # a pruning step has pruned: it stays counted, and the user's error is what matters
                 raise
         changed = self.scheduler.stats != stats  # an update (or pruning) step
         if changed and self.writer is not None:

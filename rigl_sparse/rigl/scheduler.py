@@ -52,8 +52,8 @@ GROW_SCORES = ("backward", "exact")
 def interrupts_deferred():
     """SIGINT (Ctrl-C) that arrives inside the block is delivered when it ends, so the block runs whole (on
     the main thread; elsewhere signals cannot arrive anyway)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield  # elsewhere no signal arrives; a handler installed from C could not be put back
         return
     received = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))

@@ -58,6 +58,7 @@ def sparsify(model: nn.Module, *, density: float, distribution: str = "erk", blo
     """
     check_positive_int("block_size", block_size)
     check_generator(generator)
+    dense = (dense,) if isinstance(dense, str) else tuple(dense)  # read twice below
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     layers = select_layers(model, lambda m: type(m) is nn.Linear or is_conv1d(m) or _convertible_conv(m, block_size),
@@ -73,7 +74,8 @@ def sparsify(model: nn.Module, *, density: float, distribution: str = "erk", blo
                       "rigl_sparse.models.TransformerLM does) for sparse attention", UserWarning, stacklevel=3)
     densities = densities_of(layers, density, distribution, dense, custom, erk_power_scale, first_dense, last_dense)
     target = None if device is None else torch.device(device)
-    reasons = _why_dense(model, layers, densities, block_size, dense, first_dense, last_dense, distribution)
+    reasons = _why_dense(model, layers, densities, block_size, dense, custom or {}, first_dense, last_dense,
+                         distribution)
 
     # Every sparse layer is built before the model changes, and an error (or an interrupt) while they go in
     # puts the dense ones back: the model is converted whole or not at all.
@@ -98,7 +100,8 @@ def sparsify(model: nn.Module, *, density: float, distribution: str = "erk", blo
 DENSE_BECAUSE: "weakref.WeakKeyDictionary[nn.Module, dict[str, str]]" = weakref.WeakKeyDictionary()
 
 
-def _why_dense(model, layers, densities, block_size, dense, first_dense, last_dense, distribution) -> dict[str, str]:
+def _why_dense(model, layers, densities, block_size, dense, custom, first_dense, last_dense,
+               distribution) -> dict[str, str]:
     """Why each weight layer of ``model`` that ``sparsify`` leaves dense stays so, in words."""
     names = list(layers)
     first_dense = distribution == "uniform" if first_dense is None else first_dense
@@ -111,7 +114,8 @@ def _why_dense(model, layers, densities, block_size, dense, first_dense, last_de
         elif name in layers and densities[name] >= 1.0:
             reasons[name] = ("the first layer (first_dense)" if first_dense and name == names[0] else
                              "the last layer (last_dense)" if last_dense and name == names[-1] else
-                             "named in dense=" if name in tuple(dense) else f"{distribution} gives it density 1")
+                             "named in dense=" if name in dense else "custom= gives it density 1" if name in custom
+                             else f"{distribution} gives it density 1")
         elif name not in layers and type(m) is nn.Conv2d and not _convertible_conv(m, block_size):
             reasons[name] = ("padding_mode is not 'zeros'" if m.padding_mode != "zeros" else
                              f"its groups hold {m.out_channels // m.groups} output channels, not whole blocks of "
