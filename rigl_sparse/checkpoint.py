@@ -72,7 +72,7 @@ def load_sparse(model: nn.Module, state_dict: dict, *, strict: bool = True) -> n
     when ``model`` itself is one layer)."""
     from rigl_sparse.layout import BlockSparseLayout
     from rigl_sparse.nn import SparseConv2d, SparseLinear, SparseModule
-    from rigl_sparse.rigl.sparsify import is_conv1d, keep_transformers_off_fused_paths
+    from rigl_sparse.rigl.sparsify import is_conv1d, keep_transformers_off_fused_paths, replace_modules
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -110,17 +110,11 @@ def load_sparse(model: nn.Module, state_dict: dict, *, strict: bool = True) -> n
         new = replacements.pop("")
         load_state_dict(new, state_dict, strict=strict)
         return new
-    replaced = {}
+    replaced = replace_modules(model, replacements)
     try:
-        for name, new in replacements.items():
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            replaced[name] = (parent, attr, getattr(parent, attr))
-            setattr(parent, attr, new)
         load_state_dict(model, state_dict, strict=strict)
         keep_transformers_off_fused_paths(model)  # as sparsify does: an encoder with sparse FFNs needs it
     except BaseException:
-        for parent, attr, old in replaced.values():
-            setattr(parent, attr, old)
+        replace_modules(model, replaced)
         raise
     return model

@@ -81,14 +81,11 @@ def sparsify(model: nn.Module, *, density: float, distribution: str = "erk", blo
     # puts the dense ones back: the model is converted whole or not at all.
     replacements = {name: _sparse_layer(layer, densities[name], block_size, target, generator)
                     for name, layer in layers.items() if densities[name] < 1.0}
-    replaced = {}
+    replaced = replace_modules(model, replacements)
     try:
-        for name, new in replacements.items():
-            replaced[name] = _replace(model, name, new)
         _materialise_meta(model, target or torch.device("cpu"))
     except BaseException:
-        for name, old in replaced.items():
-            _replace(model, name, old)
+        replace_modules(model, replaced)
         raise
     keep_transformers_off_fused_paths(model)
     guard_state_loading(model)  # load_state_dict checks every sparse layer before it copies anything
@@ -154,15 +151,7 @@ def densify(model: nn.Module) -> nn.Module:
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if isinstance(model, SparseModule):
         return _dense_layer(model)
-    replacements = {name: _dense_layer(m) for name, m in model.named_modules() if isinstance(m, SparseModule)}
-    replaced = {}
-    try:
-        for name, new in replacements.items():
-            replaced[name] = _replace(model, name, new)
-    except BaseException:
-        for name, old in replaced.items():
-            _replace(model, name, old)
-        raise
+    replace_modules(model, {name: _dense_layer(m) for name, m in model.named_modules() if isinstance(m, SparseModule)})
     for module in model.modules():
         if module in _OFF_FUSED and not (_sparse_ffn(module) if isinstance(module, nn.TransformerEncoderLayer)
                                          else any(_sparse_ffn(layer) for layer in module.layers)):
@@ -292,6 +281,21 @@ def _sparse_layer(layer: nn.Module, density: float, block_size: int, target, gen
     if isinstance(layer, nn.Linear):
         return SparseLinear.from_parts(layout, layout.gather(matrix), bias)
     return SparseConv2d.from_parts(layer, layout, layout.gather(matrix), bias)
+
+
+def replace_modules(model: nn.Module, replacements: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """Puts each module of ``replacements`` (qualified name -> module) into ``model``, all or none: an error or
+    an interrupt part-way puts back the ones already in.  Returns name -> the module that was there (which
+    ``replace_modules`` puts back in turn)."""
+    replaced = {}
+    try:
+        for name, new in replacements.items():
+            replaced[name] = _replace(model, name, new)
+    except BaseException:
+        for name, old in replaced.items():
+            _replace(model, name, old)
+        raise
+    return replaced
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
