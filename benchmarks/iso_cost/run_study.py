@@ -2,6 +2,7 @@
 
     python benchmarks/iso_cost/run_study.py                    # the first study (hours on 2 CPU cores; resumable)
     python benchmarks/iso_cost/run_study.py --study second     # the second (about 4 hours; resumable)
+    python benchmarks/iso_cost/run_study.py --study second --jobs 2   # two runs at once, a core each
     python benchmarks/iso_cost/run_study.py --study second --pace   # one more sitting of its step times
     python benchmarks/iso_cost/run_study.py --quick            # tiny models, a few minutes (either study)
 
@@ -34,6 +35,7 @@ the first study, and while ``--pace`` measures, time nothing else.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import importlib.util
 import json
 import math
@@ -374,6 +376,9 @@ def main(argv=None) -> None:
                    "study), and nothing else; time nothing else meanwhile")
     p.add_argument("--equal-time", choices=["measured", "paced"], default=None,
                    help="time each run as it trains, or from step times measured apart (default: the study's)")
+    p.add_argument("--jobs", type=int, default=1, help="train this many runs at once, the cores shared among them "
+                   "(only with the paced clock, whose step times are measured apart; default %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)  # a child's share of the cores
     p.add_argument("--run", default=None, help=argparse.SUPPRESS)  # the child process of one run ...
     p.add_argument("--lr", type=float, default=None, help=argparse.SUPPRESS)  # ... at this learning rate
     args = p.parse_args(argv)
@@ -388,6 +393,8 @@ def main(argv=None) -> None:
     train_data, val_data = encode(train_plays), encode(val_plays)
     swept = {} if args.tuned_lr is not None else {run_name(run): run for run in sweep(cfg)}
     runs = {run_name(run): run for run in configurations(cfg)}
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.run is not None:
         run_one(args.run, {**swept, **runs}[args.run], cfg, args.lr, out, train_data, val_data)
         return
@@ -397,7 +404,12 @@ def main(argv=None) -> None:
             f"{name} {t['ordinary_ms']:.0f} / {t['update_ms']:.0f}" for name, t in sitting["models"].items()), flush=True)
         if args.pace:
             return
-    for group in (swept, runs):
+    jobs = max(1, args.jobs)
+    if jobs > 1 and cfg["equal_time"] != "paced":
+        p.error("--jobs trains runs side by side, which only a paced clock allows (--equal-time paced)")
+    threads = max(1, torch.get_num_threads() // jobs)
+    for group in (swept, runs):  # the sweeps first: the runs take their rates from them
+        pending = []
         for name, run in group.items():
             if (out / f"{name}.json").exists() or (args.only and not any(o in name for o in args.only)):
                 continue
@@ -405,27 +417,40 @@ def main(argv=None) -> None:
                 lr = run["lr"]
             else:
                 lr = args.tuned_lr if args.tuned_lr is not None else tuned_lr(cfg, out, run)
-            began = time.time()
             reuse = out / f"{run_name(dict(run, lr=lr))}.json"  # the sweep's run of this model at this rate
             if group is runs and run["method"] == "dense" and reuse.exists():
                 # dense seed 0 at the tuned rate is the sweep's run at that rate: the same computation
                 record = json.loads(reuse.read_text())
                 record.update(name=name, **run, reused_from=reuse.name)
                 (out / f"{name}.json").write_text(json.dumps(record, indent=1))
-            else:
-                child = [sys.executable, __file__, "--study", args.study, "--run", name, "--lr", repr(lr),
-                         "--out-dir", str(out)]
-                child += ["--quick"] if args.quick else []
-                child += ["--plays-dir", str(args.plays_dir)] if args.plays_dir else []
-                child += ["--tuned-lr", repr(args.tuned_lr)] if args.tuned_lr is not None else []
-                child += ["--equal-time", args.equal_time] if args.equal_time else []
-                subprocess.run(child, check=True)
-                record = json.loads((out / f"{name}.json").read_text())
-            print(f"{name} (lr {lr:g}): equal tokens {record['equal_tokens']['final_val_loss']:.4f} nats/char "
-                  f"({record['equal_tokens']['ms_per_step']:.1f} ms/step), equal time "
-                  f"{record['equal_time']['final_val_loss']:.4f} ({record['equal_time']['steps']} steps); "
-                  f"{time.time() - began:.0f} s", flush=True)
+                report(name, lr, out, time.time())
+                continue
+            child = [sys.executable, __file__, "--study", args.study, "--run", name, "--lr", repr(lr),
+                     "--out-dir", str(out)]
+            child += ["--quick"] if args.quick else []
+            child += ["--plays-dir", str(args.plays_dir)] if args.plays_dir else []
+            child += ["--tuned-lr", repr(args.tuned_lr)] if args.tuned_lr is not None else []
+            child += ["--equal-time", args.equal_time] if args.equal_time else []
+            child += ["--threads", str(threads)] if jobs > 1 else []
+            pending.append((name, lr, child))
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            for future in [pool.submit(train_apart, *task, out) for task in pending]:
+                future.result()  # a failed run stops the study, as it did one run at a time
 
+
+def train_apart(name: str, lr: float, child: list[str], out: Path) -> None:
+    """Trains one run in its own process (its peak memory its own) and prints its line."""
+    began = time.time()
+    subprocess.run(child, check=True)
+    report(name, lr, out, began)
+
+
+def report(name: str, lr: float, out: Path, began: float) -> None:
+    record = json.loads((out / f"{name}.json").read_text())
+    print(f"{name} (lr {lr:g}): equal tokens {record['equal_tokens']['final_val_loss']:.4f} nats/char "
+          f"({record['equal_tokens']['ms_per_step']:.1f} ms/step), equal time "
+          f"{record['equal_time']['final_val_loss']:.4f} ({record['equal_time']['steps']} steps); "
+          f"{time.time() - began:.0f} s", flush=True)
 
 if __name__ == "__main__":
     sys.exit(main())
