@@ -125,3 +125,41 @@ def test_the_finetune_example_says_how_to_work_offline(monkeypatch):
             finetune_hf.main(["--model", "no-such-model-here"])
     finally:
         sys.modules.pop("finetune_hf", None)
+
+
+def _tiny_gpt2():
+    config = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=64, n_layer=2, n_head=2, bos_token_id=0,
+                                     eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    return rs.sparsify(model, density=0.5, block_size=16, include="transformer.h.*",
+                       generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("shards", [False, True])
+@pytest.mark.parametrize("auto", [False, True])
+def test_save_pretrained_of_a_sparse_model_loads_back_sparse(tmp_path, shards, auto):
+    from rigl_sparse.integrations.huggingface import from_pretrained
+
+    model = _tiny_gpt2()
+    model.save_pretrained(tmp_path, **({"max_shard_size": "20KB"} if shards else {}))
+    assert (tmp_path / "model.safetensors.index.json").exists() == shards
+    loaded = from_pretrained(transformers.AutoModelForCausalLM if auto else transformers.GPT2LMHeadModel, tmp_path)
+    assert _sparse_names(loaded) == _sparse_names(model) and not loaded.training
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight  # the tie save_pretrained relies on
+    tokens = torch.randint(64, (2, 16))
+    assert torch.equal(loaded(tokens).logits, model(tokens).logits)
+
+
+def test_from_pretrained_names_what_it_cannot_load(tmp_path):
+    from rigl_sparse.integrations.huggingface import from_pretrained
+
+    with pytest.raises(FileNotFoundError, match="snapshot_download"):
+        from_pretrained(transformers.GPT2LMHeadModel, tmp_path / "gpt2")
+    with pytest.raises(FileNotFoundError, match="neither model.safetensors"):
+        from_pretrained(transformers.GPT2LMHeadModel, tmp_path)
+    _tiny_gpt2().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="does not have"):  # another architecture's config would be refused too
+        from_pretrained(transformers.GPT2Model, tmp_path)

@@ -53,15 +53,15 @@ def test_finetune_hf_example_trains_sparse_and_both_saved_models_reload(example,
     assert result["stats"]["updates"] == 3 and result["stats"]["blocks_moved"] > 0
     assert result["reloaded"] == pytest.approx(result["after"], rel=1e-4)  # the dense export computes the same
 
-    # the sparse state dict loads into the pretrained model sparsified with the same options, as the docstring says
-    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_gpt2 / "model")
-    rs.sparsify(model, density=0.5, block_size=8, exclude="lm_head")
-    model.load_state_dict(torch.load(tiny_gpt2 / "out" / "sparse.pt", weights_only=True))
-    dense = transformers.AutoModelForCausalLM.from_pretrained(tiny_gpt2 / "out" / "dense")
+    assert result["reloaded_sparse"] == pytest.approx(result["after"], rel=1e-4)
+
+    # the sparse folder loads back sparse, and computes what the dense export computes
+    from rigl_sparse.integrations.huggingface import from_pretrained
+
+    model = from_pretrained(transformers.AutoModelForCausalLM, tiny_gpt2 / "out" / "sparse")
+    dense = transformers.AutoModelForCausalLM.from_pretrained(tiny_gpt2 / "out" / "dense").eval()
     assert sum(isinstance(m, rs.SparseLinear) for m in model.modules()) == 8
     tokens = torch.randint(256, (2, 16), generator=torch.Generator().manual_seed(0))
-    model.eval()
-    dense.eval()
     torch.testing.assert_close(model(input_ids=tokens).logits, dense(input_ids=tokens).logits, rtol=1e-4, atol=1e-4)
 
 

@@ -1,6 +1,7 @@
 """RigL inside the trainers people already use, through ``rs.RigLOptimizer``.
 
-- ``rigl_sparse.integrations.huggingface.RigLCallback``: ``transformers.Trainer`` (extra ``hf``).
+- ``rigl_sparse.integrations.huggingface.RigLCallback``: ``transformers.Trainer`` (extra ``hf``), and its
+  ``from_pretrained``, which loads a sparsified model's ``save_pretrained`` folder back sparse.
 - ``rigl_sparse.integrations.lightning.RigLCallback``: Lightning (extra ``lightning``).
 - ``accelerate`` needs no callback: ``Accelerator.prepare`` the ``RigLOptimizer`` like any optimizer, and
   ``attach(prepared_optimizer)`` hands it the accelerator's ``GradScaler``.
