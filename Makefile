@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(PY) -m rigl_sparse.train --algorithm rigl --density 0.1 --distribution erk --block-size 4 --epochs 10 \
 		--compare-dense --out runs/demo.json --pictures runs
 	$(PY) -m rigl_sparse.train --model wide-mlp --algorithm rigl --density 0.1 --distribution erk --block-size 16 \
-		--epochs 4 --compare-dense --out runs/demo_wide.json
+		--epochs 4 --compare-dense --out runs/demo_wide.json --save runs/demo_wide.pt
 
 # The documentation site (docs/, mkdocs.yml) into site/; --strict fails on any warning, a broken link included.
 docs: $(STAMP)

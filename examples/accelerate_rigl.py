@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
     train, val = load(args.plays_dir)
     model = TransformerLM(vocab=256, width=args.width, layers=args.layers, heads=4, max_length=args.length)
     rs.sparsify(model, density=args.density, distribution="erk", block_size=args.block_size, exclude="head",
-                first_dense=False, generator=torch.Generator().manual_seed(args.seed))
+                first_dense=False, generator=torch.Generator().manual_seed(args.seed), print_summary=True)
     writer = None
     if args.tensorboard:
         from torch.utils.tensorboard import SummaryWriter

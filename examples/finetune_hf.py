@@ -163,7 +163,7 @@ def main(argv=None) -> dict:
     before = dict(model.named_modules())
     rs.sparsify(model, density=args.density, block_size=args.block_size,
                 exclude=tuple(name for name, m in before.items() if m is head),
-                generator=torch.Generator().manual_seed(args.seed))
+                generator=torch.Generator().manual_seed(args.seed), print_summary=True)
     random_loss = loss_on_validation(model)
     if args.blocks == "largest":
         keep_largest_blocks(model, before)
@@ -213,7 +213,8 @@ def main(argv=None) -> dict:
     print(f"saved {args.out_dir / 'sparse'} and {args.out_dir / 'dense'} (save_pretrained); reloaded, validation loss "
           f"{sparse_loss:.3f} (sparse, rigl_sparse's from_pretrained) and {reloaded_loss:.3f} (dense, from_pretrained)")
     return {"dense": dense_loss, "random_blocks": random_loss, "largest_blocks": largest_loss, "before": before_loss,
-            "after": after_loss, "reloaded": reloaded_loss, "reloaded_sparse": sparse_loss, "kept": kept, "total": total, "stats": dict(stats)}
+            "after": after_loss, "reloaded": reloaded_loss, "reloaded_sparse": sparse_loss, "kept": kept, "total": total,
+            "stats": dict(stats)}
 
 
 if __name__ == "__main__":

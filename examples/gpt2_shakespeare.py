@@ -142,7 +142,7 @@ def main(argv=None) -> dict:
     model = transformers.GPT2LMHeadModel(config)
     n_dense = sum(p.numel() for p in model.parameters())
     rs.sparsify(model, density=args.density, distribution="erk", block_size=args.block_size, exclude="lm_head",
-                generator=torch.Generator().manual_seed(args.seed))
+                generator=torch.Generator().manual_seed(args.seed), print_summary=True)
     model.to(device)
     n_sparse = sum(p.numel() for p in model.parameters())
     n_layers = sum(isinstance(m, rs.SparseModule) for m in model.modules())

@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
                                      n_layer=args.layers, n_head=4, bos_token_id=0, eos_token_id=0)
     model = transformers.GPT2LMHeadModel(config)
     rs.sparsify(model, density=args.density, distribution="erk", block_size=args.block_size, exclude="lm_head",
-                generator=torch.Generator().manual_seed(args.seed))
+                generator=torch.Generator().manual_seed(args.seed), print_summary=True)
     inner = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     # grow_scores="exact": with gradient accumulation, rank the inactive blocks by the accumulated gradient
     optimizer = rs.RigLOptimizer(inner, rs.RigLScheduler(model, inner, delta_t=args.delta_t, t_end=None,

@@ -128,7 +128,8 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     model = build(args.width, args.layers, "meta")
     rs.sparsify(model, density=args.density, distribution="erk", block_size=args.block_size,
-                dense=(f"{len(model) - 1}",), device=device, generator=torch.Generator().manual_seed(args.seed))
+                dense=(f"{len(model) - 1}",), device=device, generator=torch.Generator().manual_seed(args.seed),
+                print_summary=True)
     sparse = [(name, m) for name, m in model.named_modules() if isinstance(m, rs.SparseModule)]
     n_trainable = sum(p.numel() for p in model.parameters())
     print(f"sparse model: {len(sparse)} sparse layers, {n_trainable / 1e6:.1f} M trainable parameters "

@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
             super().__init__()
             self.net = TransformerLM(vocab=256, width=args.width, layers=args.layers, heads=4, max_length=args.length)
             rs.sparsify(self.net, density=args.density, distribution="erk", block_size=args.block_size, exclude="head",
-                        first_dense=False, generator=torch.Generator().manual_seed(args.seed))
+                        first_dense=False, generator=torch.Generator().manual_seed(args.seed), print_summary=True)
 
         def training_step(self, batch, batch_idx):
             x, y = batch

@@ -40,7 +40,7 @@ def build(args, seed: int):
     model = nn.Sequential(nn.Linear(FEATURES, args.width), nn.ReLU(), nn.Linear(args.width, args.width), nn.ReLU(),
                           nn.Linear(args.width, CLASSES))
     rs.sparsify(model, density=args.density, block_size=args.block_size, exclude="4",
-                generator=torch.Generator().manual_seed(seed))
+                generator=torch.Generator().manual_seed(seed), print_summary=True)
     inner = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     scheduler = rs.RigLScheduler(model, inner, delta_t=args.delta_t, t_end=int(0.75 * args.steps), seed=seed)
     lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(inner, T_max=args.steps)

@@ -78,7 +78,7 @@ def main(argv=None) -> dict:
     model = cnn(channels=tuple(args.channels), hidden=args.hidden).to(device)
     dense_parameters = sum(p.numel() for p in model.parameters())
     rs.sparsify(model, density=args.density, block_size=args.block_size,
-                generator=torch.Generator().manual_seed(args.seed))
+                generator=torch.Generator().manual_seed(args.seed), print_summary=True)
     sparse = Counter(type(m).__name__ for m in model.modules() if isinstance(m, rs.SparseModule))
     print(f"{'synthetic' if args.fake_data else 'Fashion-MNIST'}: {len(train_x):,} training and {len(test_x):,} "
           f"test images; CNN with {', '.join(f'{n} {kind}' for kind, n in sparse.items())}: "

@@ -13,14 +13,15 @@ Public API (everything else is private)::
 Importing the package compiles nothing and touches no GPU.
 """
 
-from rigl_sparse.accounting import FlopReport, MemoryReport, ModelSummary, flops, memory_report, summary
+from rigl_sparse.accounting import FlopReport, MemoryReport, flops, memory_report
 from rigl_sparse.backends import use_backend
 from rigl_sparse.checkpoint import load_sparse, load_state_dict, save_checkpoint
 from rigl_sparse.export import export_bsr
 from rigl_sparse.layout import BlockSparseLayout
 from rigl_sparse.nn import SparseConv2d, SparseLinear, SparseModule
-from rigl_sparse.rigl import (BlockMask, PruningScheduler, RigLOptimizer, RigLScheduler, TopologyHistory,
-                              apply_masks, densify, drop_fraction, layer_densities, plot_topology, sparsify)
+from rigl_sparse.rigl import (BlockMask, ModelSummary, PruningScheduler, RigLOptimizer, RigLScheduler,
+                              TopologyHistory, apply_masks, densify, drop_fraction, layer_densities, plot_topology,
+                              sparsify, summary)
 
 __version__ = "0.1.0"
 

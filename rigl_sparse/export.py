@@ -28,7 +28,7 @@ class BsrLinear(nn.Module):
         self.padded_in, self.padded_out = -(-in_features // b) * b, (crow.numel() - 1) * b  # whole blocks
 
     @classmethod
-    def from_sparse(cls, layer: SparseLinear) -> "BsrLinear":
+    def from_sparse(cls, layer: SparseLinear) -> BsrLinear:
         layout = layer.layout
         _, block_col, row_ptr, row_slots, _, _ = layout.topology()
         order = row_slots.long()

@@ -102,7 +102,7 @@ class BlockSparseLayout(nn.Module):
         density: float,
         generator: torch.Generator | None = None,
         device=None,
-    ) -> "BlockSparseLayout":
+    ) -> BlockSparseLayout:
         """A uniformly random topology with exactly ``block_count(density, R*C)`` blocks.
 
         The draw is made with ``generator`` on its own device (torch's default CPU
@@ -117,7 +117,7 @@ class BlockSparseLayout(nn.Module):
         return cls.from_flat(shape, block_size, flat, device=device)
 
     @classmethod
-    def from_flat(cls, shape, block_size: int, flat: torch.Tensor, *, device=None) -> "BlockSparseLayout":
+    def from_flat(cls, shape, block_size: int, flat: torch.Tensor, *, device=None) -> BlockSparseLayout:
         """Layout whose slots hold the row-major block indices ``flat`` (in that order)."""
         C = math.ceil(shape[1] / block_size)
         device = torch.device(device) if device is not None else flat.device

@@ -229,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "recipe and epochs, and print both training wall-clocks and test accuracies")
     output.add_argument("--out", type=output_file, default=None, metavar="JSON",
                         help="write the run's record as JSON here (default: not written)")
+    output.add_argument("--save", type=output_file, default=None, metavar="PT",
+                        help="save the trained model's state dict here (rs.save_checkpoint); a compressed model "
+                             "loads back with rs.load_sparse(rigl_sparse.models.MODELS[model](), torch.load(PT)), "
+                             "a masked one into the model given the same rs.apply_masks (default: not saved)")
     output.add_argument("--loss-log", type=output_file, default=None, metavar="CSV",
                         help="write every step's training loss, learning rate and whether the step changed the "
                              "topology (columns step, loss, lr, topology_update) as CSV here (default: not written)")
@@ -293,7 +297,8 @@ def run(args: argparse.Namespace) -> dict:
     record = train_model(args, (train_x, train_y), (test_x, test_y))
     if args.compare_dense:
         print("the dense model, same recipe (--compare-dense):")
-        dense_args = argparse.Namespace(**{**vars(args), "algorithm": "dense", "loss_log": None, "pictures": None})
+        dense_args = argparse.Namespace(**{**vars(args), "algorithm": "dense", "loss_log": None, "pictures": None,
+                                           "save": None})
         dense = train_model(dense_args, (train_x, train_y), (test_x, test_y), label="dense ")
         record["dense_baseline"] = {key: dense[key] for key in ("final_accuracy", "accuracy_per_epoch", "wall_time_s",
                                                                 "parameters", "training_flops")}
@@ -369,6 +374,9 @@ def train_model(args: argparse.Namespace, train_set, test_set, label: str = "") 
     if args.loss_log:
         write_loss_log(args.loss_log, step_log)
     pictures = draw_pictures(topology, args.pictures) if topology is not None else []
+    if args.save:
+        rs.save_checkpoint(model.state_dict(), args.save)
+        print(f"{label}model saved to {args.save}")
 
     report = rs.flops(model, (1,) + tuple(train_x.shape[1:]), delta_t=args.delta_t if scheduler else None)
     per_example = training_flops_per_example(args.algorithm, report, scheduler, total_steps)

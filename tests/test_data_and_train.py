@@ -233,6 +233,22 @@ def test_train_cli_compare_dense_trains_both_and_reports_both_wall_clocks(tmp_pa
     assert f"dense {dense['final_accuracy'] * 100:.2f}%" in printed
 
 
+
+def test_train_cli_saves_the_trained_sparse_model_which_loads_back_sparse(tmp_path, capsys):
+    from rigl_sparse.models import MODELS
+
+    _fake_dataset(tmp_path)
+    saved = tmp_path / "model.pt"
+    assert train.main(["--data-dir", str(tmp_path), "--train-subset", "64", "--epochs", "1", "--batch-size", "32",
+                       "--compare-dense", "--save", str(saved), "--no-progress"]) == 0
+    assert capsys.readouterr().out.count("model saved to") == 1  # the sparse model, not the dense baseline
+    state = torch.load(saved, weights_only=True)
+    model = rs.load_sparse(MODELS["mlp"](), state)
+    sparse = [key for key in state if key.endswith("layout.block_row")]
+    assert len(sparse) == sum(isinstance(m, rs.SparseLinear) for m in model.modules()) >= 2
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
 @pytest.mark.parametrize("argv, header", [
     (["--algorithm", "dense"], "dense on Fashion-MNIST: mlp, dense layers, sgd lr 0.1"),
     (["--algorithm", "rigl"], "rigl on Fashion-MNIST: mlp, compressed block-sparse layers (4x4 blocks, density 0.1 "

@@ -312,3 +312,17 @@ def test_summary_lists_every_weight_layer_sparse_or_dense_and_why():
                             first_dense=False, block_size=4)
     (row,) = rs.summary(masked).rows
     assert row["sparse"] and row["kind"] == "Linear (masked)" and row["active_weights"] == 128
+
+
+def test_sparsify_prints_the_summary_on_request_and_the_reasons_travel_with_the_model(capsys):
+    import copy
+    import pickle
+
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 16))
+    rs.sparsify(model, density=0.5, distribution="uniform", block_size=8, generator=torch.Generator().manual_seed(0))
+    assert capsys.readouterr().out == ""
+    rs.sparsify(nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 16)), density=0.5, distribution="uniform",
+                block_size=8, generator=torch.Generator().manual_seed(0), print_summary=True)
+    assert capsys.readouterr().out == str(rs.summary(model)) + "\n"
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert rs.summary(copied).rows[0]["why_dense"] == "the first layer (first_dense)"

@@ -150,7 +150,7 @@ class SparseConv2d(SparseModule):
 
     # -------------------------------------------------------------- conversion
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d, *, density: float, block_size: int = 32) -> "SparseConv2d":
+    def from_dense(cls, conv: nn.Conv2d, *, density: float, block_size: int = 32) -> SparseConv2d:
         """Keep the ``density`` fraction of ``conv``'s weight blocks with the largest Frobenius norm."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
@@ -162,7 +162,7 @@ class SparseConv2d(SparseModule):
 
     @classmethod
     def from_parts(cls, conv: nn.Conv2d, layout: BlockSparseLayout, values: torch.Tensor,
-                  bias: torch.Tensor | None) -> "SparseConv2d":
+                  bias: torch.Tensor | None) -> SparseConv2d:
         """A layer with ``conv``'s configuration and the given layout, values and bias (copied)."""
         if conv.padding_mode != "zeros":
             raise ValueError(f"SparseConv2d takes padding_mode='zeros', got {conv.padding_mode!r}")

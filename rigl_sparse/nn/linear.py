@@ -84,7 +84,7 @@ class SparseLinear(SparseModule):
 
     # -------------------------------------------------------------- conversion
     @classmethod
-    def from_dense(cls, linear: nn.Linear, *, density: float, block_size: int = 32) -> "SparseLinear":
+    def from_dense(cls, linear: nn.Linear, *, density: float, block_size: int = 32) -> SparseLinear:
         """Keep the ``density`` fraction of ``linear``'s blocks with the largest Frobenius norm."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
@@ -95,7 +95,7 @@ class SparseLinear(SparseModule):
         return cls.from_parts(layout, values, linear.bias)
 
     @classmethod
-    def from_parts(cls, layout: BlockSparseLayout, values: torch.Tensor, bias: torch.Tensor | None) -> "SparseLinear":
+    def from_parts(cls, layout: BlockSparseLayout, values: torch.Tensor, bias: torch.Tensor | None) -> SparseLinear:
         """A layer with the given layout, values ``[nnzb, b, b]`` and bias (all copied)."""
         layer = cls.__new__(cls)
         SparseModule.__init__(layer)

@@ -1,4 +1,5 @@
-"""RigL: sparsity distributions, the drop schedule, the schedulers, ``sparsify`` and the masked mode."""
+"""RigL: sparsity distributions, the drop schedule, the schedulers, ``sparsify`` (and its ``summary``) and the
+masked mode."""
 
 from rigl_sparse.rigl.distributions import layer_densities
 from rigl_sparse.rigl.history import TopologyHistory, plot_topology
@@ -8,8 +9,9 @@ from rigl_sparse.rigl.pruning import PruningScheduler
 from rigl_sparse.rigl.schedule import drop_fraction
 from rigl_sparse.rigl.scheduler import RigLScheduler
 from rigl_sparse.rigl.sparsify import densify, sparsify
+from rigl_sparse.rigl.model_summary import ModelSummary, summary
 
 __all__ = [
     "layer_densities", "drop_fraction", "RigLScheduler", "RigLOptimizer", "PruningScheduler", "sparsify",
-    "densify", "apply_masks", "BlockMask", "TopologyHistory", "plot_topology",
+    "densify", "apply_masks", "BlockMask", "TopologyHistory", "plot_topology", "summary", "ModelSummary",
 ]

@@ -148,11 +148,12 @@ def _figure(**kwargs):
 
 
 def _draw(frames, path, *, title: str):
-    """One row per layer, one column per frame ``(step, ages)``; white where a block is inactive."""
+    """One row per layer (named on the left), one column per frame ``(step, ages)`` (its step on top); white
+    where a block is inactive.  Sized so that its text stays legible when a page shows it at column width."""
     import matplotlib
 
     names = list(frames[0][1])
-    fig = _figure(figsize=(1.0 + 2.6 * len(frames), 0.6 + 1.5 * len(names)), layout="constrained")
+    fig = _figure(figsize=(1.6 + 1.7 * len(frames), 0.8 + 1.3 * len(names)), layout="constrained")
     axes = fig.subplots(len(names), len(frames), squeeze=False)
     top = max(1, max(int(a.max()) for _, ages in frames for a in ages.values()))
     cmap = matplotlib.colormaps["viridis_r"].with_extremes(under="white")  # inactive blocks: white
@@ -163,9 +164,15 @@ def _draw(frames, path, *, title: str):
                                 aspect="auto")
             axis.set_xticks([])
             axis.set_yticks([])
-            axis.set_title(name if step is None else f"{name} @ step {step}", fontsize=7)
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="age (steps)" if top > 1 else None)
-    fig.suptitle(title, fontsize=9)
+            if row == 0 and step is not None:
+                axis.set_title(f"step {step}", fontsize=11)
+            if column == 0:
+                axis.set_ylabel(f"layer {name}", fontsize=11)
+    bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.9)
+    bar.ax.tick_params(labelsize=10)
+    if top > 1:
+        bar.set_label("age (steps)", fontsize=11)
+    fig.suptitle(title, fontsize=12)
     return _save(fig, path)
 
 

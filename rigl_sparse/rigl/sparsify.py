@@ -20,7 +20,7 @@ from rigl_sparse.rigl.distributions import accepts_method_alias, layer_densities
 def sparsify(model: nn.Module, *, density: float, distribution: str = "erk", block_size: int = 32, dense=(),
              custom: dict[str, float] | None = None, erk_power_scale: float = 1.0, first_dense: bool | None = None,
              last_dense: bool = False, include=None, exclude=(), device=None,
-             generator: torch.Generator | None = None) -> nn.Module:
+             generator: torch.Generator | None = None, print_summary: bool = False) -> nn.Module:
     """Convert every ``nn.Linear`` (and Hugging Face ``Conv1D``, as in GPT-2) to ``SparseLinear``
     and every ``nn.Conv2d`` to ``SparseConv2d``.
 
@@ -54,7 +54,8 @@ def sparsify(model: nn.Module, *, density: float, distribution: str = "erk", blo
     A model built on the ``meta`` device is materialised sparse on ``device``
     (default CPU): its sparse layers are initialised as ``SparseLinear`` and the
     rest of the model with ``reset_parameters()``, so no dense weight of a
-    converted layer ever exists.  Returns ``model``.
+    converted layer ever exists.  ``print_summary=True`` prints ``rs.summary(model)``
+    afterwards: every weight layer, sparse or dense and why.  Returns ``model``.
     """
     check_positive_int("block_size", block_size)
     check_generator(generator)
@@ -89,12 +90,21 @@ def sparsify(model: nn.Module, *, density: float, distribution: str = "erk", blo
         raise
     keep_transformers_off_fused_paths(model)
     guard_state_loading(model)  # load_state_dict checks every sparse layer before it copies anything
-    DENSE_BECAUSE[model] = reasons
+    setattr(model, DENSE_REASONS, reasons)  # on the model: copies and pickles keep them
+    if print_summary:
+        from rigl_sparse.rigl.model_summary import summary  # it reads what this function decided
+
+        print(summary(model), flush=True)
     return model
 
 
-# model -> {name of a weight layer sparsify left dense: why}, for rs.summary
-DENSE_BECAUSE: "weakref.WeakKeyDictionary[nn.Module, dict[str, str]]" = weakref.WeakKeyDictionary()
+DENSE_REASONS = "rigl_sparse_dense_reasons"  # the model's attribute: {name of a layer sparsify left dense: why}
+
+
+def dense_reasons(model: nn.Module) -> dict[str, str]:
+    """Why ``sparsify`` left each of ``model``'s dense weight layers dense, by name (empty for a model it has
+    not converted)."""
+    return dict(getattr(model, DENSE_REASONS, None) or {})
 
 
 def _why_dense(model, layers, densities, block_size, dense, custom, first_dense, last_dense,
