@@ -59,7 +59,10 @@ def stats(runs):
     # a record's dense_training_flops is dense training over the same examples; RigL_Mx is compared with the
     # standard (1x) dense run, as in the paper
     flops = [r["training_flops"] / r["dense_training_flops"] * r["config"].get("multiplier", 1) for r in runs]
+    trained = [a for a in acc if a >= DID_NOT_TRAIN] or acc  # the plots' points: seeds that did not train left out
     return {"mean": statistics.fmean(acc), "std": statistics.stdev(acc) if len(acc) > 1 else 0.0, "n": len(acc),
+            "trained_mean": statistics.fmean(trained),
+            "trained_std": statistics.stdev(trained) if len(trained) > 1 else 0.0,
             "flops": statistics.fmean(flops), "wall_s": statistics.fmean(r["wall_time_s"] for r in runs),
             "did_not_train": sum(a < DID_NOT_TRAIN for a in acc)}
 
@@ -238,18 +241,19 @@ def plots(summary, models, out_dir: Path) -> list[Path]:
                 pts = [(d, s[(model, label, distribution, d, 1)]) for d in DENSITIES
                        if (model, label, distribution, d, 1) in s]
                 if pts:
-                    ax.errorbar([d for d, _ in pts], [v["mean"] for _, v in pts], yerr=[v["std"] for _, v in pts],
-                                marker="o", capsize=3, label=label)
+                    _errorbar(ax, pts, marker="o", capsize=3, label=label)
             dense = s.get((model, "dense", None, None, None))
             if dense:
                 ax.axhline(dense["mean"], color="k", linestyle="--", label="dense")
             ax.set_xscale("log")
             ax.set_xticks(DENSITIES, [str(d) for d in DENSITIES])
+            ax.minorticks_off()  # the log axis's own ticks would print over the densities
             ax.set_xlabel("density")
             ax.set_title(f"{model}, {distribution}, unstructured")
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("test accuracy (%)")
         axes[0].legend(fontsize=8)
+        _footnote(fig, s)
         written.append(_save(fig, out_dir / f"accuracy_vs_density_{model}.png"))
 
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -270,23 +274,41 @@ def plots(summary, models, out_dir: Path) -> list[Path]:
             for d in DENSITIES:
                 pts = [(b, s[(model, label, "erk", d, b)]) for b in (1, 4, 16, 32) if (model, label, "erk", d, b) in s]
                 if len(pts) > 1:
-                    ax.errorbar([b for b, _ in pts], [v["mean"] for _, v in pts], yerr=[v["std"] for _, v in pts],
-                                marker="o" if label == "RigL" else "s", capsize=3,
-                                linestyle="-" if label == "RigL" else ":", label=f"{label} d={d}")
+                    _errorbar(ax, pts, marker="o" if label == "RigL" else "s", capsize=3,
+                              linestyle="-" if label == "RigL" else ":", label=f"{label} d={d}")
         ax.set_xscale("log", base=2)
         ax.set_xticks([1, 4, 16, 32], ["1", "4", "16", "32"])
+        ax.minorticks_off()
         ax.set_xlabel("block size")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{model}, ERK")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, ncol=2)
+        _footnote(fig, s)
         written.append(_save(fig, out_dir / f"accuracy_vs_block_size_{model}.png"))
     return written
 
 
+def _errorbar(ax, pts, **style) -> None:
+    """Mean and standard deviation over the seeds that trained, at ``(x, stats)`` points; a point that left a
+    seed out is marked with a dagger."""
+    xs, ys = [x for x, _ in pts], [v["trained_mean"] for _, v in pts]
+    ax.errorbar(xs, ys, yerr=[v["trained_std"] for _, v in pts], **style)
+    for x, y, (_, v) in zip(xs, ys, pts):
+        if v["did_not_train"]:
+            ax.annotate("\u2020", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=11)
+
+
+def _footnote(fig, summary) -> None:
+    """Says what a dagger means, on a figure whose model has a seed that did not train."""
+    if any(v.get("did_not_train") for v in summary.values()):
+        fig.text(0.01, 0.005, f"\u2020 a seed ended below {DID_NOT_TRAIN:g}% (it did not train): the point is the "
+                 "mean of the other seeds; the tables give all of them", fontsize=8)
+
+
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03, 1, 1))  # room for a footnote
     fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt
 
