@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs ctest test-gpu gpu-check gpu-quick gpu-wheels gpu-data info venv clean
+.PHONY: demo test docs docs-serve ctest test-gpu gpu-check gpu-quick gpu-wheels gpu-data info venv clean
 
 NATIVE_SOURCES := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h)
 
@@ -33,6 +33,11 @@ demo: $(STAMP)
 # The documentation site (docs/, mkdocs.yml) into site/; --strict fails on any warning, a broken link included.
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
+	@echo "the site is in $(CURDIR)/site: open site/index.html, or run make docs-serve"
+
+# The site served at http://127.0.0.1:8000 while you edit docs/ (rebuilt on every change; Ctrl-C stops it).
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve --strict
 
 # C++ kernel tests (ctest, through CMake) and the Python suite (CPU kernels, reference, Triton on its
 # CPU interpreter).

@@ -18,6 +18,7 @@ A failed optional build never fails the install: it leaves a note beside the pac
 (``_cpu_build_note.txt``, ``_cuda_build_note.txt``) that ``info`` prints.
 """
 
+import concurrent.futures
 import glob
 import os
 import platform
@@ -70,6 +71,18 @@ def cuda_extension():
                          extra_compile_args={"cxx": ["-O3", "-std=c++20"], "nvcc": nvcc}), None
 
 
+def put_ninja_on_path() -> None:
+    """torch compiles the sources in parallel with ninja only if ``ninja`` is on ``PATH``; the ``ninja``
+    package installed beside this interpreter (a virtual environment's, not activated) is not, without this."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
 def extensions():
     try:
         import torch  # noqa: F401
@@ -77,6 +90,8 @@ def extensions():
         raise SystemExit("rigl_sparse compiles its kernels against the torch you use: install torch first, then "
                          "`pip install --no-build-isolation .` (an isolated build has no torch)") from None
     from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+    put_ninja_on_path()
 
     class Build(BuildExtension):
         """Both extensions are optional: a failure leaves a note and the package installs without it."""
@@ -149,17 +164,24 @@ def extensions():
                 variants.update(X86_ISAS)
             else:
                 problems.append(f"only the baseline variant is built on {platform.machine()}")
-            built = []
+            accepted = {}
             for isa, flags in variants.items():
                 if flags and not self.compiles(flags, "int main() { return 0; }"):
                     problems.append(f"the {isa} variant was not built: the compiler rejects {' '.join(flags)}")
-                    continue
-                out_dir = os.path.join(self.build_temp, "isa", isa)
-                ext.extra_objects += self.compiler.compile(
-                    ["csrc/cpu/isa_kernels.cpp"], output_dir=out_dir,
+                else:
+                    accepted[isa] = flags
+
+            def compile_variant(isa: str) -> list[str]:
+                return self.compiler.compile(
+                    ["csrc/cpu/isa_kernels.cpp"], output_dir=os.path.join(self.build_temp, "isa", isa),
                     macros=[("RIGL_SPARSE_ISA", isa)], include_dirs=["csrc/cpu"],
-                    extra_postargs=CXX_FLAGS + ["-fPIC", "-fopenmp-simd"] + arch_flags() + flags)
-                built.append(isa)
+                    extra_postargs=CXX_FLAGS + ["-fPIC", "-fopenmp-simd"] + arch_flags() + accepted[isa])
+
+            # the variants side by side (each its own folder), as the extension's own sources compile under ninja
+            with concurrent.futures.ThreadPoolExecutor(max(1, min(len(accepted), os.cpu_count() or 1))) as pool:
+                for objects in pool.map(compile_variant, accepted):
+                    ext.extra_objects += objects
+            built = list(accepted)
             ext.define_macros += [(f"RIGL_SPARSE_HAVE_{isa.upper()}", "1") for isa in built if isa != "baseline"]
             return problems
 

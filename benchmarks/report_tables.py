@@ -134,6 +134,31 @@ def larger_than_dense() -> str:
     return "```text\n" + LARGER_THAN_DENSE_LOG.read_text().rstrip("\n") + "\n```"
 
 
+def deploy() -> str:
+    """``bench_deploy.py``'s records (one per instruction set): serving times, file sizes, test accuracy."""
+    out = []
+    for path in sorted(RESULTS.glob("cpu-*/deploy.json")):
+        data = _json(path)
+        env, rows = data["environment"], data["rows"]
+        us = {(r["variant"], r["batch"], r["threads"]): r for r in rows}
+        variants = list(dict.fromkeys(r["variant"] for r in rows))
+        out += ["| threads | batch | " + " | ".join(f"{v} (µs)" for v in variants) + " | "
+                + " | ".join(f"{v} vs dense" for v in variants if v != "dense") + " |",
+                "|---|---|" + "---|" * (2 * len(variants) - 1)]
+        for threads, batch in dict.fromkeys((r["threads"], r["batch"]) for r in rows):
+            cells = [us[v, batch, threads] for v in variants]
+            out.append(f"| {threads} | {batch} | " + " | ".join(
+                f"{c['us']:,.0f} ({c['us_min']:,.0f}–{c['us_max']:,.0f})" for c in cells) + " | " + " | ".join(
+                f"{c['speedup_vs_dense']:.2f}×" for c in cells if c["variant"] != "dense") + " |")
+        files = ", ".join(f"{name} {size / 2 ** 20:.2f} MiB" for name, size in env["file_bytes"].items())
+        accuracy = ", ".join(f"{name} {value:.2%}" for name, value in env["test_accuracy"].items())
+        out += ["", f"Median over {rows[0]['rounds']} rounds that alternate the three (the range over rounds in "
+                f"brackets); the model: {env['model']}. Files: {files}. Test accuracy: {accuracy}. Measured on "
+                f"{env['device']}, `{env['instruction_set']}` kernels, torch {env['torch']}, git "
+                f"`{env['git_sha'][:7]}` (`benchmarks/results/{path.parent.name}/deploy.json`).", ""]
+    return "\n".join(out).strip("\n") or "No record yet: run `python benchmarks/bench_deploy.py`."
+
+
 # ---- the GPU results ---------------------------------------------------------------------------------------
 
 
@@ -209,6 +234,14 @@ def cli_help() -> str:
     with mock.patch.dict(os.environ, COLUMNS="100", NO_COLOR="1"):  # argparse reads the width from COLUMNS
         text = build_parser().format_help()
     return "```text\n" + text.rstrip("\n") + "\n```"
+
+
+def training_loop() -> str:
+    """The README's training-loop snippet (the one ``tests/test_docs.py`` runs), for the home page."""
+    match = re.search(r"```python\n.*?```", README.read_text(), re.S)
+    if match is None:
+        raise BlockError("README.md has no ```python block to show")
+    return match.group(0)
 
 
 # ---- the README's: links relative to the page the block is in ----------------------------------------------
@@ -358,6 +391,8 @@ TABLES = {
     "iso-cost-vs-dense": iso_cost_vs_dense,
     "iso-cost-time": iso_cost_time,
     "cli-help": cli_help,
+    "training-loop": training_loop,
+    "deploy": deploy,
 }
 LINKED = {"where-it-runs": where_it_runs, "headline": headline}
 NAMES = (*TABLES, *LINKED)

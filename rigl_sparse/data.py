@@ -31,6 +31,8 @@ FILES = {
 
 
 def cache_dir() -> Path:
+    """Where ``fetch`` unpacks the data by default: ``$XDG_CACHE_HOME/rigl_sparse/fashion-mnist`` (or
+    ``~/.cache/...``)."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "rigl_sparse" / "fashion-mnist"
 

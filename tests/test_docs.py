@@ -67,6 +67,16 @@ def test_the_readme_training_snippet_runs_as_written():
     assert "SparseLinear" in result.stdout and "'updates': 2" in result.stdout  # steps 100 and 200 of 300
 
 
+def test_the_deployment_page_snippet_runs_as_written(tmp_path):
+    text = (ROOT / "docs" / "guide" / "deploy.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert "SparseLinear" in result.stdout  # print_summary=True
+    assert {p.name for p in tmp_path.iterdir()} == {"model.pt", "model_bsr.pt"}
+
+
 def test_every_hint_for_a_missing_package_takes_one_form_valid_for_a_checkout():
     """``pip install <packages> (rigl_sparse's [<extra>] extra)``: rigl_sparse is on no package index, so
     ``pip install 'rigl_sparse[extra]'`` would fail."""
