@@ -283,3 +283,16 @@ def test_bench_layer_sizes_times_both_modes_and_writes_its_record(tmp_path, caps
         assert r["dense_ms"] > 0 and r["sparse_ms"] > 0
         assert r["speedup"] == pytest.approx(r["dense_ms"] / r["sparse_ms"], rel=1.0)  # a median of ratios
     assert "results:" in capsys.readouterr().out
+
+
+def test_iso_cost_where_time_goes_names_both_designs_and_jobs_need_the_paced_clock(tmp_path, capsys):
+    study = _load("benchmarks/iso_cost", "run_study")
+    where = _load("benchmarks/iso_cost", "where_time_goes")
+    for run in (dict(method="rigl", multiplier=4, block_size=32, widen="ffn"),
+                dict(method="static", multiplier=3, block_size=16, widen="model")):
+        assert where.spec(study.model_name(run)) == {**run, "seed": 0}
+    assert where.spec("dense")["method"] == "dense"
+    with pytest.raises(SystemExit):  # argparse's error: side by side, each run's own clock would be shared
+        study.main(["--quick", "--jobs", "2", "--out-dir", str(tmp_path), "--plays-dir",
+                    str(_tiny_plays(tmp_path / "plays"))])
+    assert "only a paced clock allows" in capsys.readouterr().err

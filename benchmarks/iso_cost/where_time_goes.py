@@ -1,6 +1,7 @@
 """Where a training step of the iso-cost study's models spends its time, by part of the model.
 
     python benchmarks/iso_cost/where_time_goes.py [--models dense rigl_2w_b32 rigl_3w_b16 ...] [--steps 10]
+    python benchmarks/iso_cost/where_time_goes.py --study second      # dense and the FFN-widened models
 
 Builds each model as the study does (``run_study.build``), trains a few ordinary steps (no topology
 update) on the study's batches under ``torch.profiler``, and charges every operator's own CPU time to the
@@ -56,10 +57,15 @@ def part_of(event, cache: dict) -> str:
 
 
 def spec(name: str) -> dict:
+    """The run of a model name of ``run_study.model_name``: ``dense``, ``rigl_3w_b16`` (the whole model 3x as
+    wide) or ``rigl_ffn4x_b32`` (the FFNs 4x as wide)."""
     if name == "dense":
         return dict(method="dense", multiplier=1, block_size=0, seed=0)
     method, width, block = name.split("_")
-    return dict(method=method, multiplier=int(width.rstrip("w")), block_size=int(block.lstrip("b")), seed=0)
+    ffn = width.startswith("ffn")
+    multiplier = int(width[3:].rstrip("x") if ffn else width.rstrip("w"))
+    return dict(method=method, multiplier=multiplier, block_size=int(block.lstrip("b")), seed=0,
+                widen="ffn" if ffn else "model")
 
 
 def profile(name: str, cfg: dict, lr: float, data: torch.Tensor, steps: int) -> dict:
@@ -110,16 +116,22 @@ def profile(name: str, cfg: dict, lr: float, data: torch.Tensor, steps: int) -> 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", nargs="+", default=["dense", "rigl_2w_b16", "rigl_2w_b32", "rigl_3w_b16", "rigl_3w_b32"])
+    p.add_argument("--study", choices=sorted(run_study.STUDIES), default="first",
+                   help="whose models and sizes (default %(default)s)")
+    p.add_argument("--models", nargs="+", default=None, help="default: dense and the study's sparse cells")
     p.add_argument("--steps", type=int, default=10, help="profiled steps per model (default %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="the learning rate (does not change the time)")
     p.add_argument("--quick", action="store_true", help="the study's tiny sizes")
-    p.add_argument("--out-dir", type=Path, default=run_study.DEFAULT_OUT)
+    p.add_argument("--out-dir", type=Path, default=None, help="default: the study's results folder")
     args = p.parse_args(argv)
-    cfg = dict(run_study.QUICK if args.quick else run_study.FULL)
+    full, quick, default_out = run_study.STUDIES[args.study]
+    cfg = dict(quick if args.quick else full)
+    models = args.models or ["dense"] + [run_study.model_name(dict(method="rigl", multiplier=m, block_size=b,
+                                                                   widen=cfg["widen"])) for m, b in run_study.cells(cfg)]
+    args.out_dir = args.out_dir or default_out
     train_plays, _ = run_study.plays()
     data = run_study.encode(train_plays)
-    results = [profile(name, cfg, args.lr, data, args.steps) for name in args.models]
+    results = [profile(name, cfg, args.lr, data, args.steps) for name in models]
     lines = where_time_goes_table(results)
     print("\n".join(lines))
     args.out_dir.mkdir(parents=True, exist_ok=True)
