@@ -222,6 +222,90 @@ def iso_cost_time() -> str:
             f"`{env['git_sha'][:7]}` (`benchmarks/results/iso_cost/where_time_goes.json`).")
 
 
+# ---- the iso-cost study's second design ----------------------------------------------------------------------
+
+ISO_COST_2 = RESULTS / "iso_cost_2"
+NO_RECORDS = "No records yet: `python benchmarks/iso_cost/run_study.py --study second` writes them."
+
+
+@functools.cache
+def _iso_cost_2(folder: Path = ISO_COST_2) -> tuple[list[dict], list[dict], dict, list[dict]]:
+    sweep, records = iso_cost.load(folder)
+    summary = iso_cost.summarise(records) if records else {}
+    has_dense = any(name.startswith("dense") for name in summary)
+    return sweep, records, summary, iso_cost.comparisons(summary) if has_dense and len(summary) > 1 else []
+
+
+def iso_cost_2_sweep() -> str:
+    sweep = _iso_cost_2()[0]
+    return "\n".join(iso_cost.sweep_table(sweep)) if sweep else NO_RECORDS
+
+
+def iso_cost_2_models() -> str:
+    _, records, summary, _ = _iso_cost_2()
+    if not summary:
+        return NO_RECORDS
+    lines = iso_cost.models_table(summary) + ["", iso_cost.measured_on(summary, records)]
+    if any(name.startswith("dense") for name in summary) and len(summary) > 1:
+        lines += ["", iso_cost.equal_memory(summary)]
+    return "\n".join(lines)
+
+
+def iso_cost_2_vs_dense() -> str:
+    rows = _iso_cost_2()[3]
+    return "\n".join(iso_cost.against_dense_table(rows)) if rows else NO_RECORDS
+
+
+def iso_cost_2_pace() -> str:
+    path = ISO_COST_2 / "pace.json"
+    if not path.exists():
+        return NO_RECORDS
+    sittings = _json(path)["sittings"]
+    env = sittings[0]["environment"]
+    dense = [s["models"]["dense"]["ordinary_ms"] for s in sittings]
+    return ("\n".join(iso_cost.pace_table(_json(path))) + f"\n\n{len(sittings)} sittings; the dense step took "
+            f"{min(dense):.0f}–{max(dense):.0f} ms across them. Measured on {env['device']} "
+            f"(`{env['instruction_set']}` kernels), {env['threads']} threads, torch {env['torch']} "
+            "(`benchmarks/results/iso_cost_2/pace.json`).")
+
+
+def iso_cost_2_first_design() -> str:
+    """The first design's seed-0 cells re-run on today's kernels (paced), beside the first study's seed 0."""
+    _, rerun, _, _ = _iso_cost_2(ISO_COST_2 / "first_design")
+    _, before, _, _ = _iso_cost()
+    before = {r["name"]: r for r in before}
+    rerun = {r["name"]: r for r in rerun}
+    if "dense_s0" not in rerun:
+        return NO_RECORDS
+    lines = ["| model | ms/step, first study | vs dense | ms/step, re-run | vs dense | equal-time loss − dense, "
+             "first study | re-run |", "|---|---|---|---|---|---|---|"]
+    for name, r in sorted(rerun.items(), key=lambda kv: iso_cost.order(kv[1])):
+        old = before.get(name)
+        cells = []
+        for record, dense in ((old, before.get("dense_s0")), (r, rerun["dense_s0"])):
+            ms = record["equal_tokens"]["ms_per_step"]
+            cells += [f"{ms:.0f}", f"{ms / dense['equal_tokens']['ms_per_step']:.2f}"] if record else ["–", "–"]
+        for record, dense in ((old, before.get("dense_s0")), (r, rerun["dense_s0"])):
+            cells.append("–" if record is None or record is dense else
+                         f"{record['equal_time']['final_val_loss'] - dense['equal_time']['final_val_loss']:+.3f}")
+        lines.append(f"| {iso_cost.label(r)} | " + " | ".join(cells) + " |")
+    shas = sorted({r["environment"]["git_sha"][:7] for r in rerun.values()})
+    return "\n".join(lines) + (f"\n\nSeed 0, learning rate {rerun['dense_s0']['lr']:g}; the re-run at git "
+                               f"{', '.join(f'`{s}`' for s in shas)}, its step times paced "
+                               "(`benchmarks/results/iso_cost_2/first_design/`).")
+
+
+def iso_cost_2_time() -> str:
+    path = ISO_COST_2 / "where_time_goes.json"
+    if not path.exists():
+        return "Not profiled yet: `python benchmarks/iso_cost/where_time_goes.py --study second`."
+    data = _json(path)
+    env = data["environment"]
+    return ("\n".join(iso_cost.where_time_goes_table(data["results"])) + f"\n\nProfiled on {env['device']} "
+            f"(`{env['instruction_set']}` kernels), {env['threads']} threads, torch {env['torch']}, git "
+            f"`{env['git_sha'][:7]}` (`benchmarks/results/iso_cost_2/where_time_goes.json`).")
+
+
 # ---- the command line's help -------------------------------------------------------------------------------
 
 
@@ -392,6 +476,12 @@ TABLES = {
     "iso-cost-time": iso_cost_time,
     "cli-help": cli_help,
     "training-loop": training_loop,
+    "iso-cost-2-sweep": iso_cost_2_sweep,
+    "iso-cost-2-models": iso_cost_2_models,
+    "iso-cost-2-vs-dense": iso_cost_2_vs_dense,
+    "iso-cost-2-pace": iso_cost_2_pace,
+    "iso-cost-2-first-design": iso_cost_2_first_design,
+    "iso-cost-2-time": iso_cost_2_time,
     "deploy": deploy,
 }
 LINKED = {"where-it-runs": where_it_runs, "headline": headline}
