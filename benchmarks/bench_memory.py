@@ -190,6 +190,7 @@ def plot_memory(path: Path, rows: list[dict]) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("matplotlib not installed: no plot drawn (pip install matplotlib)")
         return False
@@ -206,10 +207,13 @@ def plot_memory(path: Path, rows: list[dict]) -> bool:
         ax.axhline(dense["peak_step_mib"], color="grey", ls="--", label="dense peak step")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        densities = sorted({r["density"] for r in rows if r["model"] == model and r["method"] != "dense"})
+        ax.set_xticks(densities, [f"{d:g}" for d in densities])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # the log axis's own labels would overlap
         ax.set_xlabel("density")
         ax.set_ylabel("MiB")
         ax.set_title(f"training memory: {model}")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

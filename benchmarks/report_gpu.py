@@ -126,7 +126,7 @@ def speed_table(path: Path) -> list[str]:
     env, rows = data["environment"], data["rows"]
     lines = [f"`{path.relative_to(ROOT)}`: {env['device']}, torch {env['torch']}, triton {env['triton']}, git "
              f"{_sha(env['git_sha'])}; ratio = baseline time / our time (below 1: we are slower).", "",
-             "| size | block | density | fwd | dX | dW | fwd+dX+dW | step | block_scores / dense GEMM | fwd vs BSR "
+             "| size | block | density | fwd | dX | dW | fwd+dX+dW | step | scores / GEMM | fwd vs BSR "
              "| fwd vs stk | dW vs stk |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     slower = 0
     for r in sorted(rows, key=lambda r: (r["size"], r["block_size"], -r["density"])):

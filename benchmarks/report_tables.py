@@ -113,7 +113,7 @@ def cpu_memory() -> str:
     data = _json(RESULTS / "cpu" / "memory.json")
     env, names = data["environment"], {"dense": "dense", "rigl": "RigL", "masked": "masked RigL"}
     lines = ["| workload | method | density | state | activations | peak of a step | peak vs dense | "
-             "param+grad+Adam vs dense | RigL update adds | dense gradient of the sparse layers |",
+             "param+grad+Adam vs dense | update adds | dense gradient of sparse layers |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
         lines.append(f"| {r['model']} | {names[r['method']]} | {r['density']:g} | {r['state_mib']:.1f} | "

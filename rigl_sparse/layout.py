@@ -227,7 +227,7 @@ class BlockSparseLayout(nn.Module):
     @classmethod
     def from_dense(
         cls, weight: torch.Tensor, *, density: float, block_size: int
-    ) -> tuple["BlockSparseLayout", torch.Tensor]:
+    ) -> tuple[BlockSparseLayout, torch.Tensor]:
         """Keep the ``block_count(density)`` blocks of largest Frobenius norm.
 
         Returns the layout and the ``[nnzb, b, b]`` values (same dtype and device as

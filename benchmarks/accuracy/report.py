@@ -235,7 +235,7 @@ def plots(summary, models, out_dir: Path) -> list[Path]:
         s = {k: v for k, v in summary.items() if k[0] == model}
         if not s:
             continue
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))  # each its own scale: ERK's curves lie close together
         for ax, distribution in zip(axes, ("erk", "uniform")):
             for label in ORDER[1:]:
                 pts = [(d, s[(model, label, distribution, d, 1)]) for d in DENSITIES
@@ -252,7 +252,7 @@ def plots(summary, models, out_dir: Path) -> list[Path]:
             ax.set_title(f"{model}, {distribution}, unstructured")
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("test accuracy (%)")
-        axes[0].legend(fontsize=8)
+        axes[0].legend(fontsize=9)
         _footnote(fig, s)
         written.append(_save(fig, out_dir / f"accuracy_vs_density_{model}.png"))
 
@@ -303,8 +303,9 @@ def _errorbar(ax, pts, **style) -> None:
 def _footnote(fig, summary) -> None:
     """Says what a dagger means, on a figure whose model has a seed that did not train."""
     if any(v.get("did_not_train") for v in summary.values()):
-        fig.text(0.01, 0.005, f"\u2020 a seed ended below {DID_NOT_TRAIN:g}% (it did not train): the point is the "
-                 "mean of the other seeds; the tables give all of them", fontsize=8)
+        fig.text(0.01, 0.005, f"\u2020 seeds below {DID_NOT_TRAIN:g}% (did not train) are left out of the point, "
+                 "unless none trained",
+                 fontsize=9)
 
 
 def _save(fig, path: Path) -> Path:

@@ -199,7 +199,8 @@ def where_time_goes_table(results: list[dict]) -> list[str]:
     """``where_time_goes.py``'s results: per model the profiled step and its parts (ms), and what an update
     step costs over an ordinary one."""
     parts = list(dict.fromkeys(k for r in results for k in r["parts_ms_per_step"]))
-    lines = ["| model | step (ms) | " + " | ".join(parts) + " | update step / ordinary |",
+    short = {"dense matrix products": "dense products", "sparse projections": "sparse products"}
+    lines = ["| model | step (ms) | " + " | ".join(short.get(p, p) for p in parts) + " | update / ordinary step |",
              "|---" * (len(parts) + 3) + "|"]
     for r in results:
         ratio = f"{r['update_step_ms'] / r['ordinary_step_ms']:.2f}" if "update_step_ms" in r else "n/a"
@@ -222,14 +223,14 @@ def plot(records: list[dict], path: Path) -> bool:
     for r in sorted(records, key=order):
         name = label(r)
         first = name not in colours
-        colours.setdefault(name, f"C{len(colours)}")
+        colours.setdefault(name, f"C{len(colours) % 10}")
         for axis, key, x in ((timed, "equal_time", 1), (tokens, "equal_tokens", 0)):
             curve = r[key]["curve"][1:]  # from the first evaluation: the untrained loss is off the scale
             axis.plot([p[x] for p in curve], [p[2] for p in curve], color=colours[name], alpha=0.8,
                       label=name if first else None, linestyle="--" if r["method"] == "dense" else "-")
     timed.set(xlabel="training wall-clock (s)", ylabel="validation loss (nats/char)", title="equal wall-clock")
-    tokens.set(xlabel="step", title="equal tokens")
-    timed.legend(fontsize=8)
+    tokens.set(xlabel="step", ylabel="validation loss (nats/char)", title="equal tokens")
+    timed.legend(fontsize=10)
     for axis in (timed, tokens):
         axis.grid(alpha=0.3)
     fig.tight_layout()

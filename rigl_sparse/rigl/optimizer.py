@@ -54,12 +54,14 @@ class RigLOptimizer(torch.optim.Optimizer):
             grow scores of the grown blocks, as ``rigl/<layer>/<quantity>`` at the update's step.
         history: an ``rs.TopologyHistory`` to ``observe`` after every step (block ages, snapshots, pictures).
 
-    Use::
+    Use:
 
-        optimizer = rs.RigLOptimizer(torch.optim.AdamW(model.parameters()), scheduler)
-        loss.backward()
-        optimizer.step()        # or scaler.step(optimizer), or a trainer's own call
-        optimizer.zero_grad()
+    ```python
+    optimizer = rs.RigLOptimizer(torch.optim.AdamW(model.parameters()), scheduler)
+    loss.backward()
+    optimizer.step()        # or scaler.step(optimizer), or a trainer's own call
+    optimizer.zero_grad()
+    ```
     """
 
     _step_supports_amp_scaling = True  # GradScaler.step calls step() with found_inf and grad_scale set

@@ -37,12 +37,14 @@ class PruningScheduler:
         exponent: of the polynomial schedule (> 0; 3 in the paper).
 
     Use like ``RigLScheduler``; ``step()`` always returns True (the optimizer
-    steps on pruning steps too)::
+    steps on pruning steps too):
 
-        loss.backward()
-        if sched.step():
-            optimizer.step()
-        optimizer.zero_grad()
+    ```python
+    loss.backward()
+    if sched.step():
+        optimizer.step()
+    optimizer.zero_grad()
+    ```
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, t_start: int = 0, t_end: int,
