@@ -127,7 +127,8 @@ class TopologyHistory:
         axis = fig.subplots()
         steps, counts = zip(*self.moves) if self.moves else ((), ())
         axis.bar(steps, counts, width=max(1, (max(steps) if steps else 1) / 80))
-        axis.set(xlabel="training step", ylabel="blocks grown", title="blocks moved per topology update")
+        axis.set(xlabel="training step", ylabel="blocks moved", title="blocks moved (grown, as many dropped) "
+                 "per topology update")
         return _save(fig, path)
 
 
