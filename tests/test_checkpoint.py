@@ -350,8 +350,13 @@ def test_ctrl_c_during_the_moves_of_an_update_waits_until_every_layer_has_moved(
         return move(self, *args)
 
     monkeypatch.setattr(kind, "move", interrupted_move)
-    with pytest.raises(KeyboardInterrupt):
-        _steps(model, optimizer, scheduler, 3, 4)  # step 3 updates the topology
+    # Python's own Ctrl-C handler, also where the suite runs in the background of a shell (which ignores SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _steps(model, optimizer, scheduler, 3, 4)  # step 3 updates the topology
+    finally:
+        signal.signal(signal.SIGINT, previous)
     monkeypatch.undo()
     assert scheduler.step_count == 4 and scheduler.stats["updates"] == 1  # the whole update, counted
     assert set(scheduler.last_update) == {"0", "2"}
