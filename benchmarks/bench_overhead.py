@@ -1,8 +1,8 @@
 """Per-call time of ``SparseLinear`` forward + backward, for one or several checkouts in one run.
 
 Layers: a small ``SparseLinear`` (64 -> 32 features, b=4, density 0.25, 16 rows), where the time is the
-Python and dispatch overhead of the ops; a 4096 x 4096 one (b=32, density 0.1, 256 rows), where it is
-mostly the kernels; and a small ``SparseConv2d`` (16 -> 32 channels, 3x3, b=8, density 0.25, 4 images of
+Python and dispatch overhead of the ops; 1024 x 1024 and 4096 x 4096 ones (b=32, density 0.1, 256 rows),
+where it is mostly the kernels; and a small ``SparseConv2d`` (16 -> 32 channels, 3x3, b=8, density 0.25, 4 images of
 8x8), whose op the same overhead reaches.  Each checkout is timed in its own process (its package first on ``PYTHONPATH``, built in
 place); the checkouts alternate over ``--rounds`` rounds, in reversed order every other round, and each
 reports the median of its rounds, so that a drift in the machine's speed falls on all of them alike.
@@ -24,6 +24,7 @@ from statistics import median
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CASES = {"small": dict(in_f=64, out_f=32, b=4, density=0.25, rows=16),
+         "1024": dict(in_f=1024, out_f=1024, b=32, density=0.1, rows=256),
          "4096": dict(in_f=4096, out_f=4096, b=32, density=0.1, rows=256),
          "conv-small": dict(in_f=16, out_f=32, b=8, density=0.25, rows=4, conv=True)}
 

@@ -11,8 +11,10 @@ import numbers
 
 import torch
 
+from rigl_sparse.topology import Topology
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-TOPOLOGY = ("block_row", "block_col", "row_ptr", "row_slots", "col_ptr", "col_slots")
+TOPOLOGY = Topology._fields  # the names of the layout's six topology tensors, in the order the ops take them
 
 
 def check_density(density) -> None:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from rigl_sparse._checks import TOPOLOGY, check_density, check_generator, check_positive_int, check_topology
+from rigl_sparse.topology import Topology
 
 __all__ = ["BlockSparseLayout", "block_count", "build_views", "check_topology", "rebuild_views"]
 
@@ -176,11 +177,11 @@ class BlockSparseLayout(nn.Module):
         """``[nnzb, b, b] bool``: True on real entries; None when no dimension is padded."""
         return padding_mask(self.shape, self.block_size, self.block_row, self.block_col)
 
-    def topology(self) -> tuple[torch.Tensor, ...]:
-        """The six topology tensors in the order the ops take them."""
+    def topology(self) -> Topology:
+        """The six topology tensors, named, in the order the ops take them."""
         buffers = self._buffers  # every op call reads them: a dict lookup each, not Module.__getattr__
-        return (buffers["block_row"], buffers["block_col"], buffers["row_ptr"], buffers["row_slots"],
-                buffers["col_ptr"], buffers["col_slots"])
+        return tuple.__new__(Topology, (buffers["block_row"], buffers["block_col"], buffers["row_ptr"],
+                                        buffers["row_slots"], buffers["col_ptr"], buffers["col_slots"]))
 
     # ----------------------------------------------------------------- views
     @torch.no_grad()

@@ -147,3 +147,14 @@ def test_random_rejects_bad_arguments(kwargs, error):
     block_size = kwargs.pop("block_size", 4)
     with pytest.raises(error):
         BlockSparseLayout.random((16, 16), block_size, **kwargs)
+
+
+def test_the_topology_is_named_in_the_order_the_ops_take_it():
+    from rigl_sparse.topology import Topology
+
+    layout = BlockSparseLayout.random((40, 24), block_size=8, density=0.5, generator=torch.Generator().manual_seed(0))
+    topology = layout.topology()
+    assert isinstance(topology, Topology) and Topology._fields == tuple(dict(layout.named_buffers()))
+    assert all(getattr(topology, name) is buffer for name, buffer in layout.named_buffers())
+    assert (topology.nnzb, topology.rows, topology.cols) == (layout.nnzb, *layout.grid) == (layout.nnzb, 5, 3)
+    assert Topology(*list(topology)) == topology  # what the dispatcher hands a kernel, named again

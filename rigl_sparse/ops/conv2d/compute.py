@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from rigl_sparse import backends
 from rigl_sparse.ops import _common, cpu_extension as _cpu
 from rigl_sparse.ops.grow_tap import merge_candidates
+from rigl_sparse.topology import Topology
 
 PATCH_BYTES = 32 << 20  # patch buffer per chunk of images
 
@@ -135,13 +136,15 @@ def forward(x, values, bias, topology, out_channels: int, geometry: ConvGeometry
     path = _path(x, values)
     if path == "cpu":
         y = x.new_empty(rows, out_channels)
-        _cpu.extension().conv_forward_out(padded.contiguous(), values.contiguous(), bias, topology[2], topology[3],
-                                          topology[1], _geometry_list(geometry, out_h, out_w, out_channels), y)
+        t = Topology(*topology)
+        _cpu.extension().conv_forward_out(padded.contiguous(), values.contiguous(), bias, t.row_ptr, t.row_slots,
+                                          t.block_col, _geometry_list(geometry, out_h, out_w, out_channels), y)
     elif path == "triton":
         from rigl_sparse.ops.conv2d import triton as conv_triton
 
-        y = conv_triton.forward(padded.contiguous(), values.contiguous(), bias, topology[2], topology[3],
-                                topology[1], out_channels, geometry, out_h, out_w)
+        t = Topology(*topology)
+        y = conv_triton.forward(padded.contiguous(), values.contiguous(), bias, t.row_ptr, t.row_slots, t.block_col,
+                                out_channels, geometry, out_h, out_w)
     else:
         y = x.new_empty(rows, out_channels)
         per_image = out_h * out_w
@@ -204,7 +207,8 @@ def _grow_scores(dy, padded, topology, b, k, geometry, out_h, out_w):
     The criterion needs ``dY^T P`` over every row at once, so the batch's patches exist for this call
     (RigL update steps only); the dense weight gradient never does.
     """
-    block_row, block_col = topology[0], topology[1]
+    t = Topology(*topology)
+    block_row, block_col = t.block_row, t.block_col
     groups = _groups(geometry, padded.shape[3], dy.shape[1])
     if len(groups) == 1:
         return _run("block_scores", dy, patches(padded, geometry, out_h, out_w), block_row, block_col, b, k)

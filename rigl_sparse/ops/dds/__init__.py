@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from rigl_sparse import _checks, backends
+from rigl_sparse.topology import Topology
 from rigl_sparse.ops import _common, _library, cpu_extension as _cpu, cuda_extension as _cuda
 from rigl_sparse.ops.dds import reference
 
@@ -19,9 +20,9 @@ def _check(dy, values, topology, in_features):
     _checks.check_topology_args(values, topology, values.shape[-1] if values.dim() == 3 else -1, dy.device)
     if values.dtype != dy.dtype:
         raise TypeError(f"values ({values.dtype}) and dy ({dy.dtype}) must have the same dtype")
-    b = values.shape[1]
-    _checks.check_dim_matches_grid("dy.shape[1] (out_features)", dy.shape[1], topology[2].shape[0] - 1, b)
-    _checks.check_dim_matches_grid("in_features", in_features, topology[4].shape[0] - 1, b)
+    b, grid = values.shape[1], Topology(*topology)
+    _checks.check_dim_matches_grid("dy.shape[1] (out_features)", dy.shape[1], grid.rows, b)
+    _checks.check_dim_matches_grid("in_features", in_features, grid.cols, b)
 
 
 def python_kernel(dy: Tensor, values: Tensor, topology: list[Tensor], in_features: int) -> Tensor:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from rigl_sparse import _checks, backends
+from rigl_sparse.topology import Topology
 from rigl_sparse.ops import _common, _library, cpu_extension as _cpu, cuda_extension as _cuda
 from rigl_sparse.ops.dsd import reference
 from rigl_sparse.ops.dds import dds_op
@@ -23,9 +24,9 @@ def check_arguments(x, values, bias, topology, out_features):
     _checks.check_topology_args(values, topology, values.shape[-1] if values.dim() == 3 else -1, x.device)
     if values.dtype != x.dtype:
         raise TypeError(f"values ({values.dtype}) and x ({x.dtype}) must have the same dtype")
-    b = values.shape[1]
-    _checks.check_dim_matches_grid("out_features", out_features, topology[2].shape[0] - 1, b)
-    _checks.check_dim_matches_grid("x.shape[1] (in_features)", x.shape[1], topology[4].shape[0] - 1, b)
+    b, grid = values.shape[1], Topology(*topology)
+    _checks.check_dim_matches_grid("out_features", out_features, grid.rows, b)
+    _checks.check_dim_matches_grid("x.shape[1] (in_features)", x.shape[1], grid.cols, b)
     if bias is not None:
         if bias.dtype != x.dtype:
             raise TypeError(f"bias ({bias.dtype}) and x ({x.dtype}) must have the same dtype")

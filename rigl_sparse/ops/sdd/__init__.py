@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from rigl_sparse import _checks, backends
+from rigl_sparse.topology import Topology
 from rigl_sparse.ops import _common, _library, cpu_extension as _cpu, cuda_extension as _cuda
 from rigl_sparse.ops.sdd import reference
 
@@ -17,8 +18,9 @@ from rigl_sparse.ops.sdd import reference
 def _check(dy, x, topology, block_size):
     _checks.check_gradient_pair(dy, x, block_size)
     _checks.check_topology_args(None, topology, block_size, x.device)
-    _checks.check_dim_matches_grid("dy.shape[1] (out_features)", dy.shape[1], topology[2].shape[0] - 1, block_size)
-    _checks.check_dim_matches_grid("x.shape[1] (in_features)", x.shape[1], topology[4].shape[0] - 1, block_size)
+    grid = Topology(*topology)
+    _checks.check_dim_matches_grid("dy.shape[1] (out_features)", dy.shape[1], grid.rows, block_size)
+    _checks.check_dim_matches_grid("x.shape[1] (in_features)", x.shape[1], grid.cols, block_size)
     _checks.check_same_device(dy=dy, x=x)
 
 
@@ -31,7 +33,7 @@ def python_kernel(dy: Tensor, x: Tensor, topology: list[Tensor], block_size: int
 
 def _fake(dy, x, topology, block_size):
     _check(dy, x, topology, block_size)
-    return x.new_empty(topology[0].shape[0], block_size, block_size)
+    return x.new_empty(Topology(*topology).nnzb, block_size, block_size)
 
 
 def _setup_context(ctx, inputs, output):
