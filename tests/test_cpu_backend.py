@@ -367,3 +367,9 @@ def test_a_large_output_is_written_without_a_page_fault_per_4_kib():
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     assert y.nbytes == 32 << 20
     assert faults < 2048, f"{faults} page faults for a 32 MiB output"
+
+
+def test_the_kernels_read_the_topology_in_the_order_python_names_it():
+    from rigl_sparse.topology import Topology
+
+    assert tuple(_cpu.extension().topology_fields()) == Topology._fields

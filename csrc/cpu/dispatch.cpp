@@ -13,6 +13,7 @@
 
 #include "common.h"
 #include "entry_points.h"
+#include "topology.h"
 
 namespace py = pybind11;
 
@@ -41,16 +42,6 @@ int64_t blocks(int64_t size, int64_t b) {
   return (size + b - 1) / b;
 }
 
-// The topology as the op's checks want it: six 1-D int32 CPU tensors, nnzb entries in the coordinate
-// and slot tensors, a row view over `rows` and a column view over `cols` blocks.
-bool topology_fits(at::TensorList t, int64_t nnzb, int64_t rows, int64_t cols) {
-  if (t.size() != 6) return false;
-  for (const at::Tensor& part : t)
-    if (!part.defined() || !part.device().is_cpu() || part.scalar_type() != at::kInt || part.dim() != 1) return false;
-  return t[0].size(0) == nnzb && t[1].size(0) == nnzb && t[3].size(0) == nnzb && t[5].size(0) == nnzb &&
-         t[2].size(0) == rows + 1 && t[4].size(0) == cols + 1;
-}
-
 // values [nnzb, b, b] of a's dtype with a block size the kernels have; a [M, K] on the grid's columns.
 bool matmul_fits(const at::Tensor& a, const at::Tensor& values, at::TensorList topology, int64_t out_features,
                  int64_t in_features) {
@@ -59,7 +50,7 @@ bool matmul_fits(const at::Tensor& a, const at::Tensor& values, at::TensorList t
     return false;
   const int64_t b = values.size(1);
   return values.size(2) == b && has_block_size(b) &&
-         topology_fits(topology, values.size(0), blocks(out_features, b), blocks(in_features, b));
+         Topology::fits(topology, values.size(0), blocks(out_features, b), blocks(in_features, b));
 }
 
 bool fast() {
@@ -99,7 +90,8 @@ at::Tensor dsd_cpu(const at::Tensor& x, const at::Tensor& values, const c10::opt
   at::Tensor out = empty_huge({x.size(0), out_features}, x.options());
   c10::optional<at::Tensor> b;
   if (bias.has_value()) b = bias->contiguous();
-  dsd_out(x.contiguous(), values.contiguous(), b, topology[2], topology[3], topology[1], out);
+  const Topology t(topology);
+  dsd_out(x.contiguous(), values.contiguous(), b, t.row_ptr, t.row_slots, t.block_col, out);
   return out;
 }
 
@@ -108,7 +100,8 @@ at::Tensor dds_cpu(const at::Tensor& dy, const at::Tensor& values, at::TensorLis
   if (!take(fast() && matmul_fits(dy, values, topology, dy.dim() == 2 ? dy.size(1) : -1, in_features)))
     return in_python<at::Tensor>(python_kernels->dds, dy, values, as_vector(topology), in_features);
   at::Tensor out = empty_huge({dy.size(0), in_features}, dy.options());
-  dds_out(dy.contiguous(), values.contiguous(), topology[4], topology[5], topology[0], out);
+  const Topology t(topology);
+  dds_out(dy.contiguous(), values.contiguous(), t.col_ptr, t.col_slots, t.block_row, out);
   return out;
 }
 
@@ -118,16 +111,17 @@ bool pair_fits(const at::Tensor& dy, const at::Tensor& x) {
 }
 
 at::Tensor sdd_out_new(const at::Tensor& dy, const at::Tensor& x, at::TensorList topology, int64_t b) {
-  at::Tensor out = empty_huge({topology[0].size(0), b, b}, x.options());
-  sdd_out(dy.contiguous(), x.contiguous(), topology[3], topology[0], topology[1], out);
+  const Topology t(topology);
+  at::Tensor out = empty_huge({t.nnzb(), b, b}, x.options());
+  sdd_out(dy.contiguous(), x.contiguous(), t.row_slots, t.block_row, t.block_col, out);
   return out;
 }
 
 at::Tensor sdd_cpu(const at::Tensor& dy, const at::Tensor& x, at::TensorList topology, c10::SymInt block_size_) {
   const int64_t b = block_size_.expect_int();
   if (!take(fast() && pair_fits(dy, x) && has_block_size(b) &&
-            topology_fits(topology, topology.size() == 6 ? topology[0].size(0) : -1, blocks(dy.size(1), b),
-                          blocks(x.size(1), b))))
+            Topology::fits(topology, topology.empty() ? -1 : topology[0].size(0), blocks(dy.size(1), b),
+                           blocks(x.size(1), b))))
     return in_python<at::Tensor>(python_kernels->sdd, dy, x, as_vector(topology), b);
   return sdd_out_new(dy, x, topology, b);
 }
@@ -144,8 +138,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dsd_backward_cpu(const at::Tensor
   at::Tensor grad_x = need_x ? empty_huge({x.size(0), x.size(1)}, x.options()) : at::empty({0}, x.options());
   at::Tensor grad_values = need_values ? empty_huge(values.sizes(), values.options()) : at::empty({0}, x.options());
   at::Tensor grad_bias = need_bias ? at::empty({dy.size(1)}, x.options()) : at::empty({0}, x.options());
-  dsd_backward_out(dy, x.contiguous(), values.contiguous(), topology[4], topology[5], topology[0], topology[3],
-                   topology[1], need_x, need_values, need_bias, grad_x, grad_values, grad_bias);
+  const Topology t(topology);
+  dsd_backward_out(dy, x.contiguous(), values.contiguous(), t.col_ptr, t.col_slots, t.block_row, t.row_slots,
+                   t.block_col, need_x, need_values, need_bias, grad_x, grad_values, grad_bias);
   return {grad_x, grad_values, grad_bias};
 }
 
@@ -176,7 +171,7 @@ bool conv_fits(const at::Tensor& x, const at::Tensor& values, const c10::optiona
   if (bias.has_value() && !(bias->device().is_cpu() && bias->scalar_type() == x.scalar_type() && bias->dim() == 1 &&
                             bias->size(0) == out_channels))
     return false;
-  return topology_fits(topology, values.size(0), blocks(out_channels, b), blocks(fan_in, b));
+  return Topology::fits(topology, values.size(0), blocks(out_channels, b), blocks(fan_in, b));
 }
 
 std::vector<int64_t> kernel_geometry(const Conv& g, int64_t out_channels) {
@@ -213,7 +208,8 @@ at::Tensor conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const c10::
   at::Tensor y = empty_huge({n * g.out_h * g.out_w, out_channels}, x.options());
   c10::optional<at::Tensor> b;
   if (bias.has_value()) b = bias->contiguous();
-  conv_forward_out(padded_nhwc(x, g), values.contiguous(), b, topology[2], topology[3], topology[1],
+  const Topology t(topology);
+  conv_forward_out(padded_nhwc(x, g), values.contiguous(), b, t.row_ptr, t.row_slots, t.block_col,
                    kernel_geometry(g, out_channels), y);
   return y.view({n, g.out_h, g.out_w, out_channels}).permute({0, 3, 1, 2});
 }
@@ -241,15 +237,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   const at::Tensor dy = grad_y.permute({0, 2, 3, 1}).contiguous().view({n * g.out_h * g.out_w, out_channels});
   const at::Tensor padded = padded_nhwc(x, g);
   const std::vector<int64_t> kg = kernel_geometry(g, out_channels);
+  const Topology t(topology);
   at::Tensor grad_x = at::empty({0}, x.options()), grad_values = at::empty({0}, values.options());
   at::Tensor grad_bias = at::empty({0}, x.options());
   if (need_values) {
     grad_values = at::empty_like(values);
-    conv_weight_grad_out(dy, padded, topology[3], topology[0], topology[1], kg, grad_values);
+    conv_weight_grad_out(dy, padded, t.row_slots, t.block_row, t.block_col, kg, grad_values);
   }
   if (need_x) {
     at::Tensor grad_padded = at::zeros(padded.sizes(), x.options().dtype(at::kFloat));
-    conv_input_grad_out(dy, values.contiguous(), topology[4], topology[5], topology[0], kg, grad_padded);
+    conv_input_grad_out(dy, values.contiguous(), t.col_ptr, t.col_slots, t.block_row, kg, grad_padded);
     const at::Tensor inner = grad_padded.slice(1, g.top, g.top + x.size(2)).slice(2, g.left, g.left + x.size(3));
     grad_x = at::empty_like(x);  // in x's own memory format, as the fake says
     grad_x.copy_(inner.to(x.scalar_type()).permute({0, 3, 1, 2}));
