@@ -292,6 +292,12 @@ def test_iso_cost_where_time_goes_names_both_designs_and_jobs_need_the_paced_clo
                 dict(method="static", multiplier=3, block_size=16, widen="model")):
         assert where.spec(study.model_name(run)) == {**run, "seed": 0}
     assert where.spec("dense")["method"] == "dense"
+    # the sweep trains the first seed only: only that seed's run at the swept rate is the sweep's computation
+    (tmp_path / "sweep_dense_lr0.002.json").write_text("{}")
+    dense = dict(method="dense", multiplier=1, block_size=0, widen="ffn")
+    assert study.swept_run(dict(dense, seed=0), 0.002, study.SECOND, tmp_path) == tmp_path / "sweep_dense_lr0.002.json"
+    assert study.swept_run(dict(dense, seed=1), 0.002, study.SECOND, tmp_path) is None
+    assert study.swept_run(dict(dense, seed=0), 0.004, study.SECOND, tmp_path) is None
     with pytest.raises(SystemExit):  # argparse's error: side by side, each run's own clock would be shared
         study.main(["--quick", "--jobs", "2", "--out-dir", str(tmp_path), "--plays-dir",
                     str(_tiny_plays(tmp_path / "plays"))])

@@ -325,12 +325,21 @@ def paced(result: dict, times: dict[str, float], horizon: int, cfg: dict, update
             "measured_seconds": result["seconds"], "curve": [(s, clock(s), loss) for s, _, loss in result["curve"]]}
 
 
+def swept_run(run: dict, lr: float, cfg: dict, out: Path) -> Path | None:
+    """The record of the sweep's run that is the same computation as ``run`` at ``lr`` (the sweep trains seed
+    ``cfg["seeds"][0]`` only), if it exists."""
+    if "lr" in run or run["seed"] != cfg["seeds"][0]:
+        return None
+    path = out / f"{run_name(dict(run, lr=lr))}.json"
+    return path if path.exists() else None
+
+
 def run_one(name: str, run: dict, cfg: dict, lr: float, out: Path, train_data, val_data) -> None:
     """Trains one run and writes its record (the child process of one run, so that its peak memory is its
     own)."""
     steps, sparse, extra = cfg["steps"], run["method"] != "dense", {}
-    swept = out / f"{run_name(dict(run, lr=lr))}.json"  # the sweep's run of this model at this rate, if any
-    if "lr" not in run and swept.exists():  # the same computation: its equal-tokens training is this run's
+    swept = swept_run(run, lr, cfg, out)
+    if "lr" not in run and swept is not None:  # the same computation: its equal-tokens training is this run's
         tokens, extra = json.loads(swept.read_text())["equal_tokens"], {"equal_tokens_from": swept.name}
     else:
         tokens = train(run, cfg, lr, train_data, val_data, steps=steps, seconds=None, horizon=steps)
@@ -417,8 +426,8 @@ def main(argv=None) -> None:
                 lr = run["lr"]
             else:
                 lr = args.tuned_lr if args.tuned_lr is not None else tuned_lr(cfg, out, run)
-            reuse = out / f"{run_name(dict(run, lr=lr))}.json"  # the sweep's run of this model at this rate
-            if group is runs and run["method"] == "dense" and reuse.exists():
+            reuse = swept_run(run, lr, cfg, out)
+            if group is runs and run["method"] == "dense" and reuse is not None:
                 # dense seed 0 at the tuned rate is the sweep's run at that rate: the same computation
                 record = json.loads(reuse.read_text())
                 record.update(name=name, **run, reused_from=reuse.name)
