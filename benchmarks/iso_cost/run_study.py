@@ -268,6 +268,8 @@ def paced_seconds(times: dict[str, float], steps: int, horizon: int, delta_t: in
 def steps_in(budget: float, times: dict[str, float], delta_t: int, updates: bool) -> int:
     """The most steps a run planned for exactly that many steps takes within ``budget`` seconds, paced."""
     steps = max(1, int(budget * 1e3 / times["ordinary_ms"]))
+    while paced_seconds(times, steps + 1, steps + 1, delta_t, updates) <= budget:  # updates timed cheaper
+        steps += 1
     while steps > 1 and paced_seconds(times, steps, steps, delta_t, updates) > budget:
         steps -= 1
     return steps
