@@ -4,6 +4,7 @@ Public API (everything else is private)::
 
     rs.SparseLinear, rs.SparseConv2d, rs.SparseModule, rs.BlockSparseLayout
     rs.sparsify, rs.densify, rs.layer_densities, rs.drop_fraction, rs.RigLScheduler, rs.RigLOptimizer
+    rs.DropCriterion, rs.GrowCriterion, rs.ActiveBlocks  (criteria of your own for RigLScheduler)
     rs.apply_masks, rs.BlockMask, rs.PruningScheduler   (masked reference mode)
     rs.TopologyHistory, rs.plot_topology                (pictures of the topology)
     rs.flops, rs.memory_report, rs.summary, rs.use_backend
@@ -19,9 +20,9 @@ from rigl_sparse.checkpoint import load_sparse, load_state_dict, save_checkpoint
 from rigl_sparse.export import export_bsr
 from rigl_sparse.layout import BlockSparseLayout
 from rigl_sparse.nn import SparseConv2d, SparseLinear, SparseModule
-from rigl_sparse.rigl import (BlockMask, ModelSummary, PruningScheduler, RigLOptimizer, RigLScheduler,
-                              TopologyHistory, apply_masks, densify, drop_fraction, layer_densities, plot_topology,
-                              sparsify, summary)
+from rigl_sparse.rigl import (ActiveBlocks, BlockMask, DropCriterion, GrowCriterion, ModelSummary, PruningScheduler,
+                              RigLOptimizer, RigLScheduler, TopologyHistory, apply_masks, densify, drop_fraction,
+                              layer_densities, plot_topology, sparsify, summary)
 
 __version__ = "0.1.0"
 
@@ -30,5 +31,6 @@ __all__ = [
     "drop_fraction", "RigLScheduler", "RigLOptimizer", "PruningScheduler", "apply_masks", "BlockMask", "flops",
     "memory_report", "FlopReport", "MemoryReport", "use_backend", "TopologyHistory", "plot_topology",
     "save_checkpoint", "load_state_dict", "summary", "ModelSummary", "export_bsr", "load_sparse",
+    "DropCriterion", "GrowCriterion", "ActiveBlocks",
     "__version__",
 ]

@@ -244,6 +244,12 @@ class BlockSparseLayout(nn.Module):
         values = _blocked(weight.detach(), block_size).flatten(0, 1)[layout.flat_index()].clone()
         return layout, values
 
+    @staticmethod
+    def blocks_of(dense: torch.Tensor, block_size: int) -> torch.Tensor:
+        """``[R * C, b, b]`` every ``b x b`` block of a dense ``[out, K]`` tensor in row-major block order,
+        zero-padded past a ragged edge."""
+        return _blocked(dense, block_size).flatten(0, 1)
+
     def gather(self, dense: torch.Tensor) -> torch.Tensor:
         """``[nnzb, b, b]`` blocks of a dense ``[out, K]`` tensor at this layout's slots."""
         if tuple(dense.shape) != self.shape:

@@ -1,6 +1,7 @@
-"""RigL: sparsity distributions, the drop schedule, the schedulers, ``sparsify`` (and its ``summary``) and the
-masked mode."""
+"""RigL: sparsity distributions, the drop schedule, the drop and grow criteria, the schedulers, ``sparsify``
+(and its ``summary``) and the masked mode."""
 
+from rigl_sparse.rigl.criteria import ActiveBlocks, DropCriterion, GrowCriterion
 from rigl_sparse.rigl.distributions import layer_densities
 from rigl_sparse.rigl.history import TopologyHistory, plot_topology
 from rigl_sparse.rigl.masked import BlockMask, apply_masks
@@ -14,4 +15,5 @@ from rigl_sparse.rigl.model_summary import ModelSummary, summary
 __all__ = [
     "layer_densities", "drop_fraction", "RigLScheduler", "RigLOptimizer", "PruningScheduler", "sparsify",
     "densify", "apply_masks", "BlockMask", "TopologyHistory", "plot_topology", "summary", "ModelSummary",
+    "DropCriterion", "GrowCriterion", "ActiveBlocks",
 ]

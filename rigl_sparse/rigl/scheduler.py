@@ -4,11 +4,12 @@ Steps are counted from 0: the ``t``-th call of ``step()`` (after the ``t``-th ba
 when ``t > 0``, ``t % delta_t == 0`` and ``t <= t_end``.  On an update step each sparse layer with ``n``
 active blocks:
 
-1. drops the ``k = floor(drop_fraction(t) * n)`` active blocks of smallest Frobenius norm;
+1. drops the ``k = floor(drop_fraction(t) * n)`` active blocks of smallest Frobenius norm (``drop="magnitude"``);
 2. grows ``k`` blocks among those not kept (inactive, or just dropped): the largest dense-gradient norms
    (``grow="gradient"``, RigL), uniformly at random (``grow="random"``, SET), or the largest norms of an
    exponential moving average of the dense gradient (``grow="momentum"``, SNFS without redistribution, as in
    the official code; masked layers only);
+   both criteria are objects (``criteria.py``): a new one is a subclass passed as ``drop=`` or ``grow=``;
 3. writes the grown blocks into the freed slots with value 0 and zero optimizer state; a dropped block that is
    grown again keeps its slot, value and optimizer state.
 
@@ -41,9 +42,10 @@ from rigl_sparse.rigl.history import update_record
 from rigl_sparse.rigl.masked import mask_gradients, register_mask_hook
 from rigl_sparse.rigl.schedule import (check_alpha, check_choice, check_delta_t, check_loss_scale, check_momentum,
                                        check_scaler, check_t_end, drop_fraction)
-from rigl_sparse.rigl.state import DROP, GROW, STATS, load_scheduler_state, scheduler_state
-from rigl_sparse.rigl.targets import (CompressedTarget, accumulate_average, best, check_optimizer_holds, find_targets,
-                                      random_pick, smallest, uncompiled)
+from rigl_sparse.rigl.criteria import DropCriterion, GrowCriterion
+from rigl_sparse.rigl.state import STATS, drop_criterion, grow_criterion, load_scheduler_state, scheduler_state
+from rigl_sparse.rigl.targets import (CompressedTarget, accumulate_average, check_optimizer_holds, find_targets,
+                                      not_kept, smallest, uncompiled)
 
 GROW_SCORES = ("backward", "exact")
 
@@ -77,8 +79,9 @@ class RigLScheduler:
             refuses to run without it.
         alpha: initial drop fraction, annealed to 0 at ``t_end`` by a cosine.
         grow: ``"gradient"`` (RigL), ``"random"`` (SET), ``"momentum"`` (SNFS; needs a dense
-            gradient every step, so masked layers only) or ``"none"`` (static topology).
-        drop: ``"magnitude"``.
+            gradient every step, so masked layers only), ``"none"`` (static topology), or a
+            ``rs.GrowCriterion`` of your own (``rigl_sparse.rigl.criteria``).
+        drop: ``"magnitude"``, or a ``rs.DropCriterion`` of your own.
         seed: seeds the generator of random growth.
         momentum: decay of the gradient moving average of ``grow="momentum"`` (0.9 as in the official code).
         grow_scores: how compressed layers score the inactive blocks of an update step.
@@ -104,7 +107,8 @@ class RigLScheduler:
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, delta_t: int = 100,
-                 t_end: int | None, alpha: float = 0.3, grow: str = "gradient", drop: str = "magnitude", seed: int = 0,
+                 t_end: int | None, alpha: float = 0.3, grow: str | GrowCriterion = "gradient",
+                 drop: str | DropCriterion = "magnitude", seed: int = 0,
                  momentum: float = 0.9, grow_scores: str | None = None, process_group=None,
                  check_topology: bool = True):
         if not isinstance(model, torch.nn.Module):
@@ -114,8 +118,7 @@ class RigLScheduler:
         check_delta_t(delta_t)
         check_t_end(t_end, unset=True)
         check_alpha(alpha)
-        check_choice("grow", grow, GROW)
-        check_choice("drop", drop, DROP)
+        drop = drop_criterion(drop)
         check_momentum(momentum)
         model = uncompiled(model)  # a torch.compile'd model: its module, for names and the DDP check
         process_group = scheduling_group(model) if process_group is None else process_group
@@ -135,13 +138,12 @@ class RigLScheduler:
         if sharded:
             raise NotImplementedError(f"masked layers {sharded} have sharded (DTensor) weights; masked mode is a "
                                       "single-device reference: shard compressed layers (rs.sparsify) instead")
-        if grow == "momentum" and self.layers:
-            raise ValueError("grow='momentum' (SNFS) needs the dense gradient of every layer at every step, which "
-                             "compressed layers never form; use masked layers (rs.apply_masks) for SNFS")
+        grow = grow_criterion(self, grow)
         check_optimizer_holds(optimizer, {t.name: t.parameter for t in self.targets})
-        self.optimizer, self.grow, self.drop, self.step_count, self.stats = optimizer, grow, drop, 0, dict(STATS)
+        self.optimizer, self.step_count, self.stats = optimizer, 0, dict(STATS)
+        self.grow_criterion, self.drop_criterion = grow, drop
         self.delta_t, self.t_end, self.alpha, self.momentum = delta_t, t_end, float(alpha), float(momentum)
-        self.gradient_average: dict[str, torch.Tensor] = {}  # grow="momentum": layer name -> dense moving average
+        self.gradient_average: dict[str, torch.Tensor] = {}  # statistic "gradient_average": layer name -> average
         self.generator = torch.Generator().manual_seed(seed)
         self._mask_hook = register_mask_hook(optimizer, self.masked) if self.masked else None
         self._score_scale, self._grown_scores = 1.0, {}
@@ -151,7 +153,7 @@ class RigLScheduler:
 
     def is_update_step(self, t: int) -> bool:
         """Whether step ``t`` (0-based) changes the topology."""
-        return self.grow != "none" and 0 < t <= (self.t_end or 0) and t % self.delta_t == 0
+        return self.grow_criterion.moves and 0 < t <= (self.t_end or 0) and t % self.delta_t == 0
 
     def drop_count(self, t: int, n_active: int) -> int:
         """``k`` for a layer with ``n_active`` blocks at step ``t``."""
@@ -162,7 +164,8 @@ class RigLScheduler:
     def _arm(self) -> None:
         """Ask the layers for grow scores in the coming backward when it belongs to an update step."""
         for _, layer in self.layers:
-            k = self.drop_count(self.step_count, layer.layout.nnzb) if self.grow == "gradient" else 0
+            gradient = self.grow_criterion.statistic == "gradient"
+            k = self.drop_count(self.step_count, layer.layout.nnzb) if gradient else 0
             layer.request_grow_scores(k if k > 0 else None, exact=self.grow_scores == "exact")
 
     # ---------------------------------------------------------------- stepping
@@ -190,13 +193,13 @@ class RigLScheduler:
                 self._score_scale = 1.0 / scaler.get_scale()  # grow scores come from the scaled dY
         self._check_new_gradients()
         t = self.step_count
-        if t == 0 and self.grow != "none" and self.t_end < self.delta_t:
+        if t == 0 and self.grow_criterion.moves and self.t_end < self.delta_t:
             warnings.warn(f"RigLScheduler: t_end={self.t_end} comes before the first update step (delta_t="
                           f"{self.delta_t}), so the topology will never change: lower delta_t or train longer",
                           UserWarning, stacklevel=2)
         updated = self.is_update_step(t)
         with torch.no_grad():
-            if self.grow == "momentum":
+            if self.grow_criterion.statistic == "gradient_average":
                 accumulate_average(self.masked, self.gradient_average, self.momentum)
             if updated:  # every layer decides before any moves: an error leaves the model as it was
                 decisions = [(target, self._decide(target, t)) for target in self.targets]
@@ -287,17 +290,19 @@ class RigLScheduler:
             if compressed:
                 target.layer.take_grow_scores()  # discard what the backward recorded
             return None
-        candidates = take_grow_scores(target.layer, self.process_group) if compressed and self.grow == "gradient" \
+        statistic = self.grow_criterion.statistic
+        candidates = take_grow_scores(target.layer, self.process_group) if compressed and statistic == "gradient" \
             else None
-        dropped = smallest(target.magnitudes(flat), flat, k)
+        dropped = smallest(self.drop_criterion.scores(target.active_blocks(flat)), flat, k)
         grown = self._grow(target, compressed, flat, dropped, k, candidates)
         target.release()  # FSDP2: the gathered copy of the values (move gathers them again)
         return None if grown is None else (flat, dropped, grown)
 
     def _grow(self, target, compressed, flat, dropped, k, candidates):
-        if self.grow == "random":
-            return random_pick(self.generator, target.n_blocks, flat, flat[dropped], k)
-        source = candidates if compressed else (target.layer.weight.grad if self.grow == "gradient"
+        statistic = self.grow_criterion.statistic
+        if statistic is None:
+            return self._choose(target.name, None, not_kept(target.n_blocks, flat, flat[dropped]), k)
+        source = candidates if compressed else (target.layer.weight.grad if statistic == "gradient"
                                                 else self.gradient_average.get(target.name))
         pool = target.gradient_pool(flat, dropped, source, self._score_scale)
         if pool is None:
@@ -306,13 +311,18 @@ class RigLScheduler:
                           RuntimeWarning, stacklevel=4)
             self.stats["skipped_no_gradient"] += 1
             return None
-        return self._best(target.name, *pool, k)
+        return self._choose(target.name, *pool, k)
 
-    def _best(self, name, pool_scores, pool_index, k):
-        """The ``k`` best of the pool, or None (counted, and said in a warning) when it cannot be ranked."""
-        grown, why = best(pool_scores, pool_index, k)
-        self._grown_scores[name] = None if grown is None else pool_scores[torch.isin(pool_index, grown)]
-        if grown is None:
+    def _choose(self, name, scores, index, k):
+        """The grow criterion's ``k`` of the candidates, or None (counted, and said in a warning) when it keeps
+        the layer's topology."""
+        grown, why = self.grow_criterion.choose(scores, index, k, self.generator)
+        if grown is not None and (grown.dim() != 1 or grown.numel() != k or not bool(torch.isin(grown, index).all())
+                                  or grown.unique().numel() != k):
+            raise RuntimeError(f"grow criterion {self.grow_criterion.name!r} chose {grown.tolist()} for layer "
+                               f"{name!r}: it must choose {k} distinct blocks among the candidates")
+        self._grown_scores[name] = None if grown is None or scores is None else scores[torch.isin(index, grown)]
+        if grown is None and why is not None:
             message = {"skipped_nonfinite": "grow scores hold NaN or Inf", "skipped_zero_gradient":
                        "its gradient is zero (nothing to rank the blocks by), so the topology is kept"}[why]
             warnings.warn(f"RigL update at step {self.step_count} skipped for layer {name!r}: {message}",
@@ -330,3 +340,13 @@ class RigLScheduler:
     def __repr__(self) -> str:
         return (f"RigLScheduler(layers={len(self.targets)}, step={self.step_count}, delta_t={self.delta_t}, "
                 f"t_end={self.t_end}, alpha={self.alpha}, grow={self.grow!r}, drop={self.drop!r})")
+
+    @property
+    def grow(self) -> str:
+        """The grow criterion's name."""
+        return self.grow_criterion.name
+
+    @property
+    def drop(self) -> str:
+        """The drop criterion's name."""
+        return self.drop_criterion.name

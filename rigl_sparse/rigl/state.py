@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from rigl_sparse.rigl.schedule import (check_alpha, check_choice, check_delta_t, check_momentum, check_state,
-                                       check_stats, check_step_count, check_t_end)
+from rigl_sparse.rigl.criteria import DROP, GROW, DropCriterion, GrowCriterion, criterion
+from rigl_sparse.rigl.schedule import (check_alpha, check_delta_t, check_momentum, check_state, check_stats,
+                                       check_step_count, check_t_end)
 
-GROW = ("gradient", "random", "momentum", "none")
-DROP = ("magnitude",)
 STATS = {"updates": 0, "blocks_moved": 0, "skipped_nonfinite": 0, "skipped_no_gradient": 0, "skipped_zero_gradient": 0,
          "skipped_overflow": 0}
 OPTIONAL = {"momentum", "gradient_average"}  # absent from checkpoints of older versions
@@ -17,7 +16,7 @@ OPTIONAL = {"momentum", "gradient_average"}  # absent from checkpoints of older 
 def scheduler_state(scheduler) -> dict:
     return {
         "step_count": scheduler.step_count, "delta_t": scheduler.delta_t, "t_end": scheduler.t_end,
-        "alpha": scheduler.alpha, "grow": scheduler.grow, "drop": scheduler.drop,
+        "alpha": scheduler.alpha, "grow": scheduler.grow_criterion.name, "drop": scheduler.drop_criterion.name,
         "generator": scheduler.generator.get_state(), "stats": dict(scheduler.stats), "momentum": scheduler.momentum,
         "gradient_average": {name: t.clone() for name, t in scheduler.gradient_average.items()},
     }
@@ -29,24 +28,47 @@ def load_scheduler_state(scheduler, state: dict) -> None:
     check_state("RigLScheduler", state, {
         "step_count": check_step_count, "delta_t": check_delta_t, "t_end": lambda v: check_t_end(v, unset=True),
         "alpha": check_alpha,
-        "grow": lambda v: _check_grow(scheduler, v), "drop": lambda v: check_choice("drop", v, DROP),
+        "grow": lambda v: grow_criterion(scheduler, saved("grow", scheduler.grow_criterion, v, GROW, GrowCriterion)),
+        "drop": lambda v: saved("drop", scheduler.drop_criterion, v, DROP, DropCriterion),
         "generator": _check_generator, "stats": lambda v: check_stats(v, STATS), "momentum": check_momentum,
         "gradient_average": lambda v: _check_average(scheduler, v)}, optional=OPTIONAL)
     weights = dict(scheduler.masked)
     average = {name: t.to(weights[name].weight.device).clone() for name, t in state.get("gradient_average", {}).items()}
     scheduler.step_count = state["step_count"]
     scheduler.delta_t, scheduler.t_end, scheduler.alpha = state["delta_t"], state["t_end"], float(state["alpha"])
-    scheduler.grow, scheduler.drop = state["grow"], state["drop"]
+    scheduler.grow_criterion = saved("grow", scheduler.grow_criterion, state["grow"], GROW,
+                                      GrowCriterion)
+    scheduler.drop_criterion = saved("drop", scheduler.drop_criterion, state["drop"], DROP,
+                                      DropCriterion)
     scheduler.generator.set_state(state["generator"].cpu())
     scheduler.stats = {**STATS, **state["stats"]}  # counters added since the checkpoint start at 0
     scheduler.momentum = float(state.get("momentum", scheduler.momentum))
     scheduler.gradient_average = average
 
 
-def _check_grow(scheduler, grow) -> None:
-    check_choice("grow", grow, GROW)
-    if grow == "momentum" and scheduler.layers:
-        raise ValueError("grow='momentum' (SNFS) needs masked layers, and this model has compressed ones")
+def grow_criterion(scheduler, grow) -> GrowCriterion:
+    """``grow`` (a name or a ``GrowCriterion``) as the criterion of ``scheduler``, whose layers must provide
+    its statistic."""
+    grow = criterion("grow", grow, GROW, GrowCriterion)
+    if grow.statistic == "gradient_average" and scheduler.layers:
+        raise ValueError(f"grow={grow.name!r} ranks a moving average of the dense gradient (SNFS), which needs the "
+                         "dense gradient of every layer at every step, which compressed layers never form; use "
+                         "masked layers (rs.apply_masks)")
+    return grow
+
+
+def drop_criterion(drop) -> DropCriterion:
+    return criterion("drop", drop, DROP, DropCriterion)
+
+
+def saved(kind: str, current, name, builtins: dict, base: type):
+    """The ``kind`` criterion a checkpoint names: the scheduler's own when the names agree, else a built-in."""
+    if isinstance(name, str) and name == current.name:
+        return current
+    if isinstance(name, str) and name not in builtins:
+        raise ValueError(f"{kind}: the checkpoint's criterion {name!r} is not built in: pass an instance of it as "
+                         f"RigLScheduler({kind}=...) (built in: {tuple(builtins)})")
+    return criterion(kind, name, builtins, base)
 
 
 def _check_generator(state) -> None:

@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from rigl_sparse import ops
+from rigl_sparse.layout import BlockSparseLayout
 from rigl_sparse.nn import SparseModule, guard_state_loading
+from rigl_sparse.rigl.criteria import ActiveBlocks
 from rigl_sparse.rigl.distributed import full, is_dtensor, zero_slots
 from rigl_sparse.rigl.masked import masked_layers, set_active_blocks
 
@@ -54,27 +56,12 @@ def smallest(norms: torch.Tensor, flat: torch.Tensor, k: int) -> torch.Tensor:
     return order[torch.sort(norms[order], stable=True).indices[:k]]
 
 
-def best(pool_scores: torch.Tensor, pool_index: torch.Tensor, k: int):
-    """``(the k pool blocks of largest score, ties to the lower index, None)``, or ``(None, why)``: the
-    scores hold NaN/Inf (``"skipped_nonfinite"``) or are all zero (``"skipped_zero_gradient"``; a layer
-    without gradient keeps its topology)."""
-    if not bool(torch.isfinite(pool_scores).all()):
-        return None, "skipped_nonfinite"
-    if pool_scores.numel() and not bool((pool_scores != 0).any()):
-        return None, "skipped_zero_gradient"
-    order = torch.argsort(pool_index)
-    pool_scores, pool_index = pool_scores[order], pool_index[order]
-    return pool_index[torch.sort(pool_scores, descending=True, stable=True).indices[:k]], None
-
-
-def random_pick(generator: torch.Generator, n_blocks: int, flat, dropped_flat, k: int) -> torch.Tensor:
-    """``k`` blocks drawn uniformly among the inactive and the just-dropped ones (SET)."""
-    kept = torch.ones(n_blocks, dtype=torch.bool, device=flat.device)
-    kept[flat] = False  # now True where inactive
-    kept[dropped_flat] = True  # dropped blocks may come back
-    pool = torch.nonzero(kept).flatten()
-    pick = torch.randperm(pool.numel(), generator=generator)[:k].to(pool.device)
-    return pool[pick]
+def not_kept(n_blocks: int, flat: torch.Tensor, dropped_flat: torch.Tensor) -> torch.Tensor:
+    """``[m]`` ascending: the blocks a layer may grow, its inactive blocks and the just dropped."""
+    pool = torch.ones(n_blocks, dtype=torch.bool, device=flat.device)
+    pool[flat] = False  # now True where inactive
+    pool[dropped_flat] = True  # dropped blocks may come back
+    return torch.nonzero(pool).flatten()
 
 
 def accumulate_average(masked, averages: dict[str, torch.Tensor], momentum: float) -> None:
@@ -113,6 +100,17 @@ class CompressedTarget:
 
     def release(self) -> None:
         self._whole = None
+
+    def active_blocks(self, flat) -> ActiveBlocks:
+        def values():
+            if self._whole is None:
+                self._whole = full(self.layer.values.detach())
+            return self._whole
+
+        def grads():
+            grad = self.layer.values.grad
+            return None if grad is None else full(grad)
+        return ActiveBlocks(flat, lambda: self.magnitudes(flat), values, grads)
 
     def gradient_pool(self, flat, dropped, candidates, score_scale: float):
         """(scores, blocks) of the grow candidates and the dropped slots' own gradient norms, or None
@@ -198,6 +196,14 @@ class MaskedTarget:
 
     def release(self) -> None:
         pass
+
+    def active_blocks(self, flat) -> ActiveBlocks:
+        mask, weight = self.layer.block_mask, self.layer.weight
+
+        def blocks(tensor):
+            return None if tensor is None else BlockSparseLayout.blocks_of(mask.matrix(tensor), mask.block_size)[flat]
+        return ActiveBlocks(flat, lambda: self.magnitudes(flat), lambda: blocks(weight.detach()),
+                            lambda: blocks(weight.grad))
 
     def gradient_pool(self, flat, dropped, source, score_scale: float = 1.0):
         """(scores, blocks) of every inactive and dropped block by the block norms of ``source`` (the dense
