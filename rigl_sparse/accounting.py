@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from rigl_sparse.nn import SparseConv2d, SparseModule
+from rigl_sparse.nn import SparseModule
+from rigl_sparse.nn.kinds import kind_of, matrix_shape
 from rigl_sparse.rigl.masked import masked_layers
-from rigl_sparse.rigl.sparsify import is_conv1d
 
 
 @dataclass
@@ -53,7 +52,7 @@ def flops(model: nn.Module, batch_shape: tuple[int, ...], *, delta_t: int | None
     masked dense layer, its active weights);
     ``nn.Linear`` (and Hugging Face ``Conv1D``) counts ``2 * out * in * rows`` and ``nn.Conv2d``
     ``2 * out * in/groups * kh * kw * rows``, where a convolution's rows are its
-    output positions ``N * OH * OW``.  Products of two activations (attention
+    output positions ``N * OH * OW``: each layer kind declares its rows and matrix (``nn/kinds.py``).  Products of two activations (attention
     scores, for instance) and elementwise work are not counted, as in the paper,
     since sparsity does not change them.  The forward is traced with fake
     tensors, so nothing is computed and no memory is used for activations.
@@ -70,28 +69,22 @@ def flops(model: nn.Module, batch_shape: tuple[int, ...], *, delta_t: int | None
     nnz = {id(m): m.layout.nnz() for m in model.modules() if isinstance(m, SparseModule)}  # before fake mode
     nnz.update({id(m): m.block_mask.nnz() for _, m in masked_layers(model)})
 
-    def hook_for(name):
+    def hook_for(name, kind):
         def hook(module, inputs, output):
-            if isinstance(module, (nn.Conv2d, SparseConv2d)):
-                rows = output.numel() // output.shape[1]
-            else:
-                rows = math.prod(inputs[0].shape[:-1])
+            rows = kind.rows(inputs, output)
             if isinstance(module, SparseModule):
                 out, k = module.weight_shape()
-                sparse = 2.0 * nnz[id(module)] * rows
-            elif is_conv1d(module):  # Hugging Face Conv1D: weight [in, out]
-                k, out = module.weight.shape
-                sparse = 2.0 * out * k * rows
             else:
-                out, k = module.weight.shape[0], math.prod(module.weight.shape[1:])
-                sparse = 2.0 * nnz.get(id(module), out * k) * rows
+                out, k = matrix_shape(kind, tuple(module.weight.shape))
+            sparse = 2.0 * nnz.get(id(module), out * k) * rows
             dense = 2.0 * out * k * rows
             prev = counted.get(name, (0.0, 0.0))
             counted[name] = (prev[0] + sparse, prev[1] + dense)
         return hook
 
-    handles = [m.register_forward_hook(hook_for(name)) for name, m in model.named_modules()
-               if isinstance(m, (SparseModule, nn.Linear, nn.Conv2d)) or is_conv1d(m)]
+    kinds = {name: kind_of(m) for name, m in model.named_modules()}
+    handles = [m.register_forward_hook(hook_for(name, kinds[name])) for name, m in model.named_modules()
+               if kinds[name] is not None]
     if dtype is None:
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

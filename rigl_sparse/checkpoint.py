@@ -72,7 +72,8 @@ def load_sparse(model: nn.Module, state_dict: dict, *, strict: bool = True) -> n
     when ``model`` itself is one layer)."""
     from rigl_sparse.layout import BlockSparseLayout
     from rigl_sparse.nn import SparseConv2d, SparseLinear, SparseModule
-    from rigl_sparse.rigl.sparsify import is_conv1d, keep_transformers_off_fused_paths, replace_modules
+    from rigl_sparse.nn.kinds import HF_CONV1D, kind_of, matrix_shape
+    from rigl_sparse.rigl.sparsify import keep_transformers_off_fused_paths, replace_modules
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -95,10 +96,8 @@ def load_sparse(model: nn.Module, state_dict: dict, *, strict: bool = True) -> n
         weight = layer.weight
         if values.is_floating_point() and values.dtype != weight.dtype:
             values = state_dict[prefix + "values"] = values.to(weight.dtype)  # as torch casts into a dense weight
-        if isinstance(layer, nn.Conv2d):
-            shape = (layer.out_channels, weight[0].numel())
-        elif isinstance(layer, nn.Linear) or is_conv1d(layer):
-            shape = tuple(weight.T.shape) if is_conv1d(layer) else tuple(weight.shape)
+        if type(layer) in (nn.Linear, nn.Conv2d) or HF_CONV1D.covers(layer):  # the kinds a compressed layer takes
+            shape = matrix_shape(kind_of(layer), tuple(weight.shape))
         else:
             raise ValueError(f"the state dict holds {name!r} sparse, but it is a {type(layer).__name__} in the model")
         layout = BlockSparseLayout(shape, values.shape[-1], rows.to(weight.device), cols.to(weight.device))

@@ -9,6 +9,7 @@ from torch import nn
 from rigl_sparse._checks import check_positive_int
 from rigl_sparse.layout import BlockSparseLayout
 from rigl_sparse.nn.base import SparseModule
+from rigl_sparse.nn.kinds import CONV2D
 from rigl_sparse.ops.conv2d import ConvGeometry, conv2d
 
 
@@ -47,6 +48,8 @@ class SparseConv2d(SparseModule):
     parameters' dtype -> output ``[N, out_channels, OH, OW]`` in channels-last
     memory.
     """
+
+    kind = CONV2D  # its FLOPs and matrix view (nn.kinds)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, density: float,
@@ -218,4 +221,4 @@ def _check_groups(groups: int, in_channels: int, out_channels: int, block_size: 
 def weight_matrix(weight: torch.Tensor) -> torch.Tensor:
     """``nn.Conv2d`` weight [out, in/groups, kh, kw] -> the ``[out, kh * kw * in/groups]`` matrix SparseConv2d
     stores."""
-    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+    return CONV2D.matrix(weight)

@@ -10,6 +10,7 @@ from rigl_sparse import ops
 from rigl_sparse._checks import check_positive_int
 from rigl_sparse.layout import BlockSparseLayout
 from rigl_sparse.nn.base import SparseModule
+from rigl_sparse.nn.kinds import LINEAR
 
 
 class SparseLinear(SparseModule):
@@ -33,6 +34,8 @@ class SparseLinear(SparseModule):
 
     Input ``[*, in_features]`` of the parameters' dtype -> output ``[*, out_features]``.
     """
+
+    kind = LINEAR  # its FLOPs and matrix view (nn.kinds)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, density: float,
                  block_size: int = 32, device=None, dtype=None, generator: torch.Generator | None = None):

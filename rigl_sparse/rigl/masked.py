@@ -28,8 +28,8 @@ from torch import nn
 
 from rigl_sparse._checks import check_generator, check_positive_int
 from rigl_sparse.layout import BlockSparseLayout
-from rigl_sparse.nn import guard_state_loading
-from rigl_sparse.nn.conv import weight_matrix
+from rigl_sparse.nn import SparseModule, guard_state_loading
+from rigl_sparse.nn.kinds import CONV2D, KINDS, LINEAR, LayerKind, kind_of, matrix_shape
 from rigl_sparse.rigl.distributions import accepts_method_alias
 from rigl_sparse.rigl.sparsify import densities_of, select_layers
 
@@ -41,6 +41,8 @@ class BlockMask(nn.Module):
 
     Args:
         weight_shape: the layer's weight shape, ``(out, in)`` or ``(out, in/groups, kh, kw)``.
+        kind: how the layer reads its weight as a matrix (``nn.kinds``; default: ``nn.Linear``'s for a 2-D
+            weight, ``nn.Conv2d``'s for a 4-D one).
         block_size: ``b`` (1 = unstructured).
         active: ``[R, C]`` bool, ``R = ceil(out/b)``, ``C = ceil(K/b)``.
         target_density: the density the layer is meant to end at (its current one,
@@ -50,11 +52,13 @@ class BlockMask(nn.Module):
     """
 
     def __init__(self, weight_shape: tuple[int, ...], block_size: int, active: torch.Tensor,
-                 target_density: float):
+                 target_density: float, *, kind: LayerKind | None = None):
         super().__init__()
         check_positive_int("block_size", block_size)
-        if len(weight_shape) not in (2, 4):
-            raise ValueError(f"weight_shape must be (out, in) or (out, in/groups, kh, kw), got {weight_shape}")
+        if kind is None and len(weight_shape) not in (2, 4):
+            raise ValueError(f"weight_shape must be (out, in) or (out, in/groups, kh, kw), got {weight_shape} (or "
+                             "pass the layer's kind=)")
+        self.kind = kind or (LINEAR if len(weight_shape) == 2 else CONV2D)
         self.weight_shape = tuple(int(d) for d in weight_shape)
         self.block_size = block_size
         out, k = self.matrix_shape
@@ -69,7 +73,7 @@ class BlockMask(nn.Module):
     @property
     def matrix_shape(self) -> tuple[int, int]:
         """``(out, K)``: the weight as a matrix."""
-        return self.weight_shape[0], math.prod(self.weight_shape[1:])
+        return matrix_shape(self.kind, self.weight_shape)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -77,7 +81,7 @@ class BlockMask(nn.Module):
 
     def matrix(self, tensor: torch.Tensor) -> torch.Tensor:
         """A tensor of the weight's shape as the ``[out, K]`` matrix (tap-major for convolutions)."""
-        return weight_matrix(tensor) if tensor.dim() == 4 else tensor
+        return self.kind.matrix(tensor)
 
     def block_norms(self, tensor: torch.Tensor) -> torch.Tensor:
         """``[R * C]`` fp32 Frobenius norm of every block of a tensor of the weight's shape (row-major)."""
@@ -99,10 +103,7 @@ class BlockMask(nn.Module):
         b = self.block_size
         out, k = self.matrix_shape
         elements = blocks.repeat_interleave(b, 0).repeat_interleave(b, 1)[:out, :k]
-        if len(self.weight_shape) == 4:
-            _, cin, kh, kw = self.weight_shape
-            elements = elements.reshape(out, kh, kw, cin).permute(0, 3, 1, 2)
-        return elements
+        return self.kind.from_matrix(elements, self.weight_shape)
 
     def nnz(self) -> int:
         """Active weight entries (edge blocks count only their real entries)."""
@@ -127,7 +128,8 @@ def apply_masks(model: nn.Module, *, density: float, distribution: str = "erk", 
                 custom: dict[str, float] | None = None, erk_power_scale: float = 1.0,
                 first_dense: bool | None = None, last_dense: bool = False, include=None, exclude=(),
                 start: str = "random", generator: torch.Generator | None = None) -> nn.Module:
-    """Put every ``nn.Linear`` and ``nn.Conv2d`` of ``model`` under a block mask, in place.
+    """Put every ``nn.Linear``, ``nn.Conv2d`` and Hugging Face ``Conv1D`` (every layer kind of ``nn.kinds``) of
+    ``model`` under a block mask, in place.
 
     Per-layer densities come from ``layer_densities`` exactly as in ``sparsify``
     (same ``distribution``, ``dense``, ``custom``, ``erk_power_scale``, ``first_dense``,
@@ -145,9 +147,10 @@ def apply_masks(model: nn.Module, *, density: float, distribution: str = "erk", 
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if start not in STARTS:
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
-    layers = select_layers(model, lambda m: type(m) in (nn.Linear, nn.Conv2d), include, exclude)
+    layers = select_layers(model, lambda m: not isinstance(m, SparseModule) and kind_of(m) is not None, include,
+                           exclude)
     if not layers:
-        raise ValueError("model has no nn.Linear or nn.Conv2d layer to mask"
+        raise ValueError(f"model has no {', '.join(k.name for k in KINDS)} layer to mask"
                          + (" among those include/exclude select" if include or exclude else ""))
     already = [name for name, m in layers.items() if isinstance(getattr(m, "block_mask", None), BlockMask)]
     if already:
@@ -159,15 +162,14 @@ def apply_masks(model: nn.Module, *, density: float, distribution: str = "erk", 
     for name, layer in layers.items():
         if densities[name] >= 1.0:
             continue
-        shape = tuple(layer.weight.shape)
-        matrix_shape = (shape[0], math.prod(shape[1:]))
+        shape, kind = tuple(layer.weight.shape), kind_of(layer)
+        out, k = matrix_shape(kind, shape)
         if start == "random":
-            layout = BlockSparseLayout.random(matrix_shape, block_size, density=densities[name], generator=generator)
+            layout = BlockSparseLayout.random((out, k), block_size, density=densities[name], generator=generator)
             active = layout.active_mask().cpu()
         else:
-            grid = (math.ceil(matrix_shape[0] / block_size), math.ceil(matrix_shape[1] / block_size))
-            active = torch.ones(grid, dtype=torch.bool)
-        mask = BlockMask(shape, block_size, active, densities[name]).to(layer.weight.device)
+            active = torch.ones((math.ceil(out / block_size), math.ceil(k / block_size)), dtype=torch.bool)
+        mask = BlockMask(shape, block_size, active, densities[name], kind=kind).to(layer.weight.device)
         layer.block_mask = mask
         with torch.no_grad():
             layer.weight.mul_(mask.expand())

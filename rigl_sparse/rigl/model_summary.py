@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from rigl_sparse.nn import SparseConv2d, SparseModule
+from rigl_sparse.nn.kinds import kind_of
 from rigl_sparse.rigl.masked import masked_layers
-from rigl_sparse.rigl.sparsify import dense_reasons, is_conv1d
+from rigl_sparse.rigl.sparsify import dense_reasons
 
 @dataclass
 class ModelSummary:
@@ -60,12 +61,12 @@ def summary(model: nn.Module) -> ModelSummary:
             row = dict(kind="nn.MultiheadAttention in_proj", shape=tuple(m.in_proj_weight.shape), sparse=False,
                        density=1.0, block_size=None, nnz=m.in_proj_weight.numel(),
                        parameters=m.in_proj_weight.numel() + (0 if m.in_proj_bias is None else m.in_proj_bias.numel()))
-        elif isinstance(m, (nn.Linear, nn.Conv2d)) or is_conv1d(m):
+        elif kind_of(m) is not None:
             weight = m.weight
             mask = masked.get(name)
             density = mask.density() if mask is not None else 1.0
             row = dict(kind=f"{type(m).__name__}" + (" (masked)" if mask is not None else ""),
-                       shape=tuple(weight.T.shape if is_conv1d(m) else weight.shape), sparse=mask is not None,
+                       shape=kind_of(m).shape(tuple(weight.shape)), sparse=mask is not None,
                        density=density, block_size=None if mask is None else mask.block_size,
                        parameters=sum(p.numel() for p in m.parameters(recurse=False)),
                        nnz=weight.numel() if mask is None else mask.nnz())

@@ -12,7 +12,7 @@ from torch import nn
 from rigl_sparse._checks import check_generator, check_positive_int
 from rigl_sparse.layout import BlockSparseLayout
 from rigl_sparse.nn import SparseConv2d, SparseLinear, SparseModule, guard_state_loading
-from rigl_sparse.nn.conv import weight_matrix
+from rigl_sparse.nn.kinds import CONV2D, HF_CONV1D, kind_of
 from rigl_sparse.rigl.distributions import accepts_method_alias, layer_densities
 
 
@@ -62,8 +62,8 @@ def sparsify(model: nn.Module, *, density: float, distribution: str = "erk", blo
     dense = (dense,) if isinstance(dense, str) else tuple(dense)  # read twice below
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    layers = select_layers(model, lambda m: type(m) is nn.Linear or is_conv1d(m) or _convertible_conv(m, block_size),
-                           include, exclude)
+    layers = select_layers(model, lambda m: type(m) is nn.Linear or HF_CONV1D.covers(m)
+                           or _convertible_conv(m, block_size), include, exclude)
     if not layers:
         raise ValueError("model has no nn.Linear, Conv1D or nn.Conv2d (zero padding; block_size dividing "
                          "out/groups) layer to sparsify" + (" among those include/exclude select" if include or exclude
@@ -127,7 +127,8 @@ def _why_dense(model, layers, densities, block_size, dense, custom, first_dense,
             reasons[name] = ("padding_mode is not 'zeros'" if m.padding_mode != "zeros" else
                              f"its groups hold {m.out_channels // m.groups} output channels, not whole blocks of "
                              f"{block_size}")
-        elif name not in layers and name not in reasons and (type(m) in (nn.Linear, nn.Conv2d) or is_conv1d(m)):
+        elif name not in layers and name not in reasons and not isinstance(m, SparseModule) \
+                and kind_of(m) is not None:
             reasons[name] = "left out by include/exclude"
     return reasons
 
@@ -201,16 +202,9 @@ def densities_of(layers: dict[str, nn.Module], density, distribution, dense, cus
         raise TypeError(f"last_dense must be a bool, got {type(last_dense).__name__}")
     names = list(layers)
     dense = tuple(dense) + ((names[0],) if first_dense else ()) + ((names[-1],) if last_dense else ())
-    shapes = {name: tuple(m.weight.T.shape) if is_conv1d(m) else tuple(m.weight.shape) for name, m in layers.items()}
+    shapes = {name: kind_of(m).shape(tuple(m.weight.shape)) for name, m in layers.items()}
     return layer_densities(shapes, density, distribution, dense=dense, custom=custom,
                            erk_power_scale=erk_power_scale)
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    """A Hugging Face ``Conv1D`` (GPT-2's linear layer: ``y = x @ weight + bias``, weight ``[in, out]``),
-    recognised without importing ``transformers``."""
-    weight = getattr(module, "weight", None)
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and weight is not None and weight.dim() == 2
 
 
 def select_layers(model: nn.Module, candidate, include, exclude) -> dict[str, nn.Module]:
@@ -265,7 +259,7 @@ def _sparse_layer(layer: nn.Module, density: float, block_size: int, target, gen
     on_meta = weight.is_meta
     layer_device = target or (torch.device("cpu") if on_meta else weight.device)
     has_bias = layer.bias is not None
-    if is_conv1d(layer):
+    if HF_CONV1D.covers(layer):
         in_features, out_features = weight.shape
         if on_meta:
             return SparseLinear(in_features, out_features, bias=has_bias, density=density, block_size=block_size,
@@ -282,9 +276,8 @@ def _sparse_layer(layer: nn.Module, density: float, block_size: int, target, gen
         return SparseConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                             layer.dilation, layer.groups, bias=has_bias, density=density, block_size=block_size,
                             device=layer_device, dtype=weight.dtype, generator=generator)
-    matrix = weight.detach().to(layer_device)
-    if isinstance(layer, nn.Conv2d):
-        matrix = weight_matrix(matrix)
+    matrix = CONV2D.matrix(weight.detach().to(layer_device)) if isinstance(layer, nn.Conv2d) else \
+        weight.detach().to(layer_device)
     layout = BlockSparseLayout.random(tuple(matrix.shape), block_size, density=density, generator=generator,
                                       device=layer_device)
     bias = layer.bias.detach().to(layer_device) if has_bias else None
