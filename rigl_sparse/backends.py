@@ -30,7 +30,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Backend", "BACKENDS", "register_impl", "register_block_size", "select", "use_backend", "forced_backend",
+__all__ = ["Backend", "BACKENDS", "register_backend", "register_impl", "register_block_size", "select", "use_backend", "forced_backend",
            "remember_forced", "forced_again", "backend_status", "measured_choices", "add_force_listener", "fallbacks"]
 
 
@@ -100,8 +100,9 @@ _BY_PRIORITY = sorted(BACKENDS.values(), key=lambda b: -b.priority)
 # What each backend accepts beyond its devices; `info` prints these.
 LIMITS = {
     "reference": "any block size and float dtype; fp32 accumulation (fp64 for fp64)",
-    "cpu": "block sizes 4, 8, 16, 32, 64, 128; float32, bfloat16 (fp32 arithmetic); other arguments run on the "
-           "next backend with a warning; update_topology uses torch's ops",
+    "cpu": "the block sizes its kernels are built for (csrc/cpu/kernel_table.h; info lists them); float32, "
+           "bfloat16 (fp32 arithmetic); other arguments run on the next backend with a warning; update_topology "
+           "uses torch's ops",
     "triton": "block sizes 16, 32, 64, 128; float16, bfloat16, float32 (as TF32); other arguments run on the "
               "next backend with a warning; update_topology uses torch's device ops",
     "cuda": "block sizes 32, 64, 128; float16, bfloat16; runs before triton only for an op and block size where "
@@ -120,13 +121,37 @@ _IMPLS: dict[str, dict[str, _Impl]] = {}
 _FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("rigl_sparse_backend", default=None)
 _FALLBACKS: dict[tuple[str, str, str], int] = {}  # (op, backend passed over, why) -> calls; warned on the first
 _FORCE_LISTENERS: list[tuple[Callable[[], None], Callable[[], None]]] = []
+_ABOVE_CPU: list[str] = []  # registered backends ranked above cpu on CPU tensors: the native kernels stand aside
 
 
 def add_force_listener(enter: Callable[[], None], exit: Callable[[], None]) -> None:
     """Call ``enter()`` whenever a block forces a backend (``use_backend``, ``forced_again``) and ``exit()``
     when it ends: kernels registered outside this registry (the native CPU kernels on torch's dispatcher)
-    take only unforced calls and hand the rest to the ops' Python kernels, which read the forced backend."""
+    take only unforced calls and hand the rest to the ops' Python kernels, which read the forced backend.
+    While a backend ranked above ``cpu`` serves CPU tensors, they hand every call on (``register_backend``)."""
     _FORCE_LISTENERS.append((enter, exit))
+    for _ in _ABOVE_CPU:
+        enter()
+
+
+def register_backend(backend: Backend, *, limits: str) -> None:
+    """Add ``backend`` to the registry (its ops come with ``register_impl``); ``limits`` says in words what it
+    accepts beyond its devices (``info`` prints it).  Ranked by its ``priority`` with the others: one that
+    serves CPU tensors above ``cpu`` runs every op it implements there, and the native CPU kernels, which
+    would otherwise take the calls the cpu backend takes without asking the registry, hand every call to it."""
+    if not isinstance(backend, Backend):
+        raise TypeError(f"backend must be a rigl_sparse.backends.Backend, got {type(backend).__name__}")
+    if backend.name in BACKENDS:
+        raise ValueError(f"a backend named {backend.name!r} is already registered: {sorted(BACKENDS)}")
+    if not isinstance(limits, str) or not limits:
+        raise ValueError("limits must say in words what the backend accepts (info prints it)")
+    BACKENDS[backend.name] = backend
+    LIMITS[backend.name] = limits
+    _BY_PRIORITY[:] = sorted(BACKENDS.values(), key=lambda b: -b.priority)
+    _runnable.cache_clear()
+    if backend.serves("cpu") and backend.priority > BACKENDS["cpu"].priority:
+        _ABOVE_CPU.append(backend.name)
+        _enter_forced()
 
 
 def _enter_forced() -> None:

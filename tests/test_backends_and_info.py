@@ -124,3 +124,54 @@ def test_info_says_whether_large_outputs_get_huge_pages(tmp_path, content, says)
     if content is not None:
         path.write_text(content)
     assert says in info.huge_pages_line(str(path))
+
+
+TOY_BACKEND = '''
+import torch
+import rigl_sparse as rs
+from rigl_sparse import backends, info, ops
+from rigl_sparse.ops.cpu_extension import native_call_counts
+from rigl_sparse.ops.dsd import reference
+
+calls = []
+
+def toy_dsd(x, values, bias, block_row, block_col, row_ptr, row_slots, col_ptr, col_slots, out_features):
+    calls.append(x.shape)
+    return reference.dsd(x, values, bias, block_row, block_col, out_features)
+
+backends.register_backend(backends.Backend("toy", ("cpu",), 12, lambda: None),
+                          limits="dsd only, any block size (a test's backend)")
+backends.register_impl("dsd", "toy", toy_dsd)
+layer = rs.SparseLinear(64, 32, density=0.5, block_size=16)
+x = torch.randn(5, 64)
+taken = native_call_counts()[0]
+y = layer(x)
+y.sum().backward()
+assert calls == [(5, 64)], calls  # the forward ran on the toy backend, ranked above cpu
+assert native_call_counts()[0] == taken, "the native CPU kernels took a call the toy backend outranks"
+torch.testing.assert_close(y, x @ layer.to_dense().T + layer.bias)
+assert backends.select("dsd", "cpu")[0] == "toy" and backends.select("sdd", "cpu")[0] == backends.select(
+    "dds", "cpu")[0]
+assert backends.backend_status("dsd", "cpu")[0] == "toy"
+assert "toy" in info.report() and "a test's backend" in info.report()
+with rs.use_backend("reference"):
+    layer(x)
+assert len(calls) == 1  # forcing still wins
+print("ok")
+'''
+
+
+def test_a_backend_registered_outside_the_package_is_chosen_by_its_priority():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", TOY_BACKEND], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def test_register_backend_refuses_a_name_taken_or_no_limits():
+    with pytest.raises(ValueError, match="already registered"):
+        backends.register_backend(backends.Backend("cpu", ("cpu",), 99, lambda: None), limits="x")
+    with pytest.raises(ValueError, match="limits"):
+        backends.register_backend(backends.Backend("unused", ("cpu",), 1, lambda: None), limits="")
+    assert "unused" not in backends.BACKENDS

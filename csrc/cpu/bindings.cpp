@@ -2,6 +2,7 @@
 // outputs it is given; rigl_sparse/ops/<op>/cpu.py allocates them and registers the cpu backend.
 #include "common.h"
 #include "entry_points.h"
+#include "kernel_table.h"
 #include "topology.h"
 
 
@@ -10,6 +11,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("topology_fields", [] {
     return std::vector<std::string>(rigl_sparse::cpu::kTopologyFields.begin(), rigl_sparse::cpu::kTopologyFields.end());
   }, "the names of the topology tensors, in the order the kernels read them");
+  m.def("block_sizes", [] {
+    return std::vector<int>(std::begin(rigl_sparse::cpu::kBlockSizes), std::end(rigl_sparse::cpu::kBlockSizes));
+  }, "the block sizes the kernels are instantiated for (kernel_table.h)");
   m.def("dsd_out", &rigl_sparse::cpu::dsd_out, "out = x @ W.T (+ bias) over the row view");
   m.def("dds_out", &rigl_sparse::cpu::dds_out, "out = dy @ W over the column view");
   m.def("sdd_out", &rigl_sparse::cpu::sdd_out, "out[s] = dy[:, rows(s)].T @ x[:, cols(s)]");

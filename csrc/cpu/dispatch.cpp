@@ -13,6 +13,7 @@
 
 #include "common.h"
 #include "entry_points.h"
+#include "kernel_table.h"
 #include "topology.h"
 
 namespace py = pybind11;
@@ -35,7 +36,7 @@ bool takes(const at::Tensor& t) {
 }
 
 bool has_block_size(int64_t b) {
-  return b == 4 || b == 8 || b == 16 || b == 32 || b == 64 || b == 128;
+  return block_size_index(b) >= 0;  // the kernels' own list (kernel_table.h), as the Python side reads it
 }
 
 int64_t blocks(int64_t size, int64_t b) {

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 CPU_DTYPES = (torch.float32, torch.bfloat16)
-CPU_BLOCK_SIZES = (4, 8, 16, 32, 64, 128)
 ISA_VARIABLE = "RIGL_SPARSE_CPU_ISA"
 BUILD_NOTE = Path(__file__).resolve().parent.parent / "_cpu_build_note.txt"
 
@@ -116,9 +115,15 @@ def kernel_path(op: str, rows: int, block_size: int, blocks_bytes: int = 0) -> s
     return extension().kernel_path(op, rows, block_size, blocks_bytes)
 
 
+@functools.cache
+def block_sizes() -> tuple[int, ...]:
+    """The block sizes the kernels are instantiated for, as the extension states them (kernel_table.h)."""
+    return tuple(_module().block_sizes())
+
+
 def supports(dtype: torch.dtype, block_size: int) -> str | None:
     if dtype not in CPU_DTYPES:
         return f"dtype {dtype} (the cpu kernels take float32, bfloat16)"
-    if block_size not in CPU_BLOCK_SIZES:
-        return f"block_size {block_size} (the cpu kernels take {', '.join(map(str, CPU_BLOCK_SIZES))})"
+    if block_size not in block_sizes():
+        return f"block_size {block_size} (the cpu kernels take {', '.join(map(str, block_sizes()))})"
     return None
