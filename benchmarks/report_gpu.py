@@ -1,11 +1,10 @@
 """The GPU tables of the documentation, generated from the committed results: what has executed on which GPU
 at which git SHA, and every row of the speed tables.
 
-    python benchmarks/report_gpu.py            # prints them
-    python benchmarks/report_gpu.py --write    # rewrites the ``gpu`` block of docs/performance.md
+    python benchmarks/report_gpu.py                              # prints them
+    python benchmarks/report_tables.py --write --only gpu        # rewrites the ``gpu`` block of docs/performance.md
 
-``--write`` goes through ``benchmarks/report_tables.py`` (``report_tables.py --write`` rewrites every
-generated block, this one included); ``section()`` is that block's content.
+``section()`` is that block's content; ``report_tables.py`` writes it (this module imports nothing of it).
 
 A GPU's folder is ``benchmarks/results/<gpu>/``.  Evidence, newest first:
 
@@ -152,8 +151,7 @@ def section(results: Path = RESULTS) -> str:
 
 
 if __name__ == "__main__":
-    if "--write" in sys.argv[1:]:
-        import report_tables
-
-        sys.exit(report_tables.main(["--write", "--only", "gpu"]))
+    if sys.argv[1:]:
+        sys.exit("report_gpu.py takes no arguments; `python benchmarks/report_tables.py --write --only gpu` "
+                 "rewrites the gpu block of docs/performance.md")
     print(section())

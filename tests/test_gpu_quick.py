@@ -161,7 +161,7 @@ def test_the_docs_gpu_block_is_what_report_gpu_generates():
     page = ROOT / "docs" / "performance.md"
     blocks = [b for b in report_tables.parse(page) if b.name == "gpu"]
     assert len(blocks) == 1, f"{page} should hold one `gpu` block"
-    assert blocks[0].content == report_gpu.section(), "run `python benchmarks/report_gpu.py --write`"
+    assert blocks[0].content == report_gpu.section(), "run `python benchmarks/report_tables.py --write`"
 
 
 def test_gpu_matrix_reads_a_gpu_quick_run(tmp_path):
