@@ -263,10 +263,20 @@ def iso_cost_2_pace() -> str:
     sittings = _json(path)["sittings"]
     env = sittings[0]["environment"]
     dense = [s["models"]["dense"]["ordinary_ms"] for s in sittings]
-    return ("\n".join(iso_cost.pace_table(_json(path))) + f"\n\n{len(sittings)} sittings; the dense step took "
+    text = ("\n".join(iso_cost.pace_table(_json(path))) + f"\n\n{len(sittings)} sittings; the dense step took "
             f"{min(dense):.0f}–{max(dense):.0f} ms across them. Measured on {env['device']} "
             f"(`{env['instruction_set']}` kernels), {env['threads']} threads, torch {env['torch']} "
             "(`benchmarks/results/iso_cost_2/pace.json`).")
+    other = ISO_COST_2 / "pace_other_host.json"
+    if other.exists():  # a sitting on another host: not part of the study's clock
+        sitting = _json(other)["sittings"][0]
+        env, models = sitting["environment"], sitting["models"]
+        dense = models["dense"]["ordinary_ms"]
+        text += (f"\n\nOne sitting on another host, {env['device']} with `{env['instruction_set']}` kernels (not part "
+                 "of the study's clock; `pace_other_host.json`): dense " f"{dense:.0f} ms, " + ", ".join(
+                     f"{name} {t['ordinary_ms'] / dense:.2f}× (update step {t['update_ms'] / dense:.2f}×)"
+                     for name, t in models.items() if name != "dense") + ".")
+    return text
 
 
 def iso_cost_2_first_design() -> str:

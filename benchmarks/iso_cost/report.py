@@ -160,8 +160,7 @@ def against_dense_table(rows: list[dict]) -> list[str]:
 
 def measured_on(summary: dict[str, dict], records: list[dict]) -> str:
     """The machine, versions and git SHAs of the records, and what equal time means; empty without them."""
-    env = next((r["environment"] for r in records if "environment" in r), None)
-    if env is None:
+    if not any("environment" in r for r in records):
         return ""
     shas = sorted({r["environment"]["git_sha"][:10] for r in records if "environment" in r})
     config = records[0]["config"]
@@ -172,9 +171,15 @@ def measured_on(summary: dict[str, dict], records: list[dict]) -> str:
     else:
         timing = (f"Equal time: each model trains for the wall-clock the dense model of its seed took over "
                   f"{config['steps']} steps (mean {summary[next(iter(summary))]['budget_seconds'][0]:.0f} s).")
-    return (f"Measured on {env['device']} ({env['instruction_set']} kernels; CPU flags "
-            f"{' '.join(env['cpu_flags'])}), {env['threads']} threads, torch {env['torch']}, git "
-            f"{', '.join(shas)}. {timing}")
+    machines: dict[str, int] = {}
+    for r in records:
+        if "environment" in r:
+            e = r["environment"]
+            key = (f"{e['device']} ({e['instruction_set']} kernels; CPU flags {' '.join(e['cpu_flags'])}), "
+                   f"{e['threads']} threads, torch {e['torch']}")
+            machines[key] = machines.get(key, 0) + 1
+    where = "; ".join(f"{key} ({n} runs)" if len(machines) > 1 else key for key, n in machines.items())
+    return f"Measured on {where}, git {', '.join(shas)}. {timing}"
 
 
 def markdown(sweep: list[dict], summary: dict[str, dict], rows: list[dict], records: list[dict],
