@@ -38,7 +38,7 @@ def report() -> str:
     lines.append("")
     lines.append("op selection:")
     for device_type in device_types:
-        for op in OP_NAMES:
+        for op in OP_NAMES + ("conv2d",):
             chosen, passed = backends.backend_status(op, device_type)
             why = "; ".join(f"{name} {reason}" for name, reason in passed) or "highest priority"
             lines.append(f"  {op:16s} on {device_type:4s} -> {chosen:10s} ({why})")

@@ -6,8 +6,8 @@ tap-major, channel-inner order: column ``(i * kw + j) * C + c`` holds
 input channels at one kernel tap (when ``b`` divides ``C``), which is contiguous
 in a channels-last input.
 
-Where the backend registry picks the native ``cpu`` or the ``triton`` backend for ``dsd``, the
-convolution runs as implicit GEMM, eager and compiled alike (the ``rigl_sparse::conv2d`` operator saves
+The backend registry selects ``conv2d``'s implementation as it does every op's (``PATHS``).  On the native
+``cpu`` and the ``triton`` backends the convolution runs as implicit GEMM, eager and compiled alike (the ``rigl_sparse::conv2d`` operator saves
 the input, never patches): the kernels gather each micro-tile's patch rows from the padded input right
 before use and scatter the input gradient straight back, so no patch matrix exists.  Elsewhere (the
 reference or another backend, and Triton's input gradient under ``torch.use_deterministic_algorithms``)
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from rigl_sparse import backends
-from rigl_sparse.ops import _common, cpu_extension as _cpu
+from rigl_sparse.ops import _common, cpu_extension as _cpu, cuda_extension as _cuda
 from rigl_sparse.ops.grow_tap import merge_candidates
 from rigl_sparse.topology import Topology
 
@@ -109,13 +109,27 @@ def _chunks(n_images: int, rows_per_image: int, k: int, element_size: int):
 
 
 def _path(x: torch.Tensor, values: torch.Tensor) -> str:
-    """How the convolution runs: the backend the registry picks for ``dsd`` on these tensors decides.
+    """How the convolution runs: the registry selects ``conv2d``'s implementation for these tensors, as it does
+    every op's (``PATHS``).
 
     ``"cpu"``: native implicit GEMM; ``"triton"``: Triton implicit GEMM; ``"patches"``: per-chunk
     patches through the selected backend's ``dsd``/``dds``/``sdd`` (the reference, or anything else).
     """
-    backend = backends.select("dsd", x.device.type, (x, values))[0]
-    return backend if backend in ("cpu", "triton") else "patches"
+    return backends.select("conv2d", x.device.type, (x, values))[1]()
+
+
+def _takes(path: str):
+    return lambda: path
+
+
+# conv2d's implementation on each backend: the implicit-GEMM kernels where a backend has them, else patches
+# through that backend's matmuls; ``supports`` reads (x, values).
+PATHS = {"cpu": ("cpu", lambda x, values: _cpu.supports(x.dtype, values.shape[1])),
+         "triton": ("triton", lambda x, values: _common.triton_supports(x.dtype, values.shape[1])),
+         "cuda": ("patches", lambda x, values: _cuda.supports(x.dtype, values.shape[1])),
+         "reference": ("patches", None)}
+for _backend, (_how, _supports) in PATHS.items():
+    backends.register_impl("conv2d", _backend, _takes(_how), supports=_supports)
 
 
 def _geometry_list(geometry: ConvGeometry, out_h: int, out_w: int, out_channels: int) -> list[int]:
