@@ -99,17 +99,23 @@ def _backward(model):
     nn.functional.cross_entropy(model(x), y).backward()
 
 
+def _before_update(masked, **criteria):
+    """A model and scheduler after three steps and the backward of step 3, an update step."""
+    model = _model(masked)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = rs.RigLScheduler(model, opt, delta_t=3, t_end=12, alpha=0.5, **criteria)
+    _train(model, sched, opt, 3)
+    _backward(model)
+    return model, sched
+
+
 def _lowest(scores, flat, k):
     return set(sorted(flat, key=lambda i: (scores[i].item(), i))[:k])
 
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_a_grow_criterion_chooses_the_grown_blocks(masked):
-    model = _model(masked)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    sched = rs.RigLScheduler(model, opt, delta_t=3, t_end=12, alpha=0.5, grow=LowestIndex())
-    _train(model, sched, opt, 3)
-    _backward(model)
+    model, sched = _before_update(masked, grow=LowestIndex())
     expected = []
     for layer in _layers(model):
         old = _active(layer)
@@ -124,11 +130,7 @@ def test_a_grow_criterion_chooses_the_grown_blocks(masked):
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_drop_is_honoured_a_drop_criterion_defined_outside_the_package_picks_the_dropped_blocks(masked):
-    model = _model(masked)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    sched = rs.RigLScheduler(model, opt, delta_t=3, t_end=12, alpha=0.5, drop=GradientTimesWeight())
-    _train(model, sched, opt, 3)
-    _backward(model)
+    model, sched = _before_update(masked, drop=GradientTimesWeight())
     by_saliency, by_magnitude, old = [], [], []
     for layer in _layers(model):
         weight, grad = _blocks(layer)
