@@ -100,9 +100,8 @@ _BY_PRIORITY = sorted(BACKENDS.values(), key=lambda b: -b.priority)
 # What each backend accepts beyond its devices; `info` prints these.
 LIMITS = {
     "reference": "any block size and float dtype; fp32 accumulation (fp64 for fp64)",
-    "cpu": "the block sizes its kernels are built for (csrc/cpu/kernel_table.h; info lists them); float32, "
-           "bfloat16 (fp32 arithmetic); other arguments run on the next backend with a warning; update_topology "
-           "uses torch's ops",
+    "cpu": "the block sizes and dtypes its kernels are built for (csrc/cpu; info lists them: fp32 arithmetic); "
+           "other arguments run on the next backend with a warning; update_topology uses torch's ops",
     "triton": "block sizes 16, 32, 64, 128; float16, bfloat16, float32 (as TF32); other arguments run on the "
               "next backend with a warning; update_topology uses torch's device ops",
     "cuda": "block sizes 32, 64, 128; float16, bfloat16; runs before triton only for an op and block size where "

@@ -14,6 +14,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("block_sizes", [] {
     return std::vector<int>(std::begin(rigl_sparse::cpu::kBlockSizes), std::end(rigl_sparse::cpu::kBlockSizes));
   }, "the block sizes the kernels are instantiated for (kernel_table.h)");
+  m.def("dtypes", [] {
+    std::vector<std::string> names;
+    for (const auto& d : rigl_sparse::cpu::kDtypes) names.emplace_back(d.name);
+    return names;
+  }, "the element types the kernels are built for, as torch names them (common.h)");
   m.def("dsd_out", &rigl_sparse::cpu::dsd_out, "out = x @ W.T (+ bias) over the row view");
   m.def("dds_out", &rigl_sparse::cpu::dds_out, "out = dy @ W over the column view");
   m.def("sdd_out", &rigl_sparse::cpu::sdd_out, "out[s] = dy[:, rows(s)].T @ x[:, cols(s)]");

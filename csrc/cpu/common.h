@@ -71,10 +71,24 @@ inline void check_view(const at::Tensor& ptr, const at::Tensor& slots, const at:
   check_range(coord, coord_blocks, coord_name);
 }
 
+// The element types the kernels are built for (the tables' f32 and b16 entries), with the names torch gives
+// them in Python: the one list the dispatcher kernels and the Python side (_C_cpu.dtypes()) read.
+struct KernelDtype {
+  at::ScalarType type;
+  const char* name;
+};
+constexpr KernelDtype kDtypes[] = {{at::kFloat, "float32"}, {at::kBFloat16, "bfloat16"}};
+
+inline bool kernel_dtype(at::ScalarType type) {
+  for (const KernelDtype& d : kDtypes)
+    if (d.type == type) return true;
+  return false;
+}
+
 inline void check_float_or_bf16(const at::Tensor& t, const char* name) {
   check_cpu_contiguous(t, name);
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, name,
-              " must be float32 or bfloat16 for the cpu backend, got ", t.scalar_type());
+  TORCH_CHECK(kernel_dtype(t.scalar_type()), name, " must be float32 or bfloat16 for the cpu backend, got ",
+              t.scalar_type());
 }
 
 // How many work items one task must hold so that it does at least ~64K multiply-adds (tens of

@@ -32,7 +32,7 @@ struct PythonKernels {
 PythonKernels* python_kernels = nullptr;
 
 bool takes(const at::Tensor& t) {
-  return t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16);
+  return t.device().is_cpu() && kernel_dtype(t.scalar_type());
 }
 
 bool has_block_size(int64_t b) {

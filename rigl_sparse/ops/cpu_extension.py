@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-CPU_DTYPES = (torch.float32, torch.bfloat16)
 ISA_VARIABLE = "RIGL_SPARSE_CPU_ISA"
 BUILD_NOTE = Path(__file__).resolve().parent.parent / "_cpu_build_note.txt"
 
@@ -121,9 +120,15 @@ def block_sizes() -> tuple[int, ...]:
     return tuple(_module().block_sizes())
 
 
+@functools.cache
+def dtypes() -> tuple[torch.dtype, ...]:
+    """The element types the kernels are built for, as the extension states them (common.h)."""
+    return tuple(getattr(torch, name) for name in _module().dtypes())
+
+
 def supports(dtype: torch.dtype, block_size: int) -> str | None:
-    if dtype not in CPU_DTYPES:
-        return f"dtype {dtype} (the cpu kernels take float32, bfloat16)"
+    if dtype not in dtypes():
+        return f"dtype {dtype} (the cpu kernels take {', '.join(str(d).removeprefix('torch.') for d in dtypes())})"
     if block_size not in block_sizes():
         return f"block_size {block_size} (the cpu kernels take {', '.join(map(str, block_sizes()))})"
     return None
