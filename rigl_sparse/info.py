@@ -62,8 +62,7 @@ def _cpu_lines() -> list[str]:
         return [f"ERROR: {err}"]
     lacking = [name for name in status["built"] if name not in status["runnable"]]
     why = f"forced by {status['forced_by']}" if status["forced_by"] else "the widest this CPU runs"
-    lines = [f"block sizes: {', '.join(map(str, _cpu.block_sizes()))}; dtypes: "
-             f"{', '.join(str(d).removeprefix('torch.') for d in _cpu.dtypes())}",
+    lines = [f"block sizes: {', '.join(map(str, _cpu.block_sizes()))}; dtypes: {_cpu.dtype_names()}",
              f"kernel variants built: {', '.join(status['built'])}"
              + (f" (this CPU cannot run {', '.join(lacking)})" if lacking else ""),
              f"in use: {status['active']} ({why}; {status['tiles']})",

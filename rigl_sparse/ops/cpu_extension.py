@@ -126,9 +126,13 @@ def dtypes() -> tuple[torch.dtype, ...]:
     return tuple(getattr(torch, name) for name in _module().dtypes())
 
 
+def dtype_names() -> str:
+    return ", ".join(str(d).removeprefix("torch.") for d in dtypes())
+
+
 def supports(dtype: torch.dtype, block_size: int) -> str | None:
     if dtype not in dtypes():
-        return f"dtype {dtype} (the cpu kernels take {', '.join(str(d).removeprefix('torch.') for d in dtypes())})"
+        return f"dtype {dtype} (the cpu kernels take {dtype_names()})"
     if block_size not in block_sizes():
         return f"block_size {block_size} (the cpu kernels take {', '.join(map(str, block_sizes()))})"
     return None

@@ -12,7 +12,7 @@ from torch import nn
 from rigl_sparse._checks import check_generator, check_positive_int
 from rigl_sparse.layout import BlockSparseLayout
 from rigl_sparse.nn import SparseConv2d, SparseLinear, SparseModule, guard_state_loading
-from rigl_sparse.nn.kinds import CONV2D, HF_CONV1D, kind_of
+from rigl_sparse.nn.kinds import HF_CONV1D, kind_of
 from rigl_sparse.rigl.distributions import accepts_method_alias, layer_densities
 
 
@@ -276,8 +276,7 @@ def _sparse_layer(layer: nn.Module, density: float, block_size: int, target, gen
         return SparseConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                             layer.dilation, layer.groups, bias=has_bias, density=density, block_size=block_size,
                             device=layer_device, dtype=weight.dtype, generator=generator)
-    matrix = CONV2D.matrix(weight.detach().to(layer_device)) if isinstance(layer, nn.Conv2d) else \
-        weight.detach().to(layer_device)
+    matrix = kind_of(layer).matrix(weight.detach().to(layer_device))
     layout = BlockSparseLayout.random(tuple(matrix.shape), block_size, density=density, generator=generator,
                                       device=layer_device)
     bias = layer.bias.detach().to(layer_device) if has_bias else None

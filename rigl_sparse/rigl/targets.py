@@ -94,23 +94,25 @@ class CompressedTarget:
     def active(self) -> torch.Tensor:
         return self.layer.layout.flat_index()
 
+    def _gathered(self) -> torch.Tensor:
+        """The values whole (FSDP2: gathered once per update, for the drop scores and the move)."""
+        if self._whole is None:
+            self._whole = full(self.layer.values.detach())
+        return self._whole
+
     def magnitudes(self, flat) -> torch.Tensor:
-        self._whole = full(self.layer.values.detach())  # FSDP2: gathered once for the norms and the move
-        return self._whole.float().flatten(1).norm(dim=1)
+        return self._gathered().float().flatten(1).norm(dim=1)
 
     def release(self) -> None:
         self._whole = None
 
     def active_blocks(self, flat) -> ActiveBlocks:
-        def values():
-            if self._whole is None:
-                self._whole = full(self.layer.values.detach())
-            return self._whole
+        self.release()  # the values gathered afresh for this update (an aborted one may have left a copy)
 
         def grads():
             grad = self.layer.values.grad
             return None if grad is None else full(grad)
-        return ActiveBlocks(flat, lambda: self.magnitudes(flat), values, grads)
+        return ActiveBlocks(flat, lambda: self.magnitudes(flat), self._gathered, grads)
 
     def gradient_pool(self, flat, dropped, candidates, score_scale: float):
         """(scores, blocks) of the grow candidates and the dropped slots' own gradient norms, or None
@@ -158,7 +160,7 @@ class CompressedTarget:
         layout, values = self.layer.layout, self.layer.values
         slots, new_flat = self._moving(flat, dropped, grown)
         n_cols = layout.grid[1]
-        whole = self._whole if self._whole is not None else full(values.detach())
+        whole = self._gathered()
         # under FSDP2 the op moves the topology on the gathered copy, and each rank zeroes its own shard
         ops.update_topology(whole if is_dtensor(values) else values, layout, slots, new_flat // n_cols,
                             new_flat % n_cols)
@@ -210,11 +212,8 @@ class MaskedTarget:
         gradient, or its moving average), or None without one."""
         if source is None:
             return None
-        mask = self.layer.block_mask
-        pool = ~mask.active.flatten()
-        pool[flat[dropped]] = True
-        index = torch.nonzero(pool).flatten()
-        return mask.block_norms(source)[index], index
+        index = not_kept(self.n_blocks, flat, flat[dropped])
+        return self.layer.block_mask.block_norms(source)[index], index
 
     def check_optimizer_state(self, optimizer) -> None:
         weight = self.layer.weight
