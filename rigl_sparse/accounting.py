@@ -52,9 +52,10 @@ def flops(model: nn.Module, batch_shape: tuple[int, ...], *, delta_t: int | None
     masked dense layer, its active weights);
     ``nn.Linear`` (and Hugging Face ``Conv1D``) counts ``2 * out * in * rows`` and ``nn.Conv2d``
     ``2 * out * in/groups * kh * kw * rows``, where a convolution's rows are its
-    output positions ``N * OH * OW``: each layer kind declares its rows and matrix (``nn/kinds.py``).  Products of two activations (attention
-    scores, for instance) and elementwise work are not counted, as in the paper,
-    since sparsity does not change them.  The forward is traced with fake
+    output positions ``N * OH * OW``: each layer kind declares its rows and matrix
+    (``nn/kinds.py``).  Products of two activations (attention scores, for instance)
+    and elementwise work are not counted, as in the paper, since sparsity does not
+    change them.  The forward is traced with fake
     tensors, so nothing is computed and no memory is used for activations.
     ``dtype`` is the input's (default: the model's floating dtype; pass
     ``torch.long`` for token ids).

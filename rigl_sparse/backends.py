@@ -30,7 +30,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Backend", "BACKENDS", "register_backend", "register_impl", "register_block_size", "select", "use_backend", "forced_backend",
+__all__ = ["Backend", "BACKENDS", "register_backend", "register_impl", "register_block_size", "select", "use_backend",
+           "forced_backend",
            "remember_forced", "forced_again", "backend_status", "measured_choices", "add_force_listener", "fallbacks"]
 
 

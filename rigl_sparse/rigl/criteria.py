@@ -160,4 +160,3 @@ def criterion(kind: str, value, builtins, base: type):
     if isinstance(value, str) and value in builtins:
         return builtins[value]
     raise ValueError(f"{kind} must be one of {tuple(builtins)} or a rs.{base.__name__}, got {value!r}")
-

@@ -3,8 +3,9 @@ of eager calls, compiled graphs, fake tensors and ``torch.func.functional_call``
 
 Its autograd calls ``rigl_sparse::conv2d_backward``; both run the computation of ``compute.py`` (implicit
 GEMM on the native ``cpu`` and the ``triton`` backends, per-chunk patches through the selected backend's
-matmuls elsewhere), the path being ``conv2d``'s implementation in the backend registry.  A convolution's geometry crosses the op boundary as eleven ints: kernel (2), stride
-(2), dilation (2), padding (top, bottom, left, right) and groups.  Grow scores: given the buffers
+matmuls elsewhere), the path being ``conv2d``'s implementation in the backend registry.  A convolution's
+geometry crosses the op boundary as eleven ints: kernel (2), stride (2), dilation (2), padding (top, bottom,
+left, right) and groups.  Grow scores: given the buffers
 ``(scores, index, passes)``, each backward pass merges its best ``keep`` inactive blocks of the weight
 gradient into them (``merge_candidates``), as ``rigl_sparse::grow_tap`` does for a linear layer; the op
 never calls back into anything.

@@ -7,9 +7,10 @@ input channels at one kernel tap (when ``b`` divides ``C``), which is contiguous
 in a channels-last input.
 
 The backend registry selects ``conv2d``'s implementation as it does every op's (``PATHS``).  On the native
-``cpu`` and the ``triton`` backends the convolution runs as implicit GEMM, eager and compiled alike (the ``rigl_sparse::conv2d`` operator saves
-the input, never patches): the kernels gather each micro-tile's patch rows from the padded input right
-before use and scatter the input gradient straight back, so no patch matrix exists.  Elsewhere (the
+``cpu`` and the ``triton`` backends the convolution runs as implicit GEMM, eager and compiled alike (the
+``rigl_sparse::conv2d`` operator saves the input, never patches): the kernels gather each micro-tile's patch
+rows from the padded input right before use and scatter the input gradient straight back, so no patch matrix
+exists.  Elsewhere (the
 reference or another backend, and Triton's input gradient under ``torch.use_deterministic_algorithms``)
 the patches (``[N*OH*OW, K]``, im2col) are built for a chunk of images at a time (at most about
 ``PATCH_BYTES``), multiplied with the selected backend's ``dsd``/``sdd``/``dds``, and dropped; the input
