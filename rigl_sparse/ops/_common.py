@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import types
+from typing import Callable
+
 import torch
 
 from rigl_sparse import backends
+from rigl_sparse.ops import cpu_extension as _cpu, cuda_extension as _cuda
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """fp32 for half types and fp32, fp64 for fp64."""
@@ -39,3 +43,20 @@ def triton_supports(dtype: torch.dtype, block_size: int) -> str | None:
     if block_size not in (16, 32, 64, 128):
         return f"block_size {block_size} (Triton kernels take 16, 32, 64, 128)"
     return None
+
+
+# Why each compiled backend's kernels cannot take a (dtype, block size), or None: the one source of their limits.
+KERNEL_LIMITS = types.MappingProxyType({"cpu": _cpu.supports, "triton": triton_supports, "cuda": _cuda.supports})
+
+
+def register_kernels(op: str, reference: Callable, *, dtype_of: Callable[..., torch.dtype],
+                     block_size_of: Callable[..., int]) -> None:
+    """Registers ``op`` on the built-in backends: ``reference`` as the reference backend's, and on each compiled
+    backend its kernel ``rigl_sparse.ops.<op>.<backend>.<op>`` (imported on first call) for the arguments that
+    backend's ``KERNEL_LIMITS`` allow.  ``dtype_of(*args)`` and ``block_size_of(*args)`` read them from
+    ``op``'s arguments; the block size also keys the choices measured on a GPU."""
+    backends.register_block_size(op, block_size_of)
+    backends.register_impl(op, "reference", reference)
+    for backend, limits in KERNEL_LIMITS.items():
+        backends.register_impl(op, backend, backends.lazy(f"rigl_sparse.ops.{op}.{backend}", op),
+                               supports=lambda *args, limits=limits: limits(dtype_of(*args), block_size_of(*args)))

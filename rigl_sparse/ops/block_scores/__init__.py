@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rigl_sparse import _checks, backends
-from rigl_sparse.ops import _common, cpu_extension as _cpu, cuda_extension as _cuda
+from rigl_sparse import _checks
+from rigl_sparse.ops import _common
 from rigl_sparse.ops.block_scores import reference
 
 
@@ -50,14 +50,7 @@ def block_scores(dy: Tensor, x: Tensor, layout, k: int) -> tuple[Tensor, Tensor]
     return block_scores_op(dy, x, layout.block_row, layout.block_col, layout.block_size, k)
 
 
-backends.register_block_size("block_scores", lambda dy, x, block_row, block_col, block_size, k: block_size)
-backends.register_impl("block_scores", "reference", reference.block_scores)
-backends.register_impl("block_scores", "cpu", backends.lazy("rigl_sparse.ops.block_scores.cpu", "block_scores"),
-                       supports=lambda dy, x, block_row, block_col, block_size, k: _cpu.supports(x.dtype, block_size))
-backends.register_impl("block_scores", "triton", backends.lazy("rigl_sparse.ops.block_scores.triton", "block_scores"),
-                       supports=lambda dy, x, block_row, block_col, block_size, k:
-                       _common.triton_supports(x.dtype, block_size))
-backends.register_impl("block_scores", "cuda", backends.lazy("rigl_sparse.ops.block_scores.cuda", "block_scores"),
-                       supports=lambda dy, x, block_row, block_col, block_size, k: _cuda.supports(x.dtype, block_size))
+_common.register_kernels("block_scores", reference.block_scores, dtype_of=lambda dy, x, *_: x.dtype,
+                         block_size_of=lambda dy, x, block_row, block_col, block_size, k: block_size)
 
 __all__ = ["block_scores", "block_scores_op"]

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from rigl_sparse import backends
-from rigl_sparse.ops import _common, cpu_extension as _cpu, cuda_extension as _cuda
+from rigl_sparse.ops import _common, cpu_extension as _cpu
 from rigl_sparse.ops.grow_tap import merge_candidates
 from rigl_sparse.topology import Topology
 
@@ -123,14 +123,16 @@ def _takes(path: str):
     return lambda: path
 
 
+def _within(limits):
+    """``supports`` of a path on (x, values): the backend's kernel limits, or None for a backend without."""
+    return None if limits is None else lambda x, values: limits(x.dtype, values.shape[1])
+
+
 # conv2d's implementation on each backend: the implicit-GEMM kernels where a backend has them, else patches
-# through that backend's matmuls; ``supports`` reads (x, values).
-PATHS = {"cpu": ("cpu", lambda x, values: _cpu.supports(x.dtype, values.shape[1])),
-         "triton": ("triton", lambda x, values: _common.triton_supports(x.dtype, values.shape[1])),
-         "cuda": ("patches", lambda x, values: _cuda.supports(x.dtype, values.shape[1])),
-         "reference": ("patches", None)}
-for _backend, (_how, _supports) in PATHS.items():
-    backends.register_impl("conv2d", _backend, _takes(_how), supports=_supports)
+# through that backend's matmuls.
+PATHS = {"cpu": "cpu", "triton": "triton", "cuda": "patches", "reference": "patches"}
+for _backend, _how in PATHS.items():
+    backends.register_impl("conv2d", _backend, _takes(_how), supports=_within(_common.KERNEL_LIMITS.get(_backend)))
 
 
 def _geometry_list(geometry: ConvGeometry, out_h: int, out_w: int, out_channels: int) -> list[int]:

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from rigl_sparse import _checks, backends
 from rigl_sparse.topology import Topology
-from rigl_sparse.ops import _common, _library, cpu_extension as _cpu, cuda_extension as _cuda
+from rigl_sparse.ops import _common, _library
 from rigl_sparse.ops.dds import reference
 
 
@@ -67,13 +67,7 @@ def _reference(dy, values, block_row, block_col, row_ptr, row_slots, col_ptr, co
     return reference.dds(dy, values, block_row, block_col, in_features)
 
 
-backends.register_block_size("dds", lambda dy, values, *_: values.shape[1])
-backends.register_impl("dds", "reference", _reference)
-backends.register_impl("dds", "cpu", backends.lazy("rigl_sparse.ops.dds.cpu", "dds"),
-                       supports=lambda dy, values, *_: _cpu.supports(dy.dtype, values.shape[1]))
-backends.register_impl("dds", "triton", backends.lazy("rigl_sparse.ops.dds.triton", "dds"),
-                       supports=lambda dy, values, *_: _common.triton_supports(dy.dtype, values.shape[1]))
-backends.register_impl("dds", "cuda", backends.lazy("rigl_sparse.ops.dds.cuda", "dds"),
-                       supports=lambda dy, values, *_: _cuda.supports(dy.dtype, values.shape[1]))
+_common.register_kernels("dds", _reference, dtype_of=lambda dy, *_: dy.dtype,
+                         block_size_of=lambda dy, values, *_: values.shape[1])
 
 __all__ = ["dds", "dds_op"]

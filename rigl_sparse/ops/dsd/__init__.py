@@ -13,7 +13,7 @@ from torch import Tensor
 
 from rigl_sparse import _checks, backends
 from rigl_sparse.topology import Topology
-from rigl_sparse.ops import _common, _library, cpu_extension as _cpu, cuda_extension as _cuda
+from rigl_sparse.ops import _common, _library
 from rigl_sparse.ops.dsd import reference
 from rigl_sparse.ops.dds import dds_op
 from rigl_sparse.ops.sdd import sdd_op
@@ -135,13 +135,7 @@ def _reference(x, values, bias, block_row, block_col, row_ptr, row_slots, col_pt
     return reference.dsd(x, values, bias, block_row, block_col, out_features)
 
 
-backends.register_block_size("dsd", lambda x, values, *_: values.shape[1])
-backends.register_impl("dsd", "reference", _reference)
-backends.register_impl("dsd", "cpu", backends.lazy("rigl_sparse.ops.dsd.cpu", "dsd"),
-                       supports=lambda x, values, *_: _cpu.supports(x.dtype, values.shape[1]))
-backends.register_impl("dsd", "triton", backends.lazy("rigl_sparse.ops.dsd.triton", "dsd"),
-                       supports=lambda x, values, *_: _common.triton_supports(x.dtype, values.shape[1]))
-backends.register_impl("dsd", "cuda", backends.lazy("rigl_sparse.ops.dsd.cuda", "dsd"),
-                       supports=lambda x, values, *_: _cuda.supports(x.dtype, values.shape[1]))
+_common.register_kernels("dsd", _reference, dtype_of=lambda x, *_: x.dtype,
+                         block_size_of=lambda x, values, *_: values.shape[1])
 
 __all__ = ["dsd", "dsd_op", "dsd_backward", "check_arguments", "gradients"]

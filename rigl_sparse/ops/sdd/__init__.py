@@ -11,7 +11,7 @@ from torch import Tensor
 
 from rigl_sparse import _checks, backends
 from rigl_sparse.topology import Topology
-from rigl_sparse.ops import _common, _library, cpu_extension as _cpu, cuda_extension as _cuda
+from rigl_sparse.ops import _common, _library
 from rigl_sparse.ops.sdd import reference
 
 
@@ -66,13 +66,7 @@ def _reference(dy, x, block_row, block_col, row_ptr, row_slots, col_ptr, col_slo
     return reference.sdd(dy, x, block_row, block_col, block_size)
 
 
-backends.register_block_size("sdd", lambda *args: args[-1])
-backends.register_impl("sdd", "reference", _reference)
-backends.register_impl("sdd", "cpu", backends.lazy("rigl_sparse.ops.sdd.cpu", "sdd"),
-                       supports=lambda dy, x, *rest: _cpu.supports(x.dtype, rest[-1]))
-backends.register_impl("sdd", "triton", backends.lazy("rigl_sparse.ops.sdd.triton", "sdd"),
-                       supports=lambda dy, x, *rest: _common.triton_supports(x.dtype, rest[-1]))
-backends.register_impl("sdd", "cuda", backends.lazy("rigl_sparse.ops.sdd.cuda", "sdd"),
-                       supports=lambda dy, x, *rest: _cuda.supports(x.dtype, rest[-1]))
+_common.register_kernels("sdd", _reference, dtype_of=lambda dy, x, *_: x.dtype,
+                         block_size_of=lambda *args: args[-1])
 
 __all__ = ["sdd", "sdd_op"]
