@@ -65,6 +65,7 @@ iso_cost = _module("iso_cost_report", HERE / "iso_cost" / "report.py")
 # docs/images/<name> -> the committed result it is a copy of
 IMAGES = {
     "iso_cost_loss_vs_time.png": RESULTS / "iso_cost" / "loss_vs_time.png",
+    "iso_cost_2_loss_vs_time.png": RESULTS / "iso_cost_2" / "loss_vs_time.png",
     **{f"accuracy_vs_{what}_{model}.png": RESULTS / "accuracy" / f"accuracy_vs_{what}_{model}.png"
        for what in ("density", "block_size") for model in ("mlp", "cnn")},
     "cpu_memory.png": RESULTS / "cpu" / "memory.png",
