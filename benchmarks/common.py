@@ -122,6 +122,9 @@ def environment(device: str) -> dict:
         env["cuda"] = torch.version.cuda
     else:
         env.update(cpu_environment())
+    allocator = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}  # glibc malloc's tunables
+    if allocator:
+        env["allocator_env"] = allocator
     return env
 
 

@@ -257,17 +257,24 @@ def iso_cost_2_vs_dense() -> str:
     return "\n".join(iso_cost.against_dense_table(rows)) if rows else NO_RECORDS
 
 
+def _pace(path: Path) -> str:
+    """The sittings of a clock (``pace.json``): their table and the spread of the dense step."""
+    sittings = _json(path)["sittings"]
+    env = sittings[0]["environment"]
+    dense = [s["models"]["dense"]["ordinary_ms"] for s in sittings]
+    allocator = env.get("allocator_env")
+    return ("\n".join(iso_cost.pace_table(_json(path))) + f"\n\n{len(sittings)} sittings; the dense step took "
+            f"{min(dense):.0f}–{max(dense):.0f} ms across them. Measured on {env['device']} "
+            f"(`{env['instruction_set']}` kernels), {env['threads']} threads, torch {env['torch']}"
+            + (", glibc malloc with " + ", ".join(f"`{k}={v}`" for k, v in allocator.items()) if allocator else "")
+            + f" (`{path.relative_to(ROOT)}`).")
+
+
 def iso_cost_2_pace() -> str:
     path = ISO_COST_2 / "pace.json"
     if not path.exists():
         return NO_RECORDS
-    sittings = _json(path)["sittings"]
-    env = sittings[0]["environment"]
-    dense = [s["models"]["dense"]["ordinary_ms"] for s in sittings]
-    text = ("\n".join(iso_cost.pace_table(_json(path))) + f"\n\n{len(sittings)} sittings; the dense step took "
-            f"{min(dense):.0f}–{max(dense):.0f} ms across them. Measured on {env['device']} "
-            f"(`{env['instruction_set']}` kernels), {env['threads']} threads, torch {env['torch']} "
-            "(`benchmarks/results/iso_cost_2/pace.json`).")
+    text = _pace(path)
     other = ISO_COST_2 / "pace_other_host.json"
     if other.exists():  # a sitting on another host: not part of the study's clock
         sitting = _json(other)["sittings"][0]
@@ -278,6 +285,26 @@ def iso_cost_2_pace() -> str:
                      f"{name} {t['ordinary_ms'] / dense:.2f}× (update step {t['update_ms'] / dense:.2f}×)"
                      for name, t in models.items() if name != "dense") + ".")
     return text
+
+
+def iso_cost_2_kept_memory() -> str:
+    """The second design on a clock measured with the allocator keeping its memory, and the runs timed by it."""
+    path = ISO_COST_2 / "kept_memory" / "pace.json"
+    if not path.exists():
+        return NO_RECORDS
+    lines = [_pace(path)]
+    default = path.parent / "pace_default_allocator.json"
+    if default.exists():  # the same host with malloc's defaults
+        sittings = _json(default)["sittings"]
+        ratios = {name: " and ".join(f"{s['models'][name]['ordinary_ms'] / s['models']['dense']['ordinary_ms']:.2f}×"
+                                     for s in sittings) for name in sittings[0]["models"] if name != "dense"}
+        lines += ["", f"The same host with malloc's defaults ({len(sittings)} sittings, `{default.name}`): "
+                  + "; ".join(f"{name} {r}" for name, r in ratios.items()) + " the dense step ("
+                  + " and ".join(f"{s['models']['dense']['ordinary_ms']:.0f}" for s in sittings) + " ms)."]
+    _, records, summary, rows = _iso_cost_2(path.parent)
+    if rows:
+        lines += ["", *iso_cost.models_table(summary), "", *iso_cost.against_dense_table(rows)]
+    return "\n".join(lines)
 
 
 def iso_cost_2_first_design() -> str:
@@ -492,6 +519,7 @@ TABLES = {
     "iso-cost-2-vs-dense": iso_cost_2_vs_dense,
     "iso-cost-2-pace": iso_cost_2_pace,
     "iso-cost-2-first-design": iso_cost_2_first_design,
+    "iso-cost-2-kept-memory": iso_cost_2_kept_memory,
     "iso-cost-2-time": iso_cost_2_time,
     "deploy": deploy,
 }

@@ -269,6 +269,27 @@ def test_iso_cost_second_design_widens_the_ffns_and_times_the_models_apart(tmp_p
     assert timed["seconds"] <= budget < study.paced_seconds(times, n + 1, n + 1, cfg["delta_t"], updates=True)
     assert timed["curve"][-1][:2] == [n, pytest.approx(timed["seconds"])] and timed["measured_seconds"] > 0
 
+    # Another clock (dense twice as slow): the equal-tokens training is taken over and re-clocked, and only the
+    # equal-time training runs again, for twice the budget.
+    other = tmp_path / "other_clock"
+    other.mkdir()
+    clock = json.loads((out / "pace.json").read_text())
+    for entry in clock["sittings"]:
+        dense_times = entry["models"]["dense"]
+        dense_times.update(ordinary_ms=2 * dense_times["ordinary_ms"], update_ms=2 * dense_times["update_ms"])
+    (other / "pace.json").write_text(json.dumps(clock))
+    args = ["--study", "second", "--quick", "--out-dir", str(other), "--plays-dir", str(tmp_path / "p"),
+            "--only", "rigl_ffn2x_b16", "--equal-tokens-from", str(out)]
+    with pytest.raises(SystemExit, match="trained at lr"):
+        study.run_one("rigl_ffn2x_b16_s0", run, cfg, 2 * sparse["lr"], other, None, None, out)
+    study.main(args + ["--tuned-lr", repr(sparse["lr"])])
+    retimed = json.loads((other / "rigl_ffn2x_b16_s0.json").read_text())
+    assert retimed["equal_tokens_retimed_from"] == str(out / "rigl_ffn2x_b16_s0.json")
+    assert [c[2] for c in retimed["equal_tokens"]["curve"]] == [c[2] for c in sparse["equal_tokens"]["curve"]]
+    assert retimed["equal_tokens"]["seconds"] == pytest.approx(sparse["equal_tokens"]["seconds"])  # its own pace
+    assert retimed["budget_seconds"] == pytest.approx(2 * budget)
+    assert retimed["equal_time"]["steps"] > n
+
 
 def test_bench_layer_sizes_times_both_modes_and_writes_its_record(tmp_path, capsys):
     bench = _load("benchmarks", "bench_layer_sizes")

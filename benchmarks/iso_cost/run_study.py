@@ -336,12 +336,24 @@ def swept_run(run: dict, lr: float, cfg: dict, out: Path) -> Path | None:
     return path if path.exists() else None
 
 
-def run_one(name: str, run: dict, cfg: dict, lr: float, out: Path, train_data, val_data) -> None:
+def run_one(name: str, run: dict, cfg: dict, lr: float, out: Path, train_data, val_data,
+            tokens_from: Path | None = None) -> None:
     """Trains one run and writes its record (the child process of one run, so that its peak memory is its
-    own)."""
+    own).  With ``tokens_from``, its equal-tokens training is the one recorded there under the same name (the
+    same computation), re-clocked at ``out``'s pace; only the equal-time training runs."""
     steps, sparse, extra = cfg["steps"], run["method"] != "dense", {}
     swept = swept_run(run, lr, cfg, out)
-    if "lr" not in run and swept is not None:  # the same computation: its equal-tokens training is this run's
+    if tokens_from is not None:
+        source = tokens_from / f"{name}.json"
+        if not source.exists():
+            raise SystemExit(f"{name}: --equal-tokens-from has no record {source}")
+        recorded = json.loads(source.read_text())
+        if recorded["lr"] != lr:
+            raise SystemExit(f"{name}: {source} trained at lr {recorded['lr']:g}, not {lr:g}")
+        tokens = dict(recorded["equal_tokens"])
+        tokens["seconds"] = tokens.get("measured_seconds", tokens["seconds"])  # its own clock, before pacing
+        extra = {"equal_tokens_retimed_from": str(source)}
+    elif "lr" not in run and swept is not None:  # the same computation: its equal-tokens training is this run's
         tokens, extra = json.loads(swept.read_text())["equal_tokens"], {"equal_tokens_from": swept.name}
     else:
         tokens = train(run, cfg, lr, train_data, val_data, steps=steps, seconds=None, horizon=steps)
@@ -387,6 +399,9 @@ def main(argv=None) -> None:
                    "study), and nothing else; time nothing else meanwhile")
     p.add_argument("--equal-time", choices=["measured", "paced"], default=None,
                    help="time each run as it trains, or from step times measured apart (default: the study's)")
+    p.add_argument("--equal-tokens-from", type=Path, default=None,
+                   help="take each run's equal-tokens training from its record in this folder (the same "
+                   "computation), re-clocked at --out-dir's pace (pace.json); only the equal-time trainings run")
     p.add_argument("--jobs", type=int, default=1, help="train this many runs at once, the cores shared among them "
                    "(only with the paced clock, whose step times are measured apart; default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)  # a child's share of the cores
@@ -407,7 +422,8 @@ def main(argv=None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.run is not None:
-        run_one(args.run, {**swept, **runs}[args.run], cfg, args.lr, out, train_data, val_data)
+        run_one(args.run, {**swept, **runs}[args.run], cfg, args.lr, out, train_data, val_data,
+                args.equal_tokens_from)
         return
     if cfg["equal_time"] == "paced" and (args.pace or not (out / "pace.json").exists()):
         sitting = add_pace_sitting(cfg, out, train_data)
@@ -443,6 +459,7 @@ def main(argv=None) -> None:
             child += ["--tuned-lr", repr(args.tuned_lr)] if args.tuned_lr is not None else []
             child += ["--equal-time", args.equal_time] if args.equal_time else []
             child += ["--threads", str(threads)] if jobs > 1 else []
+            child += ["--equal-tokens-from", str(args.equal_tokens_from)] if args.equal_tokens_from else []
             pending.append((name, lr, child))
         with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
             for future in [pool.submit(train_apart, *task, out) for task in pending]:
