@@ -303,7 +303,8 @@ def iso_cost_2_kept_memory() -> str:
                   + " and ".join(f"{s['models']['dense']['ordinary_ms']:.0f}" for s in sittings) + " ms)."]
     _, records, summary, rows = _iso_cost_2(path.parent)
     if rows:
-        lines += ["", *iso_cost.models_table(summary), "", *iso_cost.against_dense_table(rows)]
+        lines += ["", *iso_cost.models_table(summary), "", iso_cost.measured_on(summary, records), "",
+                  *iso_cost.against_dense_table(rows)]
     return "\n".join(lines)
 
 
@@ -494,6 +495,15 @@ def headline(page: Path) -> str:
                  f"against dense, {len(best['equal_tokens']['seeds'])} seeds, CPU | "
                  f"{best['equal_tokens']['difference'][0]:+.3f} nats/char at equal tokens, "
                  f"{best['equal_time']['difference'][0]:+.3f} at equal wall-clock | [equal cost]({iso}) |")
+    kept = {r["model"]: r for r in _iso_cost_2(ISO_COST_2 / "kept_memory")[3]}
+    study = {r["model"]: r for r in _iso_cost_2()[3]}
+    for name in kept.keys() & study.keys():
+        timed, clock = kept[name]["equal_time"], study[name]["equal_time"]
+        lines.append(f"| the same transformer with only its FFNs widened, {name} against dense at equal "
+                     f"wall-clock, {len(timed['seeds'])} seeds, AVX-512 CPU, malloc keeping its memory | "
+                     f"{timed['difference'][0]:+.3f} ± {timed['difference'][1]:.3f} nats/char (lower in "
+                     f"{timed['lower_in']} of {len(timed['seeds'])}); {clock['difference'][0]:+.3f} on an AVX2 "
+                     f"host with malloc's defaults | [equal cost]({iso}#the-allocators-share) |")
     return "\n".join(lines)
 
 

@@ -289,6 +289,7 @@ def test_iso_cost_second_design_widens_the_ffns_and_times_the_models_apart(tmp_p
     assert retimed["equal_tokens"]["seconds"] == pytest.approx(sparse["equal_tokens"]["seconds"])  # its own pace
     assert retimed["budget_seconds"] == pytest.approx(2 * budget)
     assert retimed["equal_time"]["steps"] > n
+    assert retimed["peak_rss_mib"] >= sparse["equal_tokens"]["peak_rss_mib"]  # its equal-tokens training's peak too
 
 
 def test_bench_layer_sizes_times_both_modes_and_writes_its_record(tmp_path, capsys):

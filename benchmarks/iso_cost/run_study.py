@@ -378,9 +378,10 @@ def run_one(name: str, run: dict, cfg: dict, lr: float, out: Path, train_data, v
         budget = json.loads(dense.read_text())["equal_tokens"]["seconds"]
         horizon = max(1, int(budget / (tokens["ms_per_step"] / 1e3)))  # planned from this model's own pace
         timed = train(run, cfg, lr, train_data, val_data, steps=None, seconds=budget, horizon=horizon)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process's trainings
     record = {"name": name, **run, "lr": lr, "config": cfg, "budget_seconds": budget,  # peak: of both trainings
               "equal_tokens": tokens, "equal_time": timed, **extra,
-              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "peak_rss_mib": max(peak, tokens.get("peak_rss_mib", 0.0)),  # with one taken from another record
               "environment": environment("cpu")}  # CPU, instruction sets, versions, threads, git SHA
     (out / f"{name}.json").write_text(json.dumps(record, indent=1))
 
