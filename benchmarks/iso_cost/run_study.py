@@ -350,6 +350,10 @@ def run_one(name: str, run: dict, cfg: dict, lr: float, out: Path, train_data, v
         recorded = json.loads(source.read_text())
         if recorded["lr"] != lr:
             raise SystemExit(f"{name}: {source} trained at lr {recorded['lr']:g}, not {lr:g}")
+        clock = ("equal_time", "pace_rounds", "pace_steps")
+        if {k: v for k, v in json.loads(json.dumps(cfg)).items() if k not in clock} != {
+                k: v for k, v in recorded["config"].items() if k not in clock}:
+            raise SystemExit(f"{name}: {source} trained another configuration than this study's")
         tokens = dict(recorded["equal_tokens"])
         tokens["seconds"] = tokens.get("measured_seconds", tokens["seconds"])  # its own clock, before pacing
         extra = {"equal_tokens_retimed_from": str(source)}
@@ -381,7 +385,8 @@ def run_one(name: str, run: dict, cfg: dict, lr: float, out: Path, train_data, v
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process's trainings
     record = {"name": name, **run, "lr": lr, "config": cfg, "budget_seconds": budget,  # peak: of both trainings
               "equal_tokens": tokens, "equal_time": timed, **extra,
-              "peak_rss_mib": max(peak, tokens.get("peak_rss_mib", 0.0)),  # with one taken from another record
+              # with --equal-tokens-from, also the peak of the equal-tokens training (on the record's own host)
+              "peak_rss_mib": max(peak, tokens["peak_rss_mib"]) if tokens_from is not None else peak,
               "environment": environment("cpu")}  # CPU, instruction sets, versions, threads, git SHA
     (out / f"{name}.json").write_text(json.dumps(record, indent=1))
 
@@ -432,6 +437,8 @@ def main(argv=None) -> None:
             f"{name} {t['ordinary_ms']:.0f} / {t['update_ms']:.0f}" for name, t in sitting["models"].items()), flush=True)
         if args.pace:
             return
+    if args.equal_tokens_from and cfg["equal_time"] != "paced":
+        p.error("--equal-tokens-from re-clocks runs at a paced clock (--equal-time paced)")
     jobs = max(1, args.jobs)
     if jobs > 1 and cfg["equal_time"] != "paced":
         p.error("--jobs trains runs side by side, which only a paced clock allows (--equal-time paced)")
