@@ -259,11 +259,12 @@ def iso_cost_2_vs_dense() -> str:
 
 def _pace(path: Path) -> str:
     """The sittings of a clock (``pace.json``): their table and the spread of the dense step."""
-    sittings = _json(path)["sittings"]
+    pace = _json(path)
+    sittings = pace["sittings"]
     env = sittings[0]["environment"]
     dense = [s["models"]["dense"]["ordinary_ms"] for s in sittings]
     allocator = env.get("allocator_env")
-    return ("\n".join(iso_cost.pace_table(_json(path))) + f"\n\n{len(sittings)} sittings; the dense step took "
+    return ("\n".join(iso_cost.pace_table(pace)) + f"\n\n{len(sittings)} sittings; the dense step took "
             f"{min(dense):.0f}–{max(dense):.0f} ms across them. Measured on {env['device']} "
             f"(`{env['instruction_set']}` kernels), {env['threads']} threads, torch {env['torch']}"
             + (", glibc malloc with " + ", ".join(f"`{k}={v}`" for k, v in allocator.items()) if allocator else "")
@@ -497,13 +498,15 @@ def headline(page: Path) -> str:
                  f"{best['equal_time']['difference'][0]:+.3f} at equal wall-clock | [equal cost]({iso}) |")
     kept = {r["model"]: r for r in _iso_cost_2(ISO_COST_2 / "kept_memory")[3]}
     study = {r["model"]: r for r in _iso_cost_2()[3]}
+    isa = {folder: _json(folder / "pace.json")["sittings"][0]["environment"]["instruction_set"].upper().replace(
+        "AVX512", "AVX-512") for folder in (ISO_COST_2, ISO_COST_2 / "kept_memory") if (folder / "pace.json").exists()}
     for name in kept.keys() & study.keys():
         timed, clock = kept[name]["equal_time"], study[name]["equal_time"]
         lines.append(f"| the same transformer with only its FFNs widened, {name} against dense at equal "
-                     f"wall-clock, {len(timed['seeds'])} seeds, AVX-512 CPU, malloc keeping its memory | "
-                     f"{timed['difference'][0]:+.3f} ± {timed['difference'][1]:.3f} nats/char (lower in "
-                     f"{timed['lower_in']} of {len(timed['seeds'])}); {clock['difference'][0]:+.3f} on an AVX2 "
-                     f"host with malloc's defaults | [equal cost]({iso}#the-allocators-share) |")
+                     f"wall-clock, {len(timed['seeds'])} seeds, {isa[ISO_COST_2 / 'kept_memory']} CPU, malloc "
+                     f"keeping its memory | {timed['difference'][0]:+.3f} ± {timed['difference'][1]:.3f} nats/char "
+                     f"(lower in {timed['lower_in']} of {len(timed['seeds'])}); {clock['difference'][0]:+.3f} on an "
+                     f"{isa[ISO_COST_2]} host with malloc's defaults | [equal cost]({iso}#the-allocators-share) |")
     return "\n".join(lines)
 
 
